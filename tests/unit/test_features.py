@@ -1,0 +1,87 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import make_tx
+from training.features import (
+    ACTIVITY_FEATURES, NUMERIC_FEATURES, PROFILE_FEATURES, RISK_FEATURES, SPEND_MIX_FEATURES,
+    churn_labels, compute_features, snapshot_dates,
+)
+
+SNAPSHOT = pd.Timestamp("2026-04-01", tz="UTC")
+
+
+def features_of(tx, customer, snapshot=SNAPSHOT):
+    table = compute_features(tx, [snapshot])
+    return table.set_index("customer_id").loc[customer]
+
+
+def test_there_are_at_least_fifty_features_in_three_groups():
+    assert len(NUMERIC_FEATURES) + len(PROFILE_FEATURES) >= 50
+    assert len(set(NUMERIC_FEATURES)) == len(NUMERIC_FEATURES) == len(ACTIVITY_FEATURES) + len(SPEND_MIX_FEATURES) + len(RISK_FEATURES)
+
+
+def test_values_match_hand_computed_ones(tiny_tx):
+    a = features_of(tiny_tx, "A")
+    # last transaction 2026-03-29 02:00, snapshot 2026-04-01 00:00: 2 days and 22 hours
+    assert a["days_since_last_txn"] == pytest.approx(2 + 22 / 24)
+    assert a["txn_count_7d"] == 1 and a["spend_7d"] == 20.0
+    assert a["txn_count_30d"] == 3 and a["spend_30d"] == 100.0
+    assert a["txn_count_90d"] == 4 and a["spend_90d"] == 200.0
+    assert a["avg_amount_90d"] == pytest.approx(50.0)
+    assert a["median_amount_90d"] == pytest.approx(40.0)  # of 20, 30, 50, 100
+    assert a["max_amount_90d"] == 100.0
+    assert a["share_groceries_90d"] == pytest.approx(130 / 200)
+    assert a["share_pos_90d"] == pytest.approx(2 / 4)
+    assert a["night_share_90d"] == pytest.approx(1 / 4)
+    assert a["distinct_countries_365d"] == 2 and a["distinct_devices_365d"] == 2
+    assert a["home_country"] == "GB" and a["countries_seen"] == "FR|GB" and a["devices_seen"] == "dA|dB"
+    assert a["foreign_share_90d"] == pytest.approx(1 / 4)
+    # gaps inside the 90 days: 2026-01-10 -> 03-02 (51 d 2 h), -> 03-22 (20 d), -> 03-29 (6 d 14 h)
+    assert a["gap_max_90d"] == pytest.approx(51 + 2 / 24)
+    assert a["gap_mean_90d"] == pytest.approx((51 + 2 / 24 + 20 + 6 + 14 / 24) / 3)
+    # spend in the 30 days (100) against the monthly average of the 90 days (200 / 3)
+    assert a["spend_trend_30_90"] == pytest.approx(100 / (200 / 3))
+
+
+def test_customer_without_recent_activity_has_zero_windows(tiny_tx):
+    b = features_of(tiny_tx, "B")
+    assert b["txn_count_90d"] == 0 and b["spend_90d"] == 0 and b["txn_count_180d"] == 1
+    assert b["days_since_last_txn"] == pytest.approx(121 - 9 / 24)
+
+
+def test_transactions_after_a_snapshot_never_change_it(tiny_tx):
+    before = compute_features(tiny_tx, [SNAPSHOT])
+    later = make_tx([
+        ("A", "2026-04-01 00:00", 999.0, "electronics", "online", "US", "dZ"),  # exactly at the snapshot
+        ("A", "2026-05-01 00:00", 5.0, "groceries", "pos", "GB", "dA"),
+        ("B", "2026-04-02 00:00", 7.0, "groceries", "pos", "GB", "dC"),
+    ]).assign(transaction_id=["X1", "X2", "X3"])
+    after = compute_features(pd.concat([tiny_tx, later], ignore_index=True), [SNAPSHOT])
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_snapshots_end_the_day_after_the_last_transaction(tiny_tx):
+    dates = snapshot_dates(tiny_tx, every_days=30, min_history_days=30)
+    assert dates[0] == pd.Timestamp("2025-12-31", tz="UTC")
+    assert dates[-1] == pd.Timestamp("2026-03-30", tz="UTC")
+    assert all(b > a for a, b in zip(dates, dates[1:]))
+
+
+def test_churn_label_comes_from_the_window_after_the_snapshot(tiny_tx):
+    table = compute_features(tiny_tx, [pd.Timestamp("2026-03-10", tz="UTC")])
+    labels = churn_labels(tiny_tx, table, horizon_days=15).set_index("customer_id")["churned"]
+    assert labels["A"] == 0  # bought on 2026-03-22, inside the 15 days
+    assert labels["B"] == 1  # nothing after 2025-12-01
+
+
+def test_snapshots_whose_horizon_passes_the_data_are_not_labelled(tiny_tx):
+    table = compute_features(tiny_tx, [SNAPSHOT - pd.Timedelta(days=5)])
+    assert churn_labels(tiny_tx, table, horizon_days=60).empty
+
+
+def test_features_are_finite(small_raw):
+    out, _ = small_raw
+    tx = pd.read_parquet(out / "transactions.parquet")
+    table = compute_features(tx, snapshot_dates(tx, 30, 90))
+    assert np.isfinite(table[NUMERIC_FEATURES].to_numpy()).all()

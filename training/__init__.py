@@ -1,0 +1,1 @@
+"""Offline pipeline: transactions -> point-in-time customer features -> models in the MLflow registry."""

@@ -1,0 +1,88 @@
+"""Command line of the offline pipeline: `python -m training --help`.
+
+    python -m training data                     # synthetic customers and transactions
+    python -m training features [--transactions my.csv]
+    python -m training train
+    python -m training all                      # the three in a row
+
+Options default to the settings (environment variables DATA_DIR, MLFLOW_TRACKING_URI, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from training.contract import ContractError
+from training.settings import get_settings
+from training.store import FeatureStoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline pipeline: data, features, models.")
+
+DataDir = Annotated[Optional[Path], typer.Option(help="Data folder [env DATA_DIR, default ./data].")]
+OnlineStore = Annotated[Optional[str], typer.Option(help="Feast online store: sqlite or redis [env ONLINE_STORE].")]
+
+
+@app.callback()
+def _logging(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("feast", "mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def data(
+    data_dir: DataDir = None,
+    customers: Annotated[Optional[int], typer.Option(help="Number of customers [default 10,000].")] = None,
+    months: Annotated[Optional[int], typer.Option(help="Months of transactions [default 12].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed; same seed, same data [default 42].")] = None,
+    drift_months: Annotated[int, typer.Option(help="Also write this many later months with a known drift.")] = 0,
+) -> None:
+    """Generate synthetic customers and transactions under DATA_DIR/raw."""
+    from training.pipeline import make_data
+
+    settings = get_settings(data_dir=data_dir, n_customers=customers, months=months, seed=seed)
+    make_data(settings, drift_months=drift_months)
+
+
+@app.command()
+def features(
+    data_dir: DataDir = None,
+    transactions: Annotated[Optional[Path], typer.Option(help="Your transactions file (.parquet or .csv) [default DATA_DIR/raw/transactions.parquet].")] = None,
+    customers_file: Annotated[Optional[Path], typer.Option(help="Customers file; transactions of other customers are rejected.")] = None,
+    online_store: OnlineStore = None,
+) -> None:
+    """Validate transactions, compute point-in-time features, apply and materialize Feast."""
+    from training.pipeline import build_features
+
+    settings = get_settings(data_dir=data_dir, online_store=online_store)
+    try:
+        summary = build_features(settings, transactions, customers_file)
+    except (ContractError, FeatureStoreError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def train(data_dir: DataDir = None, online_store: OnlineStore = None) -> None:
+    """Train churn, fraud and segment models and register them in MLflow."""
+    from training.pipeline import train_all
+
+    settings = get_settings(data_dir=data_dir, online_store=online_store)
+    results = train_all(settings)
+    for name, result in results.items():
+        r = result["registered"]
+        typer.echo(f"{name}: version {r['version']} aliases={r['aliases']} in {settings.tracking_uri}")
+
+
+@app.command(name="all")
+def run_all(data_dir: DataDir = None, online_store: OnlineStore = None) -> None:
+    """data, features and train in a row."""
+    data(data_dir=data_dir)
+    features(data_dir=data_dir, online_store=online_store)
+    train(data_dir=data_dir, online_store=online_store)

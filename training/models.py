@@ -1,0 +1,202 @@
+"""The three models, trained from plain DataFrames (no Feast, no MLflow here).
+
+* churn: XGBoost with Platt-calibrated probabilities and risk-level cut-offs;
+* fraud: XGBoost with an operating threshold chosen on validation data;
+* segment: scaling + k-means, k chosen by silhouette, segments named from their centroids.
+
+Monotone constraints keep the model honest where the direction is known: more days since the
+last transaction never lowers churn risk, an amount further above the customer's norm never
+lowers fraud risk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from sklearn.cluster import KMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, precision_recall_curve, roc_auc_score, silhouette_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from training.feature_sets import CHURN_FEATURES, FRAUD_FEATURES, SEGMENT_FEATURES
+
+RISK_LEVELS = ("low", "medium", "high", "critical")
+# Share of the validation population above each cut-off: critical = top 5%, high = next 10%, ...
+RISK_SHARES = {"medium": 0.35, "high": 0.15, "critical": 0.05}
+CHURN_INCREASING = ("days_since_last_txn", "recency_vs_gap")
+FRAUD_INCREASING = ("amount_log_z", "amount_to_median", "amount_to_max")
+
+
+@dataclass
+class TrainedModel:
+    name: str
+    model: object
+    features: list[str]
+    params: dict
+    metrics: dict[str, float]
+    metadata: dict = field(default_factory=dict)  # stored with the model in the registry
+    artifacts: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def _monotone(features: list[str], increasing: tuple[str, ...]) -> str:
+    return "(" + ",".join("1" if f in increasing else "0" for f in features) + ")"
+
+
+def _xgb(features: list[str], increasing: tuple[str, ...], seed: int, **overrides) -> xgb.XGBClassifier:
+    params = dict(
+        n_estimators=300, max_depth=4, learning_rate=0.05, subsample=0.8, colsample_bytree=0.8,
+        min_child_weight=5, eval_metric="aucpr", n_jobs=2, random_state=seed, tree_method="hist",
+        monotone_constraints=_monotone(features, increasing),
+    )
+    params.update(overrides)
+    return xgb.XGBClassifier(**params)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def calibrate(raw: np.ndarray, calibration: dict) -> np.ndarray:
+    """Platt scaling of raw model probabilities with the coefficients stored with the model."""
+    return 1.0 / (1.0 + np.exp(-(calibration["a"] * logit(raw) + calibration["b"])))
+
+
+def risk_level(probability: np.ndarray, cutoffs: dict[str, float]) -> np.ndarray:
+    levels = np.full(len(probability), "low", dtype=object)
+    for level in ("medium", "high", "critical"):
+        levels[probability >= cutoffs[level]] = level
+    return levels
+
+
+def out_of_time_split(frame: pd.DataFrame, time_column: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Churn: the last labelled snapshot is the test set and the one before it validation."""
+    times = np.sort(frame[time_column].unique())
+    if len(times) < 3:
+        raise ValueError(f"need at least 3 labelled snapshots for an out-of-time split, got {len(times)}")
+    return (frame[frame[time_column] < times[-2]], frame[frame[time_column] == times[-2]],
+            frame[frame[time_column] == times[-1]])
+
+
+def train_churn(frame: pd.DataFrame, seed: int = 42) -> TrainedModel:
+    """frame: one row per (customer, snapshot) with CHURN_FEATURES, `event_timestamp` and `churned`."""
+    train, valid, test = out_of_time_split(frame, "event_timestamp")
+    model = _xgb(CHURN_FEATURES, CHURN_INCREASING, seed)
+    model.fit(train[CHURN_FEATURES], train["churned"])
+
+    raw_valid = model.predict_proba(valid[CHURN_FEATURES])[:, 1]
+    platt = LogisticRegression(C=1e6).fit(logit(raw_valid)[:, None], valid["churned"])
+    calibration = {"method": "platt", "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0])}
+    valid_p = calibrate(raw_valid, calibration)
+    cutoffs = {level: float(np.quantile(valid_p, 1 - share)) for level, share in RISK_SHARES.items()}
+
+    raw_test = model.predict_proba(test[CHURN_FEATURES])[:, 1]
+    test_p = calibrate(raw_test, calibration)
+    y = test["churned"].to_numpy()
+    metrics = {
+        "test_roc_auc": roc_auc_score(y, test_p),
+        "test_pr_auc": average_precision_score(y, test_p),
+        "test_brier": brier_score_loss(y, test_p),
+        "test_brier_uncalibrated": brier_score_loss(y, raw_test),
+        "test_churn_rate": float(y.mean()),
+        "train_rows": len(train), "valid_rows": len(valid), "test_rows": len(test),
+    }
+    levels = risk_level(test_p, cutoffs)
+    for level in RISK_LEVELS:
+        chosen = levels == level
+        metrics[f"test_churn_rate_{level}"] = float(y[chosen].mean()) if chosen.any() else float("nan")
+
+    contributions = model.get_booster().predict(xgb.DMatrix(test[CHURN_FEATURES].head(2000)), pred_contribs=True)
+    importance = pd.DataFrame({"feature": CHURN_FEATURES, "mean_abs_shap": np.abs(contributions[:, :-1]).mean(axis=0)})
+    importance = importance.sort_values("mean_abs_shap", ascending=False, ignore_index=True)
+    return TrainedModel(
+        name="churn", model=model, features=CHURN_FEATURES, params=model.get_params(), metrics=metrics,
+        metadata={"calibration": calibration, "risk_cutoffs": cutoffs, "risk_levels": list(RISK_LEVELS)},
+        artifacts={"feature_importance": importance},
+    )
+
+
+def train_fraud(frame: pd.DataFrame, seed: int = 42) -> TrainedModel:
+    """frame: one row per transaction with FRAUD_FEATURES, `event_timestamp` and `is_fraud`.
+    The last 20% of the time range is the test set, the 20% before it validation."""
+    frame = frame.sort_values("event_timestamp")
+    times = frame["event_timestamp"]
+    valid_from, test_from = times.quantile(0.6), times.quantile(0.8)
+    train, valid, test = frame[times < valid_from], frame[(times >= valid_from) & (times < test_from)], frame[times >= test_from]
+    model = _xgb(FRAUD_FEATURES, FRAUD_INCREASING, seed, scale_pos_weight=5.0)
+    model.fit(train[FRAUD_FEATURES], train["is_fraud"])
+
+    valid_p = model.predict_proba(valid[FRAUD_FEATURES])[:, 1]
+    precision, recall, thresholds = precision_recall_curve(valid["is_fraud"], valid_p)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    threshold = float(thresholds[np.argmax(f1[:-1])])
+
+    test_p = model.predict_proba(test[FRAUD_FEATURES])[:, 1]
+    y = test["is_fraud"].to_numpy()
+    flagged = test_p >= threshold
+    metrics = {
+        "test_pr_auc": average_precision_score(y, test_p),
+        "test_roc_auc": roc_auc_score(y, test_p),
+        "test_precision_at_threshold": float(y[flagged].mean()) if flagged.any() else 0.0,
+        "test_recall_at_threshold": float(flagged[y == 1].mean()) if (y == 1).any() else 0.0,
+        "threshold": threshold,
+        "test_fraud_rate": float(y.mean()),
+        "train_rows": len(train), "valid_rows": len(valid), "test_rows": len(test),
+    }
+    return TrainedModel(
+        name="fraud", model=model, features=FRAUD_FEATURES, params=model.get_params(), metrics=metrics,
+        metadata={"threshold": threshold, "threshold_rule": "maximum F1 on the validation period"},
+    )
+
+
+# Words for a segment whose centroid is well above the population on a feature.
+SEGMENT_WORDS = {
+    "days_since_last_txn": "lapsing", "txn_count_90d": "frequent", "spend_90d": "high-value",
+    "avg_amount_90d": "big-ticket", "share_groceries_90d": "everyday", "share_dining_90d": "diners",
+    "share_travel_90d": "travellers", "share_online_retail_90d": "online shoppers",
+    "share_electronics_90d": "gadget buyers", "share_cash_90d": "cash users",
+    "share_online_90d": "web-first", "share_mobile_90d": "mobile-first",
+}
+def segment_names(centroids: np.ndarray) -> dict[int, str]:
+    """Name each segment after the (at most two) features on which its scaled centroid stands
+    out most above the rest; names are made unique."""
+    names: dict[int, str] = {}
+    for i, centre in enumerate(centroids):
+        top = [SEGMENT_WORDS[SEGMENT_FEATURES[j]] for j in np.argsort(-centre)[:2] if centre[j] > 0.3]
+        name = " ".join(top) if top else "steady mainstream"
+        names[i] = name if name not in names.values() else f"{name} {i}"
+    return names
+
+
+def train_segment(frame: pd.DataFrame, k_range: range, seed: int = 42, sample: int = 5000) -> TrainedModel:
+    """frame: one row per active customer with SEGMENT_FEATURES (the latest snapshot)."""
+    x = frame[SEGMENT_FEATURES]
+    scores: dict[int, float] = {}
+    for k in k_range:
+        pipeline = _segment_pipeline(k, seed).fit(x)
+        labels = pipeline.predict(x)
+        scaled = pipeline[:-1].transform(x)
+        scores[k] = float(silhouette_score(scaled, labels, sample_size=min(sample, len(x)), random_state=seed))
+    best_k = max(scores, key=scores.get)
+    pipeline = _segment_pipeline(best_k, seed).fit(x)
+    names = segment_names(pipeline[-1].cluster_centers_)
+    sizes = np.bincount(pipeline.predict(x), minlength=best_k) / len(x)
+    metrics = {"k": best_k, "silhouette": scores[best_k], **{f"silhouette_k{k}": s for k, s in scores.items()},
+               **{f"segment_share_{i}": float(s) for i, s in enumerate(sizes)}, "rows": len(x)}
+    return TrainedModel(
+        name="segment", model=pipeline, features=SEGMENT_FEATURES, params={"k": best_k, "k_range": list(k_range)},
+        metrics=metrics, metadata={"segment_names": {str(i): n for i, n in names.items()}},
+    )
+
+
+def _segment_pipeline(k: int, seed: int) -> Pipeline:
+    return Pipeline([
+        # every segment feature is a non-negative amount, count or share: log1p tames the long tails
+        ("log", FunctionTransformer(np.log1p, feature_names_out="one-to-one")),
+        ("scale", StandardScaler()),
+        ("kmeans", KMeans(n_clusters=k, n_init=5, random_state=seed)),
+    ])

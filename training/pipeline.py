@@ -1,0 +1,144 @@
+"""The pipeline's stages, each callable on its own: data -> features (+ Feast) -> train.
+
+Each stage reads what the previous one wrote under settings.data_dir:
+
+    raw/transactions.parquet, raw/customers.parquet         (data, or your own file)
+    rejects/transactions_rejects.csv                         (features: rows that broke the contract)
+    clean/transactions.parquet                               (features: accepted rows)
+    features/customer_features.parquet, churn_labels.parquet (features)
+    feast/registry.db, feast/online_store.db                 (features: feast apply + materialize)
+    mlflow.db, mlruns/                                       (train, unless MLFLOW_TRACKING_URI is set)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from training import contract, features, generate, models, registry, store
+from training.feature_sets import FEATURE_SERVICES
+from training.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def make_data(settings: Settings, drift_months: int = 0, progress: bool = True) -> generate.GenerationSummary:
+    summary = generate.generate(settings.raw_dir, settings.n_customers, settings.months, settings.start_date,
+                                settings.seed, drift_months=drift_months, progress=progress)
+    log.info("wrote %s customers, %s transactions (%.2f%% fraud) from %s to %s under %s", f"{summary.customers:,}",
+             f"{summary.transactions:,}", 100 * summary.fraud_rate, summary.start, summary.end, settings.raw_dir)
+    return summary
+
+
+def build_features(settings: Settings, transactions: Path | None = None, customers: Path | None = None,
+                   progress: bool = True) -> dict:
+    """Validate the transactions, compute features and labels, apply and materialize Feast."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    transactions = transactions or settings.transactions_path
+    customers = customers or (settings.customers_path if settings.customers_path.exists() else None)
+    known = set(contract.read_table(customers)["customer_id"].astype(str)) if customers else None
+    checked = contract.load_transactions(transactions, known_customers=known)
+    rejects_path = settings.data_dir / "rejects" / "transactions_rejects.csv"
+    contract.write_rejects(checked, rejects_path)
+    log.info("%s: %s", transactions, checked.summary().replace("\n", "; "))
+    if checked.accepted.empty:
+        raise contract.ContractError(f"{transactions}: no row follows the contract; see {rejects_path}")
+    clean_path = settings.data_dir / "clean" / "transactions.parquet"
+    clean_path.parent.mkdir(parents=True, exist_ok=True)
+    checked.accepted.to_parquet(clean_path, index=False)
+    timings["validate_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    tx = checked.accepted
+    snapshots = features.snapshot_dates(tx, settings.snapshot_every_days, settings.min_history_days)
+    table = features.compute_features(tx, snapshots, progress=progress)
+    labels = features.churn_labels(tx, table, settings.churn_horizon_days)
+    settings.features_dir.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(settings.features_dir / "customer_features.parquet", index=False)
+    labels.to_parquet(settings.features_dir / "churn_labels.parquet", index=False)
+    timings["features_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    store.apply(settings)
+    feature_store = store.open_store(settings)
+    store.materialize(feature_store, table)
+    timings["feast_apply_materialize_s"] = time.perf_counter() - started
+
+    summary = {
+        "transactions_file": str(transactions),
+        "accepted_rows": len(checked.accepted),
+        "rejected_rows": len(checked.rejected),
+        "reject_reasons": checked.reason_counts,
+        "rejects_file": str(rejects_path),
+        "snapshots": [str(s.date()) for s in snapshots],
+        "feature_rows": len(table),
+        "features": len(features.NUMERIC_FEATURES) + len(features.PROFILE_FEATURES),
+        "labelled_rows": len(labels),
+        "online_store": settings.online_store,
+        **{k: round(v, 2) for k, v in timings.items()},
+    }
+    (settings.features_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _active(frame: pd.DataFrame) -> pd.DataFrame:
+    """Customers who transacted in the 90 days before the snapshot: the ones who can still churn."""
+    return frame[frame["txn_count_90d"] > 0].reset_index(drop=True)
+
+
+def churn_training_set(feature_store, settings: Settings) -> pd.DataFrame:
+    labels = pd.read_parquet(settings.features_dir / "churn_labels.parquet")
+    frame = store.historical_features(feature_store, labels, FEATURE_SERVICES["churn"])
+    return _active(frame)
+
+
+def fraud_training_set(feature_store, settings: Settings) -> pd.DataFrame:
+    tx = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
+    first_snapshot = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["event_timestamp"]).min().iloc[0]
+    tx = tx[tx["timestamp"] >= first_snapshot]
+    tx = tx.sample(min(settings.fraud_sample, len(tx)), random_state=settings.seed)
+    entity_df = pd.DataFrame({
+        "customer_id": tx["customer_id"].to_numpy(), "event_timestamp": tx["timestamp"].to_numpy(),
+        "amount": tx["amount"].to_numpy(), "merchant_category": tx["merchant_category"].to_numpy(),
+        "channel": tx["channel"].to_numpy(), "country": tx["country"].to_numpy(), "device_id": tx["device_id"].to_numpy(),
+        "transaction_time": (tx["timestamp"].astype("int64") // 10**9).to_numpy(), "is_fraud": tx["is_fraud"].to_numpy(),
+    })
+    return store.historical_features(feature_store, entity_df, FEATURE_SERVICES["fraud"])
+
+
+def segment_training_set(feature_store, settings: Settings) -> pd.DataFrame:
+    table = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["customer_id", "event_timestamp"])
+    latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
+    frame = store.historical_features(feature_store, latest.reset_index(drop=True), FEATURE_SERVICES["segment"])
+    return _active(frame)
+
+
+def train_all(settings: Settings, progress: bool = True) -> dict:
+    """Train churn, fraud and segment from Feast training sets and register them in MLflow."""
+    from tqdm import tqdm
+
+    feature_store = store.open_store(settings)
+    steps = {
+        "churn": (churn_training_set, lambda f: models.train_churn(f, settings.seed)),
+        "fraud": (fraud_training_set, lambda f: models.train_fraud(f, settings.seed)),
+        "segment": (segment_training_set, lambda f: models.train_segment(
+            f, range(settings.segment_k_min, settings.segment_k_max + 1), settings.seed)),
+    }
+    results = {}
+    for name, (build, train) in tqdm(steps.items(), desc="training", unit="model", disable=not progress):
+        started = time.perf_counter()
+        frame = build(feature_store, settings)
+        trained = train(frame)
+        registered = registry.log_and_register(trained, frame, FEATURE_SERVICES[name], settings.tracking_uri)
+        results[name] = {"metrics": trained.metrics, "registered": asdict(registered),
+                         "seconds": round(time.perf_counter() - started, 1)}
+        log.info("%s v%s: %s", name, registered.version,
+                 ", ".join(f"{k}={v:.4g}" for k, v in trained.metrics.items() if k.startswith(("test_", "k", "silhouette"))))
+    (settings.data_dir / "training_summary.json").write_text(json.dumps(results, indent=2, default=str))
+    return results

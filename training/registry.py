@@ -1,0 +1,72 @@
+"""Log a trained model to MLflow and register it as a new version.
+
+The first version of each registered model gets the alias `champion`; later versions are
+registered without moving any alias (promotion is a separate, gated step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+
+from training.models import TrainedModel
+
+log = logging.getLogger(__name__)
+CHAMPION = "champion"
+EXPERIMENT = "fintech-models"
+
+
+@dataclass
+class Registered:
+    name: str
+    version: str
+    run_id: str
+    aliases: list[str]
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A short content hash of a training frame: same rows and values, same fingerprint."""
+    row_hashes = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False).to_numpy()
+    return hashlib.sha256(row_hashes.tobytes()).hexdigest()[:16]
+
+
+def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, feature_service: str, tracking_uri: str) -> Registered:
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(EXPERIMENT)
+    example = training_frame[trained.features].head(5)
+    metadata = {**trained.metadata, "feature_service": feature_service, "features": trained.features,
+                "data_fingerprint": fingerprint(training_frame)}
+    with mlflow.start_run(run_name=f"train-{trained.name}") as run:
+        mlflow.set_tags({"model": trained.name, "feature_service": feature_service, "data_fingerprint": metadata["data_fingerprint"]})
+        mlflow.log_params({k: v for k, v in trained.params.items() if v is not None and len(str(v)) < 500})
+        mlflow.log_metrics({k: float(v) for k, v in trained.metrics.items()})
+        if trained.name == "segment":
+            signature = infer_signature(example, trained.model.predict(example))
+            info = mlflow.sklearn.log_model(trained.model, name="model", signature=signature, input_example=example,
+                                            registered_model_name=trained.name, metadata=metadata)
+        else:
+            signature = infer_signature(example, trained.model.predict_proba(example)[:, 1])
+            info = mlflow.xgboost.log_model(trained.model, name="model", signature=signature, input_example=example,
+                                            registered_model_name=trained.name, metadata=metadata, model_format="ubj")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "model_metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+            for artifact_name, table in trained.artifacts.items():
+                table.to_csv(Path(tmp) / f"{artifact_name}.csv", index=False)
+            mlflow.log_artifacts(tmp)
+
+    client = MlflowClient(tracking_uri)
+    version = str(info.registered_model_version)
+    if CHAMPION not in client.get_registered_model(trained.name).aliases:
+        client.set_registered_model_alias(trained.name, CHAMPION, version)
+    aliases = [a for a, v in client.get_registered_model(trained.name).aliases.items() if str(v) == version]
+    log.info("registered %s version %s (aliases: %s)", trained.name, version, ", ".join(aliases) or "none")
+    return Registered(trained.name, version, run.info.run_id, aliases)

@@ -1,0 +1,70 @@
+"""One typed settings object for the offline pipeline, read from the environment.
+
+Every field can be set by an environment variable of the same name in upper case
+(``DATA_DIR``, ``MLFLOW_TRACKING_URI``, ``ONLINE_STORE`` ...). Nothing is read or created
+until :func:`get_settings` is called.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    data_dir: Path = Field(REPO_ROOT / "data", description="Where data, features and the Feast stores live.")
+    mlflow_tracking_uri: str = Field(
+        "", description="MLflow tracking server or database; empty means sqlite:///<data_dir>/mlflow.db."
+    )
+    feature_repo: Path = Field(REPO_ROOT / "feature_repo", description="The Feast feature repository.")
+    online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store to use.")
+    redis_url: str = Field("localhost:6379", description="Redis connection string when online_store=redis.")
+
+    # synthetic data
+    seed: int = 42
+    n_customers: int = 10_000
+    months: int = 12
+    start_date: date = date(2025, 10, 1)
+
+    # features and labels
+    churn_horizon_days: int = Field(60, description="A customer churns when inactive for this many days after a snapshot.")
+    snapshot_every_days: int = 30
+    min_history_days: int = Field(90, description="First snapshot comes this long after the first transaction.")
+
+    # training
+    fraud_sample: int = Field(200_000, description="Transactions sampled for the fraud training set.")
+    segment_k_min: int = 3
+    segment_k_max: int = 8
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir.resolve() / 'mlflow.db'}"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def transactions_path(self) -> Path:
+        return self.raw_dir / "transactions.parquet"
+
+    @property
+    def customers_path(self) -> Path:
+        return self.raw_dir / "customers.parquet"
+
+
+def get_settings(**overrides) -> Settings:
+    """Read settings from the environment; keyword arguments win over the environment."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
