@@ -66,6 +66,11 @@ def calibrate(raw: np.ndarray, calibration: dict) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(calibration["a"] * logit(raw) + calibration["b"])))
 
 
+def churn_probability(model: xgb.XGBClassifier, calibration: dict, frame: pd.DataFrame) -> np.ndarray:
+    """Calibrated churn probability of each row; reads only the model's features, by name."""
+    return calibrate(model.predict_proba(frame[CHURN_FEATURES])[:, 1], calibration)
+
+
 def risk_level(probability: np.ndarray, cutoffs: dict[str, float]) -> np.ndarray:
     levels = np.full(len(probability), "low", dtype=object)
     for level in ("medium", "high", "critical"):
@@ -95,7 +100,7 @@ def train_churn(frame: pd.DataFrame, seed: int = 42) -> TrainedModel:
     cutoffs = {level: float(np.quantile(valid_p, 1 - share)) for level, share in RISK_SHARES.items()}
 
     raw_test = model.predict_proba(test[CHURN_FEATURES])[:, 1]
-    test_p = calibrate(raw_test, calibration)
+    test_p = churn_probability(model, calibration, test)
     y = test["churned"].to_numpy()
     metrics = {
         "test_roc_auc": roc_auc_score(y, test_p),
