@@ -15,8 +15,8 @@ What is in the data (and what a model can learn from it):
   strong but noisy sign of churn;
 * fraud comes in bursts on a compromised card: amounts far above the customer's norm, risky
   categories, night hours, new devices and foreign countries, each only with some probability, so
-  a share of fraud looks ordinary and a share of ordinary spending (travel abroad, a new phone)
-  looks odd.
+  a share of fraud looks ordinary and a share of ordinary spending (travel abroad, a replaced
+  phone or card, which three customers in ten get) looks odd.
 
 The drift scenario (:data:`DRIFT_SHIFTS`) generates a later period for the same customers with a
 known shift, written down in ``drift_manifest.json`` beside the data.
@@ -112,6 +112,7 @@ def _profiles(rng: np.random.Generator, n: int, base: Period) -> dict[str, np.nd
         "quiet_days": rng.uniform(14, 90, n),
         "quiet_level": np.where(rng.random(n) < 0.4, 0.0, rng.uniform(0.02, 0.3, n)),
         "fraud_rate": rng.gamma(0.5, 0.0012, n),  # compromise incidents per day
+        "new_phone_day": np.where(rng.random(n) < 0.3, rng.uniform(0, base.days + 150, n), np.inf),
     }
 
 
@@ -155,6 +156,7 @@ def _transactions(
     abroad = ((category == TRAVEL) & (rng.random(n) < 0.5)) | (rng.random(n) < 0.01)
     country = np.where(abroad, rng.choice(ABROAD, n), HOME_COUNTRIES[p["home"][cust]])
     device = rng.integers(0, p["n_devices"][cust])
+    device = np.where(day_idx + offset >= p["new_phone_day"][cust], 8, device)  # a replaced phone or card
     fraud = np.zeros(n, dtype=np.int8)
 
     # fraud bursts on compromised cards, only while the customer is still a customer
