@@ -22,9 +22,9 @@ from sklearn.metrics import average_precision_score, brier_score_loss, precision
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from training.decisions import RISK_LEVELS, calibrate, logit, risk_level
 from training.feature_sets import CHURN_FEATURES, FRAUD_FEATURES, SEGMENT_FEATURES
 
-RISK_LEVELS = ("low", "medium", "high", "critical")
 # Share of the validation population above each cut-off: critical = top 5%, high = next 10%, ...
 RISK_SHARES = {"medium": 0.35, "high": 0.15, "critical": 0.05}
 CHURN_INCREASING = ("days_since_last_txn", "recency_vs_gap")
@@ -56,26 +56,9 @@ def _xgb(features: list[str], increasing: tuple[str, ...], seed: int, **override
     return xgb.XGBClassifier(**params)
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
-def calibrate(raw: np.ndarray, calibration: dict) -> np.ndarray:
-    """Platt scaling of raw model probabilities with the coefficients stored with the model."""
-    return 1.0 / (1.0 + np.exp(-(calibration["a"] * logit(raw) + calibration["b"])))
-
-
 def churn_probability(model: xgb.XGBClassifier, calibration: dict, frame: pd.DataFrame) -> np.ndarray:
     """Calibrated churn probability of each row; reads only the model's features, by name."""
     return calibrate(model.predict_proba(frame[CHURN_FEATURES])[:, 1], calibration)
-
-
-def risk_level(probability: np.ndarray, cutoffs: dict[str, float]) -> np.ndarray:
-    levels = np.full(len(probability), "low", dtype=object)
-    for level in ("medium", "high", "critical"):
-        levels[probability >= cutoffs[level]] = level
-    return levels
 
 
 def out_of_time_split(frame: pd.DataFrame, time_column: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -1,0 +1,1 @@
+"""Online inference: one BentoML service per model family behind one HTTP entry service."""

@@ -1,0 +1,33 @@
+"""Serving settings, read from the environment (prefix SERVING_), with documented defaults.
+
+The feature store settings (DATA_DIR, ONLINE_STORE, REDIS_URL) are the pipeline's own
+(training/settings.py), so the service reads the store the pipeline materialized.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchSettings(BaseSettings):
+    """Adaptive batching of one model family's core API."""
+
+    max_batch_size: int = Field(256, ge=1, description="Most requests scored in one batch.")
+    max_latency_ms: int = Field(200, ge=1, description="Latency budget of one request inside the batcher.")
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERVING_", env_nested_delimiter="__", extra="ignore")
+
+    alias: str = Field("champion", description="Registry alias of the versions imported and served.")
+    churn: BatchSettings = BatchSettings()
+    fraud: BatchSettings = BatchSettings()
+    segment: BatchSettings = BatchSettings()
+    max_batch_ids: int = Field(10_000, description="Most customer ids accepted by churn-batch.")
+    top_reasons: int = Field(5, ge=1, le=50, description="Reason codes returned per churn or fraud score.")
+    workers: int = Field(1, ge=1, description="Worker processes of each model service.")
+
+
+def get_serving_settings() -> ServingSettings:
+    return ServingSettings()

@@ -1,0 +1,70 @@
+"""Copy the registry's `champion` versions into the BentoML model store, so a running server
+never needs the MLflow server: `python -m bentos.import_models [--alias champion]`.
+
+A version already in the store (same name and registry version) is not copied again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from training.settings import get_settings
+
+log = logging.getLogger(__name__)
+FAMILIES = ("churn", "fraud", "segment")
+
+
+def bento_tag(name: str, version: str) -> str:
+    return f"{name}:v{version}"
+
+
+def import_family(name: str, alias: str, tracking_uri: str):
+    import bentoml
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    version = str(client.get_model_version_by_alias(name, alias).version)
+    tag = bento_tag(name, version)
+    try:
+        existing = bentoml.models.get(tag)
+        log.info("%s already in the BentoML store", tag)
+        return existing
+    except bentoml.exceptions.NotFound:
+        pass
+    mlflow.set_tracking_uri(tracking_uri)
+    info = mlflow.models.get_model_info(f"models:/{name}@{alias}")
+    importance = {}
+    if name == "churn":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path="feature_importance.csv", dst_path=tmp)
+            rows = Path(path).read_text().splitlines()[1:]
+            importance = {feature: float(value) for feature, value in (row.split(",") for row in rows)}
+    model = bentoml.mlflow.import_model(
+        tag,
+        f"models:/{name}@{alias}",
+        labels={"family": name, "alias": alias, "registry_version": version},
+        metadata={"registry_version": version, "alias": alias, "run_id": info.run_id,
+                  "model_metadata": json.dumps(info.metadata), "global_importance": json.dumps(importance)},
+    )
+    log.info("imported %s (registry %s@%s = version %s)", model.tag, name, alias, version)
+    return model
+
+
+def main(alias: Annotated[str, typer.Option(help="Registry alias to import.")] = "champion") -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    settings = get_settings()
+    for name in FAMILIES:
+        model = import_family(name, alias, settings.tracking_uri)
+        typer.echo(f"{name}: {model.tag}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,102 @@
+"""Prometheus metrics of the API and the JSON summary built from the same numbers.
+
+Created on first use, not at import: BentoML sets PROMETHEUS_MULTIPROC_DIR in each worker after
+importing the service module, and prometheus_client must see it to aggregate across workers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 10_000)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: object
+    latency: object
+    batch_size: object
+
+
+@lru_cache(maxsize=1)
+def metrics() -> Metrics:
+    from prometheus_client import Counter, Histogram
+
+    return Metrics(
+        requests=Counter("fintech_requests", "API requests by route, model version and HTTP status.",
+                         ["route", "model", "version", "status"]),
+        latency=Histogram("fintech_request_latency_seconds", "API request latency by route and model version.",
+                          ["route", "model", "version"], buckets=LATENCY_BUCKETS),
+        batch_size=Histogram("fintech_batch_size", "Requests scored together in one model call.",
+                             ["model", "version"], buckets=BATCH_BUCKETS),
+    )
+
+
+def _registry():
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Quantile from cumulative histogram buckets (upper bound, count), interpolated as Prometheus does."""
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = upper, count
+    return lower
+
+
+def summary() -> dict:
+    """Requests, errors, latency percentiles and batch sizes per route and model version."""
+    routes: dict[tuple, dict] = {}
+    latency_buckets: dict[tuple, list] = {}
+    batches: dict[tuple, dict] = {}
+    for family in _registry().collect():
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "fintech_requests_total":
+                key = (labels["route"], labels["model"], labels["version"])
+                entry = routes.setdefault(key, {"requests": 0, "client_errors": 0, "server_errors": 0})
+                count, status = int(sample.value), int(labels["status"])
+                entry["requests"] += count
+                if 400 <= status < 500:
+                    entry["client_errors"] += count
+                elif status >= 500:
+                    entry["server_errors"] += count
+            elif sample.name == "fintech_request_latency_seconds_bucket":
+                key = (labels["route"], labels["model"], labels["version"])
+                latency_buckets.setdefault(key, []).append((float(labels["le"]), sample.value))
+            elif sample.name.startswith("fintech_batch_size_"):
+                key = (labels["model"], labels["version"])
+                entry = batches.setdefault(key, {"batches": 0, "requests": 0})
+                if sample.name.endswith("_count"):
+                    entry["batches"] += int(sample.value)
+                elif sample.name.endswith("_sum"):
+                    entry["requests"] += int(sample.value)
+    out_routes = []
+    for (route, model, version), entry in sorted(routes.items()):
+        buckets = sorted(latency_buckets.get((route, model, version), []))
+        out_routes.append({"route": route, "model": model, "version": version, **entry,
+                           **{f"latency_p{p}_ms": _ms(_quantile(buckets, p / 100)) for p in (50, 95, 99)}})
+    out_batches = [{"model": m, "version": v, **e, "mean_batch_size": round(e["requests"] / e["batches"], 2) if e["batches"] else None}
+                   for (m, v), e in sorted(batches.items())]
+    return {"routes": out_routes, "batches": out_batches}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)

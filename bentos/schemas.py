@@ -1,0 +1,122 @@
+"""Request and response bodies of the HTTP API (pydantic): what the OpenAPI docs show."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from training.schema import CHANNELS, MERCHANT_CATEGORIES
+
+CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Overrides = Annotated[Optional[dict[FeatureName, FiniteFloat]], Field(
+    default=None, max_length=100, description="Feature values that replace the stored ones for this request.")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CustomerRequest(Strict):
+    customer_id: CustomerId
+    features: Overrides = None
+
+
+class ChurnBatchRequest(Strict):
+    customer_ids: list[CustomerId] = Field(min_length=1, description="Up to 10,000 customer ids.")
+
+
+class Transaction(Strict):
+    amount: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]
+    merchant_category: Literal[MERCHANT_CATEGORIES]  # type: ignore[valid-type]
+    channel: Literal[CHANNELS]  # type: ignore[valid-type]
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+    device_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    timestamp: Optional[datetime] = Field(None, description="When it happened; default now. Naive times are UTC.")
+
+    def request_data(self) -> dict:
+        when = self.timestamp or datetime.now(timezone.utc)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return {"amount": self.amount, "merchant_category": self.merchant_category, "channel": self.channel,
+                "country": self.country, "device_id": self.device_id, "transaction_time": int(when.timestamp())}
+
+
+class FraudRequest(Strict):
+    customer_id: CustomerId
+    transaction: Transaction
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    alias: str
+    feature_service: str
+
+
+class FeatureSources(BaseModel):
+    request: list[str] = Field(description="Features whose value came from the request.")
+    default: list[str] = Field(description="Features the store had no value for (the model's missing-value branch).")
+    store: str = "every other feature came from the online store"
+
+
+class Reason(BaseModel):
+    feature: str
+    shap_value: float = Field(description="Contribution to the score in log-odds (approximate SHAP).")
+    feature_value: Optional[float]
+    direction: Literal["increases risk", "decreases risk"]
+
+
+class ChurnScore(BaseModel):
+    customer_id: str
+    churn_probability: float
+    risk_level: Literal["low", "medium", "high", "critical"]
+    model: ModelRef
+    feature_sources: FeatureSources
+    reasons: list[Reason] = []
+
+
+class ChurnBatchItem(BaseModel):
+    customer_id: str
+    churn_probability: Optional[float] = None
+    risk_level: Optional[str] = None
+    error: Optional[str] = Field(None, description="'unknown_customer' when the store does not know the id.")
+
+
+class ChurnBatchResponse(BaseModel):
+    model: ModelRef
+    count: int
+    unknown: int
+    results: list[ChurnBatchItem]
+
+
+class FraudScore(BaseModel):
+    customer_id: str
+    fraud_probability: float
+    is_fraud: bool
+    threshold: float
+    model: ModelRef
+    feature_sources: FeatureSources
+    reasons: list[Reason]
+
+
+class SegmentResult(BaseModel):
+    customer_id: str
+    segment_id: int
+    segment_name: str
+    model: ModelRef
+    feature_sources: FeatureSources
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: str
+    fields: list[FieldError] = []
