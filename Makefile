@@ -6,10 +6,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= $(CURDIR)/data
-export DATA_DIR
+BENTOML_HOME ?= $(DATA_DIR)/bentoml
+PORT ?= 3000
+export DATA_DIR BENTOML_HOME
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install lock data features train up test test-fast bench clean
+.PHONY: help install lock data features train import-models build serve up test test-fast bench loadtest clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,8 +40,16 @@ features: install ## Validate transactions, compute features, feast apply + mate
 train: install ## Train churn, fraud and segment models into the MLflow registry
 	$(BIN)/python -m training train
 
-up: data features train ## Everything from nothing: install, data, features, models
-	@echo "Models registered in $${MLFLOW_TRACKING_URI:-sqlite:///$(DATA_DIR)/mlflow.db}"
+import-models: install ## Copy the registry's champion versions into the BentoML model store
+	$(BIN)/python -m bentos.import_models
+
+build: import-models ## Build the bento (bentofile.yaml): code, settings and models, served as is
+	$(BIN)/bentoml build --output tag
+
+serve: install ## Serve the last built bento on $(PORT), without retraining
+	$(BIN)/bentoml serve fintech-serving:latest --port $(PORT)
+
+up: data features train build serve ## Everything from nothing: data, features, models, bento, HTTP on :3000
 
 test: install ## Run every test: unit, data contract, model behaviour, integration (needs redis-server)
 	$(BIN)/python -m pytest

@@ -41,3 +41,11 @@ def small_raw(tmp_path_factory):
     out = tmp_path_factory.mktemp("raw")
     summary = generate(out, n_customers=1500, months=12, start=date(2025, 10, 1), seed=7, drift_months=2, progress=False)
     return out, summary
+
+
+def pytest_configure(config):
+    """Keep the BentoML model store of a test session apart from the user's (~/bentoml)."""
+    import os
+    import tempfile
+
+    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoml-test-")

@@ -1,11 +1,53 @@
-"""Real servers for the integration tests: a redis-server started on a free loopback port."""
+"""What the integration tests share: the offline pipeline run once on a small data set, its
+champion models imported into the (per-session) BentoML store, and a real redis-server."""
 
 import shutil
 import socket
 import subprocess
 import time
 
+import pandas as pd
 import pytest
+
+from training.pipeline import build_features, make_data, train_all
+from training.settings import get_settings
+
+PUSHED_CUSTOMER_SEED = 99  # the push test writes to this customer: the others read untouched values
+
+
+def latest_rows(table: pd.DataFrame, n: int, pushed: bool = False) -> pd.DataFrame:
+    """n customers of the last snapshot, the one the push test changes only when asked for."""
+    latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
+    target = latest.sample(1, random_state=PUSHED_CUSTOMER_SEED)
+    if pushed:
+        return target.set_index("customer_id")
+    return latest.drop(target.index).sample(n, random_state=0).set_index("customer_id")
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory):
+    return get_settings(data_dir=tmp_path_factory.mktemp("pipeline"), n_customers=1500, fraud_sample=40_000, seed=11)
+
+
+@pytest.fixture(scope="session")
+def built(settings):
+    make_data(settings, progress=False)
+    summary = build_features(settings, progress=False)
+    first = train_all(settings, progress=False)
+    return summary, first
+
+
+@pytest.fixture(scope="session")
+def table(built, settings):
+    return pd.read_parquet(settings.features_dir / "customer_features.parquet")
+
+
+@pytest.fixture(scope="session")
+def served_models(built, settings):
+    """The champion versions in the BentoML store (BENTOML_HOME is per test session)."""
+    from bentos.import_models import FAMILIES, import_family
+
+    return {name: import_family(name, "champion", settings.tracking_uri) for name in FAMILIES}
 
 
 def free_port() -> int:

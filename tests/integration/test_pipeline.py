@@ -14,34 +14,13 @@ from mlflow import MlflowClient
 from training import store
 from training.feature_sets import CHURN_FEATURES, SEGMENT_FEATURES
 from training.features import NUMERIC_FEATURES
-from training.pipeline import build_features, make_data, train_all
+from training.pipeline import train_all
 from training.realtime import OUTPUT_FEATURES, transaction_features
-from training.settings import get_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    return get_settings(data_dir=tmp_path_factory.mktemp("pipeline"), n_customers=1500, fraud_sample=40_000, seed=11)
-
-
-@pytest.fixture(scope="module")
-def built(settings):
-    make_data(settings, progress=False)
-    summary = build_features(settings, progress=False)
-    first = train_all(settings, progress=False)
-    return summary, first
-
-
-@pytest.fixture(scope="module")
-def table(built, settings):
-    return pd.read_parquet(settings.features_dir / "customer_features.parquet")
-
-
-def latest_rows(table: pd.DataFrame, n: int) -> pd.DataFrame:
-    latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
-    return latest.sample(n, random_state=0).set_index("customer_id")
+from tests.integration.conftest import latest_rows
 
 
 def test_feature_summary_counts_everything(built):
@@ -160,7 +139,7 @@ def test_push_writes_fresh_aggregates_online(built, settings, table):
     from feast.data_source import PushMode
 
     fs = store.open_store(settings)
-    row = latest_rows(table, 1).reset_index()
+    row = latest_rows(table, 1, pushed=True).reset_index()
     customer = row["customer_id"].iloc[0]
     fresh = row[["customer_id", *[f.name for f in fs.get_feature_view("customer_activity").features]]].copy()
     fresh["txn_count_7d"] = 999.0

@@ -1,0 +1,121 @@
+"""HTTP through the service's ASGI app, in one process, on the real models and Feast store."""
+
+import math
+import os
+
+import pytest
+
+from tests.integration.conftest import latest_rows
+from training.feature_sets import CHURN_FEATURES
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+API = "/api/v1/inference"
+
+
+@pytest.fixture(scope="module")
+def client(settings, served_models):
+    from starlette.testclient import TestClient
+
+    previous = os.environ.get("DATA_DIR")
+    os.environ["DATA_DIR"] = str(settings.data_dir)
+    from bentos.service import FintechAPI
+
+    with TestClient(FintechAPI.to_asgi()) as test_client:
+        yield test_client
+    if previous is None:
+        os.environ.pop("DATA_DIR")
+    else:
+        os.environ["DATA_DIR"] = previous
+
+
+@pytest.fixture(scope="module")
+def customers(table):
+    return latest_rows(table, 5).index.tolist()
+
+
+def test_service_routes_answer(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    status = client.get("/models/status").json()
+    assert {f: status[f]["alias"] for f in status} == {"churn": "champion", "fraud": "champion", "segment": "champion"}
+    assert client.get("/").json()["models"]["churn"]["version"] == "1"
+
+
+def test_churn_score_names_model_risk_and_reasons(client, customers):
+    body = client.post(f"{API}/churn-score", json={"customer_id": customers[0]}).json()
+    assert 0 <= body["churn_probability"] <= 1
+    assert body["risk_level"] in ("low", "medium", "high", "critical")
+    assert body["model"] == {"name": "churn", "version": "1", "alias": "champion", "feature_service": "churn_v1"}
+    assert len(body["reasons"]) == 5 and {"feature", "shap_value", "feature_value", "direction"} <= set(body["reasons"][0])
+    assert body["feature_sources"]["request"] == []
+
+
+def test_overrides_are_used_and_reported(client, customers):
+    plain = client.post(f"{API}/churn-score", json={"customer_id": customers[1]}).json()
+    later = client.post(f"{API}/churn-score", json={"customer_id": customers[1], "features": {"days_since_last_txn": 120}}).json()
+    assert later["feature_sources"]["request"] == ["days_since_last_txn"]
+    assert later["churn_probability"] >= plain["churn_probability"]
+
+
+def test_segment_fraud_and_explain(client, customers):
+    segment = client.post(f"{API}/segment", json={"customer_id": customers[0]}).json()
+    assert isinstance(segment["segment_id"], int) and segment["segment_name"]
+    transaction = {"amount": 42.5, "merchant_category": "groceries", "channel": "pos", "country": "GB",
+                   "device_id": "dev-1", "timestamp": "2026-10-01T12:00:00Z"}
+    fraud = client.post(f"{API}/fraud-detection", json={"customer_id": customers[0], "transaction": transaction}).json()
+    assert 0 <= fraud["fraud_probability"] <= 1 and fraud["is_fraud"] == (fraud["fraud_probability"] >= fraud["threshold"])
+    explained = client.get(f"{API}/explain", params={"customer_id": customers[0]}).json()
+    assert explained["kind"] == "shap_values" and [v["feature"] for v in explained["values"]] == CHURN_FEATURES
+    overall = client.get(f"{API}/explain").json()
+    assert overall["kind"] == "global_importance" and overall["mean_abs_shap"]["days_since_last_txn"] > 0
+
+
+def test_churn_batch_scores_known_and_flags_unknown(client, customers):
+    body = client.post(f"{API}/churn-batch", json={"customer_ids": [*customers, "NOBODY"]}).json()
+    assert body["count"] == 6 and body["unknown"] == 1
+    assert body["results"][-1] == {"customer_id": "NOBODY", "churn_probability": None, "risk_level": None, "error": "unknown_customer"}
+
+
+@pytest.mark.parametrize(("path", "payload", "status", "field"), [
+    ("churn-score", {"customer_id": "NOBODY"}, 404, "customer_id"),
+    ("churn-score", {}, 422, "customer_id"),
+    ("churn-score", {"customer_id": 12}, 422, "customer_id"),
+    ("churn-score", {"customer_id": "x" * 10_000}, 422, "customer_id"),
+    ("churn-score", {"customer_id": "C1", "features": {"days_since_last_txn": "soon"}}, 422, "features.days_since_last_txn"),
+    ("churn-score", {"customer_id": "C1", "unexpected": 1}, 422, "unexpected"),
+    ("churn-batch", {"customer_ids": []}, 422, "customer_ids"),
+    ("churn-batch", {"customer_ids": ["C1"] * 10_001}, 413, "customer_ids"),
+    ("fraud-detection", {"customer_id": "C1", "transaction": {"amount": -1, "merchant_category": "groceries", "channel": "pos",
+                                                             "country": "GB", "device_id": "d"}}, 422, "transaction.amount"),
+    ("fraud-detection", {"customer_id": "C1", "transaction": {"amount": 5, "merchant_category": "groceries", "channel": "pos",
+                                                             "country": "Britain", "device_id": "d"}}, 422, "transaction.country"),
+    ("segment", {"customer_id": "C0000001", "features": {"no_such_feature": 1.0}}, 422, "features.no_such_feature"),
+])
+def test_bad_input_is_a_4xx_naming_the_field(client, path, payload, status, field):
+    response = client.post(f"{API}/{path}", json=payload)
+    assert response.status_code == status, response.text
+    assert field in [f["field"] for f in response.json()["fields"]]
+
+
+def test_malformed_and_non_finite_json_are_rejected(client):
+    response = client.post(f"{API}/churn-score", content=b'{"customer_id": ', headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["fields"][0]["field"] == "body"
+    response = client.post(f"{API}/churn-score", content=b'{"customer_id": "C1", "features": {"spend_30d": NaN}}',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_metrics_summary_counts_what_was_served(client, customers):
+    client.post(f"{API}/churn-score", json={"customer_id": customers[2]})
+    summary = client.get(f"{API}/metrics").json()
+    churn = [r for r in summary["routes"] if r["route"] == "churn-score"][0]
+    assert churn["requests"] >= 1 and churn["version"] == "1" and not math.isnan(churn["latency_p50_ms"])
+    assert churn["client_errors"] >= 1 and churn["server_errors"] == 0
+
+
+def test_openapi_documents_the_routes(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for route in ("churn-score", "churn-batch", "segment", "fraud-detection", "explain", "metrics"):
+        assert f"{API}/{route}" in paths
+    assert "ChurnScore" in str(paths[f"{API}/churn-score"]["post"]["responses"]["200"])

@@ -1,0 +1,87 @@
+"""Scoring logic with a fake feature reader and a tiny real booster (no Feast, no BentoML)."""
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER, ChurnScorer, FraudScorer, ModelInfo
+
+FEATURES = ["days_since_last_txn", "txn_count_30d", "spend_30d"]
+
+
+class FakeReader:
+    """Knows customers A and B; counts its reads."""
+
+    STORE = {"A": [2.0, 10.0, 300.0], "B": [85.0, 1.0, 20.0]}
+
+    def __init__(self):
+        self.reads = 0
+
+    def read(self, feature_service, rows):
+        self.reads += 1
+        out = {name: [] for name in FEATURES}
+        for row in rows:
+            values = self.STORE.get(row["customer_id"], [None] * len(FEATURES))
+            for name, value in zip(FEATURES, values):
+                out[name].append(value)
+        return out
+
+
+@pytest.fixture(scope="module")
+def booster():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, [90, 30, 1000], size=(2000, 3))
+    y = (x[:, 0] + rng.normal(0, 10, 2000) > 45).astype(int)
+    return xgb.train({"objective": "binary:logistic", "max_depth": 3}, xgb.DMatrix(x, y, feature_names=FEATURES), 30)
+
+
+@pytest.fixture
+def churn(booster):
+    metadata = {"features": FEATURES, "calibration": {"a": 1.0, "b": 0.0},
+                "risk_cutoffs": {"medium": 0.2, "high": 0.5, "critical": 0.8}}
+    return ChurnScorer(booster, metadata, ModelInfo("churn", "3", "champion", "churn_v1"), FakeReader(), top_n=2)
+
+
+def test_a_batch_is_one_store_read_and_each_request_gets_its_own_result(churn):
+    results = churn.score([{"customer_id": "A"}, {"customer_id": "B"}, {"customer_id": "A", "features": {"days_since_last_txn": 80}}])
+    assert churn.reader.reads == 1
+    assert [r["customer_id"] for r in results] == ["A", "B", "A"]
+    assert results[0]["churn_probability"] < 0.2 < 0.8 < results[1]["churn_probability"]
+    assert results[1]["risk_level"] == "critical" and results[0]["risk_level"] == "low"
+    assert results[2]["churn_probability"] > results[0]["churn_probability"]
+    assert results[0]["model"] == {"name": "churn", "version": "3", "alias": "champion", "feature_service": "churn_v1"}
+
+
+def test_sources_say_where_each_feature_came_from(churn):
+    [result] = churn.score([{"customer_id": "A", "features": {"spend_30d": 1.0}}])
+    assert result["feature_sources"] == {"request": ["spend_30d"], "default": []}
+
+
+def test_reason_codes_name_the_strongest_features(churn):
+    [result] = churn.score([{"customer_id": "B"}])
+    reasons = result["reasons"]
+    assert len(reasons) == 2 and reasons[0]["feature"] == "days_since_last_txn"
+    assert reasons[0]["direction"] == "increases risk" and reasons[0]["feature_value"] == 85.0
+    assert abs(reasons[0]["shap_value"]) >= abs(reasons[1]["shap_value"])
+
+
+def test_unknown_customers_and_unknown_features_are_errors_not_scores(churn):
+    unknown, invalid = churn.score([{"customer_id": "Z"}, {"customer_id": "A", "features": {"nope": 1.0}}])
+    assert unknown == {"customer_id": "Z", "error": UNKNOWN_CUSTOMER}
+    assert invalid["error"] == INVALID_FEATURE and invalid["fields"] == ["features.nope"]
+
+
+def test_exact_explanations_add_up_to_the_margin(churn, booster):
+    explained = churn.explain("B")
+    assert [v["feature"] for v in explained["values"]] == FEATURES
+    row = xgb.DMatrix(np.array([FakeReader.STORE["B"]]), feature_names=FEATURES)
+    bias = booster.predict(row, pred_contribs=True)[0, -1]
+    total = sum(v["shap_value"] for v in explained["values"]) + bias
+    assert total == pytest.approx(float(booster.predict(row, output_margin=True)[0]), abs=1e-4)
+
+
+def test_fraud_decision_uses_the_stored_threshold(booster):
+    metadata = {"features": FEATURES, "threshold": 0.5}
+    scorer = FraudScorer(booster, metadata, ModelInfo("fraud", "1", "champion", "fraud_v1"), FakeReader())
+    low, high = scorer.score([{"customer_id": "A"}, {"customer_id": "B"}])
+    assert low["is_fraud"] is False and high["is_fraud"] is True and high["threshold"] == 0.5
