@@ -31,3 +31,14 @@ class ServingSettings(BaseSettings):
 
 def get_serving_settings() -> ServingSettings:
     return ServingSettings()
+
+
+# Service options shared by the three model services. `runner_connection`: BentoML 1.4.30+
+# renews the caller's connection pool every 100 requests and closes the old one under requests
+# still in flight, which fails them under concurrent load (BentoML issues 5540, 5544); we renew
+# it never (1e9 requests, a year).
+MODEL_SERVICE_OPTIONS = {
+    "traffic": {"timeout": 30},
+    "logging": {"access": {"enabled": False}},
+    "runner_connection": {"max_requests": 1_000_000_000, "max_age": 31_536_000.0},
+}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bentoml
 
-from bentos.config import get_serving_settings
+from bentos.config import MODEL_SERVICE_OPTIONS, get_serving_settings
 from bentos.metrics import metrics
 from bentos.loading import load_booster, model_info
 from bentos.online import FeastReader
@@ -14,7 +14,7 @@ from training.settings import get_settings
 SETTINGS = get_serving_settings()
 
 
-@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(workers=SETTINGS.workers, **MODEL_SERVICE_OPTIONS)
 class FraudModel:
     bento_model = bentoml.models.BentoModel("fraud:latest")
 

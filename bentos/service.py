@@ -9,9 +9,12 @@ produces a 500.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from contextlib import contextmanager
 
+import aiohttp
 import bentoml
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +31,15 @@ from bentos.schemas import (
 from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER
 from bentos.segment import SegmentModel
 
+log = logging.getLogger(__name__)
 SETTINGS = get_serving_settings()
+FAMILIES = ("churn", "fraud", "segment")
+# BentoML's batcher learns each model's latency from its first ~15 calls, one at a time; sent
+# concurrently, those calls are shed as "overloaded". /ready sends them first, one by one.
+WARM_UP_CALLS = 20
+PROBE = {"customer_id": "__warm_up__", "request_data": {
+    "amount": 10.0, "merchant_category": "groceries", "channel": "pos", "country": "GB", "device_id": "-",
+    "transaction_time": 0}}
 API_PREFIX = "/api/v1/inference"
 ERRORS = {404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 
@@ -54,6 +65,22 @@ async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
     fields = [{"field": _field(err), "message": err["msg"]} for err in e.errors()]
     return JSONResponse({"error": "invalid_request", "detail": "the request body does not match the schema",
                          "fields": fields}, status_code=422)
+
+
+@app.exception_handler(bentoml.exceptions.BentoMLException)
+async def _upstream(_: Request, e: bentoml.exceptions.BentoMLException) -> JSONResponse:
+    """A model service failed or shed the request: the client may retry; it is not their fault."""
+    overloaded = isinstance(e, bentoml.exceptions.ServiceUnavailable)
+    log.warning("model service error: %s", e)
+    return JSONResponse({"error": "overloaded" if overloaded else "model_service_error", "detail": str(e)[:300], "fields": []},
+                        status_code=503 if overloaded else 502, headers={"Retry-After": "1"} if overloaded else None)
+
+
+@app.exception_handler(aiohttp.ClientError)
+async def _unreachable(_: Request, e: aiohttp.ClientError) -> JSONResponse:
+    log.warning("model service unreachable: %r", e)
+    return JSONResponse({"error": "model_service_unreachable", "detail": type(e).__name__, "fields": []},
+                        status_code=502)
 
 
 def _field(error: dict) -> str:
@@ -101,6 +128,18 @@ class FintechAPI:
 
     def __init__(self) -> None:
         self.models: dict[str, dict] = {}
+        self.warmed = False
+        self.warm_up_lock = asyncio.Lock()
+
+    async def warm_up(self) -> None:
+        async with self.warm_up_lock:
+            if self.warmed:
+                return
+            for family in FAMILIES:
+                for _ in range(WARM_UP_CALLS):
+                    await getattr(self, family).to_async.score([PROBE])
+            self.warmed = True
+            log.info("model services warmed up (%d calls each)", WARM_UP_CALLS)
 
     async def model(self, family: str) -> dict:
         """The registry identity of the version a family serves (asked once, then kept)."""
@@ -112,7 +151,7 @@ class FintechAPI:
     async def info(self) -> dict:
         return {"service": "fintech-serving", "docs": "/docs", "openapi": "/openapi.json",
                 "routes": [f"{API_PREFIX}/{r}" for r in ("churn-score", "churn-batch", "segment", "fraud-detection", "explain", "metrics")],
-                "models": {f: await self.model(f) for f in ("churn", "fraud", "segment")}}
+                "models": {f: await self.model(f) for f in FAMILIES}}
 
     @app.get("/health")
     async def health(self) -> dict:
@@ -120,19 +159,22 @@ class FintechAPI:
 
     @app.get("/ready")
     async def ready(self) -> JSONResponse:
+        """Ready once every model service and the feature store answer, and the batchers are warm."""
         checks = {}
-        for family in ("churn", "fraud", "segment"):
+        for family in FAMILIES:
             try:
                 checks[family] = bool(await getattr(self, family).to_async.ready())
             except Exception as e:  # a model service or the store is not answering
                 checks[family] = False
                 checks[f"{family}_error"] = str(e)[:200]
-        ok = all(checks[f] for f in ("churn", "fraud", "segment"))
+        ok = all(checks[f] for f in FAMILIES)
+        if ok and not self.warmed:
+            await self.warm_up()
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
     @app.get("/models/status")
     async def models_status(self) -> dict:
-        return {f: await self.model(f) for f in ("churn", "fraud", "segment")}
+        return {f: await self.model(f) for f in FAMILIES}
 
     @app.post(f"{API_PREFIX}/churn-score", response_model=ChurnScore, responses=ERRORS)
     async def churn_score(self, body: CustomerRequest) -> dict:

@@ -1,0 +1,129 @@
+"""A real `bentoml serve` subprocess on the real models and Feast store, SQLite and Redis."""
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+
+from tests.integration.conftest import free_port, latest_rows
+from training import store
+from training.models import churn_probability
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+API = "/api/v1/inference"
+
+
+def start_server(settings, tmp_path: Path, **env) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(tmp_path / f"serve-{port}.log", "w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("bentoml")), "serve", "bentos.service:FintechAPI", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "DATA_DIR": str(settings.data_dir), **env},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"bentoml serve did not become ready; log:\n{(tmp_path / f'serve-{port}.log').read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def sqlite_url(settings, served_models, tmp_path_factory):
+    process, url = start_server(settings, tmp_path_factory.mktemp("serve"), ONLINE_STORE="sqlite")
+    yield url
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def redis_served_url(settings, served_models, table, redis_url, tmp_path_factory):
+    redis_settings = settings.model_copy(update={"online_store": "redis", "redis_url": redis_url})
+    store.apply(redis_settings)
+    store.materialize(store.open_store(redis_settings), table)
+    process, url = start_server(settings, tmp_path_factory.mktemp("serve"), ONLINE_STORE="redis", REDIS_URL=redis_url)
+    yield url
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def offline_churn(settings):
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    info = mlflow.models.get_model_info("models:/churn@champion")
+    model = mlflow.xgboost.load_model("models:/churn@champion")
+    return lambda rows: churn_probability(model, info.metadata["calibration"], rows)
+
+
+def churn_score(url: str, customer: str, features: dict | None = None) -> dict:
+    body = {"customer_id": customer, **({"features": features} if features else {})}
+    response = httpx.post(f"{url}{API}/churn-score", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_served_scores_equal_offline_scores(sqlite_url, table, offline_churn):
+    rows = latest_rows(table, 20)
+    served = np.array([churn_score(sqlite_url, c)["churn_probability"] for c in rows.index])
+    np.testing.assert_allclose(served, offline_churn(rows), rtol=1e-6)
+
+
+def test_concurrent_callers_each_get_their_own_result(sqlite_url, table, offline_churn):
+    rows = latest_rows(table, 40)
+    calls = [(customer, float(days)) for days in (1, 30, 90) for customer in rows.index]
+    before = httpx.get(f"{sqlite_url}{API}/metrics").json()["batches"]
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(lambda call: churn_score(sqlite_url, call[0], {"days_since_last_txn": call[1]}), calls))
+    for (customer, days), result in zip(calls, results):
+        assert result["customer_id"] == customer and result["feature_sources"]["request"] == ["days_since_last_txn"]
+        expected = offline_churn(rows.loc[[customer]].assign(days_since_last_txn=days))[0]
+        assert result["churn_probability"] == pytest.approx(expected, rel=1e-6)
+    after = httpx.get(f"{sqlite_url}{API}/metrics").json()["batches"]
+    churn_before = next((b for b in before if b["model"] == "churn"), {"batches": 0, "requests": 0})
+    churn_after = next(b for b in after if b["model"] == "churn")
+    batches = churn_after["batches"] - churn_before["batches"]
+    assert churn_after["requests"] - churn_before["requests"] == len(calls)
+    assert batches < len(calls)  # concurrent requests were scored together
+
+
+def test_real_server_routes(sqlite_url):
+    assert httpx.get(f"{sqlite_url}/livez").status_code == 200
+    assert httpx.get(f"{sqlite_url}/readyz").status_code == 200
+    assert httpx.get(f"{sqlite_url}/models/status").json()["fraud"]["version"] == "1"
+    assert httpx.post(f"{sqlite_url}{API}/churn-score", json={"customer_id": "NOBODY"}).status_code == 404
+    assert httpx.post(f"{sqlite_url}{API}/churn-batch", json={"customer_ids": ["C1"] * 10_001}).status_code == 413
+    bad = httpx.post(f"{sqlite_url}{API}/segment", content=b"[1,", headers={"content-type": "application/json"})
+    assert bad.status_code == 422
+    exposition = httpx.get(f"{sqlite_url}/metrics").text
+    assert 'fintech_requests_total{model="churn",route="churn-score",status="200",version="1"}' in exposition
+    assert "fintech_batch_size_bucket" in exposition and "fintech_request_latency_seconds_bucket" in exposition
+
+
+def test_redis_online_store_serves_the_same_scores(redis_served_url, sqlite_url, table):
+    for customer in latest_rows(table, 10).index:
+        from_redis = churn_score(redis_served_url, customer)
+        from_sqlite = churn_score(sqlite_url, customer)
+        assert from_redis["churn_probability"] == pytest.approx(from_sqlite["churn_probability"], rel=1e-9)
+        assert from_redis["reasons"] == from_sqlite["reasons"]
