@@ -1,0 +1,250 @@
+"""Serving benchmark: this service against the naive design and the framework's ceiling, in one run.
+
+    python -m loadtests.bench_serving        (make bench-serving; needs `make up` first and wrk)
+
+For each target, on the same machine, store, model and load generator:
+  (a) this service: POST churn-score by customer id (bentoml serve bentos.service:FintechAPI);
+  (b) the naive design (loadtests/baselines/naive_app.py, one uvicorn worker per core);
+  (c) a no-op API on the same BentoML configuration (loadtests/baselines/noop_service.py).
+It measures the throughput at saturation (wrk, closed loop) and p50/p99 at a fixed offered rate
+(an open-loop generator that times each request from when it was due, so a stall is not hidden),
+then churn-batch with 1,000 customers. Results go to loadtests/results/serving.{json,md}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from training.settings import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "loadtests" / "results"
+ROUTE = "/api/v1/inference/churn-score"
+BIN = Path(sys.executable).parent
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local ids = {%s}
+request = function()
+  return wrk.format(nil, nil, nil, '{"customer_id":"' .. ids[math.random(#ids)] .. '"}')
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(command: list[str], port: int, ready_path: str, log: Path, env: dict) -> subprocess.Popen:
+    import httpx
+
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **env})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=30).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"{command[0]} did not become ready on port {port}; see {log}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wrk(port: int, script: Path, seconds: int, connections: int) -> dict:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{ROUTE}"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    latency = {p: _ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "99")}
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"requests_per_s": round(rps, 1), "p50_ms": latency["50"], "p99_ms": latency["99"], "requests": total,
+            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+            "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit], 2)
+
+
+async def _open_loop(port: int, ids: list[str], rate: float, seconds: float) -> dict:
+    """Send `rate` requests a second on schedule, whatever the answers; latency counts from the due time."""
+    import aiohttp
+
+    latencies: list[float] = []
+    failures = 0
+    url = f"http://127.0.0.1:{port}{ROUTE}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def one(due: float) -> None:
+            nonlocal failures
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            try:
+                async with session.post(url, json={"customer_id": random.choice(ids)}) as response:
+                    await response.read()
+                    if response.status != 200:
+                        failures += 1
+            except aiohttp.ClientError:
+                failures += 1
+            latencies.append(time.perf_counter() - due)
+
+        start = time.perf_counter() + 0.2
+        await asyncio.gather(*(one(start + i / rate) for i in range(int(rate * seconds))))
+    latencies.sort()
+    return {"offered_rate": rate, "requests": len(latencies), "failures": failures,
+            "p50_ms": round(1000 * latencies[len(latencies) // 2], 2),
+            "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99) - 1], 2)}
+
+
+def churn_batch_latency(port: int, ids: list[str], calls: int = 30, size: int = 1000) -> dict:
+    import httpx
+
+    times = []
+    with httpx.Client(timeout=60) as client:
+        for i in range(calls + 3):
+            body = {"customer_ids": random.sample(ids, size)}
+            started = time.perf_counter()
+            response = client.post(f"http://127.0.0.1:{port}/api/v1/inference/churn-batch", json=body)
+            response.raise_for_status()
+            if i >= 3:  # the first calls warm the connection and the store
+                times.append(1000 * (time.perf_counter() - started))
+    return {"customers": size, "calls": calls, "median_ms": round(statistics.median(times), 1),
+            "p90_ms": round(sorted(times)[int(calls * 0.9) - 1], 1)}
+
+
+def main(
+    seconds: Annotated[int, typer.Option(help="Duration of each saturation run.")] = 20,
+    connections: Annotated[int, typer.Option(help="wrk connections.")] = 32,
+    rate: Annotated[float, typer.Option(help="Fixed offered rate (requests/s) for the latency comparison.")] = 300.0,
+    naive_workers: Annotated[int, typer.Option(help="uvicorn workers of the naive baseline.")] = 2,
+) -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    settings = get_settings()
+    features = settings.features_dir / "customer_features.parquet"
+    if not features.exists():
+        raise SystemExit(f"{features} is missing: run `make up` (or make features train build) first")
+    table = pd.read_parquet(features, columns=["customer_id", "event_timestamp"])
+    ids = table.loc[table["event_timestamp"] == table["event_timestamp"].max(), "customer_id"].tolist()
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    script = work / "churn.lua"
+    script.write_text(WRK_SCRIPT % ",".join(f'"{i}"' for i in ids))
+    env = {"DATA_DIR": str(settings.data_dir)}
+    targets = {
+        "a_service": ([str(BIN / "bentoml"), "serve", "bentos.service:FintechAPI"], "/ready"),
+        "b_naive": ([str(BIN / "uvicorn"), "loadtests.baselines.naive_app:app", "--workers", str(naive_workers),
+                     "--log-level", "warning", "--no-access-log"], None),
+        "c_noop": ([str(BIN / "bentoml"), "serve", "loadtests.baselines.noop_service:NoopAPI"], "/readyz"),
+    }
+    results: dict = {"config": {"seconds": seconds, "connections": connections, "fixed_rate": rate, "naive_workers": naive_workers,
+                                "cpus": os.cpu_count(), "customers": len(ids), "online_store": settings.online_store,
+                                "serving_workers": os.environ.get("SERVING_WORKERS", "1")}}
+    for name, (command, ready) in targets.items():
+        port = free_port()
+        command = [*command, "--port", str(port)] + (["--host", "127.0.0.1"] if "uvicorn" in command[0] else [])
+        print(f"{name}: starting", flush=True)
+        if ready is None:  # the naive app has no health route: its own scoring route must answer
+            process = subprocess.Popen(command, cwd=ROOT, stdout=(work / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+                                       env={**os.environ, **env})
+            _wait_for_post(port, ids[0])
+        else:
+            process = start(command, port, ready, work / f"{name}.log", env)
+        try:
+            wrk(port, script, 5, connections)  # warm-up, not recorded
+            saturation = wrk(port, script, seconds, connections)
+            fixed = asyncio.run(_open_loop(port, ids, rate, 15))
+            results[name] = {"saturation": saturation, "fixed_rate": fixed}
+            if name == "a_service":
+                results[name]["churn_batch_1000"] = churn_batch_latency(port, ids)
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
+        finally:
+            stop(process)
+
+    a, b, c = (results[k]["saturation"] for k in ("a_service", "b_naive", "c_noop"))
+    af, bf = results["a_service"]["fixed_rate"], results["b_naive"]["fixed_rate"]
+    results["ratios"] = {"a_over_b_throughput": round(a["requests_per_s"] / b["requests_per_s"], 2),
+                         "a_over_c_throughput": round(a["requests_per_s"] / c["requests_per_s"], 2)}
+    results["targets"] = {
+        "a_at_least_3x_b_throughput": results["ratios"]["a_over_b_throughput"] >= 3,
+        "a_p99_not_worse_than_b_at_fixed_rate": af["p99_ms"] <= bf["p99_ms"],
+        "a_p99_not_worse_than_b_at_saturation": a["p99_ms"] <= b["p99_ms"],
+        "a_at_least_70pct_of_c": results["ratios"]["a_over_c_throughput"] >= 0.7,
+        "churn_batch_1000_median_under_50ms": results["a_service"]["churn_batch_1000"]["median_ms"] < 50,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "serving.md").write_text(render(results))
+    print(render(results))
+
+
+def _wait_for_post(port: int, customer: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.post(f"http://127.0.0.1:{port}{ROUTE}", json={"customer_id": customer}, timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the naive baseline did not answer on port {port}")
+
+
+def render(r: dict) -> str:
+    cfg = r["config"]
+    lines = [
+        "# Serving benchmark", "",
+        f"One run, {cfg['cpus']} CPUs, {cfg['online_store']} online store, wrk -t2 -c{cfg['connections']} for "
+        f"{cfg['seconds']} s (saturation) and an open-loop generator at {cfg['fixed_rate']:.0f} req/s for 15 s. "
+        f"POST churn-score with ids drawn from {cfg['customers']:,} customers.", "",
+        "| target | req/s at saturation | p50 ms | p99 ms | non-2xx | p50 ms at fixed rate | p99 ms at fixed rate | failures |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    names = {"a_service": "(a) this service", "b_naive": f"(b) naive FastAPI + Feast + XGBoost ({cfg['naive_workers']} workers)",
+             "c_noop": "(c) no-op, same BentoML setup"}
+    for key, label in names.items():
+        s, f = r[key]["saturation"], r[key]["fixed_rate"]
+        lines.append(f"| {label} | {s['requests_per_s']:.0f} | {s['p50_ms']} | {s['p99_ms']} | {s['non_2xx'] + s['socket_errors']} "
+                     f"| {f['p50_ms']} | {f['p99_ms']} | {f['failures']} |")
+    batch = r["a_service"]["churn_batch_1000"]
+    lines += ["", f"churn-batch of {batch['customers']:,} customers: median {batch['median_ms']} ms, p90 {batch['p90_ms']} ms "
+              f"over {batch['calls']} calls.", "",
+              f"Throughput (a)/(b) = {r['ratios']['a_over_b_throughput']}, (a)/(c) = {r['ratios']['a_over_c_throughput']}.", "",
+              "| target | met |", "|---|---|"]
+    lines += [f"| {k.replace('_', ' ')} | {'yes' if v else 'no'} |" for k, v in r["targets"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    typer.run(main)
