@@ -11,7 +11,7 @@ PORT ?= 3000
 export DATA_DIR BENTOML_HOME
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install lock data features train import-models build serve up test test-fast bench loadtest clean
+.PHONY: help install lock data features train import-models build serve up test test-fast bench bench-offline bench-serving loadtest clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,8 +57,19 @@ test: install ## Run every test: unit, data contract, model behaviour, integrati
 test-fast: install ## Run the tests not marked slow or integration
 	$(BIN)/python -m pytest -m "not slow and not integration"
 
-bench: install ## Time the feature pipeline on the default data set; writes loadtests/results/
+bench: bench-offline bench-serving ## Both benchmarks; results under loadtests/results/
+
+bench-offline: install ## Time every offline stage on the default data set (in a temporary folder)
 	$(BIN)/python -m loadtests.bench_features
+
+bench-serving: install ## Service vs naive design vs no-op, side by side (needs `make up` data and wrk)
+	$(BIN)/python -m loadtests.bench_serving
+
+LOAD_USERS ?= 50
+LOAD_TIME ?= 60s
+loadtest: install ## Mixed locust traffic against a running service on $(PORT); CSV + HTML in loadtests/results/
+	$(BIN)/locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:$(PORT) -u $(LOAD_USERS) -r 10 \
+		-t $(LOAD_TIME) --csv loadtests/results/locust --html loadtests/results/locust.html
 
 clean: ## Remove generated data (keeps .venv)
 	rm -rf $(DATA_DIR)
