@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import pandas as pd
 import typer
@@ -147,6 +147,7 @@ def main(
     connections: Annotated[int, typer.Option(help="wrk connections.")] = 32,
     rate: Annotated[float, typer.Option(help="Fixed offered rate (requests/s) for the latency comparison.")] = 300.0,
     naive_workers: Annotated[int, typer.Option(help="uvicorn workers of the naive baseline.")] = 2,
+    only: Annotated[Optional[str], typer.Option(help="Run one target (a_service, b_naive, c_noop) and print it; writes nothing.")] = None,
 ) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -170,6 +171,8 @@ def main(
                                 "cpus": os.cpu_count(), "customers": len(ids), "online_store": settings.online_store,
                                 "serving_workers": os.environ.get("SERVING_WORKERS", "1")}}
     for name, (command, ready) in targets.items():
+        if only and name != only:
+            continue
         port = free_port()
         command = [*command, "--port", str(port)] + (["--host", "127.0.0.1"] if "uvicorn" in command[0] else [])
         print(f"{name}: starting", flush=True)
@@ -190,6 +193,8 @@ def main(
         finally:
             stop(process)
 
+    if only:
+        return
     a, b, c = (results[k]["saturation"] for k in ("a_service", "b_naive", "c_noop"))
     af, bf = results["a_service"]["fixed_rate"], results["b_naive"]["fixed_rate"]
     results["ratios"] = {"a_over_b_throughput": round(a["requests_per_s"] / b["requests_per_s"], 2),
