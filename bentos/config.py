@@ -14,7 +14,10 @@ class BatchSettings(BaseSettings):
     """Adaptive batching of one model family's core API."""
 
     max_batch_size: int = Field(256, ge=1, description="Most requests scored in one batch.")
-    max_latency_ms: int = Field(200, ge=1, description="Latency budget of one request inside the batcher.")
+    max_latency_ms: int = Field(1000, ge=1, description=(
+        "Latency budget of one request inside the batcher; past it BentoML sheds the request (503). "
+        "At 200 ms it shed 1% of requests at saturation and 0.2% at 300 req/s on 2 cores; at 1000 ms none, "
+        "at the same throughput."))
 
 
 class ServingSettings(BaseSettings):
