@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import bentoml
 
+from bentos.base import ModelService
 from bentos.config import MODEL_SERVICE_OPTIONS, get_serving_settings
-from bentos.metrics import metrics
 from bentos.loading import global_importance, load_booster, model_info
+from bentos.metrics import metrics
 from bentos.online import FeastReader
 from bentos.scoring import ChurnScorer
 from training.settings import get_settings
@@ -15,7 +16,7 @@ SETTINGS = get_serving_settings()
 
 
 @bentoml.service(workers=SETTINGS.workers, **MODEL_SERVICE_OPTIONS)
-class ChurnModel:
+class ChurnModel(ModelService):
     bento_model = bentoml.models.BentoModel("churn:latest")
 
     def __init__(self) -> None:
@@ -42,11 +43,3 @@ class ChurnModel:
     @bentoml.api
     def global_importance(self) -> dict:
         return {"model": self.info.as_dict(), "kind": "global_importance", "mean_abs_shap": self.importance}
-
-    @bentoml.api
-    def status(self) -> dict:
-        return self.info.as_dict()
-
-    @bentoml.api
-    def ready(self) -> bool:
-        return self.scorer.reader.ping()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import bentoml
 
+from bentos.base import ModelService
 from bentos.config import MODEL_SERVICE_OPTIONS, get_serving_settings
-from bentos.metrics import metrics
 from bentos.loading import load_booster, model_info
+from bentos.metrics import metrics
 from bentos.online import FeastReader
 from bentos.scoring import FraudScorer
 from training.settings import get_settings
@@ -15,7 +16,7 @@ SETTINGS = get_serving_settings()
 
 
 @bentoml.service(workers=SETTINGS.workers, **MODEL_SERVICE_OPTIONS)
-class FraudModel:
+class FraudModel(ModelService):
     bento_model = bentoml.models.BentoModel("fraud:latest")
 
     def __init__(self) -> None:
@@ -28,11 +29,3 @@ class FraudModel:
         """Score a batch of {customer_id, request_data: transaction fields} requests."""
         metrics().batch_size.labels(self.info.name, self.info.version).observe(len(requests))
         return self.scorer.score(requests)
-
-    @bentoml.api
-    def status(self) -> dict:
-        return self.info.as_dict()
-
-    @bentoml.api
-    def ready(self) -> bool:
-        return self.scorer.reader.ping()

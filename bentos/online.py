@@ -5,7 +5,6 @@ from __future__ import annotations
 from training.settings import Settings
 from training.store import open_store
 
-
 PROBE_FEATURE = "customer_activity:days_since_last_txn"
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Annotated, Literal, Optional
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -12,7 +12,7 @@ from training.schema import CHANNELS, MERCHANT_CATEGORIES
 CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Overrides = Annotated[Optional[dict[FeatureName, FiniteFloat]], Field(
+Overrides = Annotated[dict[FeatureName, FiniteFloat] | None, Field(
     default=None, max_length=100, description="Feature values that replace the stored ones for this request.")]
 
 
@@ -35,12 +35,12 @@ class Transaction(Strict):
     channel: Literal[CHANNELS]  # type: ignore[valid-type]
     country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
     device_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    timestamp: Optional[datetime] = Field(None, description="When it happened; default now. Naive times are UTC.")
+    timestamp: datetime | None = Field(None, description="When it happened; default now. Naive times are UTC.")
 
     def request_data(self) -> dict:
-        when = self.timestamp or datetime.now(timezone.utc)
+        when = self.timestamp or datetime.now(UTC)
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         return {"amount": self.amount, "merchant_category": self.merchant_category, "channel": self.channel,
                 "country": self.country, "device_id": self.device_id, "transaction_time": int(when.timestamp())}
 
@@ -66,7 +66,7 @@ class FeatureSources(BaseModel):
 class Reason(BaseModel):
     feature: str
     shap_value: float = Field(description="Contribution to the score in log-odds (approximate SHAP).")
-    feature_value: Optional[float]
+    feature_value: float | None
     direction: Literal["increases risk", "decreases risk"]
 
 
@@ -81,9 +81,9 @@ class ChurnScore(BaseModel):
 
 class ChurnBatchItem(BaseModel):
     customer_id: str
-    churn_probability: Optional[float] = None
-    risk_level: Optional[str] = None
-    error: Optional[str] = Field(None, description="'unknown_customer' when the store does not know the id.")
+    churn_probability: float | None = None
+    risk_level: str | None = None
+    error: str | None = Field(None, description="'unknown_customer' when the store does not know the id.")
 
 
 class ChurnBatchResponse(BaseModel):

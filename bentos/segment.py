@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import bentoml
 
+from bentos.base import ModelService
 from bentos.config import MODEL_SERVICE_OPTIONS, get_serving_settings
-from bentos.metrics import metrics
 from bentos.loading import load_sklearn, model_info
+from bentos.metrics import metrics
 from bentos.online import FeastReader
 from bentos.scoring import SegmentScorer
 from training.settings import get_settings
@@ -15,7 +16,7 @@ SETTINGS = get_serving_settings()
 
 
 @bentoml.service(workers=SETTINGS.workers, **MODEL_SERVICE_OPTIONS)
-class SegmentModel:
+class SegmentModel(ModelService):
     bento_model = bentoml.models.BentoModel("segment:latest")
 
     def __init__(self) -> None:
@@ -26,11 +27,3 @@ class SegmentModel:
     def score(self, requests: list[dict]) -> list[dict]:
         metrics().batch_size.labels(self.info.name, self.info.version).observe(len(requests))
         return self.scorer.score(requests)
-
-    @bentoml.api
-    def status(self) -> dict:
-        return self.info.as_dict()
-
-    @bentoml.api
-    def ready(self) -> bool:
-        return self.scorer.reader.ping()

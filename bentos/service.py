@@ -25,8 +25,15 @@ from bentos.config import get_serving_settings
 from bentos.fraud import FraudModel
 from bentos.metrics import metrics, summary
 from bentos.schemas import (
-    ChurnBatchRequest, ChurnBatchResponse, ChurnScore, CustomerId, CustomerRequest, ErrorResponse, FraudRequest,
-    FraudScore, SegmentResult,
+    ChurnBatchRequest,
+    ChurnBatchResponse,
+    ChurnScore,
+    CustomerId,
+    CustomerRequest,
+    ErrorResponse,
+    FraudRequest,
+    FraudScore,
+    SegmentResult,
 )
 from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER
 from bentos.segment import SegmentModel

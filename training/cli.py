@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,8 +23,8 @@ from training.store import FeatureStoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline pipeline: data, features, models.")
 
-DataDir = Annotated[Optional[Path], typer.Option(help="Data folder [env DATA_DIR, default ./data].")]
-OnlineStore = Annotated[Optional[str], typer.Option(help="Feast online store: sqlite or redis [env ONLINE_STORE].")]
+DataDir = Annotated[Path | None, typer.Option(help="Data folder [env DATA_DIR, default ./data].")]
+OnlineStore = Annotated[str | None, typer.Option(help="Feast online store: sqlite or redis [env ONLINE_STORE].")]
 
 
 @app.callback()
@@ -37,9 +37,9 @@ def _logging(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debu
 @app.command()
 def data(
     data_dir: DataDir = None,
-    customers: Annotated[Optional[int], typer.Option(help="Number of customers [default 10,000].")] = None,
-    months: Annotated[Optional[int], typer.Option(help="Months of transactions [default 12].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed; same seed, same data [default 42].")] = None,
+    customers: Annotated[int | None, typer.Option(help="Number of customers [default 10,000].")] = None,
+    months: Annotated[int | None, typer.Option(help="Months of transactions [default 12].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; same seed, same data [default 42].")] = None,
     drift_months: Annotated[int, typer.Option(help="Also write this many later months with a known drift.")] = 0,
 ) -> None:
     """Generate synthetic customers and transactions under DATA_DIR/raw."""
@@ -52,8 +52,8 @@ def data(
 @app.command()
 def features(
     data_dir: DataDir = None,
-    transactions: Annotated[Optional[Path], typer.Option(help="Your transactions file (.parquet or .csv) [default DATA_DIR/raw/transactions.parquet].")] = None,
-    customers_file: Annotated[Optional[Path], typer.Option(help="Customers file; transactions of other customers are rejected.")] = None,
+    transactions: Annotated[Path | None, typer.Option(help="Your transactions file (.parquet or .csv) [default DATA_DIR/raw/transactions.parquet].")] = None,
+    customers_file: Annotated[Path | None, typer.Option(help="Customers file; transactions of other customers are rejected.")] = None,
     online_store: OnlineStore = None,
 ) -> None:
     """Validate transactions, compute point-in-time features, apply and materialize Feast."""

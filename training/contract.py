@@ -69,9 +69,7 @@ def _parse_column(frame: pd.DataFrame, column: str, kind: str) -> pd.Series:
             raise ContractError(f"column {column!r}: expected a timestamp, found {raw.dtype}")
         parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
     elif kind in ("float", "label"):
-        if pd.api.types.is_bool_dtype(raw):
-            parsed = raw.astype(float)
-        elif pd.api.types.is_numeric_dtype(raw):
+        if pd.api.types.is_bool_dtype(raw) or pd.api.types.is_numeric_dtype(raw):
             parsed = raw.astype(float)
         elif pd.api.types.is_datetime64_any_dtype(raw):
             raise ContractError(f"column {column!r}: expected a number, found {raw.dtype}")

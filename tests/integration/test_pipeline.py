@@ -2,7 +2,7 @@
 (SQLite, then Redis), a real MLflow registry (SQLite backend) and a real redis-server."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import mlflow
 import numpy as np
@@ -143,7 +143,7 @@ def test_push_writes_fresh_aggregates_online(built, settings, table):
     customer = row["customer_id"].iloc[0]
     fresh = row[["customer_id", *[f.name for f in fs.get_feature_view("customer_activity").features]]].copy()
     fresh["txn_count_7d"] = 999.0
-    fresh["event_timestamp"] = datetime.now(timezone.utc)
+    fresh["event_timestamp"] = datetime.now(UTC)
     fs.push("customer_activity_push", fresh, to=PushMode.ONLINE)
     got = fs.get_online_features(features=["customer_activity:txn_count_7d"], entity_rows=[{"customer_id": customer}]).to_dict()
     assert got["txn_count_7d"] == [999.0]

@@ -3,7 +3,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
 
 from training.feature_sets import FRAUD_CUSTOMER_FEATURES, SEGMENT_FEATURES
 from training.features import PROFILE_FEATURES, churn_labels, compute_features, snapshot_dates

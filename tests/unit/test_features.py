@@ -4,8 +4,14 @@ import pytest
 
 from tests.conftest import make_tx
 from training.features import (
-    ACTIVITY_FEATURES, NUMERIC_FEATURES, PROFILE_FEATURES, RISK_FEATURES, SPEND_MIX_FEATURES,
-    churn_labels, compute_features, snapshot_dates,
+    ACTIVITY_FEATURES,
+    NUMERIC_FEATURES,
+    PROFILE_FEATURES,
+    RISK_FEATURES,
+    SPEND_MIX_FEATURES,
+    churn_labels,
+    compute_features,
+    snapshot_dates,
 )
 
 SNAPSHOT = pd.Timestamp("2026-04-01", tz="UTC")

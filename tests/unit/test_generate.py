@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from training.contract import validate
-from training.generate import CHUNK_CUSTOMERS, generate, generate_chunk, Period
+from training.generate import CHUNK_CUSTOMERS, Period, generate, generate_chunk
 from training.schema import CUSTOMER_COLUMNS, TRANSACTION_COLUMNS
 
 
