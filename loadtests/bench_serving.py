@@ -157,7 +157,7 @@ def main(
     connections: Annotated[int, typer.Option(help="wrk connections.")] = 32,
     rate: Annotated[float, typer.Option(help="Fixed offered rate (requests/s) for the latency comparison.")] = 300.0,
     naive_workers: Annotated[int, typer.Option(help="uvicorn workers of the naive baseline.")] = 2,
-    only: Annotated[str | None, typer.Option(help="Run one target (a_service, b_naive, c_noop) and print it; writes nothing.")] = None,
+    only: Annotated[str | None, typer.Option(help="Run one target (a_service, b_naive, c_noop, d_single) and print it; writes nothing.")] = None,
 ) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
