@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from training.realtime import LIST_SEPARATOR
 from training.schema import CHANNELS, MERCHANT_CATEGORIES
 
 DAY = 86_400  # seconds
@@ -45,7 +46,6 @@ RISK_FEATURES = [
 NUMERIC_FEATURES = ACTIVITY_FEATURES + SPEND_MIX_FEATURES + RISK_FEATURES
 # Non-numeric features the request-time fraud features compare against; the *_seen ones are
 # sets of names joined by LIST_SEPARATOR.
-LIST_SEPARATOR = "|"
 PROFILE_FEATURES = ["home_country", "countries_seen", "devices_seen", "categories_seen"]
 
 ENTITY = "customer_id"
@@ -129,11 +129,16 @@ def _group_quantile(cust: np.ndarray, values: np.ndarray, n: int, q: float) -> n
     return out
 
 
-def _distinct(cust: np.ndarray, code: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _distinct(cust: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct (customer, code) pairs: their customers, codes, and occurrence counts."""
     width = int(code.max()) + 1 if len(code) else 1
     pairs, counts = np.unique(cust.astype(np.int64) * width + code, return_counts=True)
     return pairs // width, pairs % width, counts
+
+
+def _count_distinct(cust: np.ndarray, code: np.ndarray, n: int) -> np.ndarray:
+    """Per customer, how many distinct codes it has."""
+    return np.bincount(_distinct(cust, code)[0], minlength=n).astype(float)
 
 
 def _lists(cust: np.ndarray, code: np.ndarray, names: np.ndarray, n: int) -> list[str]:
@@ -141,7 +146,7 @@ def _lists(cust: np.ndarray, code: np.ndarray, names: np.ndarray, n: int) -> lis
 
     Plain strings rather than lists: Feast's file offline store pickles object columns to hash
     them, which made point-in-time joins a hundred times slower."""
-    pair_cust, pair_code, _ = _distinct(cust, code, n)
+    pair_cust, pair_code, _ = _distinct(cust, code)
     bounds = np.searchsorted(pair_cust, np.arange(n + 1))
     labels = names[pair_code]
     return [LIST_SEPARATOR.join(sorted(labels[bounds[i]:bounds[i + 1]].tolist())) for i in range(n)]
@@ -175,11 +180,10 @@ def _snapshot(e: _Encoded, snapshot: pd.Timestamp) -> pd.DataFrame:
     f["avg_amount_90d"] = _ratio(f["spend_90d"], f["txn_count_90d"])
     day_index = (s - e.ts) // DAY
     for w in (30, 90):
-        active_customers = _distinct(e.cust[window[w]], day_index[window[w]], n)[0]
-        f[f"active_days_{w}d"] = np.bincount(active_customers, minlength=n).astype(float)
+        f[f"active_days_{w}d"] = _count_distinct(e.cust[window[w]], day_index[window[w]], n)
     recent_weeks = before & (age_days <= 84)
     week = (s - e.ts[recent_weeks]) // (7 * DAY)  # 0 = the week just before the snapshot
-    f["active_weeks_12w"] = np.bincount(_distinct(e.cust[recent_weeks], week, n)[0], minlength=n).astype(float)
+    f["active_weeks_12w"] = _count_distinct(e.cust[recent_weeks], week, n)
 
     f["spend_trend_30_90"] = _ratio(f["spend_30d"], f["spend_90d"] / 3)
     f["count_trend_30_90"] = _ratio(f["txn_count_30d"], f["txn_count_90d"] / 3)
@@ -213,8 +217,8 @@ def _snapshot(e: _Encoded, snapshot: pd.Timestamp) -> pd.DataFrame:
         f[f"share_{name}_90d"] = _ratio(count(w90 & (e.category == i), e.amount), f["spend_90d"])
     for i, name in enumerate(CHANNELS):
         f[f"share_{name}_90d"] = _ratio(count(w90 & (e.channel == i)), f["txn_count_90d"])
-    f["distinct_categories_90d"] = np.bincount(_distinct(e.cust[w90], e.category[w90], n)[0], minlength=n).astype(float)
-    f["distinct_merchants_90d"] = np.bincount(_distinct(e.cust[w90], e.merchant[w90], n)[0], minlength=n).astype(float)
+    f["distinct_categories_90d"] = _count_distinct(e.cust[w90], e.category[w90], n)
+    f["distinct_merchants_90d"] = _count_distinct(e.cust[w90], e.merchant[w90], n)
     f["weekend_share_90d"] = _ratio(count(w90 & e.weekend), f["txn_count_90d"])
 
     f["median_amount_90d"] = np.nan_to_num(_group_quantile(e.cust[w90], e.amount[w90], n, 0.5))
@@ -236,7 +240,7 @@ def _snapshot(e: _Encoded, snapshot: pd.Timestamp) -> pd.DataFrame:
     f["hour_std_90d"] = np.sqrt(-2 * np.log(resultant)) * 24 / (2 * np.pi)
     f["night_share_90d"] = _ratio(count(w90 & (e.hour < 6)), f["txn_count_90d"])
 
-    pair_cust, pair_country, pair_count = _distinct(e.cust[y], e.country[y], n)
+    pair_cust, pair_country, pair_count = _distinct(e.cust[y], e.country[y])
     f["distinct_countries_365d"] = np.bincount(pair_cust, minlength=n).astype(float)
     # home country: the one used most in the year (ties: the first in code order)
     order = np.lexsort((-pair_count, pair_cust))
@@ -244,7 +248,7 @@ def _snapshot(e: _Encoded, snapshot: pd.Timestamp) -> pd.DataFrame:
     home = np.full(n, -1)
     home[pair_cust[order][first_of_customer]] = pair_country[order][first_of_customer]
     f["foreign_share_90d"] = _ratio(count(w90 & (e.country != home[e.cust])), f["txn_count_90d"])
-    f["distinct_devices_365d"] = np.bincount(_distinct(e.cust[y], e.device[y], n)[0], minlength=n).astype(float)
+    f["distinct_devices_365d"] = _count_distinct(e.cust[y], e.device[y], n)
 
     seen = count_year > 0
     table = pd.DataFrame({name: f[name][seen] for name in NUMERIC_FEATURES})

@@ -12,7 +12,7 @@ import math
 
 from training.schema import CHANNELS, MERCHANT_CATEGORIES
 
-LIST_SEPARATOR = "|"  # as in training.features; repeated so this module stays import-light
+LIST_SEPARATOR = "|"  # joins the *_seen sets in the feature table (training/features.py)
 
 REQUEST_FIELDS = ["amount", "merchant_category", "channel", "country", "device_id", "transaction_time"]
 PROFILE_INPUTS = [
