@@ -1,22 +1,117 @@
-"""What every model service answers besides scoring: which version it serves, and whether it is ready."""
+"""What every model service shares: the versions it serves (champion, maybe a challenger),
+routing each request to one of them, shadow scoring, and the status, ready and reload APIs.
+
+A family service sets `family` and `bento_model`, says how to build a scorer from a loaded
+version (`build`), and calls `start()` in its __init__.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections import defaultdict
+
 import bentoml
 
-from bentos.scoring import ModelInfo
+from bentos.canary import CHALLENGER, CHAMPION, UnknownVersion
+from bentos.config import get_serving_settings
+from bentos.loading import LoadedVersion, from_bento
+from bentos.metrics import record_batch, record_failure
+from bentos.online import FeastReader
+from bentos.scoring import UNKNOWN_VERSION, ModelInfo
+from bentos.shadow import ShadowRunner
+from bentos.versions import LiveSet, Versions
+from training.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def score_as(live: LiveSet, role: str, requests: list[dict], method: str = "score", **kwargs) -> list[dict]:
+    """Score with one role's version. A failing challenger hands its requests to the champion
+    (and the failure is counted against the challenger): a canary never costs a caller an answer."""
+    scorer = live.scorers[role]
+    started = time.perf_counter()
+    try:
+        results = getattr(scorer, method)(requests, **kwargs)
+    except Exception:
+        record_failure(live.family, scorer.info.version, role, len(requests))
+        if role != CHALLENGER:
+            raise
+        log.exception("%s: challenger version %s failed on %d rows; the champion answers", live.family,
+                      scorer.info.version, len(requests))
+        return score_as(live, CHAMPION, requests, method, **kwargs)
+    record_batch(live.family, scorer.info.version, role, results, time.perf_counter() - started)
+    return results
+
+
+def route(live: LiveSet, requests: list[dict]) -> tuple[dict[str, list[int]], dict[int, dict]]:
+    """Row indexes per role, and the error results of rows whose pin names no live version."""
+    by_role: dict[str, list[int]] = defaultdict(list)
+    errors: dict[int, dict] = {}
+    for i, request in enumerate(requests):
+        try:
+            by_role[live.role_for(request)].append(i)
+        except UnknownVersion as e:
+            errors[i] = {"customer_id": request["customer_id"], "error": UNKNOWN_VERSION, "detail": str(e)}
+    return by_role, errors
+
+
+def score_routed(live: LiveSet, requests: list[dict], shadow: ShadowRunner | None = None, method: str = "score",
+                 **kwargs) -> list[dict]:
+    """Each request scored by the version its customer (or pin) is routed to, in one batch per version."""
+    by_role, errors = route(live, requests)
+    results: list[dict | None] = [errors.get(i) for i in range(len(requests))]
+    for role, indexes in by_role.items():
+        for i, result in zip(indexes, score_as(live, role, [requests[i] for i in indexes], method, **kwargs)):
+            results[i] = result
+    if live.shadow and shadow is not None and CHAMPION in by_role:
+        champion_rows = by_role[CHAMPION]
+        shadow.submit(live.challenger, [requests[i] for i in champion_rows], [results[i] for i in champion_rows], **kwargs)
+    return results
 
 
 class ModelService:
-    """Mixed into the churn, fraud and segment services, which set `info` and `scorer` in __init__."""
+    """Mixed into the churn, fraud and segment services."""
 
-    info: ModelInfo
+    family: str
+    bento_model: bentoml.models.BentoModel
+
+    def build(self, loaded: LoadedVersion, info: ModelInfo):
+        raise NotImplementedError
+
+    def start(self) -> None:
+        serving, settings = get_serving_settings(), get_settings()
+        own = serving.family(self.family)
+        self.reader = FeastReader(settings)
+        self.versions = Versions(self.family, from_bento(self.bento_model, self.family), self.build, settings.tracking_uri,
+                                 serving.model_cache or settings.data_dir / "model_cache", own.challenger_share, own.shadow)
+        self.versions.reload()
+        if serving.registry_poll_s:
+            self.versions.follow(serving.registry_poll_s)
+        self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow")
+
+    def pick(self, customer_id: str, pin: str | None = None):
+        """The scorer that answers this customer (or pin), or the error result of an unknown pin."""
+        live = self.versions.live
+        try:
+            return live.scorers[live.role_for({"customer_id": customer_id, "pin": pin})]
+        except UnknownVersion as e:
+            return {"customer_id": customer_id, "error": UNKNOWN_VERSION, "detail": str(e)}
+
+    def score_requests(self, requests: list[dict], method: str = "score", **kwargs) -> list[dict]:
+        return score_routed(self.versions.live, requests, self.shadow, method, **kwargs)
 
     @bentoml.api
     def status(self) -> dict:
-        return self.info.as_dict()
+        """The live versions, the canary share and shadow mode, and the last registry error."""
+        return {**self.versions.live.describe(), "registry_error": self.versions.last_error}
 
     @bentoml.api
     def ready(self) -> bool:
-        """The feature store answers (the model itself was loaded in __init__)."""
-        return self.scorer.reader.ping()
+        """The feature store answers (the models were loaded in __init__)."""
+        return self.reader.ping()
+
+    @bentoml.api
+    def reload(self) -> dict:
+        """Follow the registry now (the admin route calls this)."""
+        return self.versions.reload()

@@ -6,34 +6,73 @@ The feature store settings (DATA_DIR, ONLINE_STORE, REDIS_URL) are the pipeline'
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class BatchSettings(BaseSettings):
-    """Adaptive batching of one model family's core API."""
+class FamilySettings(BaseSettings):
+    """Adaptive batching of one model family's core API, and its canary defaults."""
 
     max_batch_size: int = Field(256, ge=1, description="Most requests scored in one batch.")
     max_latency_ms: int = Field(1000, ge=1, description=(
         "Latency budget of one request inside the batcher; past it BentoML sheds the request (503). "
         "At 200 ms it shed 1% of requests at saturation and 0.2% at 300 req/s on 2 cores; at 1000 ms none, "
         "at the same throughput."))
+    challenger_share: float = Field(0.0, ge=0, le=100, description=(
+        "Percent of customers the `challenger` version answers, when the registry names one. The registered "
+        "model's tag serving.challenger_share, set by `make canary` and reset by promote/rollback, wins over this."))
+    shadow: bool = Field(False, description=(
+        "The challenger also scores the champion's requests in the background, for comparison only. "
+        "The tag serving.shadow wins over this."))
 
 
 class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVING_", env_nested_delimiter="__", extra="ignore")
 
-    alias: str = Field("champion", description="Registry alias of the versions imported and served.")
-    churn: BatchSettings = BatchSettings()
-    fraud: BatchSettings = BatchSettings()
-    segment: BatchSettings = BatchSettings()
+    churn: FamilySettings = FamilySettings()
+    fraud: FamilySettings = FamilySettings()
+    segment: FamilySettings = FamilySettings()
+    registry_poll_s: float = Field(15.0, ge=0, description=(
+        "How often each model service asks the MLflow registry for alias and canary changes; 0 = only at start "
+        "and on POST /admin/reload. Without a reachable registry the service keeps what it serves."))
+    model_cache: Path | None = Field(None, description="Where versions downloaded from the registry are kept "
+                                     "[default DATA_DIR/model_cache].")
     max_batch_ids: int = Field(10_000, description="Most customer ids accepted by churn-batch.")
     top_reasons: int = Field(5, ge=1, le=50, description="Reason codes returned per churn or fraud score.")
     workers: int = Field(1, ge=1, description="Worker processes of each model service.")
+    admin_token: str = Field("", description="When set, POST /admin/reload needs `Authorization: Bearer <token>`.")
+
+
+    def family(self, name: str) -> FamilySettings:
+        return getattr(self, name)
 
 
 def get_serving_settings() -> ServingSettings:
     return ServingSettings()
+
+
+class GateSettings(BaseSettings):
+    """The gates `make promote` applies to a challenger, over the canary window (env prefix PROMOTE_)."""
+
+    model_config = SettingsConfigDict(env_prefix="PROMOTE_", extra="ignore")
+
+    service_url: str = Field("http://127.0.0.1:3000", description="The running service whose /metrics hold the evidence.")
+    min_predictions: int = Field(200, ge=1, description="Challenger predictions needed before any verdict.")
+    max_error_rate_increase: float = Field(0.01, ge=0, description=(
+        "Challenger error rate may exceed the champion's by at most this (absolute: 0.01 = 1 point)."))
+    max_p99_ratio: float = Field(1.5, gt=0, description="Challenger p99 scoring latency over the champion's, at most.")
+    max_score_psi: float = Field(0.2, ge=0, description=(
+        "Population stability index between the two versions' score distributions, at most (0.1: small shift, "
+        "0.2: the usual line for a significant one)."))
+    max_quality_drop: float = Field(0.02, ge=0, description=(
+        "On the latest labelled data, the challenger's PR-AUC may fall short of the champion's by at most this."))
+    reports_dir: Path | None = Field(None, description="Where reports are written [default DATA_DIR/reports/promotions].")
+
+
+def get_gate_settings() -> GateSettings:
+    return GateSettings()
 
 
 # Service options shared by the three model services. `runner_connection`: BentoML 1.4.30+

@@ -1,36 +1,94 @@
-"""Load a model family from the BentoML model store (imported by bentos/import_models.py)."""
+"""Load a model version: from the BentoML model store (what `make build` packs into the bento)
+or, for versions the registry names later, from the MLflow registry into a local cache.
+
+Both hold the same MLflow model folder, whose MLmodel file carries the metadata stored with the
+model at training (features, calibration, threshold, segment names, feature service).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bentos.scoring import ModelInfo
 
+log = logging.getLogger(__name__)
 MLFLOW_FOLDER = "mlflow_model"
+IMPORTANCE_ARTIFACT = "feature_importance.csv"
 
 
-def model_info(bento_model, family: str) -> tuple[ModelInfo, dict]:
-    """The registry identity of an imported model and the metadata stored with it at training."""
-    meta = bento_model.info.metadata
-    stored = json.loads(meta["model_metadata"])
-    return ModelInfo(family, str(meta["registry_version"]), str(meta["alias"]), stored["feature_service"]), stored
+@dataclass(frozen=True)
+class LoadedVersion:
+    family: str
+    version: str  # registry version
+    model: object  # xgboost.Booster (churn, fraud) or a scikit-learn Pipeline (segment)
+    metadata: dict
+    importance: dict[str, float] = field(default_factory=dict)  # mean |SHAP| per feature (churn)
+
+    def info(self, role: str) -> ModelInfo:
+        return ModelInfo(self.family, self.version, role, self.metadata["feature_service"])
 
 
-def load_booster(bento_model):
-    """The native XGBoost booster (for inplace_predict and SHAP), one thread per worker."""
+def load_model(family: str, model_dir: Path):
+    """The native model: an XGBoost booster (for inplace_predict and SHAP, one thread per
+    worker) or the scikit-learn pipeline."""
+    if family == "segment":
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(str(model_dir))
     import xgboost as xgb
 
-    booster = xgb.Booster(model_file=str(Path(bento_model.path_of(MLFLOW_FOLDER)) / "model.ubj"))
+    booster = xgb.Booster(model_file=str(model_dir / "model.ubj"))
     booster.set_param({"nthread": 1})
     return booster
 
 
-def load_sklearn(bento_model):
-    import mlflow.sklearn
+def model_metadata(model_dir: Path) -> dict:
+    from mlflow.models import Model
 
-    return mlflow.sklearn.load_model(bento_model.path_of(MLFLOW_FOLDER))
+    return Model.load(str(model_dir)).metadata or {}
 
 
-def global_importance(bento_model) -> dict[str, float]:
-    return json.loads(bento_model.info.metadata.get("global_importance", "{}"))
+def from_bento(bento_model, family: str) -> LoadedVersion:
+    """The version packed into the bento (imported by bentos/import_models.py)."""
+    model_dir = Path(bento_model.path_of(MLFLOW_FOLDER))
+    meta = bento_model.info.metadata
+    return LoadedVersion(family, str(meta["registry_version"]), load_model(family, model_dir), model_metadata(model_dir),
+                         json.loads(meta.get("global_importance", "{}")))
+
+
+def read_importance(run_id: str, tracking_uri: str, dst: Path) -> dict[str, float]:
+    """The mean |SHAP| table logged beside a churn model (empty for the other families)."""
+    import mlflow
+
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=IMPORTANCE_ARTIFACT,
+                                                   dst_path=str(dst), tracking_uri=tracking_uri)
+    except Exception as e:  # the run has no such artifact
+        log.debug("no %s in run %s: %s", IMPORTANCE_ARTIFACT, run_id, e)
+        return {}
+    rows = Path(path).read_text().splitlines()[1:]
+    return {feature: float(value) for feature, value in (row.split(",") for row in rows)}
+
+
+def from_registry(family: str, version: str, tracking_uri: str, cache_dir: Path) -> LoadedVersion:
+    """A registry version, downloaded once into cache_dir/<family>/v<version>."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.models import Model
+
+    target = cache_dir / family / f"v{version}"
+    model_dir = target / "model"
+    if not (model_dir / "MLmodel").exists():
+        source = MlflowClient(tracking_uri, tracking_uri).get_model_version_download_uri(family, version)
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target) as tmp:
+            downloaded = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
+            Path(downloaded).rename(model_dir)
+        log.info("downloaded %s version %s from the registry to %s", family, version, model_dir)
+    run_id = Model.load(str(model_dir)).run_id
+    importance = read_importance(run_id, tracking_uri, target) if family == "churn" and run_id else {}
+    return LoadedVersion(family, version, load_model(family, model_dir), model_metadata(model_dir), importance)

@@ -12,6 +12,9 @@ from functools import lru_cache
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 10_000)
+# Probabilities: fine where churn and fraud scores crowd (near 0), coarse above.
+SCORE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SCORE_FIELDS = {"churn": "churn_probability", "fraud": "fraud_probability"}
 
 
 @dataclass(frozen=True)
@@ -19,20 +22,60 @@ class Metrics:
     requests: object
     latency: object
     batch_size: object
+    predictions: object
+    scoring_latency: object
+    scores: object
+    segments: object
+    shadow_dropped: object
 
 
 @lru_cache(maxsize=1)
 def metrics() -> Metrics:
     from prometheus_client import Counter, Histogram
 
+    version = ["model", "version", "role"]  # role: champion, challenger, or shadow (challenger scoring in the background)
     return Metrics(
-        requests=Counter("fintech_requests", "API requests by route, model version and HTTP status.",
-                         ["route", "model", "version", "status"]),
-        latency=Histogram("fintech_request_latency_seconds", "API request latency by route and model version.",
-                          ["route", "model", "version"], buckets=LATENCY_BUCKETS),
-        batch_size=Histogram("fintech_batch_size", "Requests scored together in one model call.",
-                             ["model", "version"], buckets=BATCH_BUCKETS),
+        requests=Counter("fintech_requests", "API requests by route, answering model version and HTTP status.",
+                         ["route", *version, "status"]),
+        latency=Histogram("fintech_request_latency_seconds", "API request latency by route and answering model version.",
+                          ["route", *version], buckets=LATENCY_BUCKETS),
+        batch_size=Histogram("fintech_batch_size", "Requests scored together in one model call.", version, buckets=BATCH_BUCKETS),
+        predictions=Counter("fintech_predictions", "Rows scored by a model version; outcome ok, unknown_customer, "
+                            "invalid_feature or error (the version failed).", [*version, "outcome"]),
+        scoring_latency=Histogram("fintech_scoring_latency_seconds", "Time a version took to score the batch a row was in.",
+                                  version, buckets=LATENCY_BUCKETS),
+        scores=Histogram("fintech_score", "Churn and fraud probabilities by model version.", version, buckets=SCORE_BUCKETS),
+        segments=Counter("fintech_segment_assignments", "Customers assigned to each segment, by model version.",
+                         [*version, "segment"]),
+        shadow_dropped=Counter("fintech_shadow_dropped", "Shadow batches skipped because the shadow scorer was behind.",
+                               ["model"]),
     )
+
+
+def record_batch(family: str, version: str, role: str, results: list[dict], seconds: float) -> None:
+    """Evidence per model version: outcomes, scoring latency and the score distribution."""
+    m = metrics()
+    labels = (family, version, role)
+    m.batch_size.labels(*labels).observe(len(results))
+    outcomes: dict[str, int] = {}
+    for result in results:
+        outcome = result.get("error", "ok")
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if outcome != "ok":
+            continue
+        if family in SCORE_FIELDS:
+            m.scores.labels(*labels).observe(result[SCORE_FIELDS[family]])
+        else:
+            m.segments.labels(*labels, str(result["segment_id"])).inc()
+    for outcome, count in outcomes.items():
+        m.predictions.labels(*labels, outcome).inc(count)
+    latency = m.scoring_latency.labels(*labels)
+    for _ in results:
+        latency.observe(seconds)
+
+
+def record_failure(family: str, version: str, role: str, rows: int) -> None:
+    metrics().predictions.labels(family, version, role, "error").inc(rows)
 
 
 def _registry():
@@ -46,7 +89,7 @@ def _registry():
     return REGISTRY
 
 
-def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """Quantile from cumulative histogram buckets (upper bound, count), interpolated as Prometheus does."""
     total = buckets[-1][1] if buckets else 0
     if not total:
@@ -62,7 +105,7 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
 
 
 def summary() -> dict:
-    """Requests, errors, latency percentiles and batch sizes per route and model version."""
+    """Requests, errors, latency percentiles and batch sizes per route and model version and role."""
     routes: dict[tuple, dict] = {}
     latency_buckets: dict[tuple, list] = {}
     batches: dict[tuple, dict] = {}
@@ -70,7 +113,7 @@ def summary() -> dict:
         for sample in family.samples:
             labels = sample.labels
             if sample.name == "fintech_requests_total":
-                key = (labels["route"], labels["model"], labels["version"])
+                key = (labels["route"], labels["model"], labels["version"], labels["role"])
                 entry = routes.setdefault(key, {"requests": 0, "client_errors": 0, "server_errors": 0})
                 count, status = int(sample.value), int(labels["status"])
                 entry["requests"] += count
@@ -79,22 +122,22 @@ def summary() -> dict:
                 elif status >= 500:
                     entry["server_errors"] += count
             elif sample.name == "fintech_request_latency_seconds_bucket":
-                key = (labels["route"], labels["model"], labels["version"])
+                key = (labels["route"], labels["model"], labels["version"], labels["role"])
                 latency_buckets.setdefault(key, []).append((float(labels["le"]), sample.value))
             elif sample.name.startswith("fintech_batch_size_"):
-                key = (labels["model"], labels["version"])
+                key = (labels["model"], labels["version"], labels["role"])
                 entry = batches.setdefault(key, {"batches": 0, "requests": 0})
                 if sample.name.endswith("_count"):
                     entry["batches"] += int(sample.value)
                 elif sample.name.endswith("_sum"):
                     entry["requests"] += int(sample.value)
     out_routes = []
-    for (route, model, version), entry in sorted(routes.items()):
-        buckets = sorted(latency_buckets.get((route, model, version), []))
-        out_routes.append({"route": route, "model": model, "version": version, **entry,
-                           **{f"latency_p{p}_ms": _ms(_quantile(buckets, p / 100)) for p in (50, 95, 99)}})
-    out_batches = [{"model": m, "version": v, **e, "mean_batch_size": round(e["requests"] / e["batches"], 2) if e["batches"] else None}
-                   for (m, v), e in sorted(batches.items())]
+    for (route, model, version, role), entry in sorted(routes.items()):
+        buckets = sorted(latency_buckets.get((route, model, version, role), []))
+        out_routes.append({"route": route, "model": model, "version": version, "role": role, **entry,
+                           **{f"latency_p{p}_ms": _ms(quantile(buckets, p / 100)) for p in (50, 95, 99)}})
+    out_batches = [{"model": m, "version": v, "role": r, **e, "mean_batch_size": round(e["requests"] / e["batches"], 2) if e["batches"] else None}
+                   for (m, v, r), e in sorted(batches.items())]
     return {"routes": out_routes, "batches": out_batches}
 
 

@@ -52,8 +52,8 @@ class FraudRequest(Strict):
 
 class ModelRef(BaseModel):
     name: str
-    version: str
-    alias: str
+    version: str = Field(description="Registry version that answered.")
+    role: Literal["champion", "challenger"] = Field(description="The registry alias it answered under.")
     feature_service: str
 
 
@@ -83,11 +83,12 @@ class ChurnBatchItem(BaseModel):
     customer_id: str
     churn_probability: float | None = None
     risk_level: str | None = None
+    version: str | None = Field(None, description="Registry version that scored this customer (see `models`).")
     error: str | None = Field(None, description="'unknown_customer' when the store does not know the id.")
 
 
 class ChurnBatchResponse(BaseModel):
-    model: ModelRef
+    models: list[ModelRef] = Field(description="The versions that answered: two during a canary.")
     count: int
     unknown: int
     results: list[ChurnBatchItem]

@@ -26,6 +26,7 @@ from training.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
 
 UNKNOWN_CUSTOMER = "unknown_customer"
 INVALID_FEATURE = "invalid_feature"
+UNKNOWN_VERSION = "unknown_version"
 
 
 class FeatureReader(Protocol):
@@ -36,12 +37,12 @@ class FeatureReader(Protocol):
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    version: str
-    alias: str
+    version: str  # registry version
+    role: str  # champion or challenger: the registry alias it is served under
     feature_service: str
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "version": self.version, "alias": self.alias, "feature_service": self.feature_service}
+        return {"name": self.name, "version": self.version, "role": self.role, "feature_service": self.feature_service}
 
 
 @dataclass
@@ -107,8 +108,10 @@ def top_reasons(contributions: np.ndarray, values: np.ndarray, features: list[st
 
 
 class ChurnScorer:
-    def __init__(self, booster: xgb.Booster, metadata: dict, info: ModelInfo, reader: FeatureReader, top_n: int = 5):
+    def __init__(self, booster: xgb.Booster, metadata: dict, info: ModelInfo, reader: FeatureReader, top_n: int = 5,
+                 importance: dict[str, float] | None = None):
         self.booster, self.metadata, self.info, self.reader, self.top_n = booster, metadata, info, reader, top_n
+        self.importance = importance or {}  # mean |SHAP| per feature on the test set at training
         self.features: list[str] = metadata["features"]
 
     def contributions(self, matrix: np.ndarray, exact: bool) -> np.ndarray:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import aiohttp
 import bentoml
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -35,7 +35,7 @@ from bentos.schemas import (
     FraudScore,
     SegmentResult,
 )
-from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER
+from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION
 from bentos.segment import SegmentModel
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ PROBE = {"customer_id": "__warm_up__", "request_data": {
     "amount": 10.0, "merchant_category": "groceries", "channel": "pos", "country": "GB", "device_id": "-",
     "transaction_time": 0}}
 API_PREFIX = "/api/v1/inference"
+PIN_HEADER = "X-Model-Version"
+Pin = Header(None, alias=PIN_HEADER, max_length=32, description=(
+    "Answer with this version: a registry version (7) or a role (champion, challenger). Default: the canary split."))
 ERRORS = {404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 
 app = FastAPI(
@@ -101,20 +104,30 @@ def raise_for(result: dict) -> dict:
     if result.get("error") == UNKNOWN_CUSTOMER:
         raise ClientError(404, UNKNOWN_CUSTOMER, f"customer {result['customer_id']!r} is not in the feature store",
                           [{"field": "customer_id", "message": "unknown customer"}])
+    if result.get("error") == UNKNOWN_VERSION:
+        raise ClientError(422, UNKNOWN_VERSION, result["detail"], [{"field": PIN_HEADER, "message": "no such version is served"}])
     if result.get("error") == INVALID_FEATURE:
         raise ClientError(422, INVALID_FEATURE, "the model has no such feature, or it cannot be overridden",
                           [{"field": f, "message": "not a feature of this model"} for f in result["fields"]])
     return result
 
 
+def answered_by(result: dict) -> dict:
+    """The labels of the version that answered (none for a request no version scored)."""
+    model = result.get("model") or {}
+    return {"version": model.get("version", "none"), "role": model.get("role", "none")}
+
+
 @contextmanager
-def observed(route: str, model: dict):
-    """Count the request and time it, labelled by route and model version."""
+def observed(route: str, family: str):
+    """Count the request and time it, labelled by route and the version that answered: the
+    handler fills the yielded dict from the model service's result."""
     m = metrics()
     started = time.perf_counter()
     status = 200
+    labels = {"version": "none", "role": "none"}
     try:
-        yield
+        yield labels
     except ClientError as e:
         status = e.status
         raise
@@ -122,8 +135,8 @@ def observed(route: str, model: dict):
         status = 500
         raise
     finally:
-        m.requests.labels(route, model["name"], model["version"], str(status)).inc()
-        m.latency.labels(route, model["name"], model["version"]).observe(time.perf_counter() - started)
+        m.requests.labels(route, family, labels["version"], labels["role"], str(status)).inc()
+        m.latency.labels(route, family, labels["version"], labels["role"]).observe(time.perf_counter() - started)
 
 
 @bentoml.asgi_app(app, path="/")
@@ -134,7 +147,6 @@ class FintechAPI:
     segment = bentoml.depends(SegmentModel)
 
     def __init__(self) -> None:
-        self.models: dict[str, dict] = {}
         self.warmed = False
         self.warm_up_lock = asyncio.Lock()
 
@@ -148,17 +160,15 @@ class FintechAPI:
             self.warmed = True
             log.info("model services warmed up (%d calls each)", WARM_UP_CALLS)
 
-    async def model(self, family: str) -> dict:
-        """The registry identity of the version a family serves (asked once, then kept)."""
-        if family not in self.models:
-            self.models[family] = await getattr(self, family).to_async.status()
-        return self.models[family]
+    async def status(self) -> dict:
+        """What each family serves now: versions and roles, canary share, shadow mode."""
+        return {f: await getattr(self, f).to_async.status() for f in FAMILIES}
 
     @app.get("/")
     async def info(self) -> dict:
         return {"service": "fintech-serving", "docs": "/docs", "openapi": "/openapi.json",
                 "routes": [f"{API_PREFIX}/{r}" for r in ("churn-score", "churn-batch", "segment", "fraud-detection", "explain", "metrics")],
-                "models": {f: await self.model(f) for f in FAMILIES}}
+                "models": await self.status()}
 
     @app.get("/health")
     async def health(self) -> dict:
@@ -181,44 +191,66 @@ class FintechAPI:
 
     @app.get("/models/status")
     async def models_status(self) -> dict:
-        return {f: await self.model(f) for f in FAMILIES}
+        return await self.status()
+
+    @app.post("/admin/reload")
+    async def reload(self, authorization: str | None = Header(None)) -> dict:
+        """Follow the registry now (the model services also poll it). Each family loads any new
+        version beside the live one and swaps it in without failing a request in flight."""
+        if SETTINGS.admin_token and authorization != f"Bearer {SETTINGS.admin_token}":
+            raise ClientError(401, "unauthorized", "this route needs the admin token", [{"field": "Authorization", "message": "missing or wrong"}])
+        return {f: await getattr(self, f).to_async.reload() for f in FAMILIES}
 
     @app.post(f"{API_PREFIX}/churn-score", response_model=ChurnScore, responses=ERRORS)
-    async def churn_score(self, body: CustomerRequest) -> dict:
-        with observed("churn-score", await self.model("churn")):
-            [result] = await self.churn.to_async.score([body.model_dump()])
+    async def churn_score(self, body: CustomerRequest, pin: str | None = Pin) -> dict:
+        with observed("churn-score", "churn") as labels:
+            [result] = await self.churn.to_async.score([{**body.model_dump(), "pin": pin}])
+            labels.update(answered_by(result))
             return raise_for(result)
 
     @app.post(f"{API_PREFIX}/churn-batch", response_model=ChurnBatchResponse, responses=ERRORS)
-    async def churn_batch(self, body: ChurnBatchRequest) -> dict:
-        model = await self.model("churn")
-        with observed("churn-batch", model):
+    async def churn_batch(self, body: ChurnBatchRequest, pin: str | None = Pin) -> dict:
+        with observed("churn-batch", "churn") as labels:
             if len(body.customer_ids) > SETTINGS.max_batch_ids:
                 raise ClientError(413, "too_many_ids", f"at most {SETTINGS.max_batch_ids:,} customer ids per call, "
                                   f"got {len(body.customer_ids):,}", [{"field": "customer_ids", "message": "too many"}])
-            results = await self.churn.to_async.score_many([{"customer_id": c} for c in body.customer_ids])
-            items = [{k: r.get(k) for k in ("customer_id", "churn_probability", "risk_level", "error")} for r in results]
-            return {"model": model, "count": len(items), "unknown": sum(1 for r in results if "error" in r), "results": items}
+            results = await self.churn.to_async.score_many([{"customer_id": c, "pin": pin} for c in body.customer_ids])
+            for result in results:
+                if result.get("error") == UNKNOWN_VERSION:
+                    raise_for(result)
+            models = {r["model"]["version"]: r["model"] for r in results if "model" in r}
+            labels.update(answered_by({"model": min(models.values(), key=lambda m: m["role"])} if models else {}))
+            items = [{"customer_id": r["customer_id"], "churn_probability": r.get("churn_probability"),
+                      "risk_level": r.get("risk_level"), "version": r.get("model", {}).get("version"), "error": r.get("error")}
+                     for r in results]
+            return {"models": sorted(models.values(), key=lambda m: m["role"]), "count": len(items),
+                    "unknown": sum(1 for r in results if "error" in r), "results": items}
 
     @app.post(f"{API_PREFIX}/segment", response_model=SegmentResult, responses=ERRORS)
-    async def segment_customer(self, body: CustomerRequest) -> dict:
-        with observed("segment", await self.model("segment")):
-            [result] = await self.segment.to_async.score([body.model_dump()])
+    async def segment_customer(self, body: CustomerRequest, pin: str | None = Pin) -> dict:
+        with observed("segment", "segment") as labels:
+            [result] = await self.segment.to_async.score([{**body.model_dump(), "pin": pin}])
+            labels.update(answered_by(result))
             return raise_for(result)
 
     @app.post(f"{API_PREFIX}/fraud-detection", response_model=FraudScore, responses=ERRORS)
-    async def fraud_detection(self, body: FraudRequest) -> dict:
-        with observed("fraud-detection", await self.model("fraud")):
-            request = {"customer_id": body.customer_id, "request_data": body.transaction.request_data()}
+    async def fraud_detection(self, body: FraudRequest, pin: str | None = Pin) -> dict:
+        with observed("fraud-detection", "fraud") as labels:
+            request = {"customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin}
             [result] = await self.fraud.to_async.score([request])
+            labels.update(answered_by(result))
             return raise_for(result)
 
     @app.get(f"{API_PREFIX}/explain", responses=ERRORS)
-    async def explain(self, customer_id: CustomerId | None = Query(None, description="Omit for global importance.")) -> dict:
-        with observed("explain", await self.model("churn")):
+    async def explain(self, customer_id: CustomerId | None = Query(None, description="Omit for global importance."),
+                      pin: str | None = Pin) -> dict:
+        with observed("explain", "churn") as labels:
             if customer_id is None:
-                return await self.churn.to_async.global_importance()
-            return raise_for(await self.churn.to_async.explain(customer_id))
+                result = await self.churn.to_async.global_importance(pin=pin)
+            else:
+                result = await self.churn.to_async.explain(customer_id, pin=pin)
+            labels.update(answered_by(result))
+            return raise_for(result)
 
     @app.get(f"{API_PREFIX}/metrics")
     async def metrics_summary(self) -> dict:

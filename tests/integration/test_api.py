@@ -38,15 +38,15 @@ def test_service_routes_answer(client):
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     status = client.get("/models/status").json()
-    assert {f: status[f]["alias"] for f in status} == {"churn": "champion", "fraud": "champion", "segment": "champion"}
-    assert client.get("/").json()["models"]["churn"]["version"] == "1"
+    assert {f: status[f]["versions"][0]["role"] for f in status} == {"churn": "champion", "fraud": "champion", "segment": "champion"}
+    assert client.get("/").json()["models"]["churn"]["versions"][0]["version"] == "1"
 
 
 def test_churn_score_names_model_risk_and_reasons(client, customers):
     body = client.post(f"{API}/churn-score", json={"customer_id": customers[0]}).json()
     assert 0 <= body["churn_probability"] <= 1
     assert body["risk_level"] in ("low", "medium", "high", "critical")
-    assert body["model"] == {"name": "churn", "version": "1", "alias": "champion", "feature_service": "churn_v1"}
+    assert body["model"] == {"name": "churn", "version": "1", "role": "champion", "feature_service": "churn_v1"}
     assert len(body["reasons"]) == 5 and {"feature", "shap_value", "feature_value", "direction"} <= set(body["reasons"][0])
     assert body["feature_sources"]["request"] == []
 

@@ -50,7 +50,7 @@ def test_a_batch_is_one_store_read_and_each_request_gets_its_own_result(churn):
     assert results[1]["churn_probability"] >= 0.8  # at or above the critical one
     assert results[1]["risk_level"] == "critical" and results[0]["risk_level"] == "low"
     assert results[2]["churn_probability"] > results[0]["churn_probability"]
-    assert results[0]["model"] == {"name": "churn", "version": "3", "alias": "champion", "feature_service": "churn_v1"}
+    assert results[0]["model"] == {"name": "churn", "version": "3", "role": "champion", "feature_service": "churn_v1"}
 
 
 def test_sources_say_where_each_feature_came_from(churn):

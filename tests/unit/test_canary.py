@@ -1,0 +1,114 @@
+"""Champion/challenger routing and shadow scoring, with fake scorers (no BentoML, no registry)."""
+
+import threading
+
+import pytest
+
+from bentos.base import score_routed
+from bentos.canary import CHALLENGER, CHAMPION, UnknownVersion, choose_role, resolve_pin
+from bentos.scoring import UNKNOWN_VERSION, ModelInfo
+from bentos.shadow import ShadowRunner
+from bentos.versions import LiveSet, Plan
+
+CUSTOMERS = [f"C{i:06d}" for i in range(10_000)]
+
+
+class FakeScorer:
+    """Scores every customer `score`; remembers what it saw; may fail or block."""
+
+    def __init__(self, version: str, role: str, score: float, fail: bool = False, gate: threading.Event | None = None):
+        self.info = ModelInfo("churn", version, role, "churn_v1")
+        self.value, self.fail, self.gate, self.seen = score, fail, gate, []
+
+    def score(self, requests, reasons=True):
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
+        if self.fail:
+            raise RuntimeError("broken model")
+        self.seen.extend(r["customer_id"] for r in requests)
+        return [{"customer_id": r["customer_id"], "churn_probability": self.value, "risk_level": "low",
+                 "model": self.info.as_dict()} for r in requests]
+
+
+def live_set(share: float, shadow: bool = False, challenger: FakeScorer | None = None) -> LiveSet:
+    scorers = {CHAMPION: FakeScorer("1", CHAMPION, 0.1)}
+    if challenger is not False:
+        scorers[CHALLENGER] = challenger or FakeScorer("2", CHALLENGER, 0.9)
+    plan = Plan("1", "2" if CHALLENGER in scorers else None, share, shadow)
+    return LiveSet("churn", scorers, share, shadow, plan, loaded={})
+
+
+@pytest.mark.parametrize("share", [1, 10, 50])
+def test_the_split_lands_within_tolerance_of_the_setting(share):
+    to_challenger = sum(choose_role("churn", c, share, True) == CHALLENGER for c in CUSTOMERS) / len(CUSTOMERS)
+    # the binomial standard deviation over 10,000 customers is at most 0.5 points; allow 5 of them
+    # (at 50% these ids land on 48.0%, 4 deviations off: a hash is only as even as chance)
+    assert abs(to_challenger - share / 100) <= 0.025
+
+
+def test_routing_is_sticky_and_a_larger_share_only_moves_customers_to_the_challenger():
+    at_10 = {c for c in CUSTOMERS if choose_role("churn", c, 10, True) == CHALLENGER}
+    assert at_10 == {c for c in CUSTOMERS if choose_role("churn", c, 10, True) == CHALLENGER}
+    at_25 = {c for c in CUSTOMERS if choose_role("churn", c, 25, True) == CHALLENGER}
+    assert at_10 < at_25
+
+
+def test_no_challenger_or_no_share_means_champion_for_everyone():
+    assert {choose_role("churn", c, 0, True) for c in CUSTOMERS[:500]} == {CHAMPION}
+    assert {choose_role("churn", c, 100, False) for c in CUSTOMERS[:500]} == {CHAMPION}
+    assert {choose_role("churn", c, 100, True) for c in CUSTOMERS[:500]} == {CHALLENGER}
+
+
+def test_a_pin_names_a_role_or_a_registry_version():
+    versions = {CHAMPION: "3", CHALLENGER: "4"}
+    assert resolve_pin("challenger", versions) == CHALLENGER
+    assert resolve_pin("3", versions) == CHAMPION and resolve_pin("v4", versions) == CHALLENGER
+    with pytest.raises(UnknownVersion, match="'9' is not served"):
+        resolve_pin("9", versions)
+
+
+def test_each_request_is_answered_by_its_version_and_says_so():
+    live = live_set(share=30)
+    requests = [{"customer_id": c} for c in CUSTOMERS[:200]]
+    results = score_routed(live, requests)
+    for request, result in zip(requests, results):
+        role = choose_role("churn", request["customer_id"], 30, True)
+        assert result["customer_id"] == request["customer_id"] and result["model"]["role"] == role
+        assert result["churn_probability"] == (0.9 if role == CHALLENGER else 0.1)
+
+
+def test_a_pin_wins_over_the_split_and_an_unknown_pin_is_an_error_result():
+    live = live_set(share=0)
+    pinned, unknown = score_routed(live, [{"customer_id": "C1", "pin": "2"}, {"customer_id": "C2", "pin": "7"}])
+    assert pinned["model"]["version"] == "2"
+    assert unknown["error"] == UNKNOWN_VERSION and "'7' is not served" in unknown["detail"]
+
+
+def test_a_failing_challenger_hands_its_requests_to_the_champion():
+    live = live_set(share=100, challenger=FakeScorer("2", CHALLENGER, 0.9, fail=True))
+    results = score_routed(live, [{"customer_id": c} for c in CUSTOMERS[:20]])
+    assert {r["model"]["version"] for r in results} == {"1"}
+
+
+def test_shadow_mode_never_changes_a_response(tmp_path):
+    requests = [{"customer_id": c} for c in CUSTOMERS[:50]]
+    without = score_routed(live_set(share=0, challenger=False), requests)
+    for challenger in (FakeScorer("2", CHALLENGER, 0.9), FakeScorer("2", CHALLENGER, 0.9, fail=True)):
+        runner = ShadowRunner("churn", tmp_path)
+        with_shadow = score_routed(live_set(share=0, shadow=True, challenger=challenger), requests, runner)
+        runner.drain()
+        assert with_shadow == without
+    assert challenger.fail  # the last one raised in the background, and the response did not notice
+
+
+def test_shadow_scoring_does_not_hold_up_the_response_and_records_both_results(tmp_path):
+    gate = threading.Event()
+    challenger = FakeScorer("2", CHALLENGER, 0.9, gate=gate)
+    runner = ShadowRunner("churn", tmp_path)
+    results = score_routed(live_set(share=0, shadow=True, challenger=challenger), [{"customer_id": "C1"}], runner)
+    assert results[0]["model"]["version"] == "1" and challenger.seen == []  # answered while the shadow waits
+    gate.set()
+    runner.drain()
+    assert challenger.seen == ["C1"]
+    [line] = [line for f in tmp_path.glob("churn-*.jsonl") for line in f.read_text().splitlines()]
+    assert '"champion": 0.1' in line and '"challenger": 0.9' in line and '"challenger_version": "2"' in line
