@@ -11,10 +11,10 @@ PORT ?= 3000
 export DATA_DIR BENTOML_HOME
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install lock data features train import-models build serve up test test-fast bench bench-offline bench-serving loadtest clean
+.PHONY: help install lock data features train import-models build serve up test test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status clean
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,21 @@ bench-offline: install ## Time every offline stage on the default data set (in a
 
 bench-serving: install ## Service vs naive design vs no-op, side by side (needs `make up` data and wrk)
 	$(BIN)/python -m loadtests.bench_serving
+
+MODEL ?= churn
+SHARE ?= 10
+ROLLOUT := $(BIN)/python -m bentos.rollout
+canary: install ## Make VERSION (default: latest) of MODEL the challenger for SHARE% of customers; SHADOW=1 for shadow
+	$(ROLLOUT) canary $(MODEL) --share $(SHARE) $(if $(VERSION),--version $(VERSION)) $(if $(SHADOW),--shadow)
+
+promote: install ## Gate MODEL's challenger on the canary's evidence; promote only if every gate passes
+	$(ROLLOUT) promote $(MODEL)
+
+rollback: install ## Give MODEL's champion alias back to the previous version and end any canary
+	$(ROLLOUT) rollback $(MODEL)
+
+rollout-status: install ## What the registry asks MODEL to serve, and what the service serves
+	$(ROLLOUT) status $(MODEL)
 
 LOAD_USERS ?= 50
 LOAD_TIME ?= 60s

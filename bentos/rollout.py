@@ -1,0 +1,280 @@
+"""Roll a new model version out: canary, promote on evidence, roll back. `python -m bentos.rollout --help`
+
+    python -m bentos.rollout canary churn --version 2 --share 10 [--shadow]
+    python -m bentos.rollout status churn
+    python -m bentos.rollout promote churn      # exit 1 when a gate fails
+    python -m bentos.rollout rollback churn
+
+Every change is made in the MLflow registry (aliases and the registered model's serving.* tags),
+then the running service is asked to follow it (POST /admin/reload); a service that is not
+reachable picks it up when it next polls the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bentos.canary import CHALLENGER, CHAMPION
+from bentos.config import GateSettings, get_gate_settings
+from bentos.versions import PREVIOUS_TAG, SHADOW_TAG, SHARE_TAG, RegistryUnavailable, read_plan
+from training.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Canary rollouts of model versions.")
+FAMILIES = ("churn", "fraud", "segment")
+PROMOTIONS_EXPERIMENT = "fintech-promotions"
+
+Family = Annotated[str, typer.Argument(help="Model family: churn, fraud or segment.")]
+ServiceUrl = Annotated[str | None, typer.Option(help="The running service [env PROMOTE_SERVICE_URL, default :3000].")]
+
+
+class RolloutError(RuntimeError):
+    """The registry is not in a state that allows the step asked for."""
+
+
+def _client(settings: Settings):
+    from mlflow import MlflowClient
+
+    return MlflowClient(settings.tracking_uri, settings.tracking_uri)
+
+
+def _check(family: str) -> None:
+    if family not in FAMILIES:
+        raise RolloutError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+def ask_service_to_reload(service_url: str) -> dict | str:
+    """The service's answer, or why there was none (it will follow the registry when it polls)."""
+    import os
+
+    import httpx
+
+    token = os.environ.get("SERVING_ADMIN_TOKEN")
+    try:
+        response = httpx.post(f"{service_url}/admin/reload", timeout=120,
+                              headers={"Authorization": f"Bearer {token}"} if token else None)
+        response.raise_for_status()
+        return response.json()
+    except httpx.HTTPError as e:
+        return f"service not reloaded ({e!r}); it follows the registry when it next polls"
+
+
+def start_canary(settings: Settings, family: str, version: str | None, share: float, shadow: bool) -> dict:
+    _check(family)
+    client = _client(settings)
+    champion = str(client.get_model_version_by_alias(family, CHAMPION).version)
+    if version is None:
+        latest = max(int(v.version) for v in client.search_model_versions(f"name='{family}'"))
+        version = str(latest)
+    if version == champion:
+        raise RolloutError(f"version {version} is already the {family} champion")
+    client.get_model_version(family, version)  # raises when there is no such version
+    client.set_registered_model_alias(family, CHALLENGER, version)
+    client.set_registered_model_tag(family, SHARE_TAG, str(share))
+    client.set_registered_model_tag(family, SHADOW_TAG, str(shadow).lower())
+    log.info("%s: version %s is the challenger for %.1f%% of customers (shadow %s); champion %s",
+             family, version, share, shadow, champion)
+    return {"family": family, "champion": champion, "challenger": version, "share": share, "shadow": shadow}
+
+
+def _end_canary(client, family: str) -> None:
+    if CHALLENGER in client.get_registered_model(family).aliases:
+        client.delete_registered_model_alias(family, CHALLENGER)
+    client.set_registered_model_tag(family, SHARE_TAG, "0")
+    client.set_registered_model_tag(family, SHADOW_TAG, "false")
+
+
+def evaluate(settings: Settings, gates: GateSettings, family: str, metrics_text: str) -> dict:
+    """The figures, the gates and the decision for the current canary (no registry change)."""
+    from bentos.loading import from_registry
+    from bentos.promotion import decide, judge, read_evidence
+    from training.evaluation import compare, labelled_window
+
+    _check(family)
+    plan = read_plan(family, settings.tracking_uri)
+    if plan.challenger is None:
+        raise RolloutError(f"{family} has no challenger: start a canary first (make canary MODEL={family})")
+    evidence = read_evidence(metrics_text, family, plan.champion, plan.challenger)
+    quality = None
+    window = labelled_window(family, settings)
+    if window is not None:
+        cache = settings.data_dir / "model_cache"
+        versions = {role: from_registry(family, v, settings.tracking_uri, cache)
+                    for role, v in ((CHAMPION, plan.champion), (CHALLENGER, plan.challenger))}
+        quality = compare(window, versions)
+    checked = judge(evidence, quality, gates)
+    promote, failed = decide(checked)
+    return {
+        "family": family, "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "champion": plan.champion, "challenger": plan.challenger, "share": plan.share, "shadow": plan.shadow,
+        "evidence": {role: e.summary() for role, e in evidence.items()},
+        "gates": [g.as_dict() for g in checked], "decision": "promote" if promote else "refuse", "failed_gates": failed,
+    }
+
+
+def readable(report: dict) -> str:
+    lines = [f"# Promotion of {report['family']} version {report['challenger']} over version {report['champion']}", "",
+             f"Decision: **{report['decision']}**" + (f" (failed: {', '.join(report['failed_gates'])})" if report["failed_gates"] else ""),
+             f"Canary: {report['share']}% of customers, shadow {report['shadow']}; evaluated {report['time']}", "",
+             "| gate | result | rule | figures |", "|---|---|---|---|"]
+    for gate in report["gates"]:
+        result = {True: "pass", False: "FAIL", None: "n/a"}[gate["passed"]]
+        figures = ", ".join(f"{k}={_fmt(v)}" for k, v in gate["figures"].items())
+        lines.append(f"| {gate['name']} | {result} | {gate['rule']} | {figures} |")
+    lines += ["", "| role | version | predictions | failures | error rate | p99 ms |", "|---|---|---:|---:|---:|---:|"]
+    for role, e in report["evidence"].items():
+        lines.append(f"| {role} | {e['version']} | {e['predictions']} | {e['failures']} | {_fmt(e['error_rate'])} | {_fmt(e['p99_ms'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_report(report: dict, reports_dir: Path, settings: Settings) -> tuple[Path, Path]:
+    """JSON and Markdown under reports_dir, and the same logged to MLflow as a run."""
+    import mlflow
+
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{report['family']}-v{report['challenger']}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    json_path, md_path = reports_dir / f"{stem}.json", reports_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str))
+    md_path.write_text(readable(report))
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_experiment(PROMOTIONS_EXPERIMENT)
+    with mlflow.start_run(run_name=f"promote-{report['family']}-v{report['challenger']}"):
+        mlflow.set_tags({"model": report["family"], "decision": report["decision"],
+                         "failed_gates": ",".join(report["failed_gates"]) or "none"})
+        mlflow.log_params({"champion": report["champion"], "challenger": report["challenger"], "share": report["share"]})
+        for gate in report["gates"]:
+            for name, value in gate["figures"].items():
+                if isinstance(value, int | float):
+                    mlflow.log_metric(f"{gate['name']}.{name}", float(value))
+        mlflow.log_artifact(str(json_path))
+        mlflow.log_artifact(str(md_path))
+    return json_path, md_path
+
+
+def promote(settings: Settings, gates: GateSettings, family: str, metrics_text: str) -> dict:
+    """Judge the canary; only if every gate passes, move `champion` to the challenger."""
+    report = evaluate(settings, gates, family, metrics_text)
+    if report["decision"] == "promote":
+        client = _client(settings)
+        client.set_registered_model_tag(family, PREVIOUS_TAG, report["champion"])
+        client.set_registered_model_alias(family, CHAMPION, report["challenger"])
+        _end_canary(client, family)
+        log.info("%s: version %s is the champion (was %s)", family, report["challenger"], report["champion"])
+    reports_dir = gates.reports_dir or settings.data_dir / "reports" / "promotions"
+    report["report_files"] = [str(p) for p in write_report(report, reports_dir, settings)]
+    return report
+
+
+def rollback(settings: Settings, family: str) -> dict:
+    """Give `champion` back to the version it had before the last promotion, and end any canary."""
+    _check(family)
+    client = _client(settings)
+    model = client.get_registered_model(family)
+    current = str(model.aliases[CHAMPION])
+    previous = (model.tags or {}).get(PREVIOUS_TAG)
+    if not previous and CHALLENGER not in model.aliases:
+        raise RolloutError(f"{family}: no earlier champion and no canary to roll back")
+    if previous:
+        client.set_registered_model_alias(family, CHAMPION, previous)
+        client.set_registered_model_tag(family, PREVIOUS_TAG, current)
+    _end_canary(client, family)
+    champion = previous or current
+    log.info("%s: champion is version %s (was %s); no canary", family, champion, current)
+    return {"family": family, "champion": champion, "was": current}
+
+
+def fetch_metrics(service_url: str) -> str:
+    import httpx
+
+    try:
+        response = httpx.get(f"{service_url}/metrics", timeout=30)
+        response.raise_for_status()
+    except httpx.HTTPError as e:
+        raise RolloutError(f"cannot read the canary's evidence from {service_url}/metrics: {e!r}") from e
+    return response.text
+
+
+@app.callback()
+def _logging() -> None:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "feast", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run(step):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return step()
+    except (RolloutError, RegistryUnavailable, MlflowException) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+
+
+@app.command()
+def canary(
+    family: Family,
+    version: Annotated[str | None, typer.Option(help="Registry version to try [default: the latest].")] = None,
+    share: Annotated[float, typer.Option(min=0, max=100, help="Percent of customers it answers.")] = 10.0,
+    shadow: Annotated[bool, typer.Option(help="Also score the champion's requests in the background.")] = False,
+    service_url: ServiceUrl = None,
+) -> None:
+    """Make a version the challenger for a share of customers."""
+    settings, gates = get_settings(), get_gate_settings()
+    typer.echo(json.dumps(_run(lambda: start_canary(settings, family, version, share, shadow))))
+    typer.echo(json.dumps(ask_service_to_reload(service_url or gates.service_url), default=str))
+
+
+@app.command()
+def status(family: Family, service_url: ServiceUrl = None) -> None:
+    """What the registry asks for, and what the service serves."""
+    import httpx
+
+    settings, gates = get_settings(), get_gate_settings()
+    plan = _run(lambda: read_plan(family, settings.tracking_uri))
+    typer.echo(json.dumps({"registry": plan.__dict__}))
+    try:
+        typer.echo(json.dumps({"service": httpx.get(f"{service_url or gates.service_url}/models/status", timeout=10).json()[family]}))
+    except httpx.HTTPError as e:
+        typer.echo(json.dumps({"service": f"not reachable: {e!r}"}))
+
+
+@app.command(name="promote")
+def promote_command(family: Family, service_url: ServiceUrl = None) -> None:
+    """Run the gates over the canary window; promote only if all pass. Exit 1 when refused."""
+    settings, gates = get_settings(), get_gate_settings()
+    url = service_url or gates.service_url
+    if _run(lambda: read_plan(family, settings.tracking_uri)).challenger is None:
+        typer.secho(f"error: {family} has no challenger: start a canary first (make canary MODEL={family})", fg="red", err=True)
+        raise typer.Exit(2)
+    report = _run(lambda: promote(settings, gates, family, fetch_metrics(url)))
+    typer.echo(readable(report))
+    typer.echo(f"report: {', '.join(report['report_files'])}")
+    if report["decision"] != "promote":
+        raise typer.Exit(1)
+    typer.echo(json.dumps(ask_service_to_reload(url), default=str))
+
+
+@app.command(name="rollback")
+def rollback_command(family: Family, service_url: ServiceUrl = None) -> None:
+    """Restore the previous champion and end any canary."""
+    settings, gates = get_settings(), get_gate_settings()
+    typer.echo(json.dumps(_run(lambda: rollback(settings, family))))
+    typer.echo(json.dumps(ask_service_to_reload(service_url or gates.service_url), default=str))
+
+
+if __name__ == "__main__":
+    app()

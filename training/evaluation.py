@@ -1,0 +1,62 @@
+"""Quality of model versions on the latest labelled data, side by side (the promotion's quality gate).
+
+* churn: the last snapshot whose 60-day outcome is known, active customers (as in training);
+* fraud: the most recent fifth of a sample of labelled transactions, features joined point in time;
+* segment: no labels, so no quality figure.
+
+    window = labelled_window("churn", settings)
+    compare(window, {"champion": model_v1, "challenger": model_v2})
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score
+
+from training.settings import Settings
+
+LABELS = {"churn": "churned", "fraud": "is_fraud"}
+FRAUD_SAMPLE = 50_000
+
+
+@dataclass
+class LabelledWindow:
+    family: str
+    frame: pd.DataFrame
+    description: str
+
+
+def labelled_window(family: str, settings: Settings) -> LabelledWindow | None:
+    if family == "churn":
+        features = pd.read_parquet(settings.features_dir / "customer_features.parquet")
+        labels = pd.read_parquet(settings.features_dir / "churn_labels.parquet")
+        latest = labels[labels["event_timestamp"] == labels["event_timestamp"].max()]
+        frame = latest.merge(features, on=["customer_id", "event_timestamp"])
+        frame = frame[frame["txn_count_90d"] > 0].reset_index(drop=True)
+        return LabelledWindow(family, frame, f"churn outcomes of the {latest['event_timestamp'].max():%Y-%m-%d} snapshot, "
+                                             f"{len(frame):,} active customers")
+    if family == "fraud":
+        from training import pipeline, store
+
+        sample = settings.model_copy(update={"fraud_sample": min(settings.fraud_sample, FRAUD_SAMPLE)})
+        frame = pipeline.fraud_training_set(store.open_store(sample), sample).sort_values("event_timestamp")
+        frame = frame[frame["event_timestamp"] >= frame["event_timestamp"].quantile(0.8)].reset_index(drop=True)
+        return LabelledWindow(family, frame, f"{len(frame):,} labelled transactions from "
+                                             f"{frame['event_timestamp'].min():%Y-%m-%d} on")
+    return None
+
+
+def pr_auc(booster, features: list[str], window: LabelledWindow) -> float:
+    """PR-AUC ranks by score, so the raw booster output serves (calibration is monotone)."""
+    scores = booster.inplace_predict(window.frame[features].to_numpy(dtype=np.float64))
+    return float(average_precision_score(window.frame[LABELS[window.family]], scores))
+
+
+def compare(window: LabelledWindow, versions: dict) -> dict:
+    """versions: role -> a loaded version (bentos.loading.LoadedVersion)."""
+    figures = {role: pr_auc(v.model, v.metadata["features"], window) for role, v in versions.items()}
+    return {"metric": "pr_auc", **figures, "rows": len(window.frame),
+            "positives": int(window.frame[LABELS[window.family]].sum()), "window": window.description}
