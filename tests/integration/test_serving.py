@@ -1,55 +1,18 @@
 """A real `bentoml serve` subprocess on the real models and Feast store, SQLite and Redis."""
 
-import os
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import mlflow
 import numpy as np
 import pytest
 
-from tests.integration.conftest import free_port, latest_rows
+from tests.integration.conftest import latest_rows, start_server, stop
 from training import store
 from training.models import churn_probability
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 API = "/api/v1/inference"
-
-
-def start_server(settings, tmp_path: Path, **env) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(tmp_path / f"serve-{port}.log", "w")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("bentoml")), "serve", "bentos.service:FintechAPI", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "DATA_DIR": str(settings.data_dir), **env},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    pytest.fail(f"bentoml serve did not become ready; log:\n{(tmp_path / f'serve-{port}.log').read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +74,15 @@ def test_concurrent_callers_each_get_their_own_result(sqlite_url, table, offline
 def test_real_server_routes(sqlite_url):
     assert httpx.get(f"{sqlite_url}/livez").status_code == 200
     assert httpx.get(f"{sqlite_url}/readyz").status_code == 200
-    assert httpx.get(f"{sqlite_url}/models/status").json()["fraud"]["version"] == "1"
+    fraud = httpx.get(f"{sqlite_url}/models/status").json()["fraud"]
+    assert [(v["version"], v["role"]) for v in fraud["versions"]] == [("1", "champion")] and fraud["challenger_share"] == 0
     assert httpx.post(f"{sqlite_url}{API}/churn-score", json={"customer_id": "NOBODY"}).status_code == 404
     assert httpx.post(f"{sqlite_url}{API}/churn-batch", json={"customer_ids": ["C1"] * 10_001}).status_code == 413
     bad = httpx.post(f"{sqlite_url}{API}/segment", content=b"[1,", headers={"content-type": "application/json"})
     assert bad.status_code == 422
     exposition = httpx.get(f"{sqlite_url}/metrics").text
-    assert 'fintech_requests_total{model="churn",route="churn-score",status="200",version="1"}' in exposition
+    assert 'fintech_requests_total{model="churn",role="champion",route="churn-score",status="200",version="1"}' in exposition
+    assert 'fintech_predictions_total{model="churn",outcome="ok",role="champion",version="1"}' in exposition
     assert "fintech_batch_size_bucket" in exposition and "fintech_request_latency_seconds_bucket" in exposition
 
 

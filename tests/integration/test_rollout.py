@@ -1,0 +1,164 @@
+"""Canary rollouts on a real `bentoml serve`, the real MLflow registry and a real HTTP client
+under continuous load: a good challenger is promoted and a bad one refused, with no failed request."""
+
+import random
+import threading
+import time
+from collections import defaultdict
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+
+from bentos.canary import CHALLENGER, CHAMPION
+from bentos.config import GateSettings
+from bentos.promotion import read_evidence
+from bentos.rollout import PROMOTIONS_EXPERIMENT, ask_service_to_reload, fetch_metrics, promote, rollback, start_canary
+from bentos.versions import read_plan
+from tests.integration.conftest import latest_rows, start_server, stop
+from training import models, pipeline, registry, store
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The load client shares the two cores with the server, so latency is noisy here: the latency gate
+# gets room (the default is 1.5); the other gates keep their defaults.
+GATES = GateSettings(min_predictions=600, max_p99_ratio=3.0)
+
+
+def register_churn(settings, shuffled_labels: bool = False) -> str:
+    """Train and register a churn version; with shuffled labels it has learnt nothing."""
+    frame = pipeline.churn_training_set(store.open_store(settings), settings)
+    if shuffled_labels:
+        frame = frame.assign(churned=np.random.default_rng(0).permutation(frame["churned"].to_numpy()))
+    trained = models.train_churn(frame, settings.seed)
+    return registry.log_and_register(trained, frame, "churn_v1", settings.tracking_uri).version
+
+
+class LoadClient:
+    """Threads that score random known customers without pause, keeping every answer."""
+
+    def __init__(self, url: str, customers: list[str], threads: int = 6):
+        self.url, self.customers, self.threads = url, customers, threads
+        self.answers: list[tuple[float, str, str | None, str | None]] = []  # time, customer, version, role
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._workers = [threading.Thread(target=self._run, args=(seed,)) for seed in range(threads)]
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                customer = rng.choice(self.customers)
+                try:
+                    response = client.post(f"{self.url}/api/v1/inference/churn-score", json={"customer_id": customer})
+                except httpx.HTTPError as e:
+                    self.failures.append(f"{customer}: {e!r}")
+                    continue
+                if response.status_code != 200:
+                    self.failures.append(f"{customer}: {response.status_code} {response.text[:200]}")
+                    continue
+                model = response.json()["model"]
+                self.answers.append((time.monotonic(), customer, model["version"], model["role"]))
+
+    def __enter__(self):
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=60)
+
+
+def wait_for(condition, what: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def challenger_predictions(url: str, champion: str, challenger: str) -> int:
+    return read_evidence(fetch_metrics(url), "churn", champion, challenger)[CHALLENGER].predictions
+
+
+def serving(url: str) -> dict[str, str]:
+    return {v["role"]: v["version"] for v in httpx.get(f"{url}/models/status").json()["churn"]["versions"]}
+
+
+@pytest.fixture(scope="module")
+def server(settings, served_models, tmp_path_factory):
+    process, url = start_server(settings, tmp_path_factory.mktemp("serve"), ONLINE_STORE="sqlite", SERVING_REGISTRY_POLL_S="2")
+    yield process, url
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def customers(table):
+    return latest_rows(table, 1000).index.tolist()
+
+
+@pytest.fixture(scope="module")
+def promotion(server, settings, customers):
+    """A canary of a good challenger (retrained on the same data) for half the customers, in
+    shadow for the other half, promoted while the load client runs."""
+    process, url = server
+    before = read_plan("churn", settings.tracking_uri).champion
+    good = register_churn(settings)
+    start_canary(settings, "churn", good, share=50, shadow=True)
+    assert ask_service_to_reload(url)["churn"]["changed"] is True
+    with LoadClient(url, customers) as load:
+        wait_for(lambda: challenger_predictions(url, before, good) >= GATES.min_predictions, "the canary's evidence")
+        promoted_at = time.monotonic()
+        report = promote(settings, GATES, "churn", fetch_metrics(url))
+        reload = ask_service_to_reload(url)
+        wait_for(lambda: sum(1 for a in load.answers if a[0] > promoted_at and a[2] == good and a[3] == CHAMPION) >= 100,
+                 "answers from the new champion")
+    return {"before": before, "good": good, "report": report, "reload": reload, "load": load,
+            "promoted_at": promoted_at, "process": process}
+
+
+def test_a_canary_is_sticky_and_both_versions_answer(promotion):
+    load = promotion["load"]
+    during = [a for a in load.answers if a[0] < promotion["promoted_at"]]
+    versions_seen = defaultdict(set)
+    for _, customer, version, _ in during:
+        versions_seen[customer].add(version)
+    assert all(len(v) == 1 for v in versions_seen.values())  # one customer, one version for the whole canary
+    roles = [a[3] for a in during]
+    assert 0.4 < roles.count(CHALLENGER) / len(roles) < 0.6  # 50% of customers, drawn at random
+
+
+def test_a_good_challenger_is_promoted_under_load_without_a_failed_request(promotion, settings, server):
+    report, load = promotion["report"], promotion["load"]
+    assert report["decision"] == "promote", report["gates"]
+    assert read_plan("churn", settings.tracking_uri).champion == promotion["good"]
+    assert promotion["reload"]["churn"]["versions"] == [{"name": "churn", "version": promotion["good"], "role": CHAMPION,
+                                                         "feature_service": "churn_v1"}]
+    assert load.failures == [] and len(load.answers) > 500
+    assert server[0].poll() is None and promotion["process"].pid == server[0].pid  # no restart
+    json_file, md_file = report["report_files"]
+    assert "Decision: **promote**" in open(md_file).read()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[PROMOTIONS_EXPERIMENT])
+    assert "promote" in set(runs["tags.decision"])
+
+
+def test_a_bad_challenger_is_refused_and_rollback_restores_the_old_champion(promotion, server, settings, customers):
+    _, url = server
+    champion, bad = promotion["good"], register_churn(settings, shuffled_labels=True)
+    start_canary(settings, "churn", bad, share=50, shadow=True)
+    ask_service_to_reload(url)
+    with LoadClient(url, customers, threads=4) as load:
+        wait_for(lambda: challenger_predictions(url, champion, bad) >= GATES.min_predictions, "the canary's evidence")
+    report = promote(settings, GATES, "churn", fetch_metrics(url))
+    assert report["decision"] == "refuse" and "quality" in report["failed_gates"], report["gates"]
+    assert load.failures == []
+    assert read_plan("churn", settings.tracking_uri).champion == champion  # nothing moved
+
+    rollback(settings, "churn")  # gives champion back to the version before the promotion, ends the canary
+    plan = read_plan("churn", settings.tracking_uri)
+    assert (plan.champion, plan.challenger, plan.share) == (promotion["before"], None, 0.0)
+    ask_service_to_reload(url)
+    assert serving(url) == {CHAMPION: promotion["before"]}
