@@ -79,10 +79,12 @@ def record_failure(family: str, version: str, role: str, rows: int) -> None:
 
 
 def _registry():
-    from prometheus_client import REGISTRY, CollectorRegistry
+    """Where the values live: files shared by the workers when prometheus_client was imported in
+    multiprocess mode (as BentoML does it), else this process's memory."""
+    from prometheus_client import REGISTRY, CollectorRegistry, values
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and values.ValueClass is not values.MutexValue:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         return registry

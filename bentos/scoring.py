@@ -84,12 +84,13 @@ def assemble(reader: FeatureReader, info: ModelInfo, features: list[str], reques
     return Assembled(matrix, known, invalid, sources)
 
 
-def request_error(a: Assembled, i: int, customer_id: str) -> dict | None:
-    """The error result of row i, if the row cannot be scored."""
+def request_error(a: Assembled, i: int, customer_id: str, info: ModelInfo) -> dict | None:
+    """The error result of row i, if the row cannot be scored (naming the version that was asked)."""
     if a.invalid[i]:
-        return {"customer_id": customer_id, "error": INVALID_FEATURE, "fields": [f"features.{n}" for n in a.invalid[i]]}
+        return {"customer_id": customer_id, "error": INVALID_FEATURE, "fields": [f"features.{n}" for n in a.invalid[i]],
+                "model": info.as_dict()}
     if not a.known[i]:
-        return {"customer_id": customer_id, "error": UNKNOWN_CUSTOMER}
+        return {"customer_id": customer_id, "error": UNKNOWN_CUSTOMER, "model": info.as_dict()}
     return None
 
 
@@ -127,7 +128,7 @@ class ChurnScorer:
         contributions = self.contributions(a.matrix, exact=False) if reasons else None
         results = []
         for i, request in enumerate(requests):
-            if error := request_error(a, i, request["customer_id"]):
+            if error := request_error(a, i, request["customer_id"], self.info):
                 results.append(error)
                 continue
             result = {"customer_id": request["customer_id"], "churn_probability": float(probability[i]),
@@ -139,7 +140,7 @@ class ChurnScorer:
 
     def explain(self, customer_id: str) -> dict:
         a = assemble(self.reader, self.info, self.features, [{"customer_id": customer_id}])
-        if error := request_error(a, 0, customer_id):
+        if error := request_error(a, 0, customer_id, self.info):
             return error
         contributions = self.contributions(a.matrix, exact=True)[0]
         return {
@@ -163,7 +164,7 @@ class FraudScorer:
                                              pred_contribs=True, approx_contribs=True)[:, :-1]
         results = []
         for i, request in enumerate(requests):
-            if error := request_error(a, i, request["customer_id"]):
+            if error := request_error(a, i, request["customer_id"], self.info):
                 results.append(error)
                 continue
             p = float(probability[i])
@@ -190,7 +191,7 @@ class SegmentScorer:
         segments = self.pipeline.predict(frame) if len(frame) else []
         results = []
         for i, request in enumerate(requests):
-            if error := request_error(a, i, request["customer_id"]):
+            if error := request_error(a, i, request["customer_id"], self.info):
                 results.append(error)
                 continue
             segment = int(segments[i])

@@ -218,10 +218,11 @@ class FintechAPI:
             for result in results:
                 if result.get("error") == UNKNOWN_VERSION:
                     raise_for(result)
-            models = {r["model"]["version"]: r["model"] for r in results if "model" in r}
+            models = {r["model"]["version"]: r["model"] for r in results if "error" not in r}
             labels.update(answered_by({"model": min(models.values(), key=lambda m: m["role"])} if models else {}))
             items = [{"customer_id": r["customer_id"], "churn_probability": r.get("churn_probability"),
-                      "risk_level": r.get("risk_level"), "version": r.get("model", {}).get("version"), "error": r.get("error")}
+                      "risk_level": r.get("risk_level"), "version": None if "error" in r else r["model"]["version"],
+                      "error": r.get("error")}
                      for r in results]
             return {"models": sorted(models.values(), key=lambda m: m["role"]), "count": len(items),
                     "unknown": sum(1 for r in results if "error" in r), "results": items}

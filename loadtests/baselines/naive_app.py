@@ -14,15 +14,15 @@ import bentoml
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
-from bentos.loading import load_booster, model_info
+from bentos.loading import from_bento
 from training.decisions import calibrate
 from training.settings import get_settings
 from training.store import open_store
 
 app = FastAPI(title="naive churn baseline")
 _model = bentoml.models.get(os.environ.get("CHURN_MODEL_TAG", "churn:latest"))
-_info, _meta = model_info(_model, "churn")
-_booster = load_booster(_model)
+_loaded = from_bento(_model, "churn")
+_info, _meta, _booster = _loaded.info("champion"), _loaded.metadata, _loaded.model
 _store = open_store(get_settings())
 _service = _store.get_feature_service(_info.feature_service)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bentoml
 
 from bentos.config import MODEL_SERVICE_OPTIONS, get_serving_settings
-from bentos.loading import load_booster, model_info
+from bentos.loading import from_bento
 from bentos.online import FeastReader
 from bentos.scoring import ChurnScorer
 from training.settings import get_settings
@@ -25,8 +25,8 @@ class SingleChurn:
     bento_model = bentoml.models.BentoModel("churn:latest")
 
     def __init__(self) -> None:
-        self.info, metadata = model_info(self.bento_model, "churn")
-        self.scorer = ChurnScorer(load_booster(self.bento_model), metadata, self.info, FeastReader(get_settings()))
+        loaded = from_bento(self.bento_model, "churn")
+        self.scorer = ChurnScorer(loaded.model, loaded.metadata, loaded.info("champion"), FeastReader(get_settings()))
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.churn.max_batch_size, max_latency_ms=SETTINGS.churn.max_latency_ms,
                  route="/score")

@@ -74,7 +74,8 @@ def test_segment_fraud_and_explain(client, customers):
 def test_churn_batch_scores_known_and_flags_unknown(client, customers):
     body = client.post(f"{API}/churn-batch", json={"customer_ids": [*customers, "NOBODY"]}).json()
     assert body["count"] == 6 and body["unknown"] == 1
-    assert body["results"][-1] == {"customer_id": "NOBODY", "churn_probability": None, "risk_level": None, "error": "unknown_customer"}
+    assert body["results"][-1] == {"customer_id": "NOBODY", "churn_probability": None, "risk_level": None, "version": None,
+                                   "error": "unknown_customer"}
 
 
 @pytest.mark.parametrize(("path", "payload", "status", "field"), [
@@ -109,8 +110,8 @@ def test_malformed_and_non_finite_json_are_rejected(client):
 def test_metrics_summary_counts_what_was_served(client, customers):
     client.post(f"{API}/churn-score", json={"customer_id": customers[2]})
     summary = client.get(f"{API}/metrics").json()
-    churn = [r for r in summary["routes"] if r["route"] == "churn-score"][0]
-    assert churn["requests"] >= 1 and churn["version"] == "1" and not math.isnan(churn["latency_p50_ms"])
+    churn = next(r for r in summary["routes"] if r["route"] == "churn-score" and r["version"] == "1")  # 404s included
+    assert churn["requests"] >= 1 and churn["role"] == "champion" and not math.isnan(churn["latency_p50_ms"])
     assert churn["client_errors"] >= 1 and churn["server_errors"] == 0
 
 
@@ -119,3 +120,18 @@ def test_openapi_documents_the_routes(client):
     for route in ("churn-score", "churn-batch", "segment", "fraud-detection", "explain", "metrics"):
         assert f"{API}/{route}" in paths
     assert "ChurnScore" in str(paths[f"{API}/churn-score"]["post"]["responses"]["200"])
+
+
+def test_a_pin_header_chooses_the_version_and_an_unknown_one_is_named(client, customers):
+    pinned = client.post(f"{API}/churn-score", json={"customer_id": customers[0]}, headers={"X-Model-Version": "champion"})
+    assert pinned.status_code == 200 and pinned.json()["model"]["role"] == "champion"
+    unknown = client.post(f"{API}/churn-score", json={"customer_id": customers[0]}, headers={"X-Model-Version": "99"})
+    assert unknown.status_code == 422 and unknown.json()["fields"] == [{"field": "X-Model-Version", "message": "no such version is served"}]
+    too_long = client.post(f"{API}/segment", json={"customer_id": customers[0]}, headers={"X-Model-Version": "9" * 40})
+    assert too_long.status_code == 422 and too_long.json()["fields"][0]["field"] == "header.X-Model-Version"
+
+
+def test_admin_reload_follows_the_registry(client):
+    body = client.post("/admin/reload").json()
+    assert set(body) == {"churn", "fraud", "segment"}
+    assert all(body[f]["versions"][0]["role"] == "champion" and "error" not in body[f] for f in body)

@@ -68,7 +68,7 @@ def test_reason_codes_name_the_strongest_features(churn):
 
 def test_unknown_customers_and_unknown_features_are_errors_not_scores(churn):
     unknown, invalid = churn.score([{"customer_id": "Z"}, {"customer_id": "A", "features": {"nope": 1.0}}])
-    assert unknown == {"customer_id": "Z", "error": UNKNOWN_CUSTOMER}
+    assert unknown == {"customer_id": "Z", "error": UNKNOWN_CUSTOMER, "model": churn.info.as_dict()}
     assert invalid["error"] == INVALID_FEATURE and invalid["fields"] == ["features.nope"]
 
 
