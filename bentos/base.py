@@ -21,26 +21,30 @@ from bentos.online import FeastReader
 from bentos.scoring import UNKNOWN_VERSION, ModelInfo
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet, Versions
+from monitoring.inference_log import InferenceLog
 from training.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
-def score_as(live: LiveSet, role: str, requests: list[dict], method: str = "score", **kwargs) -> list[dict]:
-    """Score with one role's version. A failing challenger hands its requests to the champion
-    (and the failure is counted against the challenger): a canary never costs a caller an answer."""
+def score_as(live: LiveSet, role: str, requests: list[dict], inference_log: InferenceLog | None = None, method: str = "score",
+             **kwargs) -> list[dict]:
+    """Score with one role's version and log the predictions. A failing challenger hands its
+    requests to the champion (the failure is counted against it): a canary never costs a caller an answer."""
     scorer = live.scorers[role]
     started = time.perf_counter()
     try:
-        results = getattr(scorer, method)(requests, **kwargs)
+        results = getattr(scorer, method)(requests, keep_features=inference_log is not None, **kwargs)
     except Exception:
         record_failure(live.family, scorer.info.version, role, len(requests))
         if role != CHALLENGER:
             raise
         log.exception("%s: challenger version %s failed on %d rows; the champion answers", live.family,
                       scorer.info.version, len(requests))
-        return score_as(live, CHAMPION, requests, method, **kwargs)
+        return score_as(live, CHAMPION, requests, inference_log, method, **kwargs)
     record_batch(live.family, scorer.info.version, role, results, time.perf_counter() - started)
+    if inference_log is not None:
+        inference_log.append(scorer.info.version, role, scorer.features, requests, results)
     return results
 
 
@@ -56,13 +60,13 @@ def route(live: LiveSet, requests: list[dict]) -> tuple[dict[str, list[int]], di
     return by_role, errors
 
 
-def score_routed(live: LiveSet, requests: list[dict], shadow: ShadowRunner | None = None, method: str = "score",
-                 **kwargs) -> list[dict]:
+def score_routed(live: LiveSet, requests: list[dict], shadow: ShadowRunner | None = None, inference_log: InferenceLog | None = None,
+                 method: str = "score", **kwargs) -> list[dict]:
     """Each request scored by the version its customer (or pin) is routed to, in one batch per version."""
     by_role, errors = route(live, requests)
     results: list[dict | None] = [errors.get(i) for i in range(len(requests))]
     for role, indexes in by_role.items():
-        for i, result in zip(indexes, score_as(live, role, [requests[i] for i in indexes], method, **kwargs)):
+        for i, result in zip(indexes, score_as(live, role, [requests[i] for i in indexes], inference_log, method, **kwargs)):
             results[i] = result
     if live.shadow and shadow is not None and CHAMPION in by_role:
         champion_rows = by_role[CHAMPION]
@@ -88,7 +92,14 @@ class ModelService:
         self.versions.reload()
         if serving.registry_poll_s:
             self.versions.follow(serving.registry_poll_s)
-        self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow")
+        self.inference_log = InferenceLog(serving.inference_log_dir or settings.data_dir / "inference_log", self.family,
+                                          flush_s=serving.inference_log_flush_s)
+        self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow", self.inference_log)
+
+    @bentoml.on_shutdown
+    def stop(self) -> None:
+        """Write the inference log's last rows before the process exits."""
+        self.inference_log.close()
 
     def pick(self, customer_id: str, pin: str | None = None):
         """The scorer that answers this customer (or pin), or the error result of an unknown pin."""
@@ -99,7 +110,7 @@ class ModelService:
             return {"customer_id": customer_id, "error": UNKNOWN_VERSION, "detail": str(e)}
 
     def score_requests(self, requests: list[dict], method: str = "score", **kwargs) -> list[dict]:
-        return score_routed(self.versions.live, requests, self.shadow, method, **kwargs)
+        return score_routed(self.versions.live, requests, self.shadow, self.inference_log, method, **kwargs)
 
     @bentoml.api
     def status(self) -> dict:

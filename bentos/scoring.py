@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 import xgboost as xgb
 
+from monitoring.inference_log import FEATURES_KEY
 from training.decisions import calibrate, risk_level
 from training.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
 
@@ -94,6 +95,14 @@ def request_error(a: Assembled, i: int, customer_id: str, info: ModelInfo) -> di
     return None
 
 
+def keep(results: list[dict], a: Assembled) -> list[dict]:
+    """Attach each scored row's feature vector (NaN where a default applied), for the inference log."""
+    for i, result in enumerate(results):
+        if "error" not in result:
+            result[FEATURES_KEY] = a.matrix[i]
+    return results
+
+
 def top_reasons(contributions: np.ndarray, values: np.ndarray, features: list[str], n: int) -> list[dict]:
     """The n features that moved this score most, with their contribution (log-odds) and value."""
     order = np.argsort(-np.abs(contributions))[:n]
@@ -121,7 +130,7 @@ class ChurnScorer:
         dmatrix = xgb.DMatrix(matrix, feature_names=self.features)
         return self.booster.predict(dmatrix, pred_contribs=True, approx_contribs=not exact)[:, :-1]
 
-    def score(self, requests: list[dict], reasons: bool = True) -> list[dict]:
+    def score(self, requests: list[dict], reasons: bool = True, keep_features: bool = False) -> list[dict]:
         a = assemble(self.reader, self.info, self.features, requests)
         probability = calibrate(self.booster.inplace_predict(a.matrix), self.metadata["calibration"])
         levels = risk_level(probability, self.metadata["risk_cutoffs"])
@@ -136,7 +145,7 @@ class ChurnScorer:
             if reasons:
                 result["reasons"] = top_reasons(contributions[i], a.matrix[i], self.features, self.top_n)
             results.append(result)
-        return results
+        return keep(results, a) if keep_features else results
 
     def explain(self, customer_id: str) -> dict:
         a = assemble(self.reader, self.info, self.features, [{"customer_id": customer_id}])
@@ -156,7 +165,7 @@ class FraudScorer:
         self.features: list[str] = metadata["features"]
         self.threshold = float(metadata["threshold"])
 
-    def score(self, requests: list[dict]) -> list[dict]:
+    def score(self, requests: list[dict], keep_features: bool = False) -> list[dict]:
         # the on-demand features are computed by Feast from the request: they cannot be overridden
         a = assemble(self.reader, self.info, self.features, requests, store_only=set(REQUEST_TIME_FEATURES))
         probability = self.booster.inplace_predict(a.matrix)
@@ -173,7 +182,7 @@ class FraudScorer:
                 "threshold": self.threshold, "model": self.info.as_dict(), "feature_sources": a.sources[i],
                 "reasons": top_reasons(contributions[i], a.matrix[i], self.features, self.top_n),
             })
-        return results
+        return keep(results, a) if keep_features else results
 
 
 class SegmentScorer:
@@ -182,7 +191,7 @@ class SegmentScorer:
         self.features: list[str] = metadata["features"]
         self.names: dict[str, str] = metadata["segment_names"]
 
-    def score(self, requests: list[dict]) -> list[dict]:
+    def score(self, requests: list[dict], keep_features: bool = False) -> list[dict]:
         import pandas as pd
 
         a = assemble(self.reader, self.info, self.features, requests)
@@ -198,4 +207,4 @@ class SegmentScorer:
             results.append({"customer_id": request["customer_id"], "segment_id": segment,
                             "segment_name": self.names[str(segment)], "model": self.info.as_dict(),
                             "feature_sources": a.sources[i]})
-        return results
+        return keep(results, a) if keep_features else results

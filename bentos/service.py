@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from contextlib import contextmanager
+from typing import Annotated
 
 import aiohttp
 import bentoml
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -51,6 +53,17 @@ API_PREFIX = "/api/v1/inference"
 PIN_HEADER = "X-Model-Version"
 Pin = Header(None, alias=PIN_HEADER, max_length=32, description=(
     "Answer with this version: a registry version (7) or a role (champion, challenger). Default: the canary split."))
+
+
+def request_id(response: Response, x_request_id: str | None = Header(
+        None, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$", description="Your id for this request; default a new one.")) -> str:
+    """The id the inference log files this request's prediction under, echoed in X-Request-ID."""
+    rid = x_request_id or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = rid
+    return rid
+
+
+RequestId = Annotated[str, Depends(request_id)]
 ERRORS = {404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 
 app = FastAPI(
@@ -202,19 +215,20 @@ class FintechAPI:
         return {f: await getattr(self, f).to_async.reload() for f in FAMILIES}
 
     @app.post(f"{API_PREFIX}/churn-score", response_model=ChurnScore, responses=ERRORS)
-    async def churn_score(self, body: CustomerRequest, pin: str | None = Pin) -> dict:
+    async def churn_score(self, body: CustomerRequest, rid: RequestId, pin: str | None = Pin) -> dict:
         with observed("churn-score", "churn") as labels:
-            [result] = await self.churn.to_async.score([{**body.model_dump(), "pin": pin}])
+            [result] = await self.churn.to_async.score([{**body.model_dump(), "pin": pin, "request_id": rid}])
             labels.update(answered_by(result))
             return raise_for(result)
 
     @app.post(f"{API_PREFIX}/churn-batch", response_model=ChurnBatchResponse, responses=ERRORS)
-    async def churn_batch(self, body: ChurnBatchRequest, pin: str | None = Pin) -> dict:
+    async def churn_batch(self, body: ChurnBatchRequest, rid: RequestId, pin: str | None = Pin) -> dict:
         with observed("churn-batch", "churn") as labels:
             if len(body.customer_ids) > SETTINGS.max_batch_ids:
                 raise ClientError(413, "too_many_ids", f"at most {SETTINGS.max_batch_ids:,} customer ids per call, "
                                   f"got {len(body.customer_ids):,}", [{"field": "customer_ids", "message": "too many"}])
-            results = await self.churn.to_async.score_many([{"customer_id": c, "pin": pin} for c in body.customer_ids])
+            results = await self.churn.to_async.score_many([{"customer_id": c, "pin": pin, "request_id": rid}
+                                                             for c in body.customer_ids])
             for result in results:
                 if result.get("error") == UNKNOWN_VERSION:
                     raise_for(result)
@@ -228,16 +242,17 @@ class FintechAPI:
                     "unknown": sum(1 for r in results if "error" in r), "results": items}
 
     @app.post(f"{API_PREFIX}/segment", response_model=SegmentResult, responses=ERRORS)
-    async def segment_customer(self, body: CustomerRequest, pin: str | None = Pin) -> dict:
+    async def segment_customer(self, body: CustomerRequest, rid: RequestId, pin: str | None = Pin) -> dict:
         with observed("segment", "segment") as labels:
-            [result] = await self.segment.to_async.score([{**body.model_dump(), "pin": pin}])
+            [result] = await self.segment.to_async.score([{**body.model_dump(), "pin": pin, "request_id": rid}])
             labels.update(answered_by(result))
             return raise_for(result)
 
     @app.post(f"{API_PREFIX}/fraud-detection", response_model=FraudScore, responses=ERRORS)
-    async def fraud_detection(self, body: FraudRequest, pin: str | None = Pin) -> dict:
+    async def fraud_detection(self, body: FraudRequest, rid: RequestId, pin: str | None = Pin) -> dict:
         with observed("fraud-detection", "fraud") as labels:
-            request = {"customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin}
+            request = {"customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin,
+                       "request_id": rid}
             [result] = await self.fraud.to_async.score([request])
             labels.update(answered_by(result))
             return raise_for(result)

@@ -32,8 +32,8 @@ def headline(family: str, result: dict):
 
 
 class ShadowRunner:
-    def __init__(self, family: str, log_dir: Path, max_pending: int = 4):
-        self.family, self.log_dir = family, log_dir
+    def __init__(self, family: str, log_dir: Path, inference_log=None, max_pending: int = 4):
+        self.family, self.log_dir, self.inference_log = family, log_dir, inference_log
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{family}-shadow")
         self._slots = threading.BoundedSemaphore(max_pending)
 
@@ -52,12 +52,14 @@ class ShadowRunner:
         info = challenger.info
         started = time.perf_counter()
         try:
-            shadow = challenger.score(requests, **kwargs)
+            shadow = challenger.score(requests, keep_features=self.inference_log is not None, **kwargs)
         except Exception:
             record_failure(self.family, info.version, SHADOW, len(requests))
             log.exception("%s: shadow version %s failed on %d rows", self.family, info.version, len(requests))
             return
         record_batch(self.family, info.version, SHADOW, shadow, time.perf_counter() - started)
+        if self.inference_log is not None:
+            self.inference_log.append(info.version, SHADOW, challenger.features, requests, shadow)
         self._write(answers, shadow, info.version)
 
     def _write(self, answers: list[dict], shadow: list[dict], version: str) -> None:

@@ -2,10 +2,12 @@
 champion models imported into the (per-session) BentoML store, and a real redis-server."""
 
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,3 +123,49 @@ def redis_url(tmp_path_factory):
     yield f"127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=10)
+
+
+class LoadClient:
+    """Threads that score random known customers without pause, keeping every answer."""
+
+    def __init__(self, url: str, customers: list[str], threads: int = 6):
+        self.url, self.customers, self.threads = url, customers, threads
+        self.answers: list[tuple[float, str, str, str, str]] = []  # time, customer, version, role, request id
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._workers = [threading.Thread(target=self._run, args=(seed,)) for seed in range(threads)]
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                customer = rng.choice(self.customers)
+                try:
+                    response = client.post(f"{self.url}/api/v1/inference/churn-score", json={"customer_id": customer})
+                except httpx.HTTPError as e:
+                    self.failures.append(f"{customer}: {e!r}")
+                    continue
+                if response.status_code != 200:
+                    self.failures.append(f"{customer}: {response.status_code} {response.text[:200]}")
+                    continue
+                model = response.json()["model"]
+                self.answers.append((time.monotonic(), customer, model["version"], model["role"],
+                                     response.headers["X-Request-ID"]))
+
+    def __enter__(self):
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=60)
+
+
+def wait_for(condition, what: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)

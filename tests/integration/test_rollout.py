@@ -1,8 +1,6 @@
 """Canary rollouts on a real `bentoml serve`, the real MLflow registry and a real HTTP client
 under continuous load: a good challenger is promoted and a bad one refused, with no failed request."""
 
-import random
-import threading
 import time
 from collections import defaultdict
 
@@ -16,7 +14,7 @@ from bentos.config import GateSettings
 from bentos.promotion import read_evidence
 from bentos.rollout import PROMOTIONS_EXPERIMENT, ask_service_to_reload, fetch_metrics, promote, rollback, start_canary
 from bentos.versions import read_plan
-from tests.integration.conftest import latest_rows, start_server, stop
+from tests.integration.conftest import LoadClient, latest_rows, start_server, stop, wait_for
 from training import models, pipeline, registry, store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,51 +30,6 @@ def register_churn(settings, shuffled_labels: bool = False) -> str:
         frame = frame.assign(churned=np.random.default_rng(0).permutation(frame["churned"].to_numpy()))
     trained = models.train_churn(frame, settings.seed)
     return registry.log_and_register(trained, frame, "churn_v1", settings.tracking_uri).version
-
-
-class LoadClient:
-    """Threads that score random known customers without pause, keeping every answer."""
-
-    def __init__(self, url: str, customers: list[str], threads: int = 6):
-        self.url, self.customers, self.threads = url, customers, threads
-        self.answers: list[tuple[float, str, str | None, str | None]] = []  # time, customer, version, role
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._workers = [threading.Thread(target=self._run, args=(seed,)) for seed in range(threads)]
-
-    def _run(self, seed: int) -> None:
-        rng = random.Random(seed)
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                customer = rng.choice(self.customers)
-                try:
-                    response = client.post(f"{self.url}/api/v1/inference/churn-score", json={"customer_id": customer})
-                except httpx.HTTPError as e:
-                    self.failures.append(f"{customer}: {e!r}")
-                    continue
-                if response.status_code != 200:
-                    self.failures.append(f"{customer}: {response.status_code} {response.text[:200]}")
-                    continue
-                model = response.json()["model"]
-                self.answers.append((time.monotonic(), customer, model["version"], model["role"]))
-
-    def __enter__(self):
-        for worker in self._workers:
-            worker.start()
-        return self
-
-    def __exit__(self, *_):
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(timeout=60)
-
-
-def wait_for(condition, what: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def challenger_predictions(url: str, champion: str, challenger: str) -> int:
@@ -123,7 +76,7 @@ def test_a_canary_is_sticky_and_both_versions_answer(promotion):
     load = promotion["load"]
     during = [a for a in load.answers if a[0] < promotion["promoted_at"]]
     versions_seen = defaultdict(set)
-    for _, customer, version, _ in during:
+    for _, customer, version, *_ in during:
         versions_seen[customer].add(version)
     assert all(len(v) == 1 for v in versions_seen.values())  # one customer, one version for the whole canary
     roles = [a[3] for a in during]

@@ -2,6 +2,8 @@
 
 import threading
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from bentos.base import score_routed
@@ -9,6 +11,7 @@ from bentos.canary import CHALLENGER, CHAMPION, UnknownVersion, choose_role, res
 from bentos.scoring import UNKNOWN_VERSION, ModelInfo
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet, Plan
+from monitoring.inference_log import FEATURES_KEY, InferenceLog
 
 CUSTOMERS = [f"C{i:06d}" for i in range(10_000)]
 
@@ -18,16 +21,17 @@ class FakeScorer:
 
     def __init__(self, version: str, role: str, score: float, fail: bool = False, gate: threading.Event | None = None):
         self.info = ModelInfo("churn", version, role, "churn_v1")
+        self.features = ["days_since_last_txn"]
         self.value, self.fail, self.gate, self.seen = score, fail, gate, []
 
-    def score(self, requests, reasons=True):
+    def score(self, requests, reasons=True, keep_features=False):
         if self.gate is not None:
             self.gate.wait(timeout=10)
         if self.fail:
             raise RuntimeError("broken model")
         self.seen.extend(r["customer_id"] for r in requests)
         return [{"customer_id": r["customer_id"], "churn_probability": self.value, "risk_level": "low",
-                 "model": self.info.as_dict()} for r in requests]
+                 "model": self.info.as_dict(), **({FEATURES_KEY: np.array([3.0])} if keep_features else {})} for r in requests]
 
 
 def live_set(share: float, shadow: bool = False, challenger: FakeScorer | None = None) -> LiveSet:
@@ -112,3 +116,21 @@ def test_shadow_scoring_does_not_hold_up_the_response_and_records_both_results(t
     assert challenger.seen == ["C1"]
     [line] = [line for f in tmp_path.glob("churn-*.jsonl") for line in f.read_text().splitlines()]
     assert '"champion": 0.1' in line and '"challenger": 0.9' in line and '"challenger_version": "2"' in line
+
+
+def test_every_prediction_is_logged_with_its_version_role_and_features_and_the_answer_is_unchanged(tmp_path):
+    log = InferenceLog(tmp_path / "log", "churn", flush_s=60)  # nothing is written until asked
+    runner = ShadowRunner("churn", tmp_path / "shadow", log)
+    requests = [{"customer_id": c, "request_id": f"r{i}"} for i, c in enumerate(CUSTOMERS[:40])]
+    results = score_routed(live_set(share=50, shadow=True), requests, runner, log)
+    runner.drain()
+    assert all(FEATURES_KEY not in r for r in results)  # the vectors never reach the caller
+    assert log.backlog > 0 and not list((tmp_path / "log").rglob("*.parquet"))
+    log.close()
+    logged = pd.read_parquet(tmp_path / "log" / "churn")
+    live = logged[logged["role"] != "shadow"].set_index("request_id").loc[[r["request_id"] for r in requests]]
+    assert list(live["version"]) == [r["model"]["version"] for r in results]
+    assert list(live["score"]) == [r["churn_probability"] for r in results]
+    assert (live["days_since_last_txn"] == 3.0).all()
+    champion_rows = sum(r["model"]["role"] == CHAMPION for r in results)
+    assert (logged["role"] == "shadow").sum() == champion_rows and log.backlog == 0

@@ -1,0 +1,1 @@
+"""Monitoring: the inference log, drift reports, metrics and alert rules."""

@@ -1,0 +1,148 @@
+"""The inference log: every prediction, with the features it used, appended to Parquet off the
+request path.
+
+    DATA_DIR/inference_log/<family>/date=YYYY-MM-DD/part-<HHMMSS>-<pid>-<n>.parquet
+
+Columns: request_id, time (UTC), customer_id, model, version, role (champion, challenger,
+shadow), score, decision, then one column per feature the version read. A model service appends
+each scored batch to memory (a list append); a background thread writes what has gathered every
+`flush_s` seconds or `flush_rows` rows; `close()`, called when the service stops, writes the rest.
+Rows that could not be scored (unknown customer, invalid feature) are not predictions and are not
+logged; the metrics count them.
+
+    pd.read_parquet("data/inference_log/churn")          # the whole log of a family, with `date`
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+FEATURES_KEY = "_features"  # where a scorer puts a row's feature vector when asked to keep it
+SCORE = {"churn": ("churn_probability", "risk_level"), "fraud": ("fraud_probability", "is_fraud"),
+         "segment": ("segment_id", "segment_name")}
+
+
+@dataclass
+class _Batch:
+    time: datetime
+    version: str
+    role: str
+    features: tuple[str, ...]
+    request_ids: list[str]
+    customer_ids: list[str]
+    scores: list[float]
+    decisions: list[str]
+    matrix: np.ndarray
+
+
+class InferenceLog:
+    def __init__(self, root: Path, family: str, flush_rows: int = 5_000, flush_s: float = 2.0):
+        self.directory, self.family = root / family, family
+        self.flush_rows, self.flush_s = flush_rows, flush_s
+        self._pending: list[_Batch] = []
+        self._pending_rows = 0
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._files = 0
+        self.written_rows = 0
+        self._thread = threading.Thread(target=self._run, name=f"{family}-inference-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        """Rows appended and not yet on disk."""
+        return self._pending_rows
+
+    def append(self, version: str, role: str, features: list[str], requests: list[dict], results: list[dict]) -> None:
+        """Take the scored rows of one batch; strips the feature vectors from the results."""
+        rows = [(request, result) for request, result in zip(requests, results) if FEATURES_KEY in result]
+        if not rows:
+            return
+        score_key, decision_key = SCORE[self.family]
+        batch = _Batch(
+            datetime.now(UTC), version, role, tuple(features),
+            [request.get("request_id") or "" for request, _ in rows], [result["customer_id"] for _, result in rows],
+            [float(result[score_key]) for _, result in rows], [str(result[decision_key]) for _, result in rows],
+            np.vstack([result.pop(FEATURES_KEY) for _, result in rows]),
+        )
+        with self._lock:
+            self._pending.append(batch)
+            self._pending_rows += len(rows)
+        if self._pending_rows >= self.flush_rows:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # a full disk must not stop the thread; the rows stay pending
+                log.exception("%s: cannot write the inference log to %s", self.family, self.directory)
+
+    def flush(self) -> int:
+        """Write every pending row; returns how many."""
+        with self._write_lock:
+            with self._lock:
+                batches, self._pending = self._pending, []
+            if not batches:
+                return 0
+            try:
+                written = self._write(batches)
+            except Exception:
+                with self._lock:  # put them back, in order, for the next try
+                    self._pending[:0] = batches
+                raise
+            with self._lock:
+                self._pending_rows -= written
+            self.written_rows += written
+            return written
+
+    def _write(self, batches: list[_Batch]) -> int:
+        import pandas as pd
+
+        frames = []
+        for b in batches:
+            frame = pd.DataFrame(b.matrix, columns=list(b.features))
+            frame.insert(0, "request_id", b.request_ids)
+            frame.insert(1, "time", pd.Timestamp(b.time))
+            frame.insert(2, "customer_id", b.customer_ids)
+            frame.insert(3, "model", self.family)
+            frame.insert(4, "version", b.version)
+            frame.insert(5, "role", b.role)
+            frame.insert(6, "score", b.scores)
+            frame.insert(7, "decision", b.decisions)
+            frames.append(frame)
+        table = pd.concat(frames, ignore_index=True)
+        now = datetime.now(UTC)
+        folder = self.directory / f"date={now:%Y-%m-%d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._files += 1
+        path = folder / f"part-{now:%H%M%S}-{os.getpid()}-{self._files:06d}.parquet"
+        temporary = path.with_suffix(".tmp")
+        table.to_parquet(temporary, index=False)
+        temporary.rename(path)  # readers never see half a file
+        return len(table)
+
+    def close(self, timeout_s: float = 30.0) -> int:
+        """Stop the thread and write what is left (the service's shutdown hook)."""
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        written = 0
+        while self._pending and time.monotonic() < deadline:
+            written += self.flush()
+        log.info("%s: inference log closed, %d rows written in all", self.family, self.written_rows)
+        return written
