@@ -11,7 +11,7 @@ PORT ?= 3000
 export DATA_DIR BENTOML_HOME
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install lock data features train import-models build serve up test test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status clean
+.PHONY: help install lock data features train import-models build serve up test test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,7 +57,7 @@ test: install ## Run every test: unit, data contract, model behaviour, integrati
 test-fast: install ## Run the tests not marked slow or integration
 	$(BIN)/python -m pytest -m "not slow and not integration"
 
-bench: bench-offline bench-serving ## Both benchmarks; results under loadtests/results/
+bench: bench-offline bench-serving bench-drift ## Every benchmark; results under loadtests/results/
 
 bench-offline: install ## Time every offline stage on the default data set (in a temporary folder)
 	$(BIN)/python -m loadtests.bench_features
@@ -79,6 +79,17 @@ rollback: install ## Give MODEL's champion alias back to the previous version an
 
 rollout-status: install ## What the registry asks MODEL to serve, and what the service serves
 	$(ROLLOUT) status $(MODEL)
+
+bench-drift: install ## Drift report over 100,000 logged rows (needs `make features` data)
+	$(BIN)/python -m loadtests.bench_drift
+
+DRIFT_ARGS ?=
+drift-report: install ## Evidently drift report of MODEL: the last 24 h of its inference log against its training data
+	$(BIN)/python -m monitoring drift-report --model $(MODEL) $(DRIFT_ARGS)
+
+DRIFT_UI_PORT ?= 8000
+drift-ui: install ## Browse the drift reports over time in Evidently's UI on $(DRIFT_UI_PORT)
+	$(BIN)/evidently ui --workspace $(DATA_DIR)/evidently --host 127.0.0.1 --port $(DRIFT_UI_PORT)
 
 LOAD_USERS ?= 50
 LOAD_TIME ?= 60s

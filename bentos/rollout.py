@@ -23,6 +23,7 @@ import typer
 from bentos.canary import CHALLENGER, CHAMPION
 from bentos.config import GateSettings, get_gate_settings
 from bentos.versions import PREVIOUS_TAG, SHADOW_TAG, SHARE_TAG, RegistryUnavailable, read_plan
+from training.registry import use_experiment
 from training.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ FAMILIES = ("churn", "fraud", "segment")
 PROMOTIONS_EXPERIMENT = "fintech-promotions"
 
 Family = Annotated[str, typer.Argument(help="Model family: churn, fraud or segment.")]
-ServiceUrl = Annotated[str | None, typer.Option(help="The running service [env PROMOTE_SERVICE_URL, default :3000].")]
+ServiceUrl = Annotated[str | None, typer.Option(help="The running service (env PROMOTE_SERVICE_URL, default :3000).")]
 
 
 class RolloutError(RuntimeError):
@@ -146,8 +147,7 @@ def write_report(report: dict, reports_dir: Path, settings: Settings) -> tuple[P
     json_path, md_path = reports_dir / f"{stem}.json", reports_dir / f"{stem}.md"
     json_path.write_text(json.dumps(report, indent=2, default=str))
     md_path.write_text(readable(report))
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_experiment(PROMOTIONS_EXPERIMENT)
+    use_experiment(PROMOTIONS_EXPERIMENT, settings.tracking_uri, settings.artifact_root)
     with mlflow.start_run(run_name=f"promote-{report['family']}-v{report['challenger']}"):
         mlflow.set_tags({"model": report["family"], "decision": report["decision"],
                          "failed_gates": ",".join(report["failed_gates"]) or "none"})
@@ -227,7 +227,7 @@ def _run(step):
 @app.command()
 def canary(
     family: Family,
-    version: Annotated[str | None, typer.Option(help="Registry version to try [default: the latest].")] = None,
+    version: Annotated[str | None, typer.Option(help="Registry version to try (default: the latest).")] = None,
     share: Annotated[float, typer.Option(min=0, max=100, help="Percent of customers it answers.")] = 10.0,
     shadow: Annotated[bool, typer.Option(help="Also score the champion's requests in the background.")] = False,
     service_url: ServiceUrl = None,

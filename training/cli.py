@@ -23,8 +23,8 @@ from training.store import FeatureStoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline pipeline: data, features, models.")
 
-DataDir = Annotated[Path | None, typer.Option(help="Data folder [env DATA_DIR, default ./data].")]
-OnlineStore = Annotated[str | None, typer.Option(help="Feast online store: sqlite or redis [env ONLINE_STORE].")]
+DataDir = Annotated[Path | None, typer.Option(help="Data folder (env DATA_DIR, default ./data).")]
+OnlineStore = Annotated[str | None, typer.Option(help="Feast online store: sqlite or redis (env ONLINE_STORE).")]
 
 
 @app.callback()
@@ -37,9 +37,9 @@ def _logging(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debu
 @app.command()
 def data(
     data_dir: DataDir = None,
-    customers: Annotated[int | None, typer.Option(help="Number of customers [default 10,000].")] = None,
-    months: Annotated[int | None, typer.Option(help="Months of transactions [default 12].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed; same seed, same data [default 42].")] = None,
+    customers: Annotated[int | None, typer.Option(help="Number of customers (default 10,000).")] = None,
+    months: Annotated[int | None, typer.Option(help="Months of transactions (default 12).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; same seed, same data (default 42).")] = None,
     drift_months: Annotated[int, typer.Option(help="Also write this many later months with a known drift.")] = 0,
 ) -> None:
     """Generate synthetic customers and transactions under DATA_DIR/raw."""
@@ -52,7 +52,7 @@ def data(
 @app.command()
 def features(
     data_dir: DataDir = None,
-    transactions: Annotated[Path | None, typer.Option(help="Your transactions file (.parquet or .csv) [default DATA_DIR/raw/transactions.parquet].")] = None,
+    transactions: Annotated[Path | None, typer.Option(help="Your transactions file (.parquet or .csv) (default DATA_DIR/raw/transactions.parquet).")] = None,
     customers_file: Annotated[Path | None, typer.Option(help="Customers file; transactions of other customers are rejected.")] = None,
     online_store: OnlineStore = None,
 ) -> None:

@@ -135,7 +135,8 @@ def train_all(settings: Settings, progress: bool = True) -> dict:
         started = time.perf_counter()
         frame = build(feature_store, settings)
         trained = train(frame)
-        registered = registry.log_and_register(trained, frame, FEATURE_SERVICES[name], settings.tracking_uri)
+        registered = registry.log_and_register(trained, frame, FEATURE_SERVICES[name], settings.tracking_uri,
+                                                settings.artifact_root)
         results[name] = {"metrics": trained.metrics, "registered": asdict(registered),
                          "seconds": round(time.perf_counter() - started, 1)}
         log.info("%s v%s: %s", name, registered.version,

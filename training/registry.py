@@ -18,11 +18,14 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
+from training.decisions import calibrate
 from training.models import TrainedModel
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
 EXPERIMENT = "fintech-models"
+REFERENCE_ARTIFACT = "reference.parquet"  # what drift reports compare the served data with
+REFERENCE_ROWS = 10_000
 
 
 @dataclass
@@ -39,9 +42,31 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return hashlib.sha256(row_hashes.tobytes()).hexdigest()[:16]
 
 
-def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, feature_service: str, tracking_uri: str) -> Registered:
+def reference_sample(trained: TrainedModel, training_frame: pd.DataFrame, rows: int = REFERENCE_ROWS, seed: int = 0) -> pd.DataFrame:
+    """A sample of the training rows' features and the model's score on them, in the inference
+    log's terms (`score`: churn or fraud probability, or segment id)."""
+    sample = training_frame[trained.features].sample(min(rows, len(training_frame)), random_state=seed).reset_index(drop=True)
+    if trained.name == "segment":
+        score = trained.model.predict(sample)
+    else:
+        score = trained.model.predict_proba(sample)[:, 1]
+        if "calibration" in trained.metadata:
+            score = calibrate(score, trained.metadata["calibration"])
+    return sample.assign(score=score)
+
+
+def use_experiment(name: str, tracking_uri: str, artifact_root: Path | None = None) -> None:
+    """Make `name` the active experiment; a new one keeps its artifacts under artifact_root
+    (without it MLflow would use ./mlruns, wherever the command runs)."""
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(EXPERIMENT)
+    if artifact_root is not None and mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+    mlflow.set_experiment(name)
+
+
+def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, feature_service: str, tracking_uri: str,
+                     artifact_root: Path | None = None) -> Registered:
+    use_experiment(EXPERIMENT, tracking_uri, artifact_root)
     example = training_frame[trained.features].head(5)
     metadata = {**trained.metadata, "feature_service": feature_service, "features": trained.features,
                 "data_fingerprint": fingerprint(training_frame)}
@@ -61,6 +86,7 @@ def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, featur
             (Path(tmp) / "model_metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
             for artifact_name, table in trained.artifacts.items():
                 table.to_csv(Path(tmp) / f"{artifact_name}.csv", index=False)
+            reference_sample(trained, training_frame).to_parquet(Path(tmp) / REFERENCE_ARTIFACT, index=False)
             mlflow.log_artifacts(tmp)
 
     client = MlflowClient(tracking_uri)

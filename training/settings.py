@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir.resolve() / 'mlflow.db'}"
 
     @property
+    def artifact_root(self) -> Path | None:
+        """Where new experiments keep artifacts with the default local registry; a tracking
+        server decides for itself."""
+        return None if self.mlflow_tracking_uri else self.data_dir / "mlruns"
+
+    @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
 

@@ -29,7 +29,7 @@ def register_churn(settings, shuffled_labels: bool = False) -> str:
     if shuffled_labels:
         frame = frame.assign(churned=np.random.default_rng(0).permutation(frame["churned"].to_numpy()))
     trained = models.train_churn(frame, settings.seed)
-    return registry.log_and_register(trained, frame, "churn_v1", settings.tracking_uri).version
+    return registry.log_and_register(trained, frame, "churn_v1", settings.tracking_uri, settings.artifact_root).version
 
 
 def challenger_predictions(url: str, champion: str, challenger: str) -> int:

@@ -1,0 +1,124 @@
+"""Command line of monitoring: `python -m monitoring --help`.
+
+    python -m monitoring drift-report --model churn                      # the champion, last 24 h of the log
+    python -m monitoring drift-report --model fraud --current window.parquet --fail-above 0.3
+    python -m monitoring drift-report --model churn --labels outcomes.csv # adds quality
+
+Each report goes to DATA_DIR/reports/drift/<model>-<time>/ (drift.html, drift.json, summary.json,
+and quality.html when labels are given) and into the Evidently workspace DATA_DIR/evidently,
+which `make drift-ui` serves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from training.settings import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Monitoring: drift reports.")
+log = logging.getLogger(__name__)
+FAMILIES = ("churn", "fraud", "segment")
+
+
+@app.callback()
+def _logging() -> None:
+    import os
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "evidently", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def read_table(path: Path):
+    import pandas as pd
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+
+
+def add_to_workspace(workspace: Path, model: str, snapshot, name: str) -> None:
+    from evidently.ui.workspace import Workspace
+
+    ws = Workspace.create(str(workspace))
+    project_name = f"fintech {model}"
+    projects = ws.search_project(project_name)
+    project = projects[0] if projects else ws.create_project(project_name, description=f"Drift of the {model} model's inputs and scores")
+    ws.add_run(project.id, snapshot, name=name)
+
+
+def headline(model: str, version: str, summary: dict) -> str:
+    drifted = summary["drifted_features"]
+    lines = [f"{model} version {version}: {len(drifted)} of {summary['features']} features drifted "
+             f"({summary['drift_share']:.0%}){': ' + ', '.join(drifted) if drifted else ''}",
+             f"  rows: {summary['current_rows']:,} in the window, {summary['reference_rows']:,} in the reference"]
+    score = summary["prediction_drift"]
+    if score.get("method"):
+        lines.append(f"  prediction drift: {'yes' if score['drifted'] else 'no'} ({score['method']} {score['value']:.3g}, "
+                     f"threshold {score['threshold']:g})")
+    if summary.get("quality"):
+        lines.append("  quality: " + ", ".join(f"{k} {v:.3g}" for k, v in summary["quality"].items()))
+    return "\n".join(lines)
+
+
+@app.command("drift-report")
+def drift_report(
+    model: Annotated[str, typer.Option(help="Model family: churn, fraud or segment.")] = "churn",
+    version: Annotated[str | None, typer.Option(help="Registry version (default: the champion).")] = None,
+    current: Annotated[Path | None, typer.Option(help="A file (.parquet, .csv) to use as the window instead of the log.")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Window start, UTC (default: 24 hours ago).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Window end, UTC (default: now).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Outcomes (customer_id, time, label) to add model quality.")] = None,
+    reference: Annotated[Path | None, typer.Option(help="Reference file (default: the one stored with the version).")] = None,
+    fail_above: Annotated[float | None, typer.Option(help="Exit 1 when the share of drifted features is above this.")] = None,
+    reports_dir: Annotated[Path | None, typer.Option(help="Default: DATA_DIR/reports/drift.")] = None,
+    workspace: Annotated[Path | None, typer.Option(help="Evidently workspace (default: DATA_DIR/evidently).")] = None,
+    no_workspace: Annotated[bool, typer.Option("--no-workspace", help="Do not add the report to the workspace.")] = False,
+) -> None:
+    """Compare a window of served data with the model's training data; write HTML and JSON."""
+    from bentos.versions import RegistryUnavailable, read_plan
+    from monitoring.drift import DriftInputError, attach_labels, load_reference, read_log, run_report
+
+    settings = get_settings()
+    if model not in FAMILIES:
+        raise typer.BadParameter(f"choose one of {', '.join(FAMILIES)}", param_hint="--model")
+    try:
+        version = version or read_plan(model, settings.tracking_uri).champion
+        ref = read_table(reference) if reference else load_reference(model, version, settings.tracking_uri,
+                                                                      settings.data_dir / "model_cache")
+        features = [c for c in ref.columns if c != "score"]
+        until = until or datetime.now(UTC)
+        since = since or until - timedelta(hours=24)
+        window = read_table(current) if current else read_log(settings.data_dir / "inference_log" / model,
+                                                               since, until, version=version)
+        if labels:
+            window = attach_labels(window, read_table(labels))
+        result = run_report(ref, window, features)
+    except (DriftInputError, RegistryUnavailable, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = (reports_dir or settings.data_dir / "reports" / "drift") / f"{model}-{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    result.drift.save_html(str(folder / "drift.html"))
+    result.drift.save_json(str(folder / "drift.json"))
+    if result.quality is not None:
+        result.quality.save_html(str(folder / "quality.html"))
+    summary = {"model": model, "version": version, "window": "file " + str(current) if current else
+               f"inference log {since.isoformat()} to {until.isoformat()}", "created": stamp, **result.summary}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if not no_workspace:
+        add_to_workspace(workspace or settings.data_dir / "evidently", model, result.drift, f"{model} v{version} {stamp}")
+    typer.echo(headline(model, version, result.summary))
+    typer.echo(f"  report: {folder / 'drift.html'}")
+    if fail_above is not None and result.summary["drift_share"] > fail_above:
+        typer.secho(f"drift share {result.summary['drift_share']:.2f} is above {fail_above}", fg="red", err=True)
+        raise typer.Exit(1)

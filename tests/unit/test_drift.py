@@ -1,0 +1,80 @@
+"""Drift reports on synthetic windows with known shifts (real Evidently, no registry)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from monitoring.cli import app
+from monitoring.drift import DriftInputError, attach_labels, run_report
+
+FEATURES = [f"f{i}" for i in range(10)]
+SHIFTED = ["f2", "f7"]
+
+
+def window(rows: int, seed: int, shift: float = 0.0, score_shift: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(size=(rows, len(FEATURES))), columns=FEATURES)
+    for name in SHIFTED:
+        frame[name] += shift
+    return frame.assign(score=rng.beta(1 + score_shift, 12, rows))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("drift")
+    window(5000, 0).to_parquet(folder / "reference.parquet")
+    window(3000, 1, shift=0.6, score_shift=3).to_parquet(folder / "current.parquet")
+    return folder
+
+
+def test_the_shifted_features_and_only_they_are_flagged():
+    result = run_report(window(5000, 0), window(3000, 1, shift=0.6, score_shift=3), FEATURES)
+    assert result.summary["drifted_features"] == SHIFTED and result.summary["drift_share"] == 0.2
+    assert result.summary["prediction_drift"]["drifted"] is True and result.quality is None
+
+
+def test_the_same_population_is_not_flagged():
+    summary = run_report(window(5000, 0), window(3000, 1), FEATURES).summary
+    assert summary["drifted_features"] == [] and summary["prediction_drift"]["drifted"] is False
+
+
+def test_labels_join_to_the_first_outcome_after_the_prediction_and_add_quality():
+    current = window(2000, 2).assign(customer_id=[f"C{i}" for i in range(2000)],
+                                     time=pd.Timestamp("2026-01-01", tz="UTC"))
+    rng = np.random.default_rng(3)
+    labels = pd.DataFrame({"customer_id": current["customer_id"], "time": pd.Timestamp("2026-02-01", tz="UTC"),
+                           "label": (rng.random(2000) < current["score"]).astype(int)})
+    too_early = labels.head(5).assign(time=pd.Timestamp("2025-12-01", tz="UTC"), label=1 - labels["label"].head(5))
+    joined = attach_labels(current, pd.concat([too_early, labels]))
+    assert joined.set_index("customer_id").loc[current["customer_id"], "label"].tolist() == labels["label"].tolist()
+    result = run_report(window(5000, 0), joined, FEATURES)
+    assert result.summary["quality"]["labelled_rows"] == 2000 and 0.5 < result.summary["quality"]["RocAuc"] <= 1
+
+
+def test_a_window_without_a_feature_is_refused_by_name():
+    with pytest.raises(DriftInputError, match="lacks column.*f3"):
+        run_report(window(500, 0), window(500, 1).drop(columns="f3"), FEATURES)
+
+
+def test_the_command_writes_the_report_and_fails_above_the_threshold(files, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    args = ["drift-report", "--model", "churn", "--version", "1", "--reference", str(files / "reference.parquet"),
+            "--current", str(files / "current.parquet"), "--reports-dir", str(tmp_path / "reports")]
+    passed = CliRunner().invoke(app, [*args, "--fail-above", "0.5"])
+    assert passed.exit_code == 0, passed.output
+    assert "2 of 10 features drifted (20%): f2, f7" in passed.output
+    [folder] = (tmp_path / "reports").iterdir()
+    assert {p.name for p in folder.iterdir()} >= {"drift.html", "drift.json", "summary.json"}
+    assert json.loads((folder / "summary.json").read_text())["drifted_features"] == SHIFTED
+    assert list((tmp_path / "evidently").rglob("*.json"))  # the run is in the Evidently workspace
+    failed = CliRunner().invoke(app, [*args, "--fail-above", "0.1", "--no-workspace"])
+    assert failed.exit_code == 1 and "above 0.1" in failed.output
+
+
+def test_the_command_names_a_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(app, ["drift-report", "--version", "1", "--reference", str(tmp_path / "nope.parquet")])
+    assert result.exit_code == 2 and "nope.parquet does not exist" in result.output
