@@ -21,7 +21,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,9 +32,9 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from loadtests.servers import ROOT, ServerDidNotStart, free_port, start, stop
 from training.settings import get_settings
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"
 ROUTE = "/api/v1/inference/churn-score"
 BIN = Path(sys.executable).parent
@@ -51,36 +50,6 @@ end
 # How each target wants the body around the customer id, and where it listens.
 BODIES = {"default": ('{"customer_id":"', '"}'), "single": ('{"requests":[{"customer_id":"', '"}]}')}
 SINGLE_ROUTE = "/score"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(command: list[str], port: int, ready_path: str, log: Path, env: dict) -> subprocess.Popen:
-    import httpx
-
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **env})
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=30).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"{command[0]} did not become ready on port {port}; see {log}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def wrk(port: int, script: Path, seconds: int, connections: int, route: str = ROUTE) -> dict:
@@ -195,7 +164,10 @@ def main(
                                        env={**os.environ, **env})
             _wait_for_post(port, ids[0])
         else:
-            process = start(command, port, ready, work / f"{name}.log", env)
+            try:
+                process = start(command, port, ready, work / f"{name}.log", env)
+            except ServerDidNotStart as e:
+                raise SystemExit(str(e)) from e
         single = name == "d_single"
         script, route = (scripts["single"], SINGLE_ROUTE) if single else (scripts["default"], ROUTE)
         try:

@@ -1,10 +1,8 @@
 """What the integration tests share: the offline pipeline run once on a small data set, its
 champion models imported into the (per-session) BentoML store, and a real redis-server."""
 
-import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -15,10 +13,10 @@ import httpx
 import pandas as pd
 import pytest
 
+from loadtests.servers import ServerDidNotStart, free_port, start
 from training.pipeline import build_features, make_data, train_all
 from training.settings import get_settings
 
-REPO = Path(__file__).resolve().parents[2]
 PUSHED_CUSTOMER_SEED = 99  # the push test writes to this customer: the others read untouched values
 
 
@@ -57,43 +55,16 @@ def served_models(built, settings):
     return {name: import_family(name, "champion", settings.tracking_uri) for name in FAMILIES}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(settings, tmp_path: Path, **env) -> tuple[subprocess.Popen, str]:
     """A real `bentoml serve` of the entry service on a free port, once /ready answers 200."""
     port = free_port()
-    with open(tmp_path / f"serve-{port}.log", "w") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("bentoml")), "serve", "bentos.service:FintechAPI", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "DATA_DIR": str(settings.data_dir), **env},
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    pytest.fail(f"bentoml serve did not become ready; log:\n{(tmp_path / f'serve-{port}.log').read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
+    command = [str(Path(sys.executable).with_name("bentoml")), "serve", "bentos.service:FintechAPI",
+               "--host", "127.0.0.1", "--port", str(port)]
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        process = start(command, port, "/ready", tmp_path / f"serve-{port}.log", {"DATA_DIR": str(settings.data_dir), **env})
+    except ServerDidNotStart as e:
+        pytest.fail(str(e))
+    return process, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ from bentos.config import GateSettings
 from bentos.promotion import read_evidence
 from bentos.rollout import PROMOTIONS_EXPERIMENT, ask_service_to_reload, fetch_metrics, promote, rollback, start_canary
 from bentos.versions import read_plan
-from tests.integration.conftest import LoadClient, latest_rows, start_server, stop, wait_for
+from loadtests.servers import stop
+from tests.integration.conftest import LoadClient, latest_rows, start_server, wait_for
 from training import models, pipeline, registry, store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -7,7 +7,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.integration.conftest import latest_rows, start_server, stop
+from loadtests.servers import stop
+from tests.integration.conftest import latest_rows, start_server
 from training import store
 from training.models import churn_probability
 
