@@ -93,13 +93,14 @@ class ModelService:
         if serving.registry_poll_s:
             self.versions.follow(serving.registry_poll_s)
         self.inference_log = InferenceLog(serving.inference_log_dir or settings.data_dir / "inference_log", self.family,
-                                          flush_s=serving.inference_log_flush_s)
+                                          flush_s=serving.inference_log_flush_s) if serving.inference_log else None
         self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow", self.inference_log)
 
     @bentoml.on_shutdown
     def stop(self) -> None:
         """Write the inference log's last rows before the process exits."""
-        self.inference_log.close()
+        if self.inference_log is not None:
+            self.inference_log.close()
 
     def pick(self, customer_id: str, pin: str | None = None):
         """The scorer that answers this customer (or pin), or the error result of an unknown pin."""

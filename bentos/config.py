@@ -42,6 +42,7 @@ class ServingSettings(BaseSettings):
     max_batch_ids: int = Field(10_000, description="Most customer ids accepted by churn-batch.")
     top_reasons: int = Field(5, ge=1, le=50, description="Reason codes returned per churn or fraud score.")
     workers: int = Field(1, ge=1, description="Worker processes of each model service.")
+    inference_log: bool = Field(True, description="Log every prediction with its features (monitoring/inference_log.py).")
     inference_log_dir: Path | None = Field(None, description="Where the inference log is written [default DATA_DIR/inference_log].")
     inference_log_flush_s: float = Field(2.0, gt=0, description=(
         "The inference log is written every this many seconds (or 5,000 rows), and at shutdown."))

@@ -113,17 +113,20 @@ class InferenceLog:
         import pandas as pd
 
         frames = []
-        for b in batches:
-            frame = pd.DataFrame(b.matrix, columns=list(b.features))
-            frame.insert(0, "request_id", b.request_ids)
-            frame.insert(1, "time", pd.Timestamp(b.time))
-            frame.insert(2, "customer_id", b.customer_ids)
-            frame.insert(3, "model", self.family)
-            frame.insert(4, "version", b.version)
-            frame.insert(5, "role", b.role)
-            frame.insert(6, "score", b.scores)
-            frame.insert(7, "decision", b.decisions)
-            frames.append(frame)
+        for features in dict.fromkeys(b.features for b in batches):  # versions may read different features
+            same = [b for b in batches if b.features == features]
+            frame = pd.DataFrame(np.vstack([b.matrix for b in same]), columns=list(features))
+            meta = {
+                "request_id": [r for b in same for r in b.request_ids],
+                "time": np.repeat([pd.Timestamp(b.time) for b in same], [len(b.request_ids) for b in same]),
+                "customer_id": [c for b in same for c in b.customer_ids],
+                "model": self.family,
+                "version": np.repeat([b.version for b in same], [len(b.request_ids) for b in same]),
+                "role": np.repeat([b.role for b in same], [len(b.request_ids) for b in same]),
+                "score": [x for b in same for x in b.scores],
+                "decision": [d for b in same for d in b.decisions],
+            }
+            frames.append(pd.concat([pd.DataFrame(meta), frame], axis=1))
         table = pd.concat(frames, ignore_index=True)
         now = datetime.now(UTC)
         folder = self.directory / f"date={now:%Y-%m-%d}"
