@@ -8,19 +8,22 @@ version (`build`), and calls `start()` in its __init__.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import bentoml
 
 from bentos.canary import CHALLENGER, CHAMPION, UnknownVersion
 from bentos.config import get_serving_settings
 from bentos.loading import LoadedVersion, from_bento
-from bentos.metrics import record_batch, record_failure
+from bentos.metrics import metrics, record_batch, record_failure
 from bentos.online import FeastReader
 from bentos.scoring import UNKNOWN_VERSION, ModelInfo
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet, Versions
+from monitoring.drift import latest_summary
 from monitoring.inference_log import InferenceLog
 from training.settings import get_settings
 
@@ -74,6 +77,20 @@ def score_routed(live: LiveSet, requests: list[dict], shadow: ShadowRunner | Non
     return results
 
 
+def watch_drift(family: str, reports_dir: Path, every_s: float) -> threading.Thread:
+    """Export the drift share of the family's newest drift report (make drift-report writes them)."""
+    def loop():
+        while True:
+            summary = latest_summary(reports_dir, family)
+            if summary is not None:
+                metrics().drift_share.labels(family, str(summary["version"])).set(summary["drift_share"])
+            time.sleep(every_s)
+
+    thread = threading.Thread(target=loop, name=f"{family}-drift", daemon=True)
+    thread.start()
+    return thread
+
+
 class ModelService:
     """Mixed into the churn, fraud and segment services."""
 
@@ -93,8 +110,14 @@ class ModelService:
         if serving.registry_poll_s:
             self.versions.follow(serving.registry_poll_s)
         self.inference_log = InferenceLog(serving.inference_log_dir or settings.data_dir / "inference_log", self.family,
-                                          flush_s=serving.inference_log_flush_s) if serving.inference_log else None
+                                          flush_s=serving.inference_log_flush_s, on_backlog=self._backlog
+                                          ) if serving.inference_log else None
         self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow", self.inference_log)
+
+        watch_drift(self.family, settings.data_dir / "reports" / "drift", serving.registry_poll_s or 60.0)
+
+    def _backlog(self, rows: int) -> None:
+        metrics().log_backlog.labels(self.family).set(rows)
 
     @bentoml.on_shutdown
     def stop(self) -> None:

@@ -15,6 +15,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 10_000
 # Probabilities: fine where churn and fraud scores crowd (near 0), coarse above.
 SCORE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SCORE_FIELDS = {"churn": "churn_probability", "fraud": "fraud_probability"}
+AGE_BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86_400, 2 * 86_400, 7 * 86_400, 30 * 86_400, 90 * 86_400)
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,14 @@ class Metrics:
     scores: object
     segments: object
     shadow_dropped: object
+    feature_age: object
+    log_backlog: object
+    drift_share: object
 
 
 @lru_cache(maxsize=1)
 def metrics() -> Metrics:
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     version = ["model", "version", "role"]  # role: champion, challenger, or shadow (challenger scoring in the background)
     return Metrics(
@@ -49,6 +53,12 @@ def metrics() -> Metrics:
                          [*version, "segment"]),
         shadow_dropped=Counter("fintech_shadow_dropped", "Shadow batches skipped because the shadow scorer was behind.",
                                ["model"]),
+        feature_age=Histogram("fintech_feature_age_seconds", "Age of the online features read (the oldest feature view "
+                              "of the row), per FeatureService.", ["feature_service"], buckets=AGE_BUCKETS),
+        log_backlog=Gauge("fintech_inference_log_backlog_rows", "Predictions held in memory, not yet in the inference log.",
+                          ["model"], multiprocess_mode="livesum"),
+        drift_share=Gauge("fintech_drift_share", "Share of features drifted in the model's latest drift report.",
+                          ["model", "version"], multiprocess_mode="livemax"),
     )
 
 

@@ -14,6 +14,7 @@ score (prediction drift), and, when labels for the window are given, classificat
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,18 @@ LABEL_TOLERANCE = pd.Timedelta(days=90)
 
 class DriftInputError(ValueError):
     """The reference or the window cannot be compared (missing columns, no rows)."""
+
+
+def latest_summary(reports_dir: Path, family: str) -> dict | None:
+    """The summary of the newest drift report of a family (folders are named <family>-<UTC time>)."""
+    folders = sorted(reports_dir.glob(f"{family}-*/summary.json"))
+    if not folders:
+        return None
+    try:
+        return json.loads(folders[-1].read_text())
+    except (OSError, ValueError) as e:
+        log.warning("cannot read %s: %s", folders[-1], e)
+        return None
 
 
 def load_reference(family: str, version: str, tracking_uri: str, cache_dir: Path) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,8 +46,9 @@ class _Batch:
 
 
 class InferenceLog:
-    def __init__(self, root: Path, family: str, flush_rows: int = 5_000, flush_s: float = 2.0):
-        self.directory, self.family = root / family, family
+    def __init__(self, root: Path, family: str, flush_rows: int = 5_000, flush_s: float = 2.0,
+                 on_backlog: Callable[[int], None] | None = None):
+        self.directory, self.family, self.on_backlog = root / family, family, on_backlog
         self.flush_rows, self.flush_s = flush_rows, flush_s
         self._pending: list[_Batch] = []
         self._pending_rows = 0
@@ -90,6 +92,8 @@ class InferenceLog:
                 self.flush()
             except Exception:  # a full disk must not stop the thread; the rows stay pending
                 log.exception("%s: cannot write the inference log to %s", self.family, self.directory)
+            if self.on_backlog is not None:
+                self.on_backlog(self.backlog)
 
     def flush(self) -> int:
         """Write every pending row; returns how many."""

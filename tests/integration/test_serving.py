@@ -1,5 +1,7 @@
 """A real `bentoml serve` subprocess on the real models and Feast store, SQLite and Redis."""
 
+import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -7,7 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from loadtests.servers import stop
+from loadtests.servers import ServerDidNotStart, free_port, start, stop
 from tests.integration.conftest import latest_rows, start_server
 from training import store
 from training.models import churn_probability
@@ -72,7 +74,8 @@ def test_concurrent_callers_each_get_their_own_result(sqlite_url, table, offline
     assert batches < len(calls)  # concurrent requests were scored together
 
 
-def test_real_server_routes(sqlite_url):
+def test_real_server_routes(sqlite_url, table):
+    churn_score(sqlite_url, latest_rows(table, 1).index[0])
     assert httpx.get(f"{sqlite_url}/livez").status_code == 200
     assert httpx.get(f"{sqlite_url}/readyz").status_code == 200
     fraud = httpx.get(f"{sqlite_url}/models/status").json()["fraud"]
@@ -93,3 +96,46 @@ def test_redis_online_store_serves_the_same_scores(redis_served_url, sqlite_url,
         from_sqlite = churn_score(sqlite_url, customer)
         assert from_redis["churn_probability"] == pytest.approx(from_sqlite["churn_probability"], rel=1e-9)
         assert from_redis["reasons"] == from_sqlite["reasons"]
+
+
+@pytest.fixture(scope="module")
+def prometheus(sqlite_url, tmp_path_factory):
+    """Debian's Prometheus, scraping the served /metrics every second on loopback."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is not installed (Debian: apt-get install prometheus)")
+    folder = tmp_path_factory.mktemp("prometheus")
+    target = sqlite_url.removeprefix("http://")
+    (folder / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: fintech-serving\n    static_configs: [{{targets: ['{target}']}}]\n")
+    port = free_port()
+    command = [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
+               f"--web.listen-address=127.0.0.1:{port}"]
+    try:
+        process = start(command, port, "/-/ready", folder / "prometheus.log", {})
+    except ServerDidNotStart as e:
+        pytest.fail(str(e))
+    yield f"http://127.0.0.1:{port}"
+    stop(process)
+
+
+def test_a_real_prometheus_scrapes_the_service_with_its_labels(prometheus, sqlite_url, table):
+    customer = latest_rows(table, 1).index[0]
+    churn_score(sqlite_url, customer)
+    query = 'fintech_predictions_total{job="fintech-serving",model="churn",outcome="ok"}'
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = httpx.get(f"{prometheus}/api/v1/query", params={"query": query}).json()["data"]["result"]
+        if found:
+            break
+        time.sleep(1)
+    assert found, f"Prometheus never saw {query}"
+    labels = found[0]["metric"]
+    assert (labels["version"], labels["role"]) == ("1", "champion") and float(found[0]["value"][1]) >= 1
+    requests = httpx.get(f"{prometheus}/api/v1/query", params={
+        "query": 'sum by (route, role) (fintech_requests_total{route="churn-score",status="200"})'}).json()["data"]["result"]
+    assert requests[0]["metric"] == {"route": "churn-score", "role": "champion"}
+    ages = httpx.get(f"{prometheus}/api/v1/query", params={
+        "query": 'fintech_feature_age_seconds_count{feature_service="churn_v1"}'}).json()["data"]["result"]
+    assert ages and float(ages[0]["value"][1]) >= 1
