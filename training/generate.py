@@ -60,9 +60,13 @@ DRIFT_SHIFTS = {
     "amount": "every amount is 40% higher (price inflation)",
     "channel": "half of the point-of-sale payments move to mobile",
 }
+# Every feature computed from amounts over a window that reaches into the drifted months (the
+# trends, slopes and year-long log averages too), and the two channel shares the move touches.
 DRIFT_FEATURES_MOVED = [
-    "spend_7d", "spend_30d", "spend_90d", "avg_amount_30d", "avg_amount_90d", "median_amount_90d",
-    "max_amount_90d", "std_amount_90d", "p95_amount_90d", "share_pos_90d", "share_mobile_90d",
+    "spend_7d", "spend_30d", "spend_90d", "spend_180d", "avg_amount_30d", "avg_amount_90d",
+    "spend_trend_30_90", "spend_trend_90_180", "spend_slope_12w", "median_amount_90d", "max_amount_90d",
+    "std_amount_90d", "p95_amount_90d", "avg_log_amount_365d", "std_log_amount_365d",
+    "share_pos_90d", "share_mobile_90d",
 ]
 
 
