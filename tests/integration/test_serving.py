@@ -1,5 +1,6 @@
 """A real `bentoml serve` subprocess on the real models and Feast store, SQLite and Redis."""
 
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -139,3 +140,23 @@ def test_a_real_prometheus_scrapes_the_service_with_its_labels(prometheus, sqlit
     ages = httpx.get(f"{prometheus}/api/v1/query", params={
         "query": 'fintech_feature_age_seconds_count{feature_service="churn_v1"}'}).json()["data"]["result"]
     assert ages and float(ages[0]["value"][1]) >= 1
+
+
+def test_the_metrics_appear_with_several_workers(settings, served_models, table, tmp_path_factory):
+    """Every worker writes its own values; /metrics must show their sum (BentoML issue 5056)."""
+    process, url = start_server(settings, tmp_path_factory.mktemp("serve"), ONLINE_STORE="sqlite", SERVING_WORKERS="2")
+    try:
+        customers = latest_rows(table, 60).index.tolist()
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            list(pool.map(lambda c: churn_score(url, c), customers))
+        exposition = httpx.get(f"{url}/metrics").text
+    finally:
+        stop(process)
+    scored = re.search(r'fintech_predictions_total\{model="churn",outcome="ok",role="champion",version="1"\} (\S+)', exposition)
+    answered = re.search(r'fintech_requests_total\{model="churn",role="champion",route="churn-score",status="200",'
+                         r'version="1"\} (\S+)', exposition)
+    assert scored and answered, exposition[-2000:]
+    assert float(answered.group(1)) == len(customers) and float(scored.group(1)) >= len(customers)
+    for name in ("fintech_feature_age_seconds_count", "fintech_scoring_latency_seconds_count", "fintech_score_count",
+                 "fintech_inference_log_backlog_rows"):
+        assert name in exposition
