@@ -1,0 +1,111 @@
+"""The Kubernetes manifests, checked offline: every overlay renders, every object is valid for
+the Kubernetes API of the version we support, and the pods are what we promise — probed on the
+service's real routes, sized, hardened, pinned, and scaled on a metric the service exports."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+K8S = Path(__file__).resolve().parents[2] / "k8s"
+OVERLAYS = ("dev", "prod")
+KUBERNETES_VERSION = "1.32"
+# HPA metric -> the service's counter a custom-metrics adapter turns into it (rate per pod)
+ADAPTER_METRICS = {"fintech_requests_per_second": "fintech_requests_total"}
+
+
+def render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed; it renders the kustomize overlays")
+    done = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def objects(request) -> list[dict]:
+    return render(request.param)
+
+
+def pod_specs(objects: list[dict]) -> list[dict]:
+    return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def containers(objects: list[dict]) -> list[dict]:
+    return [c for spec in pod_specs(objects) for c in spec["containers"]]
+
+
+def test_every_object_is_valid_for_the_kubernetes_api(objects):
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_validation_can_fail():
+    deployment = next(o for o in render("dev") if o["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}  # misspelt
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_probes_use_routes_the_service_has_on_the_port_it_listens_on():
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    from bentos.service import app
+
+    routes = set(app.openapi()["paths"]) | {"/livez", "/readyz", "/metrics"}  # the routes, and BentoML's own
+    for container in containers(render("prod")):
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"http": BentoMLContainer.http.port.get()}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            action = container[probe]["httpGet"]
+            assert action["path"] in routes and action["port"] == "http", (probe, action)
+        assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+def test_every_container_is_sized_pinned_and_hardened(objects):
+    for spec in pod_specs(objects):
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for container in spec["containers"]:
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]) <= set(container["resources"]["limits"])
+            image = container["image"]
+            assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), image
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_no_secret_is_written_in_the_manifests(objects):
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    for container in containers(objects):
+        for variable in container.get("env", []):
+            if any(word in variable["name"] for word in ("TOKEN", "PASSWORD", "SECRET", "KEY")):
+                assert "valueFrom" in variable and "value" not in variable, variable["name"]
+
+
+def test_the_autoscaler_scales_on_cpu_and_a_metric_the_service_exports(objects):
+    from tests.unit.test_monitoring_config import exported_series
+
+    [hpa] = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+    kinds = {m["type"] for m in hpa["spec"]["metrics"]}
+    assert kinds == {"Resource", "Pods"}
+    for metric in hpa["spec"]["metrics"]:
+        if metric["type"] == "Pods":
+            assert ADAPTER_METRICS[metric["pods"]["metric"]["name"]] in exported_series()
+    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_disruptions_and_network_reach_only_the_serving_pods(objects):
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        [obj] = [o for o in objects if o["kind"] == kind]
+        selector = obj["spec"]["selector" if kind == "PodDisruptionBudget" else "podSelector"]["matchLabels"]
+        assert selector.items() <= labels.items()
+    [policy] = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
