@@ -1,7 +1,7 @@
 """The inference log: every prediction, with the features it used, appended to Parquet off the
 request path.
 
-    DATA_DIR/inference_log/<family>/date=YYYY-MM-DD/part-<HHMMSS>-<pid>-<n>.parquet
+    DATA_DIR/inference_log/<family>/date=YYYY-MM-DD/part-<HHMMSS>-<host>-<pid>-<n>.parquet
 
 Columns: request_id, time (UTC), customer_id, model, version, role (champion, challenger,
 shadow), score, decision, then one column per feature the version read. A model service appends
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -136,7 +137,8 @@ class InferenceLog:
         folder = self.directory / f"date={now:%Y-%m-%d}"
         folder.mkdir(parents=True, exist_ok=True)
         self._files += 1
-        path = folder / f"part-{now:%H%M%S}-{os.getpid()}-{self._files:06d}.parquet"
+        # host and pid: pods share a volume and their processes often have the same pid
+        path = folder / f"part-{now:%H%M%S}-{socket.gethostname()}-{os.getpid()}-{self._files:06d}.parquet"
         temporary = path.with_suffix(".tmp")
         table.to_parquet(temporary, index=False)
         temporary.rename(path)  # readers never see half a file
