@@ -31,8 +31,18 @@ def objects(request) -> list[dict]:
     return render(request.param)
 
 
-def pod_specs(objects: list[dict]) -> list[dict]:
-    return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+def pod_specs(objects: list[dict], kinds=("Deployment", "StatefulSet", "CronJob")) -> list[dict]:
+    specs = []
+    for o in objects:
+        if o["kind"] in kinds:
+            template = o["spec"]["jobTemplate"]["spec"]["template"] if o["kind"] == "CronJob" else o["spec"]["template"]
+            specs.append(template["spec"])
+    return specs
+
+
+def named(objects: list[dict], kind: str, name: str) -> dict:
+    [obj] = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
 
 
 def containers(objects: list[dict]) -> list[dict]:
@@ -57,13 +67,13 @@ def test_probes_use_routes_the_service_has_on_the_port_it_listens_on():
     from bentos.service import app
 
     routes = set(app.openapi()["paths"]) | {"/livez", "/readyz", "/metrics"}  # the routes, and BentoML's own
-    for container in containers(render("prod")):
-        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"http": BentoMLContainer.http.port.get()}
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            action = container[probe]["httpGet"]
-            assert action["path"] in routes and action["port"] == "http", (probe, action)
-        assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    [container] = named(render("prod"), "Deployment", "fintech-serving")["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": BentoMLContainer.http.port.get()}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        action = container[probe]["httpGet"]
+        assert action["path"] in routes and action["port"] == "http", (probe, action)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
 
 
 def test_every_container_is_sized_pinned_and_hardened(objects):
@@ -100,12 +110,31 @@ def test_the_autoscaler_scales_on_cpu_and_a_metric_the_service_exports(objects):
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
 
-def test_disruptions_and_network_reach_only_the_serving_pods(objects):
-    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
-        [obj] = [o for o in objects if o["kind"] == kind]
-        selector = obj["spec"]["selector" if kind == "PodDisruptionBudget" else "podSelector"]["matchLabels"]
-        assert selector.items() <= labels.items()
-    [policy] = [o for o in objects if o["kind"] == "NetworkPolicy"]
-    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+def test_long_running_pods_are_probed(objects):
+    for spec in pod_specs(objects, kinds=("Deployment", "StatefulSet")):
+        for container in spec["containers"]:
+            assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container), container["name"]
+
+
+def pod_labels(objects: list[dict]) -> list[dict]:
+    labels = []
+    for o in objects:
+        if o["kind"] in ("Deployment", "StatefulSet"):
+            labels.append(o["spec"]["template"]["metadata"]["labels"])
+        elif o["kind"] == "CronJob":
+            labels.append(o["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"])
+    return labels
+
+
+def test_every_selector_matches_pods_and_every_pod_has_a_network_policy(objects):
+    labels = pod_labels(objects)
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    for obj in objects:
+        selector = {"Service": lambda o: o["spec"]["selector"], "PodDisruptionBudget": lambda o: o["spec"]["selector"]["matchLabels"],
+                    "NetworkPolicy": lambda o: o["spec"]["podSelector"]["matchLabels"]}.get(obj["kind"])
+        if selector:
+            assert any(selector(obj).items() <= pod.items() for pod in labels), obj["metadata"]["name"]
+    for pod in labels:
+        assert any(p["spec"]["podSelector"]["matchLabels"].items() <= pod.items() for p in policies), pod
+    serving = named(objects, "NetworkPolicy", "fintech-serving")
+    assert set(serving["spec"]["policyTypes"]) == {"Ingress", "Egress"}
