@@ -11,7 +11,7 @@ PORT ?= 3000
 export DATA_DIR BENTOML_HOME
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install lock data features train import-models build serve up test test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
+.PHONY: help install crd-schemas lock image image-mlflow data features train import-models build serve up test test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/activate
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the pinned dependencies (requirements.lock)
+
+CRD_SCHEMAS := k8s/crd-schemas/node_modules/.package-lock.json
+$(CRD_SCHEMAS): k8s/crd-schemas/package-lock.json
+	npm ci --prefix k8s/crd-schemas --no-audit --no-fund
+
+crd-schemas: $(CRD_SCHEMAS) ## The custom resources' schemas (npm) that the k8s/ tests validate against
 
 lock: | $(BIN)/activate ## Re-resolve requirements.lock from pyproject.toml
 	$(BIN)/pip install --quiet uv
@@ -46,12 +52,22 @@ import-models: install ## Copy the registry's champion versions into the BentoML
 build: import-models ## Build the bento (bentofile.yaml): code, settings and models, served as is
 	$(BIN)/bentoml build --output tag
 
+IMAGE ?= registry.example.com/fintech/fintech-serving:0.1.0
+MLFLOW_IMAGE ?= registry.example.com/fintech/mlflow:3.17.2
+image: build ## The serving image from the bento (bentoml containerize; needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine"; exit 2; }
+	$(BIN)/bentoml containerize fintech-serving:latest -t $(IMAGE)
+
+image-mlflow: ## The MLflow server image of k8s/ (needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make image-mlflow needs a running Docker engine"; exit 2; }
+	docker build -t $(MLFLOW_IMAGE) k8s/images/mlflow
+
 serve: install ## Serve the last built bento on $(PORT), without retraining
 	$(BIN)/bentoml serve fintech-serving:latest --port $(PORT)
 
 up: data features train build serve ## Everything from nothing: data, features, models, bento, HTTP on :3000
 
-test: install ## Run every test: unit, data contract, model behaviour, integration (needs redis-server)
+test: install $(CRD_SCHEMAS) ## Run every test: unit, data contract, model behaviour, integration (needs redis-server)
 	$(BIN)/python -m pytest
 
 test-fast: install ## Run the tests not marked slow or integration

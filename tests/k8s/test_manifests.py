@@ -2,6 +2,8 @@
 the Kubernetes API of the version we support, and the pods are what we promise — probed on the
 service's real routes, sized, hardened, pinned, and scaled on a metric the service exports."""
 
+import copy
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-K8S = Path(__file__).resolve().parents[2] / "k8s"
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+CUSTOM_GROUPS = ("argoproj.io/", "monitoring.coreos.com/")
 OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSION = "1.32"
 # HPA metric -> the service's counter a custom-metrics adapter turns into it (rate per pod)
@@ -49,9 +53,37 @@ def containers(objects: list[dict]) -> list[dict]:
     return [c for spec in pod_specs(objects) for c in spec["containers"]]
 
 
+def is_custom(obj: dict) -> bool:
+    return obj["apiVersion"].startswith(CUSTOM_GROUPS)
+
+
+def validate_custom(objects: list[dict]) -> subprocess.CompletedProcess:
+    """Custom resources against their CRD schemas (k8s/crd-schemas, installed by `make crd-schemas`)."""
+    node = shutil.which("node")
+    if node is None or not (K8S / "crd-schemas" / "node_modules").exists():
+        pytest.fail("node and `make crd-schemas` are needed to validate the custom resources")
+    return subprocess.run([node, str(K8S / "crd-schemas" / "validate.mjs")], input=json.dumps(objects),
+                          capture_output=True, text=True)
+
+
 def test_every_object_is_valid_for_the_kubernetes_api(objects):
     for obj in objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        if not is_custom(obj):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_custom_resource_is_valid_for_its_crd(objects):
+    custom = [o for o in objects if is_custom(o)]
+    checked = validate_custom(custom)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count("valid: ") == len(custom) >= 2
+
+
+def test_the_crd_validation_can_fail():
+    rollout = copy.deepcopy(named(render("prod"), "Rollout", "fintech-serving"))
+    rollout["spec"]["strategy"]["canary"]["steps"][0]["setWeight"] = "ten"
+    checked = validate_custom([rollout])
+    assert checked.returncode == 1 and "setWeight must be integer" in checked.stdout
 
 
 def test_the_validation_can_fail():
@@ -138,3 +170,33 @@ def test_every_selector_matches_pods_and_every_pod_has_a_network_policy(objects)
         assert any(p["spec"]["podSelector"]["matchLabels"].items() <= pod.items() for p in policies), pod
     serving = named(objects, "NetworkPolicy", "fintech-serving")
     assert set(serving["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_the_cluster_rules_are_the_tested_rules():
+    rules = yaml.safe_load((ROOT / "monitoring" / "prometheus" / "alerts.yml").read_text())
+    for overlay in OVERLAYS:
+        assert named(render(overlay), "PrometheusRule", "fintech-serving")["spec"] == rules
+
+
+def test_prometheus_scrapes_the_service_and_the_canary_is_judged_on_its_metrics():
+    from tests.unit.test_monitoring_config import exported_series, named_metrics
+
+    objects = render("prod")
+    monitor, service = named(objects, "ServiceMonitor", "fintech-serving"), named(objects, "Service", "fintech-serving")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    assert named(objects, "Rollout", "fintech-serving")["spec"]["workloadRef"]["name"] == "fintech-serving"
+    assert named(objects, "HorizontalPodAutoscaler", "fintech-serving")["spec"]["scaleTargetRef"]["kind"] == "Rollout"
+    template = named(objects, "AnalysisTemplate", "fintech-serving-canary")
+    queries = [m["provider"]["prometheus"]["query"] for m in template["spec"]["metrics"]]
+    used = set().union(*map(named_metrics, queries))
+    assert used and used <= exported_series()
+    assert all("rollouts_pod_template_hash" in q for q in queries)
+    assert "rollouts-pod-template-hash" in monitor["spec"]["podTargetLabels"]
+
+
+def test_the_dashboard_ships_as_a_configmap_for_grafana():
+    [dashboard] = [o for o in render("dev") if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "fintech-serving-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["fintech-serving.json"]) == json.loads(
+        (ROOT / "monitoring" / "grafana" / "fintech-serving.json").read_text())
