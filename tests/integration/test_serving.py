@@ -9,14 +9,17 @@ import httpx
 import mlflow
 import numpy as np
 import pytest
+import yaml
 
 from loadtests.servers import ServerDidNotStart, free_port, start, stop
 from tests.integration.conftest import latest_rows, start_server
+from tests.k8s.test_manifests import named, render
 from training import store
 from training.models import churn_probability
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 API = "/api/v1/inference"
+POD_HASH = "podhash1"
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +112,9 @@ def prometheus(sqlite_url, tmp_path_factory):
     target = sqlite_url.removeprefix("http://")
     (folder / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: fintech-serving\n    static_configs: [{{targets: ['{target}']}}]\n")
+        f"scrape_configs:\n  - job_name: fintech-serving\n"
+        # the label the cluster's ServiceMonitor carries over from the pods, for the canary analysis
+        f"    static_configs: [{{targets: ['{target}'], labels: {{rollouts_pod_template_hash: {POD_HASH}}}}}]\n")
     port = free_port()
     command = [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
                f"--web.listen-address=127.0.0.1:{port}"]
@@ -160,3 +165,26 @@ def test_the_metrics_appear_with_several_workers(settings, served_models, table,
     for name in ("fintech_feature_age_seconds_count", "fintech_scoring_latency_seconds_count", "fintech_score_count",
                  "fintech_inference_log_backlog_rows"):
         assert name in exposition
+
+
+def test_the_canary_analysis_queries_run_on_a_real_prometheus(prometheus, sqlite_url, table):
+    """The AnalysisTemplate's PromQL, run for real: the canary and the stable pods are the same
+    server here, so every measurement must come back as a number that passes."""
+    template = named(render("prod"), "AnalysisTemplate", "fintech-serving-canary")
+    customers = latest_rows(table, 30).index.tolist()
+    deadline = time.monotonic() + 90
+    results = {}
+    while time.monotonic() < deadline and len(results) < len(template["spec"]["metrics"]):
+        for customer in customers:
+            churn_score(sqlite_url, customer)
+        time.sleep(3)  # a few scrapes, so that rate() has two samples of the new traffic
+        for metric in template["spec"]["metrics"]:
+            query = metric["provider"]["prometheus"]["query"].replace("{{args.canary-hash}}", POD_HASH)
+            query = query.replace("{{args.stable-hash}}", POD_HASH)
+            found = httpx.get(f"{prometheus}/api/v1/query", params={"query": query}).json()["data"]["result"]
+            if found and found[0]["value"][1] not in ("NaN", "+Inf"):
+                results[metric["name"]] = (float(found[0]["value"][1]), metric["successCondition"])
+    assert set(results) == {m["name"] for m in template["spec"]["metrics"]}, results
+    for name, (value, condition) in results.items():
+        limit = float(yaml.safe_load(condition.split("<=")[1]))
+        assert value <= limit, (name, value, condition)
