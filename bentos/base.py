@@ -51,6 +51,10 @@ def score_as(live: LiveSet, role: str, requests: list[dict], inference_log: Infe
     return results
 
 
+def unknown_version(customer_id: str, error: UnknownVersion) -> dict:
+    return {"customer_id": customer_id, "error": UNKNOWN_VERSION, "detail": str(error)}
+
+
 def route(live: LiveSet, requests: list[dict]) -> tuple[dict[str, list[int]], dict[int, dict]]:
     """Row indexes per role, and the error results of rows whose pin names no live version."""
     by_role: dict[str, list[int]] = defaultdict(list)
@@ -59,7 +63,7 @@ def route(live: LiveSet, requests: list[dict]) -> tuple[dict[str, list[int]], di
         try:
             by_role[live.role_for(request)].append(i)
         except UnknownVersion as e:
-            errors[i] = {"customer_id": request["customer_id"], "error": UNKNOWN_VERSION, "detail": str(e)}
+            errors[i] = unknown_version(request["customer_id"], e)
     return by_role, errors
 
 
@@ -131,7 +135,7 @@ class ModelService:
         try:
             return live.scorers[live.role_for({"customer_id": customer_id, "pin": pin})]
         except UnknownVersion as e:
-            return {"customer_id": customer_id, "error": UNKNOWN_VERSION, "detail": str(e)}
+            return unknown_version(customer_id, e)
 
     def score_requests(self, requests: list[dict], method: str = "score", **kwargs) -> list[dict]:
         return score_routed(self.versions.live, requests, self.shadow, self.inference_log, method, **kwargs)

@@ -10,11 +10,12 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from monitoring.inference_log import SCORE_FIELDS
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 10_000)
 # Probabilities: fine where churn and fraud scores crowd (near 0), coarse above.
 SCORE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-SCORE_FIELDS = {"churn": "churn_probability", "fraud": "fraud_probability"}
 AGE_BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86_400, 2 * 86_400, 7 * 86_400, 30 * 86_400, 90 * 86_400)
 
 
@@ -73,10 +74,11 @@ def record_batch(family: str, version: str, role: str, results: list[dict], seco
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if outcome != "ok":
             continue
-        if family in SCORE_FIELDS:
-            m.scores.labels(*labels).observe(result[SCORE_FIELDS[family]])
+        score = result[SCORE_FIELDS[family][0]]
+        if family == "segment":
+            m.segments.labels(*labels, str(score)).inc()
         else:
-            m.segments.labels(*labels, str(result["segment_id"])).inc()
+            m.scores.labels(*labels).observe(score)
     for outcome, count in outcomes.items():
         m.predictions.labels(*labels, outcome).inc(count)
     latency = m.scoring_latency.labels(*labels)

@@ -95,11 +95,18 @@ def request_error(a: Assembled, i: int, customer_id: str, info: ModelInfo) -> di
     return None
 
 
-def keep(results: list[dict], a: Assembled) -> list[dict]:
-    """Attach each scored row's feature vector (NaN where a default applied), for the inference log."""
-    for i, result in enumerate(results):
-        if "error" not in result:
+def row_results(a: Assembled, requests: list[dict], info: ModelInfo, scored, keep_features: bool) -> list[dict]:
+    """Each row's result: its error, or `scored(i, customer_id)`, with the row's feature vector
+    (NaN where a default applied) for the inference log when asked to keep it."""
+    results = []
+    for i, request in enumerate(requests):
+        if error := request_error(a, i, request["customer_id"], info):
+            results.append(error)
+            continue
+        result = scored(i, request["customer_id"])
+        if keep_features:
             result[FEATURES_KEY] = a.matrix[i]
+        results.append(result)
     return results
 
 
@@ -135,17 +142,15 @@ class ChurnScorer:
         probability = calibrate(self.booster.inplace_predict(a.matrix), self.metadata["calibration"])
         levels = risk_level(probability, self.metadata["risk_cutoffs"])
         contributions = self.contributions(a.matrix, exact=False) if reasons else None
-        results = []
-        for i, request in enumerate(requests):
-            if error := request_error(a, i, request["customer_id"], self.info):
-                results.append(error)
-                continue
-            result = {"customer_id": request["customer_id"], "churn_probability": float(probability[i]),
-                      "risk_level": str(levels[i]), "model": self.info.as_dict(), "feature_sources": a.sources[i]}
+
+        def scored(i: int, customer_id: str) -> dict:
+            result = {"customer_id": customer_id, "churn_probability": float(probability[i]), "risk_level": str(levels[i]),
+                      "model": self.info.as_dict(), "feature_sources": a.sources[i]}
             if reasons:
                 result["reasons"] = top_reasons(contributions[i], a.matrix[i], self.features, self.top_n)
-            results.append(result)
-        return keep(results, a) if keep_features else results
+            return result
+
+        return row_results(a, requests, self.info, scored, keep_features)
 
     def explain(self, customer_id: str) -> dict:
         a = assemble(self.reader, self.info, self.features, [{"customer_id": customer_id}])
@@ -171,18 +176,11 @@ class FraudScorer:
         probability = self.booster.inplace_predict(a.matrix)
         contributions = self.booster.predict(xgb.DMatrix(a.matrix, feature_names=self.features),
                                              pred_contribs=True, approx_contribs=True)[:, :-1]
-        results = []
-        for i, request in enumerate(requests):
-            if error := request_error(a, i, request["customer_id"], self.info):
-                results.append(error)
-                continue
-            p = float(probability[i])
-            results.append({
-                "customer_id": request["customer_id"], "fraud_probability": p, "is_fraud": p >= self.threshold,
-                "threshold": self.threshold, "model": self.info.as_dict(), "feature_sources": a.sources[i],
-                "reasons": top_reasons(contributions[i], a.matrix[i], self.features, self.top_n),
-            })
-        return keep(results, a) if keep_features else results
+        return row_results(a, requests, self.info, lambda i, customer_id: {
+            "customer_id": customer_id, "fraud_probability": float(probability[i]),
+            "is_fraud": bool(probability[i] >= self.threshold), "threshold": self.threshold, "model": self.info.as_dict(),
+            "feature_sources": a.sources[i], "reasons": top_reasons(contributions[i], a.matrix[i], self.features, self.top_n),
+        }, keep_features)
 
 
 class SegmentScorer:
@@ -198,13 +196,7 @@ class SegmentScorer:
         # k-means has no missing-value branch: a feature the store lacks counts as zero activity
         frame = pd.DataFrame(np.nan_to_num(a.matrix, nan=0.0), columns=self.features)
         segments = self.pipeline.predict(frame) if len(frame) else []
-        results = []
-        for i, request in enumerate(requests):
-            if error := request_error(a, i, request["customer_id"], self.info):
-                results.append(error)
-                continue
-            segment = int(segments[i])
-            results.append({"customer_id": request["customer_id"], "segment_id": segment,
-                            "segment_name": self.names[str(segment)], "model": self.info.as_dict(),
-                            "feature_sources": a.sources[i]})
-        return keep(results, a) if keep_features else results
+        return row_results(a, requests, self.info, lambda i, customer_id: {
+            "customer_id": customer_id, "segment_id": int(segments[i]), "segment_name": self.names[str(int(segments[i]))],
+            "model": self.info.as_dict(), "feature_sources": a.sources[i],
+        }, keep_features)

@@ -177,6 +177,13 @@ class FintechAPI:
         """What each family serves now: versions and roles, canary share, shadow mode."""
         return {f: await getattr(self, f).to_async.status() for f in FAMILIES}
 
+    async def score_one(self, route: str, family: str, request: dict) -> dict:
+        """One request to a family's batchable score, counted under the version that answered."""
+        with observed(route, family) as labels:
+            [result] = await getattr(self, family).to_async.score([request])
+            labels.update(answered_by(result))
+            return raise_for(result)
+
     @app.get("/")
     async def info(self) -> dict:
         return {"service": "fintech-serving", "docs": "/docs", "openapi": "/openapi.json",
@@ -216,10 +223,7 @@ class FintechAPI:
 
     @app.post(f"{API_PREFIX}/churn-score", response_model=ChurnScore, responses=ERRORS)
     async def churn_score(self, body: CustomerRequest, rid: RequestId, pin: str | None = Pin) -> dict:
-        with observed("churn-score", "churn") as labels:
-            [result] = await self.churn.to_async.score([{**body.model_dump(), "pin": pin, "request_id": rid}])
-            labels.update(answered_by(result))
-            return raise_for(result)
+        return await self.score_one("churn-score", "churn", {**body.model_dump(), "pin": pin, "request_id": rid})
 
     @app.post(f"{API_PREFIX}/churn-batch", response_model=ChurnBatchResponse, responses=ERRORS)
     async def churn_batch(self, body: ChurnBatchRequest, rid: RequestId, pin: str | None = Pin) -> dict:
@@ -232,30 +236,24 @@ class FintechAPI:
             for result in results:
                 if result.get("error") == UNKNOWN_VERSION:
                     raise_for(result)
-            models = {r["model"]["version"]: r["model"] for r in results if "error" not in r}
-            labels.update(answered_by({"model": min(models.values(), key=lambda m: m["role"])} if models else {}))
+            models = sorted({r["model"]["version"]: r["model"] for r in results if "error" not in r}.values(),
+                            key=lambda m: m["role"])
+            labels.update(answered_by({"model": models[0]} if models else {}))
             items = [{"customer_id": r["customer_id"], "churn_probability": r.get("churn_probability"),
                       "risk_level": r.get("risk_level"), "version": None if "error" in r else r["model"]["version"],
                       "error": r.get("error")}
                      for r in results]
-            return {"models": sorted(models.values(), key=lambda m: m["role"]), "count": len(items),
+            return {"models": models, "count": len(items),
                     "unknown": sum(1 for r in results if "error" in r), "results": items}
 
     @app.post(f"{API_PREFIX}/segment", response_model=SegmentResult, responses=ERRORS)
     async def segment_customer(self, body: CustomerRequest, rid: RequestId, pin: str | None = Pin) -> dict:
-        with observed("segment", "segment") as labels:
-            [result] = await self.segment.to_async.score([{**body.model_dump(), "pin": pin, "request_id": rid}])
-            labels.update(answered_by(result))
-            return raise_for(result)
+        return await self.score_one("segment", "segment", {**body.model_dump(), "pin": pin, "request_id": rid})
 
     @app.post(f"{API_PREFIX}/fraud-detection", response_model=FraudScore, responses=ERRORS)
     async def fraud_detection(self, body: FraudRequest, rid: RequestId, pin: str | None = Pin) -> dict:
-        with observed("fraud-detection", "fraud") as labels:
-            request = {"customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin,
-                       "request_id": rid}
-            [result] = await self.fraud.to_async.score([request])
-            labels.update(answered_by(result))
-            return raise_for(result)
+        return await self.score_one("fraud-detection", "fraud", {
+            "customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin, "request_id": rid})
 
     @app.get(f"{API_PREFIX}/explain", responses=ERRORS)
     async def explain(self, customer_id: CustomerId | None = Query(None, description="Omit for global importance."),

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bentos.metrics import SCORE_FIELDS, metrics, record_batch, record_failure
+from bentos.metrics import metrics, record_batch, record_failure
+from monitoring.inference_log import SCORE_FIELDS
 
 log = logging.getLogger(__name__)
 SHADOW = "shadow"
@@ -28,7 +29,7 @@ def headline(family: str, result: dict):
     """The one number (or segment) two versions are compared on."""
     if "error" in result:
         return None
-    return result[SCORE_FIELDS[family]] if family in SCORE_FIELDS else result["segment_id"]
+    return result[SCORE_FIELDS[family][0]]
 
 
 class ShadowRunner:

@@ -84,7 +84,7 @@ def drift_report(
 ) -> None:
     """Compare a window of served data with the model's training data; write HTML and JSON."""
     from bentos.versions import RegistryUnavailable, read_plan
-    from monitoring.drift import DriftInputError, attach_labels, load_reference, read_log, run_report
+    from monitoring.drift import attach_labels, load_reference, read_log, run_report
 
     settings = get_settings()
     if model not in FAMILIES:
@@ -101,7 +101,7 @@ def drift_report(
         if labels:
             window = attach_labels(window, read_table(labels))
         result = run_report(ref, window, features)
-    except (DriftInputError, RegistryUnavailable, FileNotFoundError) as e:
+    except (ValueError, RegistryUnavailable, FileNotFoundError) as e:  # DriftInputError is a ValueError
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e
 
