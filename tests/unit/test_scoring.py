@@ -86,3 +86,17 @@ def test_fraud_decision_uses_the_stored_threshold(booster):
     scorer = FraudScorer(booster, metadata, ModelInfo("fraud", "1", "champion", "fraud_v1"), FakeReader())
     low, high = scorer.score([{"customer_id": "A"}, {"customer_id": "B"}])
     assert low["is_fraud"] is False and high["is_fraud"] is True and high["threshold"] == 0.5
+
+
+def test_stored_values_convert_as_feast_converts_them():
+    from feast.protos.feast.types.Value_pb2 import Null, Value
+    from feast.type_map import feast_value_type_to_python_type
+
+    from bentos.online import python_value
+
+    for value in (Value(double_val=2.5), Value(int64_val=7), Value(string_val="GB"), Value(bool_val=True),
+                  Value(double_val=0.0), Value()):
+        assert python_value(value) == feast_value_type_to_python_type(value), value
+    assert python_value(None) is None
+    # An explicit null is missing, not zero (the SDK says 0; materialized data holds no such value)
+    assert python_value(Value(null_val=Null.NULL)) is None

@@ -1,0 +1,68 @@
+"""The service's feature reader against Feast's own `get_online_features`, on a real SQLite
+store and a real Redis one: the same values for every feature, customer and store, so the
+faster read cannot bring skew."""
+
+import pytest
+
+from bentos.online import TS_SUFFIX, FeastReader
+from training import store
+from training.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
+
+STORED_SERVICES = ("churn_v1", "segment_v1")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def reader(request, built, settings, table):
+    if request.param == "sqlite":
+        return FeastReader(settings)
+    redis_settings = settings.model_copy(update={"online_store": "redis", "redis_url": request.getfixturevalue("redis_url")})
+    store.apply(redis_settings)
+    store.materialize(store.open_store(redis_settings), table)
+    return FeastReader(redis_settings)
+
+
+@pytest.fixture(scope="module")
+def customers(table) -> list[str]:
+    latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
+    return latest["customer_id"].sample(60, random_state=3).tolist()
+
+
+def sdk_read(reader: FeastReader, service: str, rows: list[dict]) -> dict[str, list]:
+    return reader.store.get_online_features(features=reader.store.get_feature_service(service), entity_rows=rows).to_dict(
+        include_event_timestamps=True)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("service", STORED_SERVICES)
+def test_stored_views_read_the_same_values_as_the_sdk(reader, customers, service):
+    ids = customers + ["C_NOT_A_CUSTOMER", customers[0], customers[5]]  # an unknown one and repeats
+    rows = [{"customer_id": c} for c in ids]
+    ours, theirs = reader.read(service, rows), sdk_read(reader, service, rows)
+    features = [k for k in theirs if k != "customer_id" and not k.endswith(TS_SUFFIX)]
+    assert features and sorted(k for k in ours if not k.endswith(TS_SUFFIX)) == sorted(features)
+    for name in features:
+        assert ours[name] == theirs[name], name
+    assert all(ours[name][len(customers)] is None for name in features)  # the unknown customer
+    assert any(ours[name][0] is not None for name in features)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("service", STORED_SERVICES)
+def test_event_times_are_each_views_as_the_sdk_gives_them(reader, customers, service):
+    rows = [{"customer_id": c} for c in customers[:10]] + [{"customer_id": "C_NOT_A_CUSTOMER"}]
+    ours, theirs = reader.read(service, rows), sdk_read(reader, service, rows)
+    projections = reader.store.get_feature_service(service).feature_view_projections
+    for projection in projections:
+        view_times = ours[projection.name + TS_SUFFIX]
+        for feature in projection.features:
+            assert view_times == theirs[feature.name + TS_SUFFIX], (projection.name, feature.name)
+        assert view_times[-1] == 0 and all(t > 0 for t in view_times[:-1])
+
+
+@pytest.mark.integration
+def test_a_service_with_on_demand_views_is_computed_by_feast(reader, customers):
+    """fraud_v1's request-time features come from its on-demand view, run by Feast on the request."""
+    transaction = {"amount": 250.0, "merchant_category": "travel", "channel": "online", "country": "FR",
+                   "device_id": "d-1", "transaction_time": 1_700_000_000}
+    values = reader.read("fraud_v1", [{"customer_id": customers[0], **transaction}])
+    assert all(values[name][0] is not None for name in REQUEST_TIME_FEATURES)
