@@ -16,7 +16,7 @@ from pathlib import Path
 import bentoml
 
 from bentos.canary import CHALLENGER, CHAMPION, UnknownVersion
-from bentos.config import get_serving_settings
+from bentos.config import freeze_heap, get_serving_settings
 from bentos.loading import LoadedVersion, from_bento
 from bentos.metrics import metrics, record_batch, record_failure
 from bentos.online import FeastReader
@@ -119,6 +119,7 @@ class ModelService:
         self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow", self.inference_log)
 
         watch_drift(self.family, settings.data_dir / "reports" / "drift", serving.registry_poll_s or 60.0)
+        freeze_heap()
 
     def _backlog(self, rows: int) -> None:
         metrics().log_backlog.labels(self.family).set(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bentoml
 
 from bentos.base import ModelService
-from bentos.config import MODEL_SERVICE_OPTIONS, get_serving_settings
+from bentos.config import MODEL_SERVICE_OPTIONS, Results, get_serving_settings
 from bentos.scoring import ChurnScorer
 
 SETTINGS = get_serving_settings()
@@ -23,12 +23,12 @@ class ChurnModel(ModelService):
         return ChurnScorer(loaded.model, loaded.metadata, info, self.reader, SETTINGS.top_reasons, loaded.importance)
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.churn.max_batch_size, max_latency_ms=SETTINGS.churn.max_latency_ms)
-    def score(self, requests: list[dict]) -> list[dict]:
+    def score(self, requests: list[dict]) -> Results:
         """Score a batch of {customer_id, features?, pin?} requests, with reason codes."""
         return self.score_requests(requests)
 
     @bentoml.api
-    def score_many(self, requests: list[dict]) -> list[dict]:
+    def score_many(self, requests: list[dict]) -> Results:
         """Score one large batch in a single store read per version, without reason codes (churn-batch)."""
         return self.score_requests(requests, reasons=False)
 

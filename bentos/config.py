@@ -6,8 +6,11 @@ The feature store settings (DATA_DIR, ONLINE_STORE, REDIS_URL) are the pipeline'
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
+from typing import Annotated
 
+from bentoml.validators import ContentType
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -88,3 +91,17 @@ MODEL_SERVICE_OPTIONS = {
     "logging": {"access": {"enabled": False}},
     "runner_connection": {"max_requests": 1_000_000_000, "max_age": 31_536_000.0},
 }
+
+# The return type of the model services' APIs. Naming the media type spares BentoML from building
+# the JSON schema of `list[dict]` on every response to find it out (8% of the churn service's CPU
+# under load).
+Results = Annotated[list[dict], ContentType("application/json")]
+
+
+def freeze_heap() -> None:
+    """Exclude everything a service built at start (libraries, models, the store client) from
+    Python's garbage collector, which would otherwise walk that whole heap again and again while
+    a batch allocates its feature values: reading 1,000 customers from Redis took 224 ms with the
+    collector walking it and 124 ms after this (0.35 → 0.28 s on SQLite)."""
+    gc.collect()
+    gc.freeze()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bentoml
 
 from bentos.base import ModelService
-from bentos.config import MODEL_SERVICE_OPTIONS, get_serving_settings
+from bentos.config import MODEL_SERVICE_OPTIONS, Results, get_serving_settings
 from bentos.scoring import FraudScorer
 
 SETTINGS = get_serving_settings()
@@ -23,6 +23,6 @@ class FraudModel(ModelService):
         return FraudScorer(loaded.model, loaded.metadata, info, self.reader, SETTINGS.top_reasons)
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.fraud.max_batch_size, max_latency_ms=SETTINGS.fraud.max_latency_ms)
-    def score(self, requests: list[dict]) -> list[dict]:
+    def score(self, requests: list[dict]) -> Results:
         """Score a batch of {customer_id, request_data: transaction fields, pin?} requests."""
         return self.score_requests(requests)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bentoml
 
 from bentos.base import ModelService
-from bentos.config import MODEL_SERVICE_OPTIONS, get_serving_settings
+from bentos.config import MODEL_SERVICE_OPTIONS, Results, get_serving_settings
 from bentos.scoring import SegmentScorer
 
 SETTINGS = get_serving_settings()
@@ -23,6 +23,6 @@ class SegmentModel(ModelService):
         return SegmentScorer(loaded.model, loaded.metadata, info, self.reader)
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.segment.max_batch_size, max_latency_ms=SETTINGS.segment.max_latency_ms)
-    def score(self, requests: list[dict]) -> list[dict]:
+    def score(self, requests: list[dict]) -> Results:
         """Score a batch of {customer_id, features?, pin?} requests."""
         return self.score_requests(requests)

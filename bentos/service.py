@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from bentos.churn import ChurnModel
-from bentos.config import get_serving_settings
+from bentos.config import freeze_heap, get_serving_settings
 from bentos.fraud import FraudModel
 from bentos.metrics import metrics, summary
 from bentos.schemas import (
@@ -55,9 +55,10 @@ Pin = Header(None, alias=PIN_HEADER, max_length=32, description=(
     "Answer with this version: a registry version (7) or a role (champion, challenger). Default: the canary split."))
 
 
-def request_id(response: Response, x_request_id: str | None = Header(
+async def request_id(response: Response, x_request_id: str | None = Header(
         None, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$", description="Your id for this request; default a new one.")) -> str:
-    """The id the inference log files this request's prediction under, echoed in X-Request-ID."""
+    """The id the inference log files this request's prediction under, echoed in X-Request-ID.
+    (async: FastAPI would run a plain function in its thread pool, a hop per request.)"""
     rid = x_request_id or uuid.uuid4().hex
     response.headers["X-Request-ID"] = rid
     return rid
@@ -162,6 +163,7 @@ class FintechAPI:
     def __init__(self) -> None:
         self.warmed = False
         self.warm_up_lock = asyncio.Lock()
+        freeze_heap()
 
     async def warm_up(self) -> None:
         async with self.warm_up_lock:

@@ -11,7 +11,7 @@ import bentoml
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from bentos.config import MODEL_SERVICE_OPTIONS, get_serving_settings
+from bentos.config import MODEL_SERVICE_OPTIONS, Results, freeze_heap, get_serving_settings
 
 SETTINGS = get_serving_settings()
 app = FastAPI(title="no-op ceiling")
@@ -23,8 +23,11 @@ class Request(BaseModel):
 
 @bentoml.service(workers=SETTINGS.workers, **MODEL_SERVICE_OPTIONS)
 class NoopModel:
+    def __init__(self) -> None:
+        freeze_heap()
+
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.churn.max_batch_size, max_latency_ms=SETTINGS.churn.max_latency_ms)
-    def score(self, requests: list[dict]) -> list[dict]:
+    def score(self, requests: list[dict]) -> Results:
         return [{"customer_id": r["customer_id"], "churn_probability": 0.0} for r in requests]
 
 
@@ -32,6 +35,9 @@ class NoopModel:
 @bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
 class NoopAPI:
     model = bentoml.depends(NoopModel)
+
+    def __init__(self) -> None:
+        freeze_heap()
 
     @app.post("/api/v1/inference/churn-score")
     async def churn_score(self, body: Request) -> dict:

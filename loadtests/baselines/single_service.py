@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bentoml
 
-from bentos.config import MODEL_SERVICE_OPTIONS, get_serving_settings
+from bentos.config import MODEL_SERVICE_OPTIONS, Results, freeze_heap, get_serving_settings
 from bentos.loading import from_bento
 from bentos.online import FeastReader
 from bentos.scoring import ChurnScorer
@@ -27,8 +27,9 @@ class SingleChurn:
     def __init__(self) -> None:
         loaded = from_bento(self.bento_model, "churn")
         self.scorer = ChurnScorer(loaded.model, loaded.metadata, loaded.info("champion"), FeastReader(get_settings()))
+        freeze_heap()
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.churn.max_batch_size, max_latency_ms=SETTINGS.churn.max_latency_ms,
                  route="/score")
-    def score(self, requests: list[dict]) -> list[dict]:
+    def score(self, requests: list[dict]) -> Results:
         return self.scorer.score(requests)
