@@ -10,7 +10,9 @@ For each target, on the same machine, store, model and load generator:
       (loadtests/baselines/single_service.py), to see what the hop between processes costs.
 It measures the throughput at saturation (wrk, closed loop) and p50/p99 at a fixed offered rate
 (an open-loop generator that times each request from when it was due, so a stall is not hidden),
-then churn-batch with 1,000 customers. Results go to loadtests/results/serving.{json,md}.
+then churn-batch with 1,000 customers. Before the servers, it times the feature read itself both
+ways (feature_reads). Results go to loadtests/results/serving.{json,md} (serving-redis.* when
+ONLINE_STORE=redis).
 """
 
 from __future__ import annotations
@@ -121,6 +123,47 @@ def churn_batch_latency(port: int, ids: list[str], calls: int = 30, size: int = 
             "p90_ms": round(sorted(times)[int(calls * 0.9) - 1], 1)}
 
 
+def feature_reads(settings, ids: list[str], sizes=(1, 32, 256, 1000), repeats: int = 7) -> dict:
+    """Milliseconds per customer to read the churn champion's FeatureService, side by side on the
+    same store and batches: Feast's `get_online_features` + `to_dict` (what the naive design and
+    this service used to call) against the service's reader (bentos/online.py), first with
+    Python's collector walking the whole heap, then with the start-up heap frozen as the services
+    freeze it (bentos/config.py:freeze_heap)."""
+    import gc
+
+    import bentoml
+
+    from bentos.loading import from_bento
+    from bentos.online import FeastReader
+
+    name = from_bento(bentoml.models.get("churn:latest"), "churn").info("champion").feature_service
+    reader = FeastReader(settings)
+    service = reader.store.get_feature_service(name)
+    if all(v is None for k, v in reader.read(name, [{"customer_id": ids[0]}]).items() if not k.endswith("__ts")):
+        raise SystemExit(f"the {settings.online_store} online store has no features for {ids[0]}: materialize it first "
+                         f"(ONLINE_STORE={settings.online_store} make features)")
+    ways = {"sdk": lambda rows: reader.store.get_online_features(features=service, entity_rows=rows).to_dict(
+                include_event_timestamps=True),
+            "reader": lambda rows: reader.read(name, rows)}
+    out: dict = {"feature_service": name, "per_customer_ms": {}}
+    for heap in ("collected", "frozen"):
+        if heap == "frozen":
+            gc.collect()
+            gc.freeze()
+        for size in sizes:
+            times: dict[str, list[float]] = {way: [] for way in ways}
+            for _ in range(repeats):  # alternate the two ways, so both see the same machine
+                rows = [{"customer_id": c} for c in random.sample(ids, size)]
+                for way, read in ways.items():
+                    started = time.perf_counter()
+                    read(rows)
+                    times[way].append(1000 * (time.perf_counter() - started) / size)
+            for way, values in times.items():
+                out["per_customer_ms"].setdefault(f"{way}_{heap}", {})[str(size)] = round(statistics.median(values), 3)
+    gc.unfreeze()
+    return out
+
+
 def main(
     seconds: Annotated[int, typer.Option(help="Duration of each saturation run.")] = 20,
     connections: Annotated[int, typer.Option(help="wrk connections.")] = 32,
@@ -143,6 +186,13 @@ def main(
         scripts[kind] = work / f"{kind}.lua"
         scripts[kind].write_text(WRK_SCRIPT % (quoted, before, after))
     env = {"DATA_DIR": str(settings.data_dir)}
+    results: dict = {"config": {"seconds": seconds, "connections": connections, "fixed_rate": rate, "naive_workers": naive_workers,
+                                "cpus": os.cpu_count(), "customers": len(ids), "online_store": settings.online_store,
+                                "serving_workers": os.environ.get("SERVING_WORKERS", "1")}}
+    if not only:
+        print("feature reads: Feast SDK against the service's reader", flush=True)
+        results["feature_reads"] = feature_reads(settings, ids)
+        print(json.dumps(results["feature_reads"]), flush=True)
     targets = {
         "a_service": ([str(BIN / "bentoml"), "serve", "bentos.service:FintechAPI"], "/ready"),
         "b_naive": ([str(BIN / "uvicorn"), "loadtests.baselines.naive_app:app", "--workers", str(naive_workers),
@@ -150,9 +200,6 @@ def main(
         "c_noop": ([str(BIN / "bentoml"), "serve", "loadtests.baselines.noop_service:NoopAPI"], "/readyz"),
         "d_single": ([str(BIN / "bentoml"), "serve", "loadtests.baselines.single_service:SingleChurn"], "/readyz"),
     }
-    results: dict = {"config": {"seconds": seconds, "connections": connections, "fixed_rate": rate, "naive_workers": naive_workers,
-                                "cpus": os.cpu_count(), "customers": len(ids), "online_store": settings.online_store,
-                                "serving_workers": os.environ.get("SERVING_WORKERS", "1")}}
     for name, (command, ready) in targets.items():
         if only and name != only:
             continue
@@ -198,8 +245,9 @@ def main(
         "churn_batch_1000_median_under_50ms": results["a_service"]["churn_batch_1000"]["median_ms"] < 50,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "serving.md").write_text(render(results))
+    stem = "serving" if settings.online_store == "sqlite" else f"serving-{settings.online_store}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{stem}.md").write_text(render(results))
     print(render(results))
 
 
@@ -240,6 +288,16 @@ def render(r: dict) -> str:
               f"(d)/(b) = {r['ratios']['d_over_b_throughput']}.", "",
               "| target | met |", "|---|---|"]
     lines += [f"| {k.replace('_', ' ')} | {'yes' if v else 'no'} |" for k, v in r["targets"].items()]
+    reads = r["feature_reads"]["per_customer_ms"]
+    sizes = list(next(iter(reads.values())))
+    lines += ["", f"Reading `{r['feature_reads']['feature_service']}` from the {cfg['online_store']} online store, "
+              "ms per customer (median of 7 batches, the two ways alternating):", "",
+              "| way | heap | " + " | ".join(f"batch of {n}" for n in sizes) + " |",
+              "|---|---|" + "---:|" * len(sizes)]
+    labels = {"sdk": "Feast `get_online_features` + `to_dict`", "reader": "the service's reader (`online_read` per view)"}
+    for key, row in reads.items():
+        way, heap = key.rsplit("_", 1)
+        lines.append(f"| {labels[way]} | {heap} | " + " | ".join(str(row[n]) for n in sizes) + " |")
     return "\n".join(lines) + "\n"
 
 
