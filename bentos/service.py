@@ -154,7 +154,7 @@ def observed(route: str, family: str):
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": SETTINGS.request_timeout_s}, logging={"access": {"enabled": False}})
 class FintechAPI:
     churn = bentoml.depends(ChurnModel)
     fraud = bentoml.depends(FraudModel)

@@ -32,7 +32,7 @@ class NoopModel:
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": SETTINGS.request_timeout_s}, logging={"access": {"enabled": False}})
 class NoopAPI:
     model = bentoml.depends(NoopModel)
 
