@@ -97,7 +97,7 @@ MODEL_SERVICE_OPTIONS = {
 }
 
 # The return type of the model services' APIs. Naming the media type spares BentoML from building
-# the JSON schema of `list[dict]` on every response to find it out (8% of the churn service's CPU
+# the JSON schema of `list[dict]` on every response to find it out (8% of the churn service's profile
 # under load).
 Results = Annotated[list[dict], ContentType("application/json")]
 
