@@ -91,7 +91,7 @@ def get_gate_settings() -> GateSettings:
 # still in flight, which fails them under concurrent load (BentoML issues 5540, 5544); we renew
 # it never (1e9 requests, a year).
 MODEL_SERVICE_OPTIONS = {
-    "traffic": {"timeout": ServingSettings().request_timeout_s},
+    "traffic": {"timeout": get_serving_settings().request_timeout_s},
     "logging": {"access": {"enabled": False}},
     "runner_connection": {"max_requests": 1_000_000_000, "max_age": 31_536_000.0},
 }

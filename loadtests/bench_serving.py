@@ -134,12 +134,13 @@ def feature_reads(settings, ids: list[str], sizes=(1, 32, 256, 1000), repeats: i
     import bentoml
 
     from bentos.loading import from_bento
-    from bentos.online import FeastReader
+    from bentos.online import TS_SUFFIX, FeastReader
 
     name = from_bento(bentoml.models.get("churn:latest"), "churn").info("champion").feature_service
     reader = FeastReader(settings)
     service = reader.store.get_feature_service(name)
-    if all(v is None for k, v in reader.read(name, [{"customer_id": ids[0]}]).items() if not k.endswith("__ts")):
+    if all(column[0] is None for k, column in reader.read(name, [{"customer_id": ids[0]}]).items()
+           if not k.endswith(TS_SUFFIX)):
         raise SystemExit(f"the {settings.online_store} online store has no features for {ids[0]}: materialize it first "
                          f"(ONLINE_STORE={settings.online_store} make features)")
     ways = {"sdk": lambda rows: reader.store.get_online_features(features=service, entity_rows=rows).to_dict(
