@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Annotated
 
-from bentoml.validators import ContentType
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FAMILIES = ("churn", "fraud", "segment")
+API_PREFIX = "/api/v1/inference"
 
 
 class FamilySettings(BaseSettings):
-    """Adaptive batching of one model family's core API, and its canary defaults."""
+    """Batching of one model family's single-customer requests, and its canary defaults."""
 
     max_batch_size: int = Field(256, ge=1, description="Most requests scored in one batch.")
-    max_latency_ms: int = Field(1000, ge=1, description=(
-        "Latency budget of one request inside the batcher; past it BentoML sheds the request (503). "
-        "At 200 ms it shed 1% of requests at saturation and 0.2% at 300 req/s on 2 cores; at 1000 ms none, "
-        "at the same throughput."))
+    max_wait_ms: float = Field(0.0, ge=0, le=1000, description=(
+        "How long the first request of a batch may wait for others. 0: none; a batch holds what arrived "
+        "while the previous one was scored (bentos/batching.py)."))
     challenger_share: float = Field(0.0, ge=0, le=100, description=(
         "Percent of customers the `challenger` version answers, when the registry names one. The registered "
         "model's tag serving.challenger_share, set by `make canary` and reset by promote/rollback, wins over this."))
@@ -44,7 +44,14 @@ class ServingSettings(BaseSettings):
                                      "[default DATA_DIR/model_cache].")
     max_batch_ids: int = Field(10_000, description="Most customer ids accepted by churn-batch.")
     top_reasons: int = Field(5, ge=1, le=50, description="Reason codes returned per churn or fraud score.")
-    workers: int = Field(1, ge=1, description="Worker processes of each model service.")
+    families: str = Field(",".join(FAMILIES), description=(
+        "The model families this process serves, comma-separated (churn, fraud, segment). The routes of the "
+        "others answer 404: one image can run each family as its own Deployment."))
+    workers: int = Field(1, ge=1, description="Worker processes of the service; each serves every family it holds.")
+    tracing: bool = Field(False, description=(
+        "Trace the scoring routes with OpenTelemetry (BentoML's `tracing` settings say where spans go). Off, "
+        "the tracing middleware lets them through untouched: tracing every request cost more than half of "
+        "the framework's throughput here (README, Serving)."))
     inference_log: bool = Field(True, description="Log every prediction with its features (monitoring/inference_log.py).")
     inference_log_dir: Path | None = Field(None, description="Where the inference log is written [default DATA_DIR/inference_log].")
     inference_log_flush_s: float = Field(2.0, gt=0, description=(
@@ -55,6 +62,19 @@ class ServingSettings(BaseSettings):
         "a large heap for the garbage collector to walk: at 30 s, collection pauses reached 200 ms."))
     admin_token: str = Field("", description="When set, POST /admin/reload needs `Authorization: Bearer <token>`.")
 
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(FAMILIES))
+        if unknown or not names:
+            raise ValueError(f"unknown model families {unknown or value!r}; choose from {', '.join(FAMILIES)}")
+        return ",".join(name for name in FAMILIES if name in names)
+
+    def served(self) -> tuple[str, ...]:
+        """The families this process serves, in the canonical order."""
+        return tuple(self.families.split(","))
 
     def family(self, name: str) -> FamilySettings:
         return getattr(self, name)
@@ -86,20 +106,24 @@ def get_gate_settings() -> GateSettings:
     return GateSettings()
 
 
-# Service options shared by the three model services. `runner_connection`: BentoML 1.4.30+
-# renews the caller's connection pool every 100 requests and closes the old one under requests
-# still in flight, which fails them under concurrent load (BentoML issues 5540, 5544); we renew
-# it never (1e9 requests, a year).
-MODEL_SERVICE_OPTIONS = {
-    "traffic": {"timeout": get_serving_settings().request_timeout_s},
-    "logging": {"access": {"enabled": False}},
-    "runner_connection": {"max_requests": 1_000_000_000, "max_age": 31_536_000.0},
-}
+def service_options(settings: ServingSettings) -> dict:
+    """The BentoML options of the service (and of the benchmark's no-op, so both run alike).
 
-# The return type of the model services' APIs. Naming the media type spares BentoML from building
-# the JSON schema of `list[dict]` on every response to find it out (8% of the churn service's profile
-# under load).
-Results = Annotated[list[dict], ContentType("application/json")]
+    Two of BentoML's ASGI middlewares cost more than the rest of a request: its HTTP metrics, which
+    duplicate ours (fintech_requests_total and fintech_request_latency_seconds carry the route,
+    the answering version and the status), and OpenTelemetry's, which opens spans per request
+    and per ASGI message. A no-op route served by 2 workers answered 2,916 req/s with both, 3,554
+    without the metrics and 7,644 without either (README, Serving). /metrics is then served by the
+    app itself (bentos/api.py). Access logs are off for the same reason."""
+    options = {
+        "workers": settings.workers,
+        "traffic": {"timeout": settings.request_timeout_s},
+        "logging": {"access": {"enabled": False}},
+        "metrics": {"enabled": False},
+    }
+    if not settings.tracing:
+        options["tracing"] = {"excluded_urls": [API_PREFIX]}
+    return options
 
 
 def freeze_heap() -> None:

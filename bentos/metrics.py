@@ -103,6 +103,13 @@ def _registry():
     return REGISTRY
 
 
+def exposition() -> tuple[bytes, str]:
+    """The /metrics page: every metric in the Prometheus text format, summed over workers."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
 def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """Quantile from cumulative histogram buckets (upper bound, count), interpolated as Prometheus does."""
     total = buckets[-1][1] if buckets else 0

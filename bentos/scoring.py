@@ -6,10 +6,10 @@ with a five-line fake reader:
 
     class FakeReader:
         def read(self, service, rows):
-            return {"days_since_last_txn": [3.0] * len(rows), ...}
+            return OnlineFeatures.from_columns({"days_since_last_txn": [3.0] * len(rows), ...}, stored=[...])
 
 A request is a dict: {"customer_id": ..., "features": {name: value} (overrides), and for fraud
-"transaction": {...}}. A result is a dict; an unknown customer gets {"error": "unknown_customer"}.
+"request_data": the transaction's fields}. A result is a dict; an unknown customer gets {"error": "unknown_customer"}.
 """
 
 from __future__ import annotations
@@ -30,9 +30,25 @@ INVALID_FEATURE = "invalid_feature"
 UNKNOWN_VERSION = "unknown_version"
 
 
+@dataclass
+class OnlineFeatures:
+    """What the store holds for a batch of rows, one position per row."""
+
+    values: dict[str, np.ndarray | list]  # per feature: floats (NaN: no value), or Python values (None: no value);
+    # per feature view, `<view>__ts`: its event time in epoch seconds (0: none)
+    found: np.ndarray  # bool per row: the store knows the customer
+
+    @classmethod
+    def from_columns(cls, values: dict[str, list], stored: list[str]) -> OnlineFeatures:
+        """From lists with None where the store has nothing: a row is found when any stored feature has a value."""
+        n = len(next(iter(values.values()))) if values else 0
+        found = np.array([any(values[name][i] is not None for name in stored) for i in range(n)], dtype=bool)
+        return cls(values, found if stored else np.ones(n, dtype=bool))
+
+
 class FeatureReader(Protocol):
-    def read(self, feature_service: str, rows: list[dict]) -> dict[str, list]:
-        """Values of the service's features for each row (None where the store has nothing)."""
+    def read(self, feature_service: str, rows: list[dict]) -> OnlineFeatures:
+        """The service's features for each row, and whether the store knows each row's customer."""
 
 
 @dataclass(frozen=True)
@@ -60,29 +76,28 @@ def assemble(reader: FeatureReader, info: ModelInfo, features: list[str], reques
 
     A customer is unknown when the store has none of the stored features for it."""
     rows = [{"customer_id": r["customer_id"], **r.get("request_data", {})} for r in requests]
-    values = reader.read(info.feature_service, rows)
-    stored = [f for f in features if f not in REQUEST_TIME_FEATURES]
-    matrix = np.full((len(requests), len(features)), np.nan)
-    known = np.zeros(len(requests), dtype=bool)
-    sources, invalid = [], []
+    read = reader.read(info.feature_service, rows)
+    matrix = np.column_stack([as_floats(read.values[name]) for name in features]) if requests else np.empty((0, len(features)))
+    defaulted = np.isnan(matrix)
     allowed = set(features) - (store_only or set())
+    column = {name: j for j, name in enumerate(features)}
+    sources, invalid = [], []
     for i, request in enumerate(requests):
         overrides = request.get("features") or {}
         invalid.append(sorted(set(overrides) - allowed))
-        known[i] = any(values[f][i] is not None for f in stored) if stored else True
-        from_request, defaulted = [], []
-        for j, name in enumerate(features):
-            if name in overrides and name in allowed:
-                matrix[i, j] = overrides[name]
-                from_request.append(name)
-                continue
-            value = values[name][i]
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                defaulted.append(name)
-            else:
-                matrix[i, j] = value
-        sources.append({"request": from_request, "default": defaulted})
-    return Assembled(matrix, known, invalid, sources)
+        from_request = [name for name in features if name in overrides and name in allowed]
+        for name in from_request:
+            matrix[i, column[name]] = overrides[name]
+            defaulted[i, column[name]] = False
+        sources.append({"request": from_request, "default": [features[j] for j in np.flatnonzero(defaulted[i])]})
+    return Assembled(matrix, np.asarray(read.found, dtype=bool), invalid, sources)
+
+
+def as_floats(column: np.ndarray | list) -> np.ndarray:
+    """A feature column as floats, NaN where the store had no value."""
+    if isinstance(column, np.ndarray) and column.dtype == np.float64:
+        return column
+    return np.array([np.nan if value is None else value for value in column], dtype=float)
 
 
 def request_error(a: Assembled, i: int, customer_id: str, info: ModelInfo) -> dict | None:
@@ -110,6 +125,13 @@ def row_results(a: Assembled, requests: list[dict], info: ModelInfo, scored, kee
     return results
 
 
+def dmatrix(matrix: np.ndarray, features: list[str]) -> xgb.DMatrix:
+    """The batch as XGBoost's DMatrix, built on this thread. With its default (every core), OpenMP's
+    idle threads spun on the cores the event loop needed: churn-score served 323 req/s that way and
+    1,166 this way, in one run on 2 cores."""
+    return xgb.DMatrix(matrix, feature_names=features, nthread=1)
+
+
 def top_reasons(contributions: np.ndarray, values: np.ndarray, features: list[str], n: int) -> list[dict]:
     """The n features that moved this score most, with their contribution (log-odds) and value."""
     order = np.argsort(-np.abs(contributions))[:n]
@@ -134,8 +156,7 @@ class ChurnScorer:
     def contributions(self, matrix: np.ndarray, exact: bool) -> np.ndarray:
         """Per-feature SHAP values (log-odds), without the bias column. The approximate kind
         (Saabas) is about a hundred times cheaper and is what the scoring routes return."""
-        dmatrix = xgb.DMatrix(matrix, feature_names=self.features)
-        return self.booster.predict(dmatrix, pred_contribs=True, approx_contribs=not exact)[:, :-1]
+        return self.booster.predict(dmatrix(matrix, self.features), pred_contribs=True, approx_contribs=not exact)[:, :-1]
 
     def score(self, requests: list[dict], reasons: bool = True, keep_features: bool = False) -> list[dict]:
         a = assemble(self.reader, self.info, self.features, requests)
@@ -174,8 +195,7 @@ class FraudScorer:
         # the on-demand features are computed by Feast from the request: they cannot be overridden
         a = assemble(self.reader, self.info, self.features, requests, store_only=set(REQUEST_TIME_FEATURES))
         probability = self.booster.inplace_predict(a.matrix)
-        contributions = self.booster.predict(xgb.DMatrix(a.matrix, feature_names=self.features),
-                                             pred_contribs=True, approx_contribs=True)[:, :-1]
+        contributions = self.booster.predict(dmatrix(a.matrix, self.features), pred_contribs=True, approx_contribs=True)[:, :-1]
         return row_results(a, requests, self.info, lambda i, customer_id: {
             "customer_id": customer_id, "fraud_probability": float(probability[i]),
             "is_fraud": bool(probability[i] >= self.threshold), "threshold": self.threshold, "model": self.info.as_dict(),

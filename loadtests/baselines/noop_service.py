@@ -1,6 +1,6 @@
-"""The framework's ceiling for the benchmark: the same BentoML topology and settings as
-bentos/service.py (a FastAPI entry service calling a batchable model service over BentoML's
-dependency client) with no work in either.
+"""The framework's ceiling for the benchmark: the service's process layout and BentoML options
+(bentos/config.py:service_options) and the same FastAPI validation of the churn-score body and
+request id, with no feature read and no model.
 
     bentoml serve loadtests.baselines.noop_service:NoopAPI --port 3200
 """
@@ -9,37 +9,22 @@ from __future__ import annotations
 
 import bentoml
 from fastapi import FastAPI
-from pydantic import BaseModel
 
-from bentos.config import MODEL_SERVICE_OPTIONS, Results, freeze_heap, get_serving_settings
+from bentos.api import RequestId
+from bentos.config import API_PREFIX, freeze_heap, get_serving_settings, service_options
+from bentos.schemas import CustomerRequest
 
-SETTINGS = get_serving_settings()
+SERVING = get_serving_settings()
 app = FastAPI(title="no-op ceiling")
 
 
-class Request(BaseModel):
-    customer_id: str
-
-
-@bentoml.service(workers=SETTINGS.workers, **MODEL_SERVICE_OPTIONS)
-class NoopModel:
-    def __init__(self) -> None:
-        freeze_heap()
-
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.churn.max_batch_size, max_latency_ms=SETTINGS.churn.max_latency_ms)
-    def score(self, requests: list[dict]) -> Results:
-        return [{"customer_id": r["customer_id"], "churn_probability": 0.0} for r in requests]
+@app.post(f"{API_PREFIX}/churn-score")
+async def churn_score(body: CustomerRequest, rid: RequestId) -> dict:
+    return {"customer_id": body.customer_id, "churn_probability": 0.0}
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": SETTINGS.request_timeout_s}, logging={"access": {"enabled": False}})
+@bentoml.service(**service_options(SERVING))
 class NoopAPI:
-    model = bentoml.depends(NoopModel)
-
     def __init__(self) -> None:
         freeze_heap()
-
-    @app.post("/api/v1/inference/churn-score")
-    async def churn_score(self, body: Request) -> dict:
-        [result] = await self.model.to_async.score([body.model_dump()])
-        return result

@@ -1,7 +1,8 @@
-"""The service's feature reader against Feast's own `get_online_features`, on a real SQLite
+"""The service's bulk feature reader against Feast's own `get_online_features`, on a real SQLite
 store and a real Redis one: the same values for every feature, customer and store, so the
 faster read cannot bring skew."""
 
+import numpy as np
 import pytest
 
 from bentos.online import TS_SUFFIX, FeastReader
@@ -39,11 +40,13 @@ def test_stored_views_read_the_same_values_as_the_sdk(reader, customers, service
     rows = [{"customer_id": c} for c in ids]
     ours, theirs = reader.read(service, rows), sdk_read(reader, service, rows)
     features = [k for k in theirs if k != "customer_id" and not k.endswith(TS_SUFFIX)]
-    assert features and sorted(k for k in ours if not k.endswith(TS_SUFFIX)) == sorted(features)
-    for name in features:
-        assert ours[name] == theirs[name], name
-    assert all(ours[name][len(customers)] is None for name in features)  # the unknown customer
-    assert any(ours[name][0] is not None for name in features)
+    assert features and sorted(k for k in ours.values if not k.endswith(TS_SUFFIX)) == sorted(features)
+    for name in features:  # every feature of these services is a Float64: NaN where the SDK says None
+        assert isinstance(ours.values[name], np.ndarray), name
+        expected = np.array([np.nan if v is None else v for v in theirs[name]], dtype=float)
+        np.testing.assert_array_equal(ours.values[name], expected, err_msg=name)
+    found = [any(theirs[name][i] is not None for name in features) for i in range(len(ids))]
+    assert ours.found.tolist() == found and found[len(customers)] is False and all(found[:len(customers)])
 
 
 @pytest.mark.integration
@@ -53,7 +56,7 @@ def test_event_times_are_each_views_as_the_sdk_gives_them(reader, customers, ser
     ours, theirs = reader.read(service, rows), sdk_read(reader, service, rows)
     projections = reader.store.get_feature_service(service).feature_view_projections
     for projection in projections:
-        view_times = ours[projection.name + TS_SUFFIX]
+        view_times = list(ours.values[projection.name + TS_SUFFIX])
         for feature in projection.features:
             assert view_times == theirs[feature.name + TS_SUFFIX], (projection.name, feature.name)
         assert view_times[-1] == 0 and all(t > 0 for t in view_times[:-1])
@@ -64,5 +67,6 @@ def test_a_service_with_on_demand_views_is_computed_by_feast(reader, customers):
     """fraud_v1's request-time features come from its on-demand view, run by Feast on the request."""
     transaction = {"amount": 250.0, "merchant_category": "travel", "channel": "online", "country": "FR",
                    "device_id": "d-1", "transaction_time": 1_700_000_000}
-    values = reader.read("fraud_v1", [{"customer_id": customers[0], **transaction}])
-    assert all(values[name][0] is not None for name in REQUEST_TIME_FEATURES)
+    features = reader.read("fraud_v1", [{"customer_id": customers[0], **transaction}, {"customer_id": "C_NOT_A_CUSTOMER", **transaction}])
+    assert all(features.values[name][0] is not None for name in REQUEST_TIME_FEATURES)
+    assert features.found.tolist() == [True, False]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bentos.base import score_routed
+from bentos.family import score_routed
 from bentos.canary import CHALLENGER, CHAMPION, UnknownVersion, choose_role, resolve_pin
 from bentos.scoring import UNKNOWN_VERSION, ModelInfo
 from bentos.shadow import ShadowRunner

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER, ChurnScorer, FraudScorer, ModelInfo
+from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER, ChurnScorer, FraudScorer, ModelInfo, OnlineFeatures
 
 FEATURES = ["days_since_last_txn", "txn_count_30d", "spend_30d"]
 
@@ -24,7 +24,7 @@ class FakeReader:
             values = self.STORE.get(row["customer_id"], [None] * len(FEATURES))
             for name, value in zip(FEATURES, values):
                 out[name].append(value)
-        return out
+        return OnlineFeatures.from_columns(out, FEATURES)
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,20 @@ def test_stored_values_convert_as_feast_converts_them():
     assert python_value(None) is None
     # An explicit null is missing, not zero (the SDK says 0; materialized data holds no such value)
     assert python_value(Value(null_val=Null.NULL)) is None
+
+
+def test_a_column_of_stored_values_decodes_at_once_as_the_sdk_converts_it_one_by_one():
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.type_map import feast_value_type_to_python_type
+
+    from bentos.online import decode_column
+
+    doubles = [Value(double_val=x).SerializeToString() for x in (2.5, 0.0, -1e300, float("nan"))] + [None]
+    column = decode_column(doubles)
+    assert isinstance(column, np.ndarray) and column.dtype == np.float64
+    expected = [feast_value_type_to_python_type(Value.FromString(b)) for b in doubles[:4]] + [float("nan")]
+    np.testing.assert_array_equal(column, np.array(expected))  # NaN stays NaN; no value is NaN too
+    for values in ([Value(int64_val=7), Value(int64_val=-3)], [Value(string_val="GB"), Value(string_val="a|b")],
+                   [Value(double_val=1.0), Value(int64_val=2)], [Value(float_val=1.5)]):
+        blobs = [v.SerializeToString() for v in values] + [None]
+        assert decode_column(blobs) == [feast_value_type_to_python_type(v) for v in values] + [None]

@@ -1,8 +1,11 @@
-"""What every model service shares: the versions it serves (champion, maybe a challenger),
-routing each request to one of them, shadow scoring, and the status, ready and reload APIs.
+"""One model family served in this process: the versions it serves (champion, maybe a
+challenger), routing each request to one of them, batching, shadow scoring, the inference log,
+and status, readiness and reload.
 
-A family service sets `family` and `bento_model`, says how to build a scorer from a loaded
-version (`build`), and calls `start()` in its __init__.
+    churn = FamilyServer("churn", serving_settings, settings)
+    churn.start(loaded)                       # the version packed into the bento; starts the threads
+    result = await churn.score({"customer_id": "C0000001", "pin": None, "request_id": "..."})
+    churn.stop()                              # writes the inference log's last rows
 """
 
 from __future__ import annotations
@@ -13,19 +16,18 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import bentoml
-
+from bentos.batching import Batcher
 from bentos.canary import CHALLENGER, CHAMPION, UnknownVersion
-from bentos.config import freeze_heap, get_serving_settings
-from bentos.loading import LoadedVersion, from_bento
+from bentos.config import ServingSettings
+from bentos.loading import LoadedVersion
 from bentos.metrics import metrics, record_batch, record_failure
 from bentos.online import FeastReader
-from bentos.scoring import UNKNOWN_VERSION, ModelInfo
+from bentos.scoring import UNKNOWN_VERSION, ChurnScorer, FraudScorer, ModelInfo, SegmentScorer
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet, Versions
 from monitoring.drift import latest_summary
 from monitoring.inference_log import InferenceLog
-from training.settings import get_settings
+from training.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,11 @@ def watch_drift(family: str, reports_dir: Path, every_s: float) -> threading.Thr
     """Export the drift share of the family's newest drift report (make drift-report writes them)."""
     def loop():
         while True:
-            summary = latest_summary(reports_dir, family)
+            try:
+                summary = latest_summary(reports_dir, family)
+            except (OSError, ValueError):  # a report being written, or a broken one: next time
+                log.exception("%s: cannot read the newest drift report under %s", family, reports_dir)
+                summary = None
             if summary is not None:
                 metrics().drift_share.labels(family, str(summary["version"])).set(summary["drift_share"])
             time.sleep(every_s)
@@ -95,40 +101,56 @@ def watch_drift(family: str, reports_dir: Path, every_s: float) -> threading.Thr
     return thread
 
 
-class ModelService:
-    """Mixed into the churn, fraud and segment services."""
+def build_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, top_reasons: int):
+    """The scorer of a loaded version: what each family's model needs beside the features."""
+    if loaded.family == "churn":
+        return ChurnScorer(loaded.model, loaded.metadata, info, reader, top_reasons, loaded.importance)
+    if loaded.family == "fraud":
+        return FraudScorer(loaded.model, loaded.metadata, info, reader, top_reasons)
+    return SegmentScorer(loaded.model, loaded.metadata, info, reader)
 
-    family: str
-    bento_model: bentoml.models.BentoModel
 
-    def build(self, loaded: LoadedVersion, info: ModelInfo):
-        raise NotImplementedError
+class FamilyServer:
+    """Everything one family needs to answer requests. Building it does nothing; `start` loads."""
 
-    def start(self) -> None:
-        serving, settings = get_serving_settings(), get_settings()
-        own = serving.family(self.family)
-        self.reader = FeastReader(settings)
-        self.versions = Versions(self.family, from_bento(self.bento_model, self.family), self.build, settings.tracking_uri,
-                                 serving.model_cache or settings.data_dir / "model_cache", own.challenger_share, own.shadow)
+    def __init__(self, family: str, serving: ServingSettings, settings: Settings):
+        self.family, self.serving, self.settings = family, serving, settings
+        self.versions: Versions | None = None
+        self.inference_log: InferenceLog | None = None
+
+    def start(self, packed: LoadedVersion, reader: FeastReader) -> None:
+        """Serve the version packed into the bento, then follow the registry; start the inference
+        log's writer, the registry poll and the drift watch."""
+        serving, settings, own = self.serving, self.settings, self.serving.family(self.family)
+        self.reader = reader
+        self.versions = Versions(self.family, packed, lambda loaded, info: build_scorer(loaded, info, reader, serving.top_reasons),
+                                 settings.tracking_uri, serving.model_cache or settings.data_dir / "model_cache",
+                                 own.challenger_share, own.shadow)
         self.versions.reload()
         if serving.registry_poll_s:
             self.versions.follow(serving.registry_poll_s)
-        self.inference_log = InferenceLog(serving.inference_log_dir or settings.data_dir / "inference_log", self.family,
-                                          flush_s=serving.inference_log_flush_s, on_backlog=self._backlog
-                                          ) if serving.inference_log else None
+        if serving.inference_log:
+            self.inference_log = InferenceLog(serving.inference_log_dir or settings.data_dir / "inference_log", self.family,
+                                              flush_s=serving.inference_log_flush_s, on_backlog=self._backlog)
         self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow", self.inference_log)
-
+        self.batcher = Batcher(self.score_batch, own.max_batch_size, own.max_wait_ms)
         watch_drift(self.family, settings.data_dir / "reports" / "drift", serving.registry_poll_s or 60.0)
-        freeze_heap()
 
     def _backlog(self, rows: int) -> None:
         metrics().log_backlog.labels(self.family).set(rows)
 
-    @bentoml.on_shutdown
     def stop(self) -> None:
         """Write the inference log's last rows before the process exits."""
         if self.inference_log is not None:
             self.inference_log.close()
+
+    def score_batch(self, requests: list[dict], method: str = "score", **kwargs) -> list[dict]:
+        """Each request scored by the version its customer (or pin) is routed to."""
+        return score_routed(self.versions.live, requests, self.shadow, self.inference_log, method, **kwargs)
+
+    async def score(self, request: dict) -> dict:
+        """One request, batched with the others that arrive at the same time."""
+        return await self.batcher.submit(request)
 
     def pick(self, customer_id: str, pin: str | None = None):
         """The scorer that answers this customer (or pin), or the error result of an unknown pin."""
@@ -138,20 +160,50 @@ class ModelService:
         except UnknownVersion as e:
             return unknown_version(customer_id, e)
 
-    def score_requests(self, requests: list[dict], method: str = "score", **kwargs) -> list[dict]:
-        return score_routed(self.versions.live, requests, self.shadow, self.inference_log, method, **kwargs)
-
-    @bentoml.api
     def status(self) -> dict:
         """The live versions, the canary share and shadow mode, and the last registry error."""
         return {**self.versions.live.describe(), "registry_error": self.versions.last_error}
 
-    @bentoml.api
     def ready(self) -> bool:
-        """The feature store answers (the models were loaded in __init__)."""
+        """The feature store answers (the models were loaded by `start`)."""
         return self.reader.ping()
 
-    @bentoml.api
     def reload(self) -> dict:
         """Follow the registry now (the admin route calls this)."""
         return self.versions.reload()
+
+
+class Server:
+    """The families one process serves (SERVING_FAMILIES), sharing one feature store client."""
+
+    def __init__(self, serving: ServingSettings):
+        self.serving = serving
+        self.families: dict[str, FamilyServer] = {}
+
+    def start(self, settings: Settings, packed: dict[str, LoadedVersion]) -> None:
+        """Load each family from the version packed for it, and start its threads."""
+        reader = FeastReader(settings)
+        self.families = {name: FamilyServer(name, self.serving, settings) for name in self.serving.served()}
+        for name, family in self.families.items():
+            family.start(packed[name], reader)
+
+    def stop(self) -> None:
+        for family in self.families.values():
+            family.stop()
+
+    def status(self) -> dict:
+        return {name: family.status() for name, family in self.families.items()}
+
+    def readiness(self) -> dict:
+        """Per family, whether it can answer; and why not, when it cannot."""
+        checks: dict = {}
+        for name, family in self.families.items():
+            try:
+                checks[name] = bool(family.ready())
+            except Exception as e:  # the feature store is not answering
+                checks[name] = False
+                checks[f"{name}_error"] = str(e)[:200]
+        return checks
+
+    def reload(self) -> dict:
+        return {name: family.reload() for name, family in self.families.items()}

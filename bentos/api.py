@@ -1,0 +1,272 @@
+"""The public HTTP API: routes, request and error bodies, the request's metrics.
+
+    app = create_app(server)       # server: the families this process serves (bentos/server.py)
+
+Each scoring route validates its body (pydantic, bentos/schemas.py) and hands the request to its
+family in this process, which batches it with the requests arriving at the same time
+(bentos/batching.py) and scores it. Only the routes of the families the server holds exist; the
+others answer 404. Every client error is a JSON 4xx naming the field; nothing a client sends
+produces a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from bentos.config import API_PREFIX
+from bentos.metrics import exposition, metrics, summary
+from bentos.schemas import (
+    ChurnBatchRequest,
+    ChurnBatchResponse,
+    ChurnScore,
+    CustomerId,
+    CustomerRequest,
+    ErrorResponse,
+    FraudRequest,
+    FraudScore,
+    SegmentResult,
+)
+from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION
+
+log = logging.getLogger(__name__)
+PIN_HEADER = "X-Model-Version"
+Pin = Header(None, alias=PIN_HEADER, max_length=32, description=(
+    "Answer with this version: a registry version (7) or a role (champion, challenger). Default: the canary split."))
+ERRORS = {404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+# The scoring routes and the family that answers each, in the order the index lists them.
+ROUTES = (("churn-score", "churn"), ("churn-batch", "churn"), ("segment", "segment"), ("fraud-detection", "fraud"),
+          ("explain", "churn"))
+
+
+async def request_id(response: Response, x_request_id: str | None = Header(
+        None, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$", description="Your id for this request; default a new one.")) -> str:
+    """The id the inference log files this request's prediction under, echoed in X-Request-ID.
+    (async: FastAPI would run a plain function in its thread pool, a hop per request.)"""
+    rid = x_request_id or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = rid
+    return rid
+
+
+RequestId = Annotated[str, Depends(request_id)]
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, error: str, detail: str, fields: list[dict] | None = None):
+        self.status, self.error, self.detail, self.fields = status, error, detail, fields or []
+
+
+class ScoringFailed(Exception):
+    """A request could not be scored (the feature store did not answer, a model failed): not the
+    client's fault, and worth a retry."""
+
+
+def _field(error: dict) -> str:
+    if error["type"] == "json_invalid":  # its location is a character offset, not a field
+        return "body"
+    return ".".join(str(part) for part in error["loc"] if part != "body") or "body"
+
+
+def raise_for(result: dict) -> dict:
+    """Turn a scorer's error result into the client error it means."""
+    if result.get("error") == UNKNOWN_CUSTOMER:
+        raise ClientError(404, UNKNOWN_CUSTOMER, f"customer {result['customer_id']!r} is not in the feature store",
+                          [{"field": "customer_id", "message": "unknown customer"}])
+    if result.get("error") == UNKNOWN_VERSION:
+        raise ClientError(422, UNKNOWN_VERSION, result["detail"], [{"field": PIN_HEADER, "message": "no such version is served"}])
+    if result.get("error") == INVALID_FEATURE:
+        raise ClientError(422, INVALID_FEATURE, "the model has no such feature, or it cannot be overridden",
+                          [{"field": f, "message": "not a feature of this model"} for f in result["fields"]])
+    return result
+
+
+def answered_by(result: dict) -> dict:
+    """The labels of the version that answered (none for a request no version scored)."""
+    model = result.get("model") or {}
+    return {"version": model.get("version", "none"), "role": model.get("role", "none")}
+
+
+@contextmanager
+def observed(route: str, family: str):
+    """Count the request and time it, labelled by route and the version that answered: the
+    handler fills the yielded dict from the scorer's result."""
+    m = metrics()
+    started = time.perf_counter()
+    status = 200
+    labels = {"version": "none", "role": "none"}
+    try:
+        yield labels
+    except ClientError as e:
+        status = e.status
+        raise
+    except Exception as e:
+        status = 503
+        log.exception("%s: scoring failed", route)
+        raise ScoringFailed(f"{type(e).__name__}: {e}"[:300]) from e
+    finally:
+        m.requests.labels(route, family, labels["version"], labels["role"], str(status)).inc()
+        m.latency.labels(route, family, labels["version"], labels["role"]).observe(time.perf_counter() - started)
+
+
+def create_app(server) -> FastAPI:
+    """The FastAPI app of `server`: the service routes, and the scoring routes of its families."""
+    app = FastAPI(
+        title="fintech-serving",
+        description="Churn (with reason codes), fraud and segmentation models, scored from Feast online features.",
+        version="1.0",
+    )
+    _add_error_handlers(app)
+    app.include_router(_service_routes(server))
+    families = server.serving.served()
+    scoring = APIRouter(prefix=API_PREFIX)
+    if "churn" in families:
+        _churn_routes(scoring, server)
+    if "segment" in families:
+        _segment_route(scoring, server)
+    if "fraud" in families:
+        _fraud_route(scoring, server)
+    if "churn" in families:
+        _explain_route(scoring, server)
+
+    @scoring.get("/metrics")
+    async def metrics_summary() -> dict:
+        return summary()
+
+    app.include_router(scoring)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ClientError)
+    async def client_error(_: Request, e: ClientError) -> JSONResponse:
+        return JSONResponse({"error": e.error, "detail": e.detail, "fields": e.fields}, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        fields = [{"field": _field(err), "message": err["msg"]} for err in e.errors()]
+        return JSONResponse({"error": "invalid_request", "detail": "the request body does not match the schema",
+                             "fields": fields}, status_code=422)
+
+    @app.exception_handler(ScoringFailed)
+    async def scoring_failed(_: Request, e: ScoringFailed) -> JSONResponse:
+        return JSONResponse({"error": "scoring_failed", "detail": str(e), "fields": []}, status_code=503,
+                            headers={"Retry-After": "1"})
+
+
+def _service_routes(server) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/")
+    async def info() -> dict:
+        routes = [route for route, family in ROUTES if family in server.serving.served()]
+        return {"service": "fintech-serving", "docs": "/docs", "openapi": "/openapi.json",
+                "routes": [f"{API_PREFIX}/{r}" for r in (*routes, "metrics")], "models": server.status()}
+
+    @router.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @router.get("/ready")
+    async def ready() -> JSONResponse:
+        """Ready once every family's models are loaded and the feature store answers."""
+        checks = await anyio.to_thread.run_sync(server.readiness)
+        ok = all(checks[f] for f in server.families)
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @router.get("/models/status")
+    async def models_status() -> dict:
+        return server.status()
+
+    @router.post("/admin/reload")
+    async def reload(authorization: str | None = Header(None)) -> dict:
+        """Follow the registry now (the families also poll it). Each family loads any new
+        version beside the live one and swaps it in without failing a request in flight."""
+        token = server.serving.admin_token
+        if token and authorization != f"Bearer {token}":
+            raise ClientError(401, "unauthorized", "this route needs the admin token", [{"field": "Authorization", "message": "missing or wrong"}])
+        return await anyio.to_thread.run_sync(server.reload)
+
+    @router.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """The service's metrics, summed over the worker processes (Prometheus text format)."""
+        body, content_type = await anyio.to_thread.run_sync(exposition)
+        return Response(body, media_type=content_type)
+
+    return router
+
+
+async def score_one(server, route: str, family: str, request: dict) -> dict:
+    """One request to a family, counted under the version that answered."""
+    with observed(route, family) as labels:
+        result = await server.families[family].score(request)
+        labels.update(answered_by(result))
+        return raise_for(result)
+
+
+def _churn_routes(router: APIRouter, server) -> None:
+    max_ids = server.serving.max_batch_ids
+
+    @router.post("/churn-score", response_model=ChurnScore, responses=ERRORS)
+    async def churn_score(body: CustomerRequest, rid: RequestId, pin: str | None = Pin) -> dict:
+        return await score_one(server, "churn-score", "churn", {**body.model_dump(), "pin": pin, "request_id": rid})
+
+    @router.post("/churn-batch", response_model=ChurnBatchResponse, responses=ERRORS)
+    async def churn_batch(body: ChurnBatchRequest, rid: RequestId, pin: str | None = Pin) -> dict:
+        with observed("churn-batch", "churn") as labels:
+            if len(body.customer_ids) > max_ids:
+                raise ClientError(413, "too_many_ids", f"at most {max_ids:,} customer ids per call, "
+                                  f"got {len(body.customer_ids):,}", [{"field": "customer_ids", "message": "too many"}])
+            requests = [{"customer_id": c, "pin": pin, "request_id": rid} for c in body.customer_ids]
+            # a large batch is scored in a thread, so the event loop keeps answering the other routes
+            results = await anyio.to_thread.run_sync(lambda: server.families["churn"].score_batch(requests, reasons=False))
+            for result in results:
+                if result.get("error") == UNKNOWN_VERSION:
+                    raise_for(result)
+            models = sorted({r["model"]["version"]: r["model"] for r in results if "error" not in r}.values(),
+                            key=lambda m: m["role"])
+            labels.update(answered_by({"model": models[0]} if models else {}))
+            items = [{"customer_id": r["customer_id"], "churn_probability": r.get("churn_probability"),
+                      "risk_level": r.get("risk_level"), "version": None if "error" in r else r["model"]["version"],
+                      "error": r.get("error")}
+                     for r in results]
+            return {"models": models, "count": len(items),
+                    "unknown": sum(1 for r in results if "error" in r), "results": items}
+
+
+def _segment_route(router: APIRouter, server) -> None:
+    @router.post("/segment", response_model=SegmentResult, responses=ERRORS)
+    async def segment_customer(body: CustomerRequest, rid: RequestId, pin: str | None = Pin) -> dict:
+        return await score_one(server, "segment", "segment", {**body.model_dump(), "pin": pin, "request_id": rid})
+
+
+def _fraud_route(router: APIRouter, server) -> None:
+    @router.post("/fraud-detection", response_model=FraudScore, responses=ERRORS)
+    async def fraud_detection(body: FraudRequest, rid: RequestId, pin: str | None = Pin) -> dict:
+        return await score_one(server, "fraud-detection", "fraud", {
+            "customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin, "request_id": rid})
+
+
+def _explain_route(router: APIRouter, server) -> None:
+    @router.get("/explain", responses=ERRORS)
+    async def explain(customer_id: CustomerId | None = Query(None, description="Omit for global importance."),
+                      pin: str | None = Pin) -> dict:
+        with observed("explain", "churn") as labels:
+            churn = server.families["churn"]
+            if customer_id is None:
+                scorer = churn.pick("", pin or "champion")
+                result = scorer if isinstance(scorer, dict) else {
+                    "model": scorer.info.as_dict(), "kind": "global_importance", "mean_abs_shap": scorer.importance}
+            else:
+                scorer = churn.pick(customer_id, pin)
+                # exact SHAP values take milliseconds: off the event loop
+                result = scorer if isinstance(scorer, dict) else await anyio.to_thread.run_sync(scorer.explain, customer_id)
+            labels.update(answered_by(result))
+            return raise_for(result)

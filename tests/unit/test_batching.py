@@ -1,0 +1,79 @@
+"""The in-process batcher with a fake scorer: concurrent requests become one call."""
+
+import asyncio
+
+import pytest
+
+from bentos.batching import Batcher
+
+
+class Scorer:
+    """Echoes each request's id and remembers the size of every batch it was given."""
+
+    def __init__(self, fail: bool = False):
+        self.batches: list[int] = []
+        self.fail = fail
+
+    def __call__(self, requests: list[dict]) -> list[dict]:
+        self.batches.append(len(requests))
+        if self.fail:
+            raise RuntimeError("the store is down")
+        return [{"customer_id": r["customer_id"]} for r in requests]
+
+
+def submit_all(batcher: Batcher, n: int) -> list[dict]:
+    async def main():
+        return await asyncio.gather(*(batcher.submit({"customer_id": f"C{i}"}) for i in range(n)))
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_are_scored_in_one_call_and_each_gets_its_own_result():
+    scorer = Scorer()
+    results = submit_all(Batcher(scorer, max_batch_size=256), 40)
+    assert scorer.batches == [40]
+    assert [r["customer_id"] for r in results] == [f"C{i}" for i in range(40)]
+
+
+def test_a_batch_never_exceeds_the_maximum_size():
+    scorer = Scorer()
+    results = submit_all(Batcher(scorer, max_batch_size=16), 40)
+    assert scorer.batches == [16, 16, 8] and len(results) == 40
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    scorer = Scorer()
+
+    async def main():
+        batcher = Batcher(scorer, max_batch_size=256)
+        started = asyncio.get_running_loop().time()
+        await batcher.submit({"customer_id": "C1"})
+        return asyncio.get_running_loop().time() - started
+    assert asyncio.run(main()) < 0.01 and scorer.batches == [1]
+
+
+def test_a_wait_window_gathers_requests_that_arrive_within_it():
+    scorer = Scorer()
+
+    async def main():
+        batcher = Batcher(scorer, max_batch_size=256, max_wait_ms=50)
+        first = asyncio.ensure_future(batcher.submit({"customer_id": "C1"}))
+        await asyncio.sleep(0.01)
+        second = await batcher.submit({"customer_id": "C2"})
+        return await first, second
+    first, second = asyncio.run(main())
+    assert scorer.batches == [2] and (first["customer_id"], second["customer_id"]) == ("C1", "C2")
+
+
+def test_a_failing_batch_fails_every_request_in_it():
+    batcher = Batcher(Scorer(fail=True), max_batch_size=256)
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit({"customer_id": f"C{i}"}) for i in range(3)), return_exceptions=True)
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+
+
+def test_a_scorer_that_loses_results_fails_the_batch_instead_of_hanging():
+    batcher = Batcher(lambda requests: requests[:-1], max_batch_size=256)
+    with pytest.raises(RuntimeError, match="2 results for 3 requests"):
+        submit_all(batcher, 3)

@@ -1,0 +1,36 @@
+"""The public routes, without models: the OpenAPI document stays as published, and a process
+serves only the families it is given."""
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bentos.api import create_app
+from bentos.config import API_PREFIX, ServingSettings
+from bentos.family import Server
+
+PUBLISHED = Path(__file__).with_name("openapi.json")
+ROUTE_OF = {"churn": "churn-score", "fraud": "fraud-detection", "segment": "segment"}
+
+
+def test_the_openapi_document_is_the_published_one():
+    """Paths, bodies, parameters, headers and responses: a change here is a change for every client."""
+    document = json.loads(json.dumps(create_app(Server(ServingSettings())).openapi(), sort_keys=True))
+    assert document == json.loads(PUBLISHED.read_text())
+
+
+@pytest.mark.parametrize("family", ["churn", "fraud", "segment"])
+def test_a_process_given_one_family_answers_404_on_the_others_routes(family):
+    client = TestClient(create_app(Server(ServingSettings(families=family))))
+    for other, route in ROUTE_OF.items():
+        response = client.post(f"{API_PREFIX}/{route}", json={})
+        # its own route exists and rejects the empty body; the others' do not exist
+        assert response.status_code == (422 if other == family else 404), (family, route)
+    assert (client.get(f"{API_PREFIX}/explain").status_code == 404) == (family != "churn")
+
+
+def test_an_unknown_family_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="loans"):
+        ServingSettings(families="churn,loans")
