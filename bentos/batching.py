@@ -44,9 +44,8 @@ class Batcher:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
-        batch, self._waiting = self._waiting[:self.max_batch_size], self._waiting[self.max_batch_size:]
-        if self._waiting:  # more than one batch arrived at once: the rest go next turn
-            self._scheduled = asyncio.get_running_loop().call_soon(self._run)
+        # submit runs a batch the moment it is full, so a batch never holds more than max_batch_size
+        batch, self._waiting = self._waiting, []
         if not batch:
             return
         try:

@@ -2,10 +2,12 @@
 challenger), routing each request to one of them, batching, shadow scoring, the inference log,
 and status, readiness and reload.
 
-    churn = FamilyServer("churn", serving_settings, settings)
-    churn.start(loaded)                       # the version packed into the bento; starts the threads
+    churn = FamilyServer("churn", serving_settings, settings)   # builds nothing yet
+    churn.start(packed, reader)          # the version packed into the bento; starts the threads
     result = await churn.score({"customer_id": "C0000001", "pin": None, "request_id": "..."})
-    churn.stop()                              # writes the inference log's last rows
+    churn.stop()                         # writes the inference log's last rows
+
+`Server` holds the families one process serves and the feature reader they share.
 """
 
 from __future__ import annotations
