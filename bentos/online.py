@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from feast.infra.key_encoding_utils import serialize_entity_key
@@ -26,7 +27,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from bentos.metrics import metrics
+from bentos.metrics import metrics, observe_many
 from bentos.scoring import OnlineFeatures
 from training.settings import Settings
 from training.store import open_store
@@ -87,9 +88,8 @@ class FeastReader:
 
     def _read_stored(self, feature_service: str, plan: list[ViewRead], customer_ids: list[str]) -> OnlineFeatures:
         unique = list(dict.fromkeys(customer_ids))
-        keys = [serialize_entity_key(EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(string_val=c)]),
-                                     entity_key_serialization_version=self.store.config.entity_key_serialization_version)
-                for c in unique]
+        version = self.store.config.entity_key_serialization_version
+        keys = [entity_key(c, version) for c in unique]
         if self.store.config.online_store.type == "redis":
             columns, stamps = self._from_redis(feature_service, plan, keys)
         else:
@@ -116,12 +116,8 @@ class FeastReader:
             self._fields[feature_service] = [_mmh3(f"{read.view.name}:{name}") for read in plan for name in read.features] + [
                 f"_ts:{read.view.name}".encode() for read in plan]
         fields = self._fields[feature_service]
-        client = online_store._get_client(config.online_store)
         project = config.project.encode()
-        with client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key + project, fields)
-            replies = pipe.execute()
+        replies = hmget_each(online_store._get_client(config.online_store), [key + project for key in keys], fields)
         by_field = list(zip(*replies)) if replies else [() for _ in fields]
         columns = {name: decode_column(list(by_field[j])) for j, name in enumerate(names)}
         stamps = {read.view.name: np.array([timestamp_seconds(b) for b in by_field[len(names) + k]], dtype=np.int64)
@@ -155,6 +151,41 @@ class FeastReader:
         """The store answers: one feature of a customer that need not exist."""
         self.store.get_online_features(features=[PROBE_FEATURE], entity_rows=[{JOIN_KEY: "__readiness_probe__"}])
         return True
+
+
+def hmget_each(client, keys: list[bytes], fields: list[bytes]) -> list[list[bytes | None]]:
+    """HMGET of the same fields from every key, in one round trip. On a plain Redis client the
+    commands are packed by hiredis in one write and the replies read back in order: redis-py's
+    pipeline spends about 20 µs of Python per command packing and parsing, a third of a
+    1,000-customer read. A Redis Cluster client gets redis-py's pipeline, which splits by shard."""
+    import hiredis
+    import redis
+
+    if not isinstance(client, redis.Redis):
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, fields)
+            return pipe.execute()
+    if not keys:
+        return []
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command([b"".join(hiredis.pack_command((b"HMGET", key, *fields)) for key in keys)])
+        return [connection.read_response() for _ in keys]
+    except BaseException:
+        connection.disconnect()  # replies may be left unread on it: never hand it out again as is
+        raise
+    finally:
+        pool.release(connection)
+
+
+@lru_cache(maxsize=1 << 17)
+def entity_key(customer_id: str, serialization_version: int) -> bytes:
+    """A customer's key as Feast stores it (its own serialisation), kept for the next read: building
+    it costs about as much as decoding the customer's 48 features."""
+    return serialize_entity_key(EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(string_val=customer_id)]),
+                                entity_key_serialization_version=serialization_version)
 
 
 def decode_column(blobs: list[bytes | None]) -> np.ndarray | list:
@@ -196,7 +227,4 @@ def observe_age(feature_service: str, features: OnlineFeatures) -> None:
     table = np.vstack(stamps)
     table[~(table > 0)] = np.inf  # 0 or None: no value
     oldest = table.min(axis=0)
-    histogram = metrics().feature_age.labels(feature_service)
-    now = time.time()
-    for seconds in oldest[np.isfinite(oldest)]:
-        histogram.observe(now - seconds)
+    observe_many(metrics().feature_age.labels(feature_service), time.time() - oldest[np.isfinite(oldest)])

@@ -81,15 +81,18 @@ def assemble(reader: FeatureReader, info: ModelInfo, features: list[str], reques
     defaulted = np.isnan(matrix)
     allowed = set(features) - (store_only or set())
     column = {name: j for j, name in enumerate(features)}
-    sources, invalid = [], []
+    invalid: list[list[str]] = [[] for _ in requests]
+    from_request: list[list[str]] = [[] for _ in requests]
     for i, request in enumerate(requests):
-        overrides = request.get("features") or {}
-        invalid.append(sorted(set(overrides) - allowed))
-        from_request = [name for name in features if name in overrides and name in allowed]
-        for name in from_request:
-            matrix[i, column[name]] = overrides[name]
-            defaulted[i, column[name]] = False
-        sources.append({"request": from_request, "default": [features[j] for j in np.flatnonzero(defaulted[i])]})
+        if overrides := request.get("features"):
+            invalid[i] = sorted(set(overrides) - allowed)
+            from_request[i] = [name for name in features if name in overrides and name in allowed]
+            for name in from_request[i]:
+                matrix[i, column[name]] = overrides[name]
+                defaulted[i, column[name]] = False
+    some_default = defaulted.any(axis=1)
+    sources = [{"request": from_request[i], "default": [features[j] for j in np.flatnonzero(defaulted[i])] if some_default[i] else []}
+               for i in range(len(requests))]
     return Assembled(matrix, np.asarray(read.found, dtype=bool), invalid, sources)
 
 
