@@ -119,7 +119,7 @@ class FeastReader:
         project = config.project.encode()
         replies = hmget_each(online_store._get_client(config.online_store), [key + project for key in keys], fields)
         by_field = list(zip(*replies)) if replies else [() for _ in fields]
-        columns = {name: decode_column(list(by_field[j])) for j, name in enumerate(names)}
+        columns = dict(zip(names, decode_columns(by_field[:len(names)])))
         stamps = {read.view.name: np.array([timestamp_seconds(b) for b in by_field[len(names) + k]], dtype=np.int64)
                   for k, read in enumerate(plan)}
         return columns, stamps
@@ -145,7 +145,7 @@ class FeastReader:
             if column is not None:
                 column[i] = blob
             stamps[views[view]][i] = seconds or 0
-        return {name: decode_column(column) for name, column in blobs.items()}, stamps
+        return dict(zip(blobs, decode_columns(list(blobs.values())))), stamps
 
     def ping(self) -> bool:
         """The store answers: one feature of a customer that need not exist."""
@@ -186,6 +186,24 @@ def entity_key(customer_id: str, serialization_version: int) -> bytes:
     it costs about as much as decoding the customer's 48 features."""
     return serialize_entity_key(EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(string_val=customer_id)]),
                                 entity_key_serialization_version=serialization_version)
+
+
+def decode_columns(columns: list) -> list[np.ndarray | list]:
+    """`decode_column` of each column, in one numpy call when every value is a Float64: per
+    column, the calls cost more than the values for the few customers of a scoring batch."""
+    present = [b for column in columns for b in column if b is not None]
+    joined = b"".join(present)
+    if not columns or len(joined) != DOUBLE_ROW.itemsize * len(present):
+        return [decode_column(list(column)) for column in columns]
+    decoded = np.frombuffer(joined, dtype=DOUBLE_ROW)
+    if not (decoded["tag"] == DOUBLE_TAG).all():
+        return [decode_column(list(column)) for column in columns]
+    table = np.full((len(columns), len(columns[0])), np.nan)
+    if len(present) == table.size:
+        table.flat[:] = decoded["value"]
+    else:
+        table[np.array([[b is not None for b in column] for column in columns], dtype=bool)] = decoded["value"]
+    return list(table)
 
 
 def decode_column(blobs: list[bytes | None]) -> np.ndarray | list:

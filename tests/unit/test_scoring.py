@@ -117,3 +117,32 @@ def test_a_column_of_stored_values_decodes_at_once_as_the_sdk_converts_it_one_by
                    [Value(double_val=1.0), Value(int64_val=2)], [Value(float_val=1.5)]):
         blobs = [v.SerializeToString() for v in values] + [None]
         assert decode_column(blobs) == [feast_value_type_to_python_type(v) for v in values] + [None]
+
+
+def test_a_model_whose_feature_list_is_not_its_boosters_is_refused(booster):
+    metadata = {"features": list(reversed(FEATURES)), "calibration": {"a": 1.0, "b": 0.0},
+                "risk_cutoffs": {"medium": 0.2, "high": 0.5, "critical": 0.8}}
+    with pytest.raises(ValueError, match="not the model's feature list"):
+        ChurnScorer(booster, metadata, ModelInfo("churn", "3", "champion", "churn_v1"), FakeReader())
+
+
+def test_a_whole_batch_decodes_at_once_as_each_column_does_alone():
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from bentos.online import decode_column, decode_columns
+
+    def blob(x):
+        return None if x is None else Value(double_val=x).SerializeToString()
+
+    full = [[blob(1.0), blob(2.0)], [blob(3.0), blob(float("nan"))]]
+    gaps = [[blob(1.0), None], [None, blob(-4.5)], [None, None], [blob(7.0), None]]
+    crossed = [[None, blob(1.0)], [blob(2.0), None]]  # column by column, the values are not in row order
+    mixed = [[blob(1.0), None], [Value(string_val="GB").SerializeToString(), None]]
+    for columns in (full, gaps, crossed, mixed, [[], []]):
+        together, alone = decode_columns(columns), [decode_column(list(c)) for c in columns]
+        assert len(together) == len(alone)
+        for a, b in zip(together, alone):
+            if isinstance(b, np.ndarray):
+                np.testing.assert_array_equal(a, b)
+            else:
+                assert a == b
