@@ -170,7 +170,7 @@ def test_the_metrics_appear_with_several_workers(settings, served_models, table,
 def test_the_canary_analysis_queries_run_on_a_real_prometheus(prometheus, sqlite_url, table):
     """The AnalysisTemplate's PromQL, run for real: the canary and the stable pods are the same
     server here, so every measurement must come back as a number that passes."""
-    template = named(render("prod"), "AnalysisTemplate", "fintech-serving-canary")
+    template = named(render("prod"), "AnalysisTemplate", "fintech-serving-canary-churn")
     customers = latest_rows(table, 30).index.tolist()
     deadline = time.monotonic() + 90
     results = {}
@@ -180,7 +180,7 @@ def test_the_canary_analysis_queries_run_on_a_real_prometheus(prometheus, sqlite
         time.sleep(3)  # a few scrapes, so that rate() has two samples of the new traffic
         for metric in template["spec"]["metrics"]:
             query = metric["provider"]["prometheus"]["query"].replace("{{args.canary-hash}}", POD_HASH)
-            query = query.replace("{{args.stable-hash}}", POD_HASH)
+            query = query.replace("{{args.stable-hash}}", POD_HASH).replace("{{args.model}}", "churn")
             found = httpx.get(f"{prometheus}/api/v1/query", params={"query": query}).json()["data"]["result"]
             if found and found[0]["value"][1] not in ("NaN", "+Inf"):
                 results[metric["name"]] = (float(found[0]["value"][1]), metric["successCondition"])

@@ -19,6 +19,7 @@ OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSION = "1.32"
 # HPA metric -> the service's counter a custom-metrics adapter turns into it (rate per pod)
 ADAPTER_METRICS = {"fintech_requests_per_second": "fintech_requests_total"}
+FAMILIES = ("churn", "fraud", "segment")
 
 
 def render(overlay: str) -> list[dict]:
@@ -42,6 +43,10 @@ def pod_specs(objects: list[dict], kinds=("Deployment", "StatefulSet", "CronJob"
             template = o["spec"]["jobTemplate"]["spec"]["template"] if o["kind"] == "CronJob" else o["spec"]["template"]
             specs.append(template["spec"])
     return specs
+
+
+def serving_deployments(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("fintech-serving")]
 
 
 def named(objects: list[dict], kind: str, name: str) -> dict:
@@ -80,7 +85,7 @@ def test_every_custom_resource_is_valid_for_its_crd(objects):
 
 
 def test_the_crd_validation_can_fail():
-    rollout = copy.deepcopy(named(render("prod"), "Rollout", "fintech-serving"))
+    rollout = copy.deepcopy(named(render("prod"), "Rollout", "fintech-serving-churn"))
     rollout["spec"]["strategy"]["canary"]["steps"][0]["setWeight"] = "ten"
     checked = validate_custom([rollout])
     assert checked.returncode == 1 and "setWeight must be integer" in checked.stdout
@@ -99,13 +104,15 @@ def test_probes_use_routes_the_service_has_on_the_port_it_listens_on():
     from bentos.service import app
 
     routes = set(app.openapi()["paths"]) | {"/livez", "/readyz", "/metrics"}  # the routes, and BentoML's own
-    [container] = named(render("prod"), "Deployment", "fintech-serving")["spec"]["template"]["spec"]["containers"]
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": BentoMLContainer.http.port.get()}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        action = container[probe]["httpGet"]
-        assert action["path"] in routes and action["port"] == "http", (probe, action)
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    deployments = [named(render("dev"), "Deployment", "fintech-serving")] + serving_deployments(render("prod"))
+    for deployment in deployments:
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"http": BentoMLContainer.http.port.get()}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            action = container[probe]["httpGet"]
+            assert action["path"] in routes and action["port"] == "http", (probe, action)
+        assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
 
 
 def test_every_container_is_sized_pinned_and_hardened(objects):
@@ -133,13 +140,15 @@ def test_no_secret_is_written_in_the_manifests(objects):
 def test_the_autoscaler_scales_on_cpu_and_a_metric_the_service_exports(objects):
     from tests.unit.test_monitoring_config import exported_series
 
-    [hpa] = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
-    kinds = {m["type"] for m in hpa["spec"]["metrics"]}
-    assert kinds == {"Resource", "Pods"}
-    for metric in hpa["spec"]["metrics"]:
-        if metric["type"] == "Pods":
-            assert ADAPTER_METRICS[metric["pods"]["metric"]["name"]] in exported_series()
-    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    autoscalers = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+    assert len(autoscalers) == len(serving_deployments(objects))  # one per serving workload
+    for hpa in autoscalers:
+        kinds = {m["type"] for m in hpa["spec"]["metrics"]}
+        assert kinds == {"Resource", "Pods"}
+        for metric in hpa["spec"]["metrics"]:
+            if metric["type"] == "Pods":
+                assert ADAPTER_METRICS[metric["pods"]["metric"]["name"]] in exported_series()
+        assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
 
 def test_long_running_pods_are_probed(objects):
@@ -182,17 +191,29 @@ def test_prometheus_scrapes_the_service_and_the_canary_is_judged_on_its_metrics(
     from tests.unit.test_monitoring_config import exported_series, named_metrics
 
     objects = render("prod")
-    monitor, service = named(objects, "ServiceMonitor", "fintech-serving"), named(objects, "Service", "fintech-serving")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
-    assert named(objects, "Rollout", "fintech-serving")["spec"]["workloadRef"]["name"] == "fintech-serving"
-    assert named(objects, "HorizontalPodAutoscaler", "fintech-serving")["spec"]["scaleTargetRef"]["kind"] == "Rollout"
-    template = named(objects, "AnalysisTemplate", "fintech-serving-canary")
-    queries = [m["provider"]["prometheus"]["query"] for m in template["spec"]["metrics"]]
-    used = set().union(*map(named_metrics, queries))
-    assert used and used <= exported_series()
-    assert all("rollouts_pod_template_hash" in q for q in queries)
+    monitor = named(objects, "ServiceMonitor", "fintech-serving")
     assert "rollouts-pod-template-hash" in monitor["spec"]["podTargetLabels"]
+    for family in FAMILIES:
+        name = f"fintech-serving-{family}"
+        service = named(objects, "Service", name)
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+        rollout = named(objects, "Rollout", name)
+        assert rollout["spec"]["workloadRef"]["name"] == name
+        pod = named(objects, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert rollout["spec"]["selector"]["matchLabels"].items() <= pod.items()
+        assert named(objects, "HorizontalPodAutoscaler", name)["spec"]["scaleTargetRef"] == {
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": name}
+        analysis = rollout["spec"]["strategy"]["canary"]["analysis"]
+        [template_ref] = analysis["templates"]
+        assert {"name": "model", "value": family} in analysis["args"]
+        template = named(objects, "AnalysisTemplate", template_ref["templateName"])
+        queries = [m["provider"]["prometheus"]["query"] for m in template["spec"]["metrics"]]
+        used = set().union(*map(named_metrics, queries))
+        assert used and used <= exported_series()
+        assert all("rollouts_pod_template_hash" in q for q in queries)
+        # the score comparison needs a probability: churn and fraud have one, segment does not
+        assert any("fintech_score_bucket" in q for q in queries) == (family != "segment")
 
 
 def test_the_dashboard_ships_as_a_configmap_for_grafana():
@@ -200,3 +221,27 @@ def test_the_dashboard_ships_as_a_configmap_for_grafana():
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["fintech-serving.json"]) == json.loads(
         (ROOT / "monitoring" / "grafana" / "fintech-serving.json").read_text())
+
+
+def test_prod_routes_each_scoring_path_to_pods_that_serve_its_family():
+    """Ingress path -> Service -> the pods it selects -> their SERVING_FAMILIES: the family that
+    answers the route (bentos/api.py) must be served there, and only there."""
+    from bentos.api import ROUTES
+    from bentos.config import API_PREFIX
+
+    objects = render("prod")
+    [ingress] = [o for o in objects if o["kind"] == "Ingress"]
+    paths = {p["path"]: p["backend"]["service"]["name"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
+
+    def families_behind(service_name: str) -> set[str]:
+        selector = named(objects, "Service", service_name)["spec"]["selector"]
+        served = set()
+        for deployment in serving_deployments(objects):
+            if selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items():
+                env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+                served |= set(env.get("SERVING_FAMILIES", ",".join(FAMILIES)).split(","))
+        return served
+
+    for route, family in ROUTES:
+        assert families_behind(paths[f"{API_PREFIX}/{route}"]) == {family}, route
+    assert "/" in paths and families_behind(paths["/"])  # the service routes reach a serving pod
