@@ -33,9 +33,10 @@ $(CRD_SCHEMAS): k8s/crd-schemas/package-lock.json
 
 crd-schemas: $(CRD_SCHEMAS) ## The custom resources' schemas (npm) that the k8s/ tests validate against
 
-lock: | $(BIN)/activate ## Re-resolve requirements.lock from pyproject.toml
+lock: | $(BIN)/activate ## Re-resolve requirements.lock (everything) and requirements-runtime.lock (the bento's) from pyproject.toml
 	$(BIN)/pip install --quiet uv
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml -c requirements.lock --python-version 3.11 -o requirements-runtime.lock
 
 data: install ## Generate synthetic customers and transactions under $(DATA_DIR)/raw
 	$(BIN)/python -m training data
@@ -47,7 +48,7 @@ train: install ## Train churn, fraud and segment models into the MLflow registry
 	$(BIN)/python -m training train
 
 import-models: install ## Copy the registry's champion versions into the BentoML model store
-	$(BIN)/python -m bentos.import_models
+	$(BIN)/python -m rollout.import_models
 
 build: import-models ## Build the bento (bentofile.yaml): code, settings and models, served as is
 	$(BIN)/bentoml build --output tag
@@ -83,7 +84,7 @@ bench-serving: install ## Service vs naive design vs no-op, side by side (needs 
 
 MODEL ?= churn
 SHARE ?= 10
-ROLLOUT := $(BIN)/python -m bentos.rollout
+ROLLOUT := $(BIN)/python -m rollout
 canary: install ## Make VERSION (default: latest) of MODEL the challenger for SHARE% of customers; SHADOW=1 for shadow
 	$(ROLLOUT) canary $(MODEL) --share $(SHARE) $(if $(VERSION),--version $(VERSION)) $(if $(SHADOW),--shadow)
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-ROLES = (CHAMPION, CHALLENGER)
+from core.registry import CHALLENGER, CHAMPION
+
 BUCKETS = 10_000
 
 

@@ -1,7 +1,7 @@
 """Serving settings, read from the environment (prefix SERVING_), with documented defaults.
 
 The feature store settings (DATA_DIR, ONLINE_STORE, REDIS_URL) are the pipeline's own
-(training/settings.py), so the service reads the store the pipeline materialized.
+(core/settings.py), so the service reads the store the pipeline materialized.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-FAMILIES = ("churn", "fraud", "segment")
+from core.families import NAMES as FAMILIES
+
 API_PREFIX = "/api/v1/inference"
 
 
@@ -82,28 +83,6 @@ class ServingSettings(BaseSettings):
 
 def get_serving_settings() -> ServingSettings:
     return ServingSettings()
-
-
-class GateSettings(BaseSettings):
-    """The gates `make promote` applies to a challenger, over the canary window (env prefix PROMOTE_)."""
-
-    model_config = SettingsConfigDict(env_prefix="PROMOTE_", extra="ignore")
-
-    service_url: str = Field("http://127.0.0.1:3000", description="The running service whose /metrics hold the evidence.")
-    min_predictions: int = Field(200, ge=1, description="Challenger predictions needed before any verdict.")
-    max_error_rate_increase: float = Field(0.01, ge=0, description=(
-        "Challenger error rate may exceed the champion's by at most this (absolute: 0.01 = 1 point)."))
-    max_p99_ratio: float = Field(1.5, gt=0, description="Challenger p99 scoring latency over the champion's, at most.")
-    max_score_psi: float = Field(0.2, ge=0, description=(
-        "Population stability index between the two versions' score distributions, at most (0.1: small shift, "
-        "0.2: the usual line for a significant one)."))
-    max_quality_drop: float = Field(0.02, ge=0, description=(
-        "On the latest labelled data, the challenger's PR-AUC may fall short of the champion's by at most this."))
-    reports_dir: Path | None = Field(None, description="Where reports are written [default DATA_DIR/reports/promotions].")
-
-
-def get_gate_settings() -> GateSettings:
-    return GateSettings()
 
 
 def service_options(settings: ServingSettings) -> dict:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bentos.batching import Batcher
-from bentos.canary import CHALLENGER, CHAMPION, UnknownVersion
+from bentos.canary import UnknownVersion
 from bentos.config import ServingSettings
 from bentos.loading import LoadedVersion
 from bentos.metrics import metrics, record_batch, record_failure
@@ -27,9 +27,10 @@ from bentos.online import FeastReader
 from bentos.scoring import UNKNOWN_VERSION, ChurnScorer, FraudScorer, ModelInfo, SegmentScorer
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet, Versions
-from monitoring.drift import latest_summary
+from core.registry import CHALLENGER, CHAMPION
+from core.reports import latest_summary
+from core.settings import Settings
 from monitoring.inference_log import InferenceLog
-from training.settings import Settings
 
 log = logging.getLogger(__name__)
 

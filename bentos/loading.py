@@ -53,7 +53,7 @@ def model_metadata(model_dir: Path) -> dict:
 
 
 def from_bento(bento_model, family: str) -> LoadedVersion:
-    """The version packed into the bento (imported by bentos/import_models.py)."""
+    """The version packed into the bento (imported by rollout/import_models.py)."""
     model_dir = Path(bento_model.path_of(MLFLOW_FOLDER))
     meta = bento_model.info.metadata
     return LoadedVersion(family, str(meta["registry_version"]), load_model(family, model_dir), model_metadata(model_dir),
@@ -77,13 +77,14 @@ def read_importance(run_id: str, tracking_uri: str, dst: Path) -> dict[str, floa
 def from_registry(family: str, version: str, tracking_uri: str, cache_dir: Path) -> LoadedVersion:
     """A registry version, downloaded once into cache_dir/<family>/v<version>."""
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.models import Model
+
+    from core.registry import mlflow_client
 
     target = cache_dir / family / f"v{version}"
     model_dir = target / "model"
     if not (model_dir / "MLmodel").exists():
-        source = MlflowClient(tracking_uri, tracking_uri).get_model_version_download_uri(family, version)
+        source = mlflow_client(tracking_uri).get_model_version_download_uri(family, version)
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target) as tmp:
             downloaded = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)

@@ -12,7 +12,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from monitoring.inference_log import SCORE_FIELDS
+from core.families import FAMILIES
+from core.histograms import quantile
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 10_000)
@@ -94,7 +95,7 @@ def record_batch(family: str, version: str, role: str, results: list[dict], seco
         outcome = result.get("error", "ok")
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if outcome == "ok":
-            scores.append(result[SCORE_FIELDS[family][0]])
+            scores.append(result[FAMILIES[family].score_field])
     if family == "segment":
         for segment, count in zip(*np.unique(np.asarray(scores, dtype=int), return_counts=True)):
             m.segments.labels(*labels, str(segment)).inc(int(count))
@@ -127,21 +128,6 @@ def exposition() -> tuple[bytes, str]:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     return generate_latest(_registry()), CONTENT_TYPE_LATEST
-
-
-def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """Quantile from cumulative histogram buckets (upper bound, count), interpolated as Prometheus does."""
-    total = buckets[-1][1] if buckets else 0
-    if not total:
-        return None
-    rank, lower, below = q * total, 0.0, 0.0
-    for upper, count in buckets:
-        if count >= rank:
-            if upper == float("inf"):
-                return lower
-            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
-        lower, below = upper, count
-    return lower
 
 
 def summary() -> dict:

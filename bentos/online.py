@@ -29,8 +29,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bentos.metrics import metrics, observe_many
 from bentos.scoring import OnlineFeatures
-from training.settings import Settings
-from training.store import open_store
+from core.settings import Settings
+from core.store import open_store
 
 PROBE_FEATURE = "customer_activity:days_since_last_txn"
 JOIN_KEY = "customer_id"

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from training.schema import CHANNELS, MERCHANT_CATEGORIES
+from core.schema import CHANNELS, MERCHANT_CATEGORIES
 
 CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -21,9 +21,9 @@ from typing import Protocol
 import numpy as np
 import xgboost as xgb
 
+from core.decisions import calibrate, risk_level
+from core.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
 from monitoring.inference_log import FEATURES_KEY
-from training.decisions import calibrate, risk_level
-from training.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
 
 UNKNOWN_CUSTOMER = "unknown_customer"
 INVALID_FEATURE = "invalid_feature"

@@ -16,7 +16,7 @@ from bentos.api import create_app
 from bentos.config import freeze_heap, get_serving_settings, service_options
 from bentos.family import Server
 from bentos.loading import from_bento
-from training.settings import get_settings
+from core.settings import get_settings
 
 SERVING = get_serving_settings()  # BentoML reads its options when the class is declared
 server = Server(SERVING)

@@ -19,17 +19,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bentos.metrics import metrics, record_batch, record_failure
-from monitoring.inference_log import SCORE_FIELDS
+from core.families import FAMILIES
+from core.registry import SHADOW
 
 log = logging.getLogger(__name__)
-SHADOW = "shadow"
 
 
 def headline(family: str, result: dict):
     """The one number (or segment) two versions are compared on."""
     if "error" in result:
         return None
-    return result[SCORE_FIELDS[family][0]]
+    return result[FAMILIES[family].score_field]
 
 
 class ShadowRunner:

@@ -17,49 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bentos.canary import CHALLENGER, CHAMPION, choose_role, resolve_pin
+from bentos.canary import choose_role, resolve_pin
 from bentos.loading import LoadedVersion, from_registry
 from bentos.scoring import ModelInfo
+from core.registry import CHALLENGER, CHAMPION, Plan, RegistryUnavailable, read_plan
 
 log = logging.getLogger(__name__)
-SHARE_TAG = "serving.challenger_share"
-SHADOW_TAG = "serving.shadow"
-PREVIOUS_TAG = "serving.previous_champion"
-
-
-class RegistryUnavailable(RuntimeError):
-    """The registry could not be read; the service keeps what it serves."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the registry asks a family to serve."""
-
-    champion: str
-    challenger: str | None = None
-    share: float = 0.0  # percent of customers for the challenger
-    shadow: bool = False
-
-
-def read_plan(family: str, tracking_uri: str, default_share: float = 0.0, default_shadow: bool = False) -> Plan:
-    from mlflow import MlflowClient
-
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
-        raise RegistryUnavailable(f"no registry database at {tracking_uri}")
-    try:
-        model = MlflowClient(tracking_uri, tracking_uri).get_registered_model(family)
-    except Exception as e:
-        raise RegistryUnavailable(f"cannot read {family!r} from the registry at {tracking_uri}: {e}") from e
-    aliases = {alias: str(version) for alias, version in model.aliases.items()}
-    if CHAMPION not in aliases:
-        raise RegistryUnavailable(f"registered model {family!r} has no {CHAMPION!r} alias")
-    tags = model.tags or {}
-    share = float(tags.get(SHARE_TAG, default_share))
-    shadow = tags.get(SHADOW_TAG, str(default_shadow)).lower() in ("1", "true", "yes")
-    challenger = aliases.get(CHALLENGER)
-    if challenger == aliases[CHAMPION]:
-        challenger = None
-    return Plan(aliases[CHAMPION], challenger, share if challenger else 0.0, shadow and challenger is not None)
 
 
 @dataclass(frozen=True)

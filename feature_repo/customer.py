@@ -1,10 +1,10 @@
 """Customer feature views, grouped by what is read together."""
 
+from common import FEATURE_TTL, OWNER, customer, customer_activity_push, customer_features_source
 from feast import FeatureView, Field
 from feast.types import Float64, String
 
-from common import FEATURE_TTL, OWNER, customer, customer_activity_push, customer_features_source
-from training.features import ACTIVITY_FEATURES, RISK_FEATURES, SPEND_MIX_FEATURES
+from core.feature_sets import ACTIVITY_FEATURES, RISK_FEATURES, SPEND_MIX_FEATURES
 
 
 def _floats(names: list[str]) -> list[Field]:

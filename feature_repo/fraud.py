@@ -1,13 +1,13 @@
 """Request-time features of a transaction, computed by Feast from the request and the customer's
-risk profile with the same code for training and serving (training/realtime.py)."""
+risk profile with the same code for training and serving (core/realtime.py)."""
 
+from common import OWNER
+from customer import customer_risk_profile
 from feast import Field, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 
-from common import OWNER
-from customer import customer_risk_profile
-from training.realtime import OUTPUT_FEATURES
+from core.realtime import OUTPUT_FEATURES
 
 transaction_request = RequestSource(
     name="transaction_request",
@@ -37,6 +37,6 @@ _INTEGER_OUTPUTS = {"is_night", "is_foreign", "is_new_country", "is_new_device",
 )
 def transaction_context(inputs: dict) -> dict:
     # Feast rebuilds this function from its source text, without this module's imports.
-    from training.realtime import transaction_features
+    from core.realtime import transaction_features
 
     return transaction_features(inputs)

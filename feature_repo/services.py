@@ -1,11 +1,11 @@
 """One FeatureService per model version: the exact features that version was trained on."""
 
-from feast import FeatureService
-
 from common import OWNER
 from customer import customer_activity, customer_risk_profile, customer_spend_mix
+from feast import FeatureService
 from fraud import transaction_context
-from training.feature_sets import CHURN_FEATURES, FRAUD_CUSTOMER_FEATURES, SEGMENT_FEATURES
+
+from core.feature_sets import CHURN_FEATURES, FRAUD_CUSTOMER_FEATURES, SEGMENT_FEATURES
 
 
 def _select(view, wanted: list[str]):

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import typer
 
+from core.feature_sets import CHURN_FEATURES
+from core.settings import get_settings
 from monitoring.drift import SCORE, run_report
-from training.feature_sets import CHURN_FEATURES
-from training.settings import get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_S = 20.0

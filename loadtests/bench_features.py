@@ -19,9 +19,9 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from core.settings import get_settings
 from training import contract, features, store
 from training.pipeline import build_features, make_data, train_all
-from training.settings import get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FEATURE_TARGET_S = 60.0

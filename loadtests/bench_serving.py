@@ -34,8 +34,8 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from core.settings import get_settings
 from loadtests.servers import ROOT, ServerDidNotStart, free_port, start, stop
-from training.settings import get_settings
 
 RESULTS = ROOT / "loadtests" / "results"
 ROUTE = "/api/v1/inference/churn-score"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from locust import HttpUser, between, events, task
 
-from training.schema import CHANNELS, MERCHANT_CATEGORIES
+from core.schema import CHANNELS, MERCHANT_CATEGORIES
 
 UNKNOWN_SHARE = 0.02
 CUSTOMERS: list[str] = []

@@ -19,11 +19,11 @@ from typing import Annotated
 
 import typer
 
-from training.settings import get_settings
+from core.families import NAMES as FAMILIES
+from core.settings import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Monitoring: drift reports.")
 log = logging.getLogger(__name__)
-FAMILIES = ("churn", "fraud", "segment")
 
 
 @app.callback()
@@ -83,7 +83,7 @@ def drift_report(
     no_workspace: Annotated[bool, typer.Option("--no-workspace", help="Do not add the report to the workspace.")] = False,
 ) -> None:
     """Compare a window of served data with the model's training data; write HTML and JSON."""
-    from bentos.versions import RegistryUnavailable, read_plan
+    from core.registry import RegistryUnavailable, read_plan
     from monitoring.drift import attach_labels, load_reference, read_log, run_report
 
     settings = get_settings()

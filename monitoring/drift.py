@@ -14,7 +14,6 @@ score (prediction drift), and, when labels for the window are given, classificat
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,26 +32,13 @@ class DriftInputError(ValueError):
     """The reference or the window cannot be compared (missing columns, no rows)."""
 
 
-def latest_summary(reports_dir: Path, family: str) -> dict | None:
-    """The summary of the newest drift report of a family (folders are named <family>-<UTC time>)."""
-    folders = sorted(reports_dir.glob(f"{family}-*/summary.json"))
-    if not folders:
-        return None
-    try:
-        return json.loads(folders[-1].read_text())
-    except (OSError, ValueError) as e:
-        log.warning("cannot read %s: %s", folders[-1], e)
-        return None
-
-
 def load_reference(family: str, version: str, tracking_uri: str, cache_dir: Path) -> pd.DataFrame:
     """The training sample stored with a registry version."""
     import mlflow
-    from mlflow import MlflowClient
 
-    from training.registry import REFERENCE_ARTIFACT
+    from core.registry import REFERENCE_ARTIFACT, mlflow_client
 
-    run_id = MlflowClient(tracking_uri, tracking_uri).get_model_version(family, version).run_id
+    run_id = mlflow_client(tracking_uri).get_model_version(family, version).run_id
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT,
                                                    dst_path=str(cache_dir / family / f"v{version}"), tracking_uri=tracking_uri)

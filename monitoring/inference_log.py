@@ -27,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.families import FAMILIES
+
 log = logging.getLogger(__name__)
 FEATURES_KEY = "_features"  # where a scorer puts a row's feature vector when asked to keep it
-# Each family's score and decision fields in a result (a segment id is its "score").
-SCORE_FIELDS = {"churn": ("churn_probability", "risk_level"), "fraud": ("fraud_probability", "is_fraud"),
-                "segment": ("segment_id", "segment_name")}
 
 
 @dataclass
@@ -73,7 +72,7 @@ class InferenceLog:
         rows = [(request, result) for request, result in zip(requests, results) if FEATURES_KEY in result]
         if not rows:
             return
-        score_key, decision_key = SCORE_FIELDS[self.family]
+        score_key, decision_key = FAMILIES[self.family].score_field, FAMILIES[self.family].decision_field
         batch = _Batch(
             datetime.now(UTC), version, role, tuple(features),
             [request.get("request_id") or "" for request, _ in rows], [result["customer_id"] for _, result in rows],

@@ -17,8 +17,8 @@ from typing import Annotated
 
 import typer
 
+from core.settings import get_settings
 from training.contract import ContractError
-from training.settings import get_settings
 from training.store import FeatureStoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline pipeline: data, features, models.")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.schema import CHANNELS, MERCHANT_CATEGORIES, TRANSACTION_COLUMNS
+from core.schema import CHANNELS, MERCHANT_CATEGORIES, TRANSACTION_COLUMNS
 
 # A text column in which fewer than this share of values parse is of the wrong type, not dirty.
 MIN_PARSEABLE_SHARE = 0.5

@@ -19,30 +19,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from training.realtime import LIST_SEPARATOR
-from training.schema import CHANNELS, MERCHANT_CATEGORIES
+from core.feature_sets import ACTIVITY_FEATURES, RISK_FEATURES, SPEND_MIX_FEATURES, WINDOWS
+from core.realtime import LIST_SEPARATOR
+from core.schema import CHANNELS, MERCHANT_CATEGORIES
 
 DAY = 86_400  # seconds
-WINDOWS = (7, 30, 90, 180)
-
-ACTIVITY_FEATURES = [
-    "days_since_last_txn", "days_since_first_txn",
-    *[f"txn_count_{w}d" for w in WINDOWS], *[f"spend_{w}d" for w in WINDOWS],
-    "avg_amount_30d", "avg_amount_90d", "active_days_30d", "active_days_90d", "active_weeks_12w",
-    "spend_trend_30_90", "count_trend_30_90", "spend_trend_90_180", "count_trend_90_180",
-    "spend_slope_12w", "count_slope_12w",
-    "gap_mean_90d", "gap_std_90d", "gap_max_90d", "gap_mean_180d", "recency_vs_gap",
-]
-SPEND_MIX_FEATURES = [
-    *[f"share_{c}_90d" for c in MERCHANT_CATEGORIES], *[f"share_{c}_90d" for c in CHANNELS],
-    "distinct_categories_90d", "distinct_merchants_90d", "weekend_share_90d",
-]
-RISK_FEATURES = [
-    "median_amount_90d", "std_amount_90d", "max_amount_90d", "p95_amount_90d",
-    "avg_log_amount_365d", "std_log_amount_365d",
-    "hour_mean_90d", "hour_std_90d", "night_share_90d",
-    "distinct_countries_365d", "foreign_share_90d", "distinct_devices_365d",
-]
 NUMERIC_FEATURES = ACTIVITY_FEATURES + SPEND_MIX_FEATURES + RISK_FEATURES
 # Non-numeric features the request-time fraud features compare against; the *_seen ones are
 # sets of names joined by LIST_SEPARATOR.

@@ -1,6 +1,6 @@
 """Synthetic customers and card transactions that behave like a retail bank's.
 
-The data follows the contract in :mod:`training.schema`. Customers are generated in fixed-size
+The data follows the contract in :mod:`core.schema`. Customers are generated in fixed-size
 chunks, each from its own seed, so the output depends only on the seed and the size, and a
 million customers can be written without holding them in memory.
 
@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from training.schema import CHANNELS, MERCHANT_CATEGORIES
+from core.schema import CHANNELS, MERCHANT_CATEGORIES
 
 CHUNK_CUSTOMERS = 20_000  # fixed: the output for a seed must not depend on memory settings
 

@@ -22,8 +22,8 @@ from sklearn.metrics import average_precision_score, brier_score_loss, precision
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from training.decisions import RISK_LEVELS, calibrate, logit, risk_level
-from training.feature_sets import CHURN_FEATURES, FRAUD_FEATURES, SEGMENT_FEATURES
+from core.decisions import RISK_LEVELS, calibrate, logit, risk_level
+from core.feature_sets import CHURN_FEATURES, FRAUD_FEATURES, SEGMENT_FEATURES
 
 # Share of the validation population above each cut-off: critical = top 5%, high = next 10%, ...
 RISK_SHARES = {"medium": 0.35, "high": 0.15, "critical": 0.05}

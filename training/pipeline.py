@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.feature_sets import FEATURE_SERVICES
+from core.settings import Settings
 from training import contract, features, generate, models, registry, store
-from training.feature_sets import FEATURE_SERVICES
-from training.settings import Settings
 
 log = logging.getLogger(__name__)
 

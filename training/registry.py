@@ -15,16 +15,14 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from training.decisions import calibrate
+from core.decisions import calibrate
+from core.registry import CHAMPION, REFERENCE_ARTIFACT, mlflow_client
 from training.models import TrainedModel
 
 log = logging.getLogger(__name__)
-CHAMPION = "champion"
 EXPERIMENT = "fintech-models"
-REFERENCE_ARTIFACT = "reference.parquet"  # what drift reports compare the served data with
 REFERENCE_ROWS = 10_000
 
 
@@ -89,7 +87,7 @@ def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, featur
             reference_sample(trained, training_frame).to_parquet(Path(tmp) / REFERENCE_ARTIFACT, index=False)
             mlflow.log_artifacts(tmp)
 
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     version = str(info.registered_model_version)
     if CHAMPION not in client.get_registered_model(trained.name).aliases:
         client.set_registered_model_alias(trained.name, CHAMPION, version)

@@ -1,7 +1,7 @@
 """The Feast feature store as the pipeline uses it: apply, materialize, point-in-time retrieval.
 
-feature_store.yaml and the definitions under feature_repo/ read $DATA_DIR (and $REDIS_URL), so
-:func:`store_environment` is what ties a store to a data folder.
+Opening a store is common/store.py (serving opens it too); `feast apply` runs with the data
+folder's values in its environment, as a user would run it.
 """
 
 from __future__ import annotations
@@ -14,22 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.settings import Settings
+from core.settings import Settings
+from core.store import open_store, store_environment, yaml_path
+
+__all__ = ["FeatureStoreError", "apply", "historical_features", "materialize", "online_features", "open_store"]
 
 log = logging.getLogger(__name__)
 
 
 class FeatureStoreError(RuntimeError):
     """Feast refused the feature repository or a store operation failed."""
-
-
-def store_environment(settings: Settings) -> dict[str, str]:
-    return {"DATA_DIR": str(settings.data_dir.resolve()), "REDIS_URL": settings.redis_url}
-
-
-def yaml_path(settings: Settings) -> Path:
-    name = "feature_store.yaml" if settings.online_store == "sqlite" else f"feature_store.{settings.online_store}.yaml"
-    return settings.feature_repo / name
 
 
 def apply(settings: Settings) -> None:
@@ -46,14 +40,6 @@ def apply(settings: Settings) -> None:
     if done.returncode != 0:
         raise FeatureStoreError(f"feast apply failed:\n{done.stderr.strip()[-2000:]}")
     log.info("feast apply: %s", " / ".join(line for line in done.stdout.splitlines() if line.startswith("Created")) or "no changes")
-
-
-def open_store(settings: Settings):
-    """A FeatureStore on this data folder and the chosen online store."""
-    from feast import FeatureStore
-
-    os.environ.update(store_environment(settings))  # read by feature_store.yaml
-    return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=yaml_path(settings))
 
 
 def materialize(store, features: pd.DataFrame) -> None:

@@ -15,9 +15,9 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from bentos.loading import from_bento
-from training.decisions import calibrate
-from training.settings import get_settings
-from training.store import open_store
+from core.decisions import calibrate
+from core.settings import get_settings
+from core.store import open_store
 
 app = FastAPI(title="naive churn baseline")
 _model = bentoml.models.get(os.environ.get("CHURN_MODEL_TAG", "churn:latest"))

@@ -13,9 +13,9 @@ import httpx
 import pandas as pd
 import pytest
 
+from core.settings import get_settings
 from loadtests.servers import ServerDidNotStart, free_port, start
 from training.pipeline import build_features, make_data, train_all
-from training.settings import get_settings
 
 PUSHED_CUSTOMER_SEED = 99  # the push test writes to this customer: the others read untouched values
 
@@ -50,7 +50,7 @@ def table(built, settings):
 @pytest.fixture(scope="session")
 def served_models(built, settings):
     """The champion versions in the BentoML store (BENTOML_HOME is per test session)."""
-    from bentos.import_models import FAMILIES, import_family
+    from rollout.import_models import FAMILIES, import_family
 
     return {name: import_family(name, "champion", settings.tracking_uri) for name in FAMILIES}
 

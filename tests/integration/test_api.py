@@ -5,8 +5,8 @@ import os
 
 import pytest
 
+from core.feature_sets import CHURN_FEATURES
 from tests.integration.conftest import latest_rows
-from training.feature_sets import CHURN_FEATURES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 API = "/api/v1/inference"

@@ -10,11 +10,11 @@ import httpx
 import pandas as pd
 import pytest
 
+from core.feature_sets import CHURN_FEATURES
 from loadtests.servers import stop
 from monitoring.drift import read_log, run_report
 from tests.integration.conftest import start_server
 from training import store
-from training.feature_sets import CHURN_FEATURES
 from training.features import compute_features
 from training.generate import DRIFT_FEATURES_MOVED, Period, add_months, generate_chunk
 

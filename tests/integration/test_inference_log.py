@@ -5,8 +5,8 @@ import signal
 import pandas as pd
 import pytest
 
+from core.feature_sets import CHURN_FEATURES
 from tests.integration.conftest import LoadClient, latest_rows, start_server, wait_for
-from training.feature_sets import CHURN_FEATURES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bentos.online import TS_SUFFIX, FeastReader
+from core.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
 from training import store
-from training.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
 
 STORED_SERVICES = ("churn_v1", "segment_v1")
 

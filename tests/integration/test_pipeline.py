@@ -11,10 +11,10 @@ import pytest
 import xgboost as xgb
 from mlflow import MlflowClient
 
+from core.feature_sets import CHURN_FEATURES, SEGMENT_FEATURES
+from core.realtime import OUTPUT_FEATURES, transaction_features
 from training import store
-from training.feature_sets import CHURN_FEATURES, SEGMENT_FEATURES
 from training.pipeline import train_all
-from training.realtime import OUTPUT_FEATURES, transaction_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

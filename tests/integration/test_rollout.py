@@ -9,12 +9,11 @@ import mlflow
 import numpy as np
 import pytest
 
-from bentos.canary import CHALLENGER, CHAMPION
-from bentos.config import GateSettings
-from bentos.promotion import read_evidence
-from bentos.rollout import PROMOTIONS_EXPERIMENT, ask_service_to_reload, fetch_metrics, promote, rollback, start_canary
-from bentos.versions import read_plan
+from core.registry import CHALLENGER, CHAMPION, read_plan
 from loadtests.servers import stop
+from rollout.cli import PROMOTIONS_EXPERIMENT, ask_service_to_reload, fetch_metrics, promote, rollback, start_canary
+from rollout.promotion import read_evidence
+from rollout.settings import GateSettings
 from tests.integration.conftest import LoadClient, latest_rows, start_server, wait_for
 from training import models, pipeline, registry, store
 

@@ -4,10 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.feature_sets import FRAUD_CUSTOMER_FEATURES, SEGMENT_FEATURES
+from bentos.scoring import ChurnScorer, ModelInfo, OnlineFeatures
+from core.feature_sets import CHURN_FEATURES, FRAUD_CUSTOMER_FEATURES, SEGMENT_FEATURES
+from core.realtime import REQUEST_FIELDS, transaction_features
 from training.features import PROFILE_FEATURES, churn_labels, compute_features, snapshot_dates
 from training.models import churn_probability, out_of_time_split, train_churn, train_fraud, train_segment
-from training.realtime import REQUEST_FIELDS, transaction_features
 
 pytestmark = pytest.mark.slow
 
@@ -66,13 +67,36 @@ def test_more_days_since_the_last_transaction_never_lowers_churn_risk(churn, chu
     assert (after > before).mean() > 0.5  # and it does move the risk
 
 
-def test_the_customer_id_alone_does_not_change_a_churn_score(churn, churn_frame):
-    rows = churn_frame.head(500)
-    renamed = rows.assign(customer_id=[f"Z{i}" for i in range(len(rows))])
-    np.testing.assert_array_equal(
-        churn_probability(churn.model, churn.metadata["calibration"], rows),
-        churn_probability(churn.model, churn.metadata["calibration"], renamed),
-    )
+class TableReader:
+    """Serves each customer id's row of a frame, as the online store would."""
+
+    def __init__(self, frame: pd.DataFrame, ids: list[str]):
+        self.values = dict(zip(ids, frame[CHURN_FEATURES].to_numpy(dtype=float)))
+
+    def read(self, feature_service, rows):
+        table = np.array([self.values[row["customer_id"]] for row in rows]).reshape(len(rows), len(CHURN_FEATURES))
+        return OnlineFeatures({name: table[:, j] for j, name in enumerate(CHURN_FEATURES)}, np.ones(len(rows), dtype=bool))
+
+
+def test_a_served_score_depends_on_the_customers_features_only_not_its_id_or_its_batch(churn, churn_frame):
+    """Through the service's scorer: the same features under another id, or scored alone instead of
+    in a shuffled batch of 300, give the same probability and the same reasons."""
+    rows = churn_frame.head(300).reset_index(drop=True)
+    ids, other_ids = [f"C{i}" for i in range(len(rows))], [f"Z{i}" for i in range(len(rows))]
+    metadata = {**churn.metadata, "features": CHURN_FEATURES}
+    info = ModelInfo("churn", "1", "champion", "churn_v1")
+    scorer = ChurnScorer(churn.model.get_booster(), metadata, info, TableReader(rows, ids))
+    renamed = ChurnScorer(churn.model.get_booster(), metadata, info, TableReader(rows, other_ids))
+
+    order = np.random.default_rng(0).permutation(len(rows))
+    batch = {r["customer_id"]: r for r in scorer.score([{"customer_id": ids[i]} for i in order])}
+    under_other_ids = renamed.score([{"customer_id": c} for c in other_ids])
+    for i in range(0, len(rows), 10):
+        [alone] = scorer.score([{"customer_id": ids[i]}])
+        for other in (batch[ids[i]], under_other_ids[i]):
+            assert other["churn_probability"] == alone["churn_probability"], i
+            assert other["reasons"] == alone["reasons"], i
+    assert len({r["churn_probability"] for r in batch.values()}) > 100  # the rows do differ
 
 
 def test_shuffled_labels_give_a_chance_level_auc(churn_frame):

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bentos.canary import UnknownVersion, choose_role, resolve_pin
 from bentos.family import score_routed
-from bentos.canary import CHALLENGER, CHAMPION, UnknownVersion, choose_role, resolve_pin
 from bentos.scoring import UNKNOWN_VERSION, ModelInfo
 from bentos.shadow import ShadowRunner
-from bentos.versions import LiveSet, Plan
+from bentos.versions import LiveSet
+from core.registry import CHALLENGER, CHAMPION, Plan
 from monitoring.inference_log import FEATURES_KEY, InferenceLog
 
 CUSTOMERS = [f"C{i:06d}" for i in range(10_000)]

@@ -3,9 +3,9 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from core.schema import CUSTOMER_COLUMNS, TRANSACTION_COLUMNS
 from training.contract import validate
 from training.generate import CHUNK_CUSTOMERS, Period, generate, generate_chunk
-from training.schema import CUSTOMER_COLUMNS, TRANSACTION_COLUMNS
 
 
 def test_generated_data_honours_the_contract(small_raw):

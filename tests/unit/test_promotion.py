@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from bentos.canary import CHALLENGER, CHAMPION
-from bentos.config import GateSettings
 from bentos.metrics import record_batch, record_failure
-from bentos.promotion import decide, judge, psi, read_evidence
+from core.registry import CHALLENGER, CHAMPION
+from rollout.promotion import decide, judge, psi, read_evidence
+from rollout.settings import GateSettings
 
 GATES = GateSettings(min_predictions=200)
 QUALITY_OK = {"metric": "pr_auc", "champion": 0.57, "challenger": 0.58}

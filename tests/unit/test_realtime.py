@@ -1,4 +1,4 @@
-from training.realtime import OUTPUT_FEATURES, transaction_features
+from core.realtime import OUTPUT_FEATURES, transaction_features
 
 PROFILE = {
     "avg_log_amount_365d": [3.7], "std_log_amount_365d": [0.5], "median_amount_90d": [40.0],

@@ -1,9 +1,9 @@
-"""Roll a new model version out: canary, promote on evidence, roll back. `python -m bentos.rollout --help`
+"""Roll a new model version out: canary, promote on evidence, roll back. `python -m rollout --help`
 
-    python -m bentos.rollout canary churn --version 2 --share 10 [--shadow]
-    python -m bentos.rollout status churn
-    python -m bentos.rollout promote churn      # exit 1 when a gate fails
-    python -m bentos.rollout rollback churn
+    python -m rollout canary churn --version 2 --share 10 [--shadow]
+    python -m rollout status churn
+    python -m rollout promote churn      # exit 1 when a gate fails
+    python -m rollout rollback churn
 
 Every change is made in the MLflow registry (aliases and the registered model's serving.* tags),
 then the running service is asked to follow it (POST /admin/reload); a service that is not
@@ -20,15 +20,23 @@ from typing import Annotated
 
 import typer
 
-from bentos.canary import CHALLENGER, CHAMPION
-from bentos.config import GateSettings, get_gate_settings
-from bentos.versions import PREVIOUS_TAG, SHADOW_TAG, SHARE_TAG, RegistryUnavailable, read_plan
+from core.families import NAMES as FAMILIES
+from core.registry import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS_TAG,
+    SHADOW_TAG,
+    SHARE_TAG,
+    RegistryUnavailable,
+    mlflow_client,
+    read_plan,
+)
+from core.settings import Settings, get_settings
+from rollout.settings import GateSettings, get_gate_settings
 from training.registry import use_experiment
-from training.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Canary rollouts of model versions.")
-FAMILIES = ("churn", "fraud", "segment")
 PROMOTIONS_EXPERIMENT = "fintech-promotions"
 
 Family = Annotated[str, typer.Argument(help="Model family: churn, fraud or segment.")]
@@ -40,9 +48,7 @@ class RolloutError(RuntimeError):
 
 
 def _client(settings: Settings):
-    from mlflow import MlflowClient
-
-    return MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    return mlflow_client(settings.tracking_uri)
 
 
 def _check(family: str) -> None:
@@ -94,8 +100,8 @@ def _end_canary(client, family: str) -> None:
 def evaluate(settings: Settings, gates: GateSettings, family: str, metrics_text: str) -> dict:
     """The figures, the gates and the decision for the current canary (no registry change)."""
     from bentos.loading import from_registry
-    from bentos.promotion import decide, judge, read_evidence
-    from training.evaluation import compare, labelled_window
+    from rollout.evaluation import compare, labelled_window
+    from rollout.promotion import decide, judge, read_evidence
 
     _check(family)
     plan = read_plan(family, settings.tracking_uri)

@@ -4,7 +4,7 @@ Evidence comes from what the running service exports on /metrics (the same serie
 analysis would query), per model version and role: predictions and failures, the scoring
 latency histogram, and the score histogram (segment counts for the segment model). The shadow
 role's series count as the challenger's. Quality comes from the latest labelled data
-(training/evaluation.py), where a family has labels.
+(rollout/evaluation.py), where a family has labels.
 
     evidence = read_evidence(metrics_text, "churn", champion="1", challenger="2")
     gates = judge(evidence, quality, GateSettings())
@@ -15,10 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from bentos.canary import CHALLENGER, CHAMPION
-from bentos.config import GateSettings
-from bentos.metrics import quantile
-from bentos.shadow import SHADOW
+from core.histograms import quantile
+from core.registry import CHALLENGER, CHAMPION, SHADOW
+from rollout.settings import GateSettings
 
 ROLES_OF = {CHAMPION: (CHAMPION,), CHALLENGER: (CHALLENGER, SHADOW)}
 EPSILON = 1e-4  # share given to an empty bin, so PSI stays finite

@@ -1,5 +1,5 @@
 """Copy the registry's `champion` versions into the BentoML model store, so a running server
-never needs the MLflow server: `python -m bentos.import_models [--alias champion]`.
+never needs the MLflow server: `python -m rollout.import_models [--alias champion]`.
 
 A version already in the store (same name and registry version) is not copied again.
 """
@@ -14,10 +14,11 @@ from typing import Annotated
 
 import typer
 
-from training.settings import get_settings
+from core.families import NAMES as FAMILIES
+from core.registry import mlflow_client
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
-FAMILIES = ("churn", "fraud", "segment")
 
 
 def bento_tag(name: str, version: str) -> str:
@@ -27,9 +28,8 @@ def bento_tag(name: str, version: str) -> str:
 def import_family(name: str, alias: str, tracking_uri: str):
     import bentoml
     import mlflow
-    from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     version = str(client.get_model_version_by_alias(name, alias).version)
     tag = bento_tag(name, version)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from training.schema import CHANNELS, MERCHANT_CATEGORIES
+from core.schema import CHANNELS, MERCHANT_CATEGORIES
 
 LIST_SEPARATOR = "|"  # joins the *_seen sets in the feature table (training/features.py)
 

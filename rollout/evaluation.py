@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-from training.settings import Settings
+from core.families import FAMILIES
+from core.settings import Settings
 
-LABELS = {"churn": "churned", "fraud": "is_fraud"}
 FRAUD_SAMPLE = 50_000
 
 
@@ -52,11 +52,11 @@ def labelled_window(family: str, settings: Settings) -> LabelledWindow | None:
 def pr_auc(booster, features: list[str], window: LabelledWindow) -> float:
     """PR-AUC ranks by score, so the raw booster output serves (calibration is monotone)."""
     scores = booster.inplace_predict(window.frame[features].to_numpy(dtype=np.float64))
-    return float(average_precision_score(window.frame[LABELS[window.family]], scores))
+    return float(average_precision_score(window.frame[FAMILIES[window.family].label], scores))
 
 
 def compare(window: LabelledWindow, versions: dict) -> dict:
     """versions: role -> a loaded version (bentos.loading.LoadedVersion)."""
     figures = {role: pr_auc(v.model, v.metadata["features"], window) for role, v in versions.items()}
     return {"metric": "pr_auc", **figures, "rows": len(window.frame),
-            "positives": int(window.frame[LABELS[window.family]].sum()), "window": window.description}
+            "positives": int(window.frame[FAMILIES[window.family].label].sum()), "window": window.description}

@@ -1,0 +1,41 @@
+"""The Feast feature store of a data folder, opened with its paths given, not read from the process
+environment: feature_store.yaml (or feature_store.redis.yaml) names $DATA_DIR and $REDIS_URL, and
+`store_config` fills them in from the settings.
+
+    store = open_store(settings)        # the store the pipeline materialized under settings.data_dir
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from string import Template
+
+from core.settings import Settings
+
+
+def store_environment(settings: Settings) -> dict[str, str]:
+    """The values feature_store.yaml and the definitions in feature_repo/ read."""
+    return {"DATA_DIR": str(settings.data_dir.resolve()), "REDIS_URL": settings.redis_url}
+
+
+def yaml_path(settings: Settings) -> Path:
+    name = "feature_store.yaml" if settings.online_store == "sqlite" else f"feature_store.{settings.online_store}.yaml"
+    return settings.feature_repo / name
+
+
+def store_config(settings: Settings):
+    """feature_store.yaml with this data folder's values in place of its variables, as a RepoConfig."""
+    import yaml
+    from feast.repo_config import RepoConfig
+
+    text = Template(yaml_path(settings).read_text()).substitute(store_environment(settings))
+    config = RepoConfig(**yaml.safe_load(text))
+    config.repo_path = settings.feature_repo
+    return config
+
+
+def open_store(settings: Settings):
+    """A FeatureStore on this data folder and the chosen online store."""
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(settings.feature_repo), config=store_config(settings))
