@@ -1,0 +1,95 @@
+"""The data contract of a transactions file: a file that cannot be read as the contract says stops
+the run with a message naming the column; a row that breaks it is kept, as read, with its reason."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from core.schema import TRANSACTION_COLUMNS
+from tests.conftest import make_tx
+from training.contract import ContractError, load_transactions, validate, write_rejects
+
+GOOD = ("A", "2026-03-02 12:00", 50.0, "dining", "online", "GB", "dA")
+
+
+def good_rows(n: int = 3) -> pd.DataFrame:
+    return make_tx([GOOD] * n)
+
+
+def test_a_file_that_follows_the_contract_is_accepted_whole():
+    result = validate(good_rows())
+    assert len(result.accepted) == 3 and result.rejected.empty and result.reason_counts == {}
+    assert list(result.accepted.columns) == list(TRANSACTION_COLUMNS)
+
+
+@pytest.mark.parametrize("column", ["channel", "amount", "timestamp"])
+def test_a_missing_column_is_named(column):
+    with pytest.raises(ContractError, match=f"missing column\\(s\\): {column}"):
+        validate(good_rows().drop(columns=[column]))
+
+
+@pytest.mark.parametrize(("column", "values", "expected"), [
+    ("amount", ["twelve", "ten", "five"], "expected a number"),
+    ("timestamp", ["soon", "later", "never"], "expected a timestamp"),
+    ("timestamp", [1, 2, 3], "expected a timestamp"),
+])
+def test_a_column_of_the_wrong_type_is_named(column, values, expected):
+    frame = good_rows().astype({column: object})
+    frame[column] = values
+    with pytest.raises(ContractError, match=f"column '{column}': {expected}"):
+        validate(frame)
+
+
+REASONS = {  # a bad row for each reason: (column, value), applied to an otherwise good row
+    "amount is negative or zero": ("amount", -5.0),
+    "amount is not finite": ("amount", float("inf")),
+    "amount is missing": ("amount", None),
+    "timestamp is before 1990": ("timestamp", pd.Timestamp("1980-01-01", tz="UTC")),
+    "merchant_category is not in the contract": ("merchant_category", "casino"),
+    "channel is not in the contract": ("channel", "pigeon"),
+    "is_fraud is not 0 or 1": ("is_fraud", 3),
+    "customer_id is missing": ("customer_id", None),
+}
+
+
+def test_every_bad_row_is_kept_with_its_reason_and_counted():
+    frame = good_rows(len(REASONS) + 2).astype({"amount": float, "is_fraud": "int64", "customer_id": object})
+    for i, (column, value) in enumerate(REASONS.values()):
+        frame.loc[i, column] = value
+    frame.loc[len(REASONS), "transaction_id"] = frame.loc[0, "transaction_id"]  # a duplicate of the first
+    result = validate(frame)
+    expected = {**{reason: 1 for reason in REASONS}, "duplicate transaction_id": 1}
+    assert result.reason_counts == expected
+    assert len(result.accepted) == 1 and len(result.rejected) == len(expected)
+    # in the file's order: one row per reason, then the duplicate
+    assert result.rejected["reject_reason"].tolist() == [*REASONS, "duplicate transaction_id"]
+    # rows are kept as read: the bad amount is still there for a person to see
+    assert -5.0 in result.rejected["amount"].tolist()
+
+
+def test_transactions_of_unknown_customers_are_rejected_when_the_customers_are_known():
+    result = validate(make_tx([GOOD, ("B", *GOOD[1:])]), known_customers={"A"})
+    assert result.reason_counts == {"unknown customer_id": 1} and result.accepted["customer_id"].tolist() == ["A"]
+
+
+def test_a_csv_is_typed_by_the_contract_and_its_rejects_are_written_with_reasons(tmp_path):
+    frame = good_rows(2)
+    frame.loc[1, "channel"] = "pigeon"
+    path = tmp_path / "transactions.csv"
+    frame.to_csv(path, index=False)
+    result = load_transactions(path)
+    assert len(result.accepted) == 1 and result.accepted["amount"].dtype == float
+    write_rejects(result, tmp_path / "rejects.csv")
+    rejects = pd.read_csv(tmp_path / "rejects.csv")
+    assert rejects["reject_reason"].tolist() == ["channel is not in the contract"]
+
+
+def test_the_cli_names_the_missing_column_and_exits_2_without_a_traceback(tmp_path):
+    bad = tmp_path / "transactions.csv"
+    good_rows().drop(columns=["channel"]).to_csv(bad, index=False)
+    done = subprocess.run([sys.executable, "-m", "training", "features", "--data-dir", str(tmp_path / "data"),
+                           "--transactions", str(bad)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "missing column(s): channel" in done.stderr and "Traceback" not in done.stderr
