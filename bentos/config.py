@@ -39,7 +39,7 @@ class ServingSettings(BaseSettings):
     fraud: FamilySettings = FamilySettings()
     segment: FamilySettings = FamilySettings()
     registry_poll_s: float = Field(15.0, ge=0, description=(
-        "How often each model service asks the MLflow registry for alias and canary changes; 0 = only at start "
+        "How often each family asks the MLflow registry for alias and canary changes; 0 = only at start "
         "and on POST /admin/reload. Without a reachable registry the service keeps what it serves."))
     model_cache: Path | None = Field(None, description="Where versions downloaded from the registry are kept "
                                      "[default DATA_DIR/model_cache].")

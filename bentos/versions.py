@@ -1,7 +1,7 @@
-"""The versions one model service serves, and how they follow the MLflow registry.
+"""The versions one model family serves, and how they follow the MLflow registry.
 
 The registry says what should be served: the `champion` and `challenger` aliases, and two tags
-on the registered model, serving.challenger_share (percent) and serving.shadow. A model service
+on the registered model, serving.challenger_share (percent) and serving.shadow. A family
 starts on the version packed into its bento, then reads the registry at start, every
 `registry_poll_s` seconds and on POST /admin/reload. A change is loaded beside the live set
 and swapped in whole: a batch in flight finishes on the set it started with, so nothing fails.
