@@ -135,6 +135,7 @@ class FamilyServer:
         if serving.inference_log:
             self.inference_log = InferenceLog(serving.inference_log_dir or settings.data_dir / "inference_log", self.family,
                                               flush_s=serving.inference_log_flush_s, on_backlog=self._backlog)
+            self._backlog(0)  # the series exists from the first scrape, not from the first flush
         self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow", self.inference_log)
         self.batcher = Batcher(self.score_batch, own.max_batch_size, own.max_wait_ms)
         watch_drift(self.family, settings.data_dir / "reports" / "drift", serving.registry_poll_s or 60.0)
