@@ -12,6 +12,7 @@ produces a 500.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse
 
 from bentos.config import API_PREFIX
 from bentos.metrics import exposition, metrics, summary
+from bentos.online import StoreUnavailable
 from bentos.schemas import (
     ChurnBatchRequest,
     ChurnBatchResponse,
@@ -68,6 +70,10 @@ class ScoringFailed(Exception):
     """A request could not be scored (the feature store did not answer, a model failed): not the
     client's fault, and worth a retry."""
 
+    def __init__(self, detail: str, error: str = "scoring_failed"):
+        super().__init__(detail)
+        self.error = error
+
 
 def _field(error: dict) -> str:
     if error["type"] == "json_invalid":  # its location is a character offset, not a field
@@ -107,6 +113,9 @@ def observed(route: str, family: str):
     except ClientError as e:
         status = e.status
         raise
+    except StoreUnavailable as e:
+        status = 503
+        raise ScoringFailed(str(e), "store_unavailable") from e
     except Exception as e:
         status = 503
         log.exception("%s: scoring failed", route)
@@ -123,7 +132,7 @@ def create_app(server) -> FastAPI:
         description="Churn (with reason codes), fraud and segmentation models, scored from Feast online features.",
         version="1.0",
     )
-    _add_error_handlers(app)
+    _add_error_handlers(app, retry_after_s=max(1, math.ceil(server.serving.store_retry_s)))
     app.include_router(_service_routes(server))
     families = server.serving.served()
     scoring = APIRouter(prefix=API_PREFIX)
@@ -144,7 +153,7 @@ def create_app(server) -> FastAPI:
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(ClientError)
     async def client_error(_: Request, e: ClientError) -> JSONResponse:
         return JSONResponse({"error": e.error, "detail": e.detail, "fields": e.fields}, status_code=e.status)
@@ -157,8 +166,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ScoringFailed)
     async def scoring_failed(_: Request, e: ScoringFailed) -> JSONResponse:
-        return JSONResponse({"error": "scoring_failed", "detail": str(e), "fields": []}, status_code=503,
-                            headers={"Retry-After": "1"})
+        return JSONResponse({"error": e.error, "detail": str(e), "fields": []}, status_code=503,
+                            headers={"Retry-After": str(retry_after_s)})
 
 
 def _service_routes(server) -> APIRouter:

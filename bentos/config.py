@@ -57,11 +57,20 @@ class ServingSettings(BaseSettings):
     inference_log_dir: Path | None = Field(None, description="Where the inference log is written [default DATA_DIR/inference_log].")
     inference_log_flush_s: float = Field(2.0, gt=0, description=(
         "The inference log is written every this many seconds (or 5,000 rows), and at shutdown."))
+    inference_log_max_rows: int = Field(100_000, ge=1, description=(
+        "Predictions a family holds in memory while its inference log cannot be written (about 0.5 KB each "
+        "for churn); past this the oldest are dropped and counted in fintech_inference_log_dropped_rows_total."))
     request_timeout_s: float = Field(10.0, gt=0, description=(
         "A request unanswered after this long gets a 504. BentoML keeps every request's context (its trace "
         "span, its future) alive until this timer fires, answered or not, so under load a long timeout is "
         "a large heap for the garbage collector to walk: at 30 s, collection pauses reached 200 ms."))
     admin_token: str = Field("", description="When set, POST /admin/reload needs `Authorization: Bearer <token>`.")
+    store_timeout_s: float = Field(0.5, gt=0, description=(
+        "How long a feature read waits for Redis to connect or reply before its batch answers 503. The read "
+        "runs on the event loop, so a store that hangs holds the whole process this long per try."))
+    store_retry_s: float = Field(1.0, ge=0, description=(
+        "After the online store failed, batches answer 503 at once for this long before the next read tries "
+        "it again (clients get it as Retry-After)."))
 
 
     @field_validator("families")

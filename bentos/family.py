@@ -134,7 +134,9 @@ class FamilyServer:
             self.versions.follow(serving.registry_poll_s)
         if serving.inference_log:
             self.inference_log = InferenceLog(serving.inference_log_dir or settings.data_dir / "inference_log", self.family,
-                                              flush_s=serving.inference_log_flush_s, on_backlog=self._backlog)
+                                              flush_s=serving.inference_log_flush_s, on_backlog=self._backlog,
+                                              max_rows=serving.inference_log_max_rows,
+                                              on_dropped=metrics().log_dropped.labels(self.family).inc)
             self._backlog(0)  # the series exists from the first scrape, not from the first flush
         self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow", self.inference_log)
         self.batcher = Batcher(self.score_batch, own.max_batch_size, own.max_wait_ms)
@@ -165,8 +167,13 @@ class FamilyServer:
             return unknown_version(customer_id, e)
 
     def status(self) -> dict:
-        """The live versions, the canary share and shadow mode, and the last registry error."""
-        return {**self.versions.live.describe(), "registry_error": self.versions.last_error}
+        """The live versions, the canary share and shadow mode, the last registry error, and the
+        inference log's state."""
+        status = {**self.versions.live.describe(), "registry_error": self.versions.last_error}
+        if self.inference_log is not None:
+            log = self.inference_log
+            status["inference_log"] = {"backlog_rows": log.backlog, "dropped_rows": log.dropped_rows, "write_error": log.write_error}
+        return status
 
     def ready(self) -> bool:
         """The feature store answers (the models were loaded by `start`)."""
@@ -186,7 +193,7 @@ class Server:
 
     def start(self, settings: Settings, packed: dict[str, LoadedVersion]) -> None:
         """Load each family from the version packed for it, and start its threads."""
-        reader = FeastReader(settings)
+        reader = FeastReader(settings, self.serving.store_timeout_s, self.serving.store_retry_s)
         self.families = {name: FamilyServer(name, self.serving, settings) for name in self.serving.served()}
         for name, family in self.families.items():
             family.start(packed[name], reader)

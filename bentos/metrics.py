@@ -34,6 +34,7 @@ class Metrics:
     shadow_dropped: object
     feature_age: object
     log_backlog: object
+    log_dropped: object
     drift_share: object
 
 
@@ -61,6 +62,8 @@ def metrics() -> Metrics:
                               "of the row), per FeatureService.", ["feature_service"], buckets=AGE_BUCKETS),
         log_backlog=Gauge("fintech_inference_log_backlog_rows", "Predictions held in memory, not yet in the inference log.",
                           ["model"], multiprocess_mode="livesum"),
+        log_dropped=Counter("fintech_inference_log_dropped_rows", "Predictions dropped from the inference log: it could not "
+                            "write for so long that its in-memory bound was reached.", ["model"]),
         drift_share=Gauge("fintech_drift_share", "Share of features drifted in the model's latest drift report.",
                           ["model", "version"], multiprocess_mode="livemax"),
     )

@@ -13,12 +13,20 @@ A test holds the result equal to `get_online_features` on real SQLite and Redis 
 
 A service with on-demand feature views (fraud) goes through `get_online_features`, which runs
 their transformation on the request's values: the same code as in training.
+
+When the store does not answer (down, unreachable, slower than the timeout), a read raises
+StoreUnavailable naming the store; for `retry_s` after that, reads fail at once without trying, so
+an outage costs each batch nothing but its 503. The next read after that window tries the store
+again: it comes back by itself. The Redis client neither retries nor backs off inside a read (its
+default sleeps up to seconds, on the event loop); the caller's retry is the one that counts.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 
 import numpy as np
@@ -26,6 +34,7 @@ from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.exceptions import RedisError
 
 from bentos.metrics import metrics, observe_many
 from bentos.scoring import OnlineFeatures
@@ -48,11 +57,26 @@ class ViewRead:
     features: tuple[str, ...]
 
 
+class StoreUnavailable(Exception):
+    """The online store did not answer a read: down, unreachable, or slower than the timeout."""
+
+
+STORE_ERRORS = (RedisError, sqlite3.Error, OSError)
+
+
 class FeastReader:
     """One store read per batch of rows, for one FeatureService."""
 
-    def __init__(self, settings: Settings):
-        self.store = open_store(settings)
+    def __init__(self, settings: Settings, timeout_s: float | None = None, retry_s: float = 0.0):
+        self.store = open_store(settings, redis_timeout_s=timeout_s)
+        self.where = f"redis at {settings.redis_url.split(',')[0]}" if settings.online_store == "redis" else \
+            f"sqlite under {settings.data_dir}"
+        self.retry_s = retry_s
+        self._down_since: datetime | None = None
+        self._error = ""
+        self._retry_at = 0.0
+        if settings.online_store == "redis":
+            self._no_client_retries()
         self._services: dict = {}
         self._plans: dict[str, list[ViewRead] | None] = {}
         self._stored: dict[str, list[str]] = {}  # per service: the features that come from stored views
@@ -73,9 +97,35 @@ class FeastReader:
                 ViewRead(self.store.get_feature_view(p.name), tuple(f.name for f in p.features)) for p in projections]
         return self._plans[name]
 
+    def _no_client_retries(self) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = self.store._get_provider().online_store._get_client(self.store.config.online_store)
+        if isinstance(client, redis.Redis):  # connects lazily: nothing is opened here
+            client.set_retry(Retry(NoBackoff(), 0))
+
     def read(self, feature_service: str, rows: list[dict]) -> OnlineFeatures:
         """Feature values per row, whether the store knows each row's customer, and event times
-        (for the feature-age metric)."""
+        (for the feature-age metric). StoreUnavailable when the store does not answer."""
+        if self._down_since is not None and time.monotonic() < self._retry_at:
+            raise StoreUnavailable(f"the online store ({self.where}) has not answered since "
+                                   f"{self._down_since:%Y-%m-%d %H:%M:%S} UTC: {self._error}")
+        try:
+            features = self._read(feature_service, rows)
+        except STORE_ERRORS as e:
+            raise self._failed(e) from e
+        self._down_since = None
+        return features
+
+    def _failed(self, error: Exception) -> StoreUnavailable:
+        self._error = f"{type(error).__name__}: {error}"[:300]
+        self._down_since = self._down_since or datetime.now(UTC)
+        self._retry_at = time.monotonic() + self.retry_s
+        return StoreUnavailable(f"the online store ({self.where}) did not answer: {self._error}")
+
+    def _read(self, feature_service: str, rows: list[dict]) -> OnlineFeatures:
         plan = self._plan(feature_service)
         if plan is None:
             values = self.store.get_online_features(features=self._service(feature_service), entity_rows=rows).to_dict(
@@ -148,8 +198,12 @@ class FeastReader:
         return dict(zip(blobs, decode_columns(list(blobs.values())))), stamps
 
     def ping(self) -> bool:
-        """The store answers: one feature of a customer that need not exist."""
-        self.store.get_online_features(features=[PROBE_FEATURE], entity_rows=[{JOIN_KEY: "__readiness_probe__"}])
+        """The store answers: one feature of a customer that need not exist (tried even while reads
+        fail fast, so readiness says what the store does now)."""
+        try:
+            self.store.get_online_features(features=[PROBE_FEATURE], entity_rows=[{JOIN_KEY: "__readiness_probe__"}])
+        except STORE_ERRORS as e:
+            raise StoreUnavailable(f"the online store ({self.where}) did not answer: {type(e).__name__}: {e}"[:300]) from e
         return True
 
 

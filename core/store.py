@@ -23,19 +23,29 @@ def yaml_path(settings: Settings) -> Path:
     return settings.feature_repo / name
 
 
-def store_config(settings: Settings):
-    """feature_store.yaml with this data folder's values in place of its variables, as a RepoConfig."""
+def store_config(settings: Settings, redis_timeout_s: float | None = None):
+    """feature_store.yaml with this data folder's values in place of its variables, as a RepoConfig.
+
+    With redis_timeout_s, the Redis client gives up connecting or waiting for a reply after that
+    long (redis-py's socket timeouts, passed through Feast's connection string) instead of waiting
+    for ever; a timeout REDIS_URL already names is kept."""
     import yaml
     from feast.repo_config import RepoConfig
 
     text = Template(yaml_path(settings).read_text()).substitute(store_environment(settings))
     config = RepoConfig(**yaml.safe_load(text))
     config.repo_path = settings.feature_repo
+    if redis_timeout_s is not None and settings.online_store == "redis":
+        options = config.online_store.connection_string
+        for option in ("socket_timeout", "socket_connect_timeout"):
+            if f"{option}=" not in options:
+                options += f",{option}={redis_timeout_s}"
+        config.online_store.connection_string = options
     return config
 
 
-def open_store(settings: Settings):
+def open_store(settings: Settings, redis_timeout_s: float | None = None):
     """A FeatureStore on this data folder and the chosen online store."""
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(settings.feature_repo), config=store_config(settings))
+    return FeatureStore(repo_path=str(settings.feature_repo), config=store_config(settings, redis_timeout_s))

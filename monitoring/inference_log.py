@@ -10,6 +10,11 @@ each scored batch to memory (a list append); a background thread writes what has
 Rows that could not be scored (unknown customer, invalid feature) are not predictions and are not
 logged; the metrics count them.
 
+When the folder cannot be written (full, read-only, gone), serving goes on and the rows wait in
+memory, to be written as soon as it can be again; at most `max_rows` of them: past that the oldest
+are dropped and counted (`dropped_rows`, and `on_dropped` for the metric). A write that fails leaves
+no partial file behind.
+
     pd.read_parquet("data/inference_log/churn")          # the whole log of a family, with `date`
 """
 
@@ -48,9 +53,12 @@ class _Batch:
 
 class InferenceLog:
     def __init__(self, root: Path, family: str, flush_rows: int = 5_000, flush_s: float = 2.0,
-                 on_backlog: Callable[[int], None] | None = None):
-        self.directory, self.family, self.on_backlog = root / family, family, on_backlog
-        self.flush_rows, self.flush_s = flush_rows, flush_s
+                 on_backlog: Callable[[int], None] | None = None, max_rows: int = 100_000,
+                 on_dropped: Callable[[int], None] | None = None):
+        self.directory, self.family, self.on_backlog, self.on_dropped = root / family, family, on_backlog, on_dropped
+        self.flush_rows, self.flush_s, self.max_rows = flush_rows, flush_s, max_rows
+        self.dropped_rows = 0
+        self.write_error: str | None = None  # why the last write failed, until one succeeds
         self._pending: list[_Batch] = []
         self._pending_rows = 0
         self._lock = threading.Lock()
@@ -82,17 +90,42 @@ class InferenceLog:
         with self._lock:
             self._pending.append(batch)
             self._pending_rows += len(rows)
+            dropped = self._keep_within_bound()
+        self._count_dropped(dropped)
         if self._pending_rows >= self.flush_rows:
             self._wake.set()
+
+    def _keep_within_bound(self) -> int:
+        """Drop the oldest waiting batches past max_rows (the newest always stays); with the lock held."""
+        dropped = 0
+        while self._pending_rows > self.max_rows and len(self._pending) > 1:
+            rows = len(self._pending.pop(0).request_ids)
+            self._pending_rows -= rows
+            dropped += rows
+        return dropped
+
+    def _count_dropped(self, rows: int) -> None:
+        if rows:
+            self.dropped_rows += rows
+            if self.on_dropped is not None:
+                self.on_dropped(rows)
 
     def _run(self) -> None:
         while not self._closed:
             self._wake.wait(self.flush_s)
             self._wake.clear()
             try:
-                self.flush()
-            except Exception:  # a full disk must not stop the thread; the rows stay pending
-                log.exception("%s: cannot write the inference log to %s", self.family, self.directory)
+                written = self.flush()
+            except Exception as e:  # a full disk must not stop the thread; the rows stay pending
+                if self.write_error is None:
+                    log.exception("%s: cannot write the inference log to %s; holding up to %d rows in memory",
+                                  self.family, self.directory, self.max_rows)
+                self.write_error = f"{type(e).__name__}: {e}"
+            else:
+                if self.write_error is not None:
+                    log.info("%s: the inference log is written again (%d rows now; %d dropped while it could not be)",
+                             self.family, written, self.dropped_rows)
+                self.write_error = None
             if self.on_backlog is not None:
                 self.on_backlog(self.backlog)
 
@@ -108,6 +141,8 @@ class InferenceLog:
             except Exception:
                 with self._lock:  # put them back, in order, for the next try
                     self._pending[:0] = batches
+                    dropped = self._keep_within_bound()
+                self._count_dropped(dropped)
                 raise
             with self._lock:
                 self._pending_rows -= written
@@ -140,8 +175,12 @@ class InferenceLog:
         # host and pid: pods share a volume and their processes often have the same pid
         path = folder / f"part-{now:%H%M%S}-{socket.gethostname()}-{os.getpid()}-{self._files:06d}.parquet"
         temporary = path.with_suffix(".tmp")
-        table.to_parquet(temporary, index=False)
-        temporary.rename(path)  # readers never see half a file
+        try:
+            table.to_parquet(temporary, index=False)
+            temporary.rename(path)  # readers never see half a file
+        except OSError:
+            temporary.unlink(missing_ok=True)
+            raise
         return len(table)
 
     def close(self, timeout_s: float = 30.0) -> int:
@@ -151,7 +190,12 @@ class InferenceLog:
         self._thread.join(timeout=timeout_s)
         deadline = time.monotonic() + timeout_s
         written = 0
-        while self._pending and time.monotonic() < deadline:
-            written += self.flush()
-        log.info("%s: inference log closed, %d rows written in all", self.family, self.written_rows)
+        try:
+            while self._pending and time.monotonic() < deadline:
+                written += self.flush()
+        except Exception:
+            log.exception("%s: the inference log could not write its last %d rows to %s; they are lost",
+                          self.family, self.backlog, self.directory)
+        log.info("%s: inference log closed, %d rows written in all, %d dropped", self.family, self.written_rows,
+                 self.dropped_rows)
         return written

@@ -34,3 +34,20 @@ def test_a_process_given_one_family_answers_404_on_the_others_routes(family):
 def test_an_unknown_family_is_refused_with_its_name():
     with pytest.raises(ValueError, match="loans"):
         ServingSettings(families="churn,loans")
+
+
+class StoreDown:
+    """A family whose feature store does not answer."""
+
+    async def score(self, request):
+        from bentos.online import StoreUnavailable
+
+        raise StoreUnavailable("the online store (redis at 10.0.0.9:6379) did not answer: ConnectionError: refused")
+
+
+def test_a_store_that_does_not_answer_is_a_503_naming_it_with_retry_after():
+    server = Server(ServingSettings(families="churn", store_retry_s=2.5))
+    server.families = {"churn": StoreDown()}
+    response = TestClient(create_app(server)).post(f"{API_PREFIX}/churn-score", json={"customer_id": "C0000001"})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "3"
+    assert response.json()["error"] == "store_unavailable" and "redis at 10.0.0.9:6379" in response.json()["detail"]

@@ -1,0 +1,185 @@
+"""Faults under load, with the real parts: a redis-server killed and started again under a real
+`bentoml serve`. Each test says what the clients saw and what was kept."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+import pandas as pd
+import pytest
+
+from loadtests.servers import stop
+from tests.integration.conftest import RedisServer, latest_rows, start_server, wait_for
+from training import store
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SCORE = "/api/v1/inference/churn-score"
+
+
+@dataclass
+class Answer:
+    sent: float  # monotonic
+    seconds: float
+    status: int
+    body: dict
+    headers: httpx.Headers
+
+
+class Clients:
+    """Threads that score known customers without pause and keep every answer (or transport error)."""
+
+    def __init__(self, url: str, customers: list[str], threads: int = 4):
+        self.url, self.customers = url, customers
+        self.answers: list[Answer] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(seed,)) for seed in range(threads)]
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    response = client.post(f"{self.url}{SCORE}", json={"customer_id": rng.choice(self.customers)})
+                except httpx.HTTPError as e:
+                    self.errors.append(repr(e))
+                    continue
+                self.answers.append(Answer(sent, time.monotonic() - sent, response.status_code, response.json(), response.headers))
+
+    def since(self, moment: float, status: int) -> list[Answer]:
+        return [a for a in list(self.answers) if a.sent > moment and a.status == status]
+
+    def __enter__(self) -> Clients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+
+@pytest.fixture
+def on_own_redis(settings, served_models, table, tmp_path):
+    """A server on a redis-server of its own (the features materialized and saved to its dump file)."""
+    redis = RedisServer(tmp_path).start()
+    redis_settings = settings.model_copy(update={"online_store": "redis", "redis_url": redis.url})
+    store.apply(redis_settings)
+    store.materialize(store.open_store(redis_settings), table)
+    redis.save()
+    log_dir = tmp_path / "inference_log"
+    process, url = start_server(settings, tmp_path, ONLINE_STORE="redis", REDIS_URL=redis.url, SERVING_REGISTRY_POLL_S="0",
+                                SERVING_INFERENCE_LOG_DIR=str(log_dir), SERVING_INFERENCE_LOG_FLUSH_S="0.5")
+    yield redis, url, log_dir
+    stop(process)
+    if redis.process.poll() is None:
+        redis.stop()
+
+
+def logged_request_ids(log_dir) -> set[str]:
+    if not any((log_dir / "churn").rglob("*.parquet")):
+        return set()
+    return set(pd.read_parquet(log_dir / "churn", columns=["request_id"])["request_id"])
+
+
+def test_a_killed_store_answers_503_naming_it_and_the_service_recovers_by_itself(on_own_redis, table):
+    redis, url, log_dir = on_own_redis
+    customers = list(latest_rows(table, 300).index)
+    with Clients(url, customers) as clients:
+        wait_for(lambda: len(clients.since(0, 200)) >= 50, "answers before the fault", 60)
+        killed = time.monotonic()
+        redis.kill()
+        wait_for(lambda: len(clients.since(killed, 503)) >= 20, "503s while the store is down", 30)
+        ready = httpx.get(f"{url}/ready", timeout=30)
+        time.sleep(1)  # the outage goes on under load
+        restarted = time.monotonic()
+        redis.start()
+        wait_for(lambda: len(clients.since(restarted, 200)) >= 20, "answers after the store is back", 30)
+        recovered_s = min(a.sent + a.seconds for a in clients.since(restarted, 200)) - restarted
+
+    assert clients.errors == []
+    assert {a.status for a in clients.answers} <= {200, 503}
+    refused = [a for a in clients.answers if a.status == 503]
+    for answer in refused:
+        assert answer.body["error"] == "store_unavailable"
+        assert f"redis at {redis.url}" in answer.body["detail"]
+        assert int(answer.headers["Retry-After"]) >= 1
+    # no hang: a refusal takes no longer than the store timeout (0.5 s) and the batch ahead of it
+    assert max(a.seconds for a in refused) < 3.0
+    assert ready.status_code == 503 and ready.json()["checks"]["churn"] is False
+    assert f"redis at {redis.url}" in ready.json()["checks"]["churn_error"]
+    assert recovered_s < 5.0  # no restart: the next read after the retry window reaches the store
+    assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
+    answered = {a.headers["X-Request-ID"] for a in clients.answers if a.status == 200}
+    wait_for(lambda: answered <= logged_request_ids(log_dir), "every answered request in the inference log", 30)
+    print(f"store killed: {len(refused)} refusals, slowest {max(a.seconds for a in refused):.3f} s; "
+          f"answering again {recovered_s:.2f} s after the restart; {len(answered)} answers, all logged")
+
+
+def test_a_hung_store_costs_each_request_at_most_the_store_timeout(on_own_redis, table):
+    """A store that accepts connections and never replies (SIGSTOP): the read gives up after
+    SERVING_STORE_TIMEOUT_S instead of waiting for ever, and the next ones fail at once for a while."""
+    redis, url, _ = on_own_redis
+    with Clients(url, list(latest_rows(table, 300).index)) as clients:
+        wait_for(lambda: len(clients.since(0, 200)) >= 50, "answers before the fault", 60)
+        stopped = time.monotonic()
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: len(clients.since(stopped, 503)) >= 20, "503s while the store hangs", 30)
+            health = httpx.get(f"{url}/health", timeout=30)
+        finally:
+            resumed = time.monotonic()
+            redis.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: len(clients.since(resumed, 200)) >= 20, "answers after the store resumes", 30)
+    refused = [a for a in clients.answers if a.status == 503]
+    assert clients.errors == [] and {a.status for a in clients.answers} <= {200, 503}
+    assert all(a.body["error"] == "store_unavailable" for a in refused)
+    assert any("Timeout" in a.body["detail"] for a in refused)
+    assert max(a.seconds for a in refused) < 3.0 and health.status_code == 200
+    print(f"store hung: {len(refused)} refusals, slowest {max(a.seconds for a in refused):.3f} s")
+
+
+def metric(url: str, name: str) -> float:
+    """The value of one series in the service's Prometheus exposition (summed over its workers)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_an_unwritable_inference_log_does_not_stop_serving_and_keeps_the_newest_rows_up_to_its_bound(
+        settings, served_models, table, tmp_path):
+    blocked = tmp_path / "inference_log"
+    blocked.write_text("a file where the log's folder should be: the service runs as root in CI, so permissions would not stop it")
+    process, url = start_server(settings, tmp_path, SERVING_INFERENCE_LOG_DIR=str(blocked), SERVING_INFERENCE_LOG_FLUSH_S="0.5",
+                                SERVING_INFERENCE_LOG_MAX_ROWS="300", SERVING_REGISTRY_POLL_S="0")
+    dropped_series = 'fintech_inference_log_dropped_rows_total{model="churn"}'
+    try:
+        with Clients(url, list(latest_rows(table, 300).index)) as clients:
+            wait_for(lambda: metric(url, dropped_series) > 0, "rows dropped past the bound", 60)
+            status = httpx.get(f"{url}/models/status", timeout=30).json()["churn"]["inference_log"]
+            held = metric(url, 'fintech_inference_log_backlog_rows{model="churn"}')
+            blocked.unlink()
+            unblocked = time.monotonic()
+            wait_for(lambda: httpx.get(f"{url}/models/status", timeout=30).json()["churn"]["inference_log"]["write_error"] is None,
+                     "the log writing again", 30)
+            wait_for(lambda: len(clients.since(unblocked + 2, 200)) >= 20, "answers after the folder is back", 30)
+        answers = [a for a in clients.answers if a.status == 200]
+        assert clients.errors == [] and len(answers) == len(clients.answers)  # serving never stopped
+        assert "NotADirectoryError" in status["write_error"] and status["dropped_rows"] > 0
+        assert 0 < held <= 300
+        # what was answered after the folder came back is all in the log
+        later = {a.headers["X-Request-ID"] for a in answers if a.sent > unblocked + 2}
+        wait_for(lambda: later <= logged_request_ids(blocked), "the answers after the outage in the log", 30)
+        lost = {a.headers["X-Request-ID"] for a in answers} - logged_request_ids(blocked)
+        dropped = metric(url, dropped_series)
+        assert 0 < len(lost) <= dropped  # only what was counted as dropped is missing
+        print(f"inference log blocked: {len(answers)} answers, none failed; {held:.0f} rows held (bound 300), "
+              f"{dropped:.0f} dropped and counted, {len(lost)} answered rows missing from the log")
+    finally:
+        stop(process)

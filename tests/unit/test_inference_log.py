@@ -1,0 +1,72 @@
+"""The inference log when its folder cannot be written: serving goes on, memory stays bounded,
+what is dropped is counted, and what is held is written once the folder is back."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring.inference_log import FEATURES_KEY, InferenceLog
+
+FEATURES = ["days_since_last_txn", "txn_count_30d"]
+
+
+def append(log: InferenceLog, first: int, rows: int) -> None:
+    """Rows `first` .. `first + rows - 1`, as one scored batch (request ids r<n>)."""
+    requests = [{"customer_id": f"C{n}", "request_id": f"r{n}"} for n in range(first, first + rows)]
+    results = [{"customer_id": r["customer_id"], "churn_probability": 0.1, "risk_level": "low",
+                FEATURES_KEY: np.array([1.0, 2.0])} for r in requests]
+    log.append("1", "champion", FEATURES, requests, results)
+
+
+def test_an_unwritable_folder_keeps_the_newest_rows_up_to_the_bound_and_writes_them_when_it_is_back(tmp_path):
+    blocked = tmp_path / "log"
+    blocked.write_text("a file where the log's folder should be")  # root cannot be stopped by permissions
+    dropped = []
+    log = InferenceLog(blocked, "churn", flush_s=60, max_rows=250, on_dropped=dropped.append)
+    for batch in range(10):
+        append(log, 100 * batch, 100)
+        with pytest.raises(OSError):
+            log.flush()
+    assert log.backlog == 200 and log.dropped_rows == 800 and sum(dropped) == 800
+    blocked.unlink()
+    assert log.flush() == 200
+    logged = pd.read_parquet(blocked / "churn")
+    assert sorted(logged["request_id"]) == sorted(f"r{n}" for n in range(800, 1000))  # the newest were kept
+    assert log.backlog == 0
+    log.close()
+
+
+def test_a_batch_larger_than_the_bound_is_kept_whole(tmp_path):
+    blocked = tmp_path / "log"
+    blocked.write_text("")
+    log = InferenceLog(blocked, "churn", flush_s=60, max_rows=10)
+    append(log, 0, 5)
+    append(log, 5, 40)
+    assert log.backlog == 40 and log.dropped_rows == 5
+    log.close()
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    def disk_full(self, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    log = InferenceLog(tmp_path / "log", "churn", flush_s=60)
+    append(log, 0, 10)
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        log.flush()
+    assert [p.name for p in (tmp_path / "log").rglob("*") if p.is_file()] == []
+    monkeypatch.undo()
+    assert log.flush() == 10
+    log.close()
+
+
+def test_closing_with_an_unwritable_folder_says_what_is_lost_instead_of_raising(tmp_path, caplog):
+    blocked = tmp_path / "log"
+    blocked.write_text("")
+    log = InferenceLog(blocked, "churn", flush_s=60)
+    append(log, 0, 7)
+    log.close(timeout_s=1)
+    assert "could not write its last 7 rows" in caplog.text
