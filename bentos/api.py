@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Annotated
 
 import anyio.to_thread
@@ -75,6 +75,26 @@ class ScoringFailed(Exception):
         self.error = error
 
 
+class Admission:
+    """At most `limit` scoring requests in progress in this process; the next are refused at once
+    (503 `overloaded`, with Retry-After) instead of queueing without bound behind the event loop.
+    Only the event loop touches the count, so it needs no lock."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_progress = limit, 0
+
+    @contextmanager
+    def slot(self):
+        if self.in_progress >= self.limit:
+            raise ScoringFailed(f"the service has {self.limit} scoring requests in progress, its limit; retry shortly",
+                                "overloaded")
+        self.in_progress += 1
+        try:
+            yield
+        finally:
+            self.in_progress -= 1
+
+
 def _field(error: dict) -> str:
     if error["type"] == "json_invalid":  # its location is a character offset, not a field
         return "body"
@@ -101,7 +121,7 @@ def answered_by(result: dict) -> dict:
 
 
 @contextmanager
-def observed(route: str, family: str):
+def observed(route: str, family: str, admission: Admission | None = None):
     """Count the request and time it, labelled by route and the version that answered: the
     handler fills the yielded dict from the scorer's result."""
     m = metrics()
@@ -109,9 +129,13 @@ def observed(route: str, family: str):
     status = 200
     labels = {"version": "none", "role": "none"}
     try:
-        yield labels
+        with admission.slot() if admission is not None else nullcontext():
+            yield labels
     except ClientError as e:
         status = e.status
+        raise
+    except ScoringFailed:  # refused by admission: nothing went wrong, there is no more room
+        status = 503
         raise
     except StoreUnavailable as e:
         status = 503
@@ -136,14 +160,15 @@ def create_app(server) -> FastAPI:
     app.include_router(_service_routes(server))
     families = server.serving.served()
     scoring = APIRouter(prefix=API_PREFIX)
+    admission = Admission(server.serving.max_in_progress)
     if "churn" in families:
-        _churn_routes(scoring, server)
+        _churn_routes(scoring, server, admission)
     if "segment" in families:
-        _segment_route(scoring, server)
+        _segment_route(scoring, server, admission)
     if "fraud" in families:
-        _fraud_route(scoring, server)
+        _fraud_route(scoring, server, admission)
     if "churn" in families:
-        _explain_route(scoring, server)
+        _explain_route(scoring, server, admission)
 
     @scoring.get("/metrics")
     async def metrics_summary() -> dict:
@@ -212,24 +237,24 @@ def _service_routes(server) -> APIRouter:
     return router
 
 
-async def score_one(server, route: str, family: str, request: dict) -> dict:
+async def score_one(server, admission: Admission, route: str, family: str, request: dict) -> dict:
     """One request to a family, counted under the version that answered."""
-    with observed(route, family) as labels:
+    with observed(route, family, admission) as labels:
         result = await server.families[family].score(request)
         labels.update(answered_by(result))
         return raise_for(result)
 
 
-def _churn_routes(router: APIRouter, server) -> None:
+def _churn_routes(router: APIRouter, server, admission: Admission) -> None:
     max_ids = server.serving.max_batch_ids
 
     @router.post("/churn-score", response_model=ChurnScore, responses=ERRORS)
     async def churn_score(body: CustomerRequest, rid: RequestId, pin: str | None = Pin) -> dict:
-        return await score_one(server, "churn-score", "churn", {**body.model_dump(), "pin": pin, "request_id": rid})
+        return await score_one(server, admission, "churn-score", "churn", {**body.model_dump(), "pin": pin, "request_id": rid})
 
     @router.post("/churn-batch", response_model=ChurnBatchResponse, responses=ERRORS)
     async def churn_batch(body: ChurnBatchRequest, rid: RequestId, pin: str | None = Pin) -> dict:
-        with observed("churn-batch", "churn") as labels:
+        with observed("churn-batch", "churn", admission) as labels:
             if len(body.customer_ids) > max_ids:
                 raise ClientError(413, "too_many_ids", f"at most {max_ids:,} customer ids per call, "
                                   f"got {len(body.customer_ids):,}", [{"field": "customer_ids", "message": "too many"}])
@@ -250,24 +275,24 @@ def _churn_routes(router: APIRouter, server) -> None:
                     "unknown": sum(1 for r in results if "error" in r), "results": items}
 
 
-def _segment_route(router: APIRouter, server) -> None:
+def _segment_route(router: APIRouter, server, admission: Admission) -> None:
     @router.post("/segment", response_model=SegmentResult, responses=ERRORS)
     async def segment_customer(body: CustomerRequest, rid: RequestId, pin: str | None = Pin) -> dict:
-        return await score_one(server, "segment", "segment", {**body.model_dump(), "pin": pin, "request_id": rid})
+        return await score_one(server, admission, "segment", "segment", {**body.model_dump(), "pin": pin, "request_id": rid})
 
 
-def _fraud_route(router: APIRouter, server) -> None:
+def _fraud_route(router: APIRouter, server, admission: Admission) -> None:
     @router.post("/fraud-detection", response_model=FraudScore, responses=ERRORS)
     async def fraud_detection(body: FraudRequest, rid: RequestId, pin: str | None = Pin) -> dict:
-        return await score_one(server, "fraud-detection", "fraud", {
+        return await score_one(server, admission, "fraud-detection", "fraud", {
             "customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin, "request_id": rid})
 
 
-def _explain_route(router: APIRouter, server) -> None:
+def _explain_route(router: APIRouter, server, admission: Admission) -> None:
     @router.get("/explain", responses=ERRORS)
     async def explain(customer_id: CustomerId | None = Query(None, description="Omit for global importance."),
                       pin: str | None = Pin) -> dict:
-        with observed("explain", "churn") as labels:
+        with observed("explain", "churn", admission) as labels:
             churn = server.families["churn"]
             if customer_id is None:
                 scorer = churn.pick("", pin or "champion")

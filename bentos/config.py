@@ -65,6 +65,10 @@ class ServingSettings(BaseSettings):
         "span, its future) alive until this timer fires, answered or not, so under load a long timeout is "
         "a large heap for the garbage collector to walk: at 30 s, collection pauses reached 200 ms."))
     admin_token: str = Field("", description="When set, POST /admin/reload needs `Authorization: Bearer <token>`.")
+    max_in_progress: int = Field(128, ge=1, description=(
+        "Scoring requests a worker process holds at once; the next are refused at once with 503 `overloaded` and "
+        "Retry-After, so an overloaded service sheds instead of queueing without bound (at about 1,000 req/s a worker, "
+        "128 in progress is about 130 ms of waiting at most)."))
     store_timeout_s: float = Field(0.5, gt=0, description=(
         "How long a feature read waits for Redis to connect or reply before its batch answers 503. The read "
         "runs on the event loop, so a store that hangs holds the whole process this long per try."))

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import Self
 
 import httpx
 import pandas as pd
@@ -55,7 +56,7 @@ class Clients:
     def since(self, moment: float, status: int) -> list[Answer]:
         return [a for a in list(self.answers) if a.sent > moment and a.status == status]
 
-    def __enter__(self) -> Clients:
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self
@@ -66,9 +67,11 @@ class Clients:
             thread.join(timeout=60)
 
 
-@pytest.fixture
-def on_own_redis(settings, served_models, table, tmp_path):
-    """A server on a redis-server of its own (the features materialized and saved to its dump file)."""
+@pytest.fixture(scope="module")
+def on_own_redis(settings, served_models, table, tmp_path_factory):
+    """A server on a redis-server of its own (the features materialized and saved to its dump file,
+    so a test that kills it starts it again with its data)."""
+    tmp_path = tmp_path_factory.mktemp("own-redis")
     redis = RedisServer(tmp_path).start()
     redis_settings = settings.model_copy(update={"online_store": "redis", "redis_url": redis.url})
     store.apply(redis_settings)
@@ -144,6 +147,70 @@ def test_a_hung_store_costs_each_request_at_most_the_store_timeout(on_own_redis,
     assert any("Timeout" in a.body["detail"] for a in refused)
     assert max(a.seconds for a in refused) < 3.0 and health.status_code == 200
     print(f"store hung: {len(refused)} refusals, slowest {max(a.seconds for a in refused):.3f} s")
+
+
+def worker_rss(process) -> int:
+    """Resident bytes of the server's worker processes."""
+    import psutil
+
+    return sum(child.memory_info().rss for child in psutil.Process(process.pid).children(recursive=True))
+
+
+def lone_latency_ms(url: str, customer: str, calls: int = 20) -> float:
+    """Median latency of sequential requests: what a client sees on an idle service."""
+    times = []
+    with httpx.Client(timeout=30) as client:
+        for _ in range(calls):
+            started = time.perf_counter()
+            assert client.post(f"{url}{SCORE}", json={"customer_id": customer}).status_code == 200
+            times.append(1000 * (time.perf_counter() - started))
+    return sorted(times)[len(times) // 2]
+
+
+def test_overload_is_shed_with_503s_and_the_accepted_requests_keep_a_bounded_latency(settings, served_models, table, tmp_path):
+    """wrk's 128 connections without pause, eight times what the process may hold
+    (SERVING_MAX_IN_PROGRESS=16), for OVERLOAD_SECONDS (10 by default; `make faults` runs 60); beside
+    them, one client in sequence measures what a caller sees."""
+    import os
+    import shutil
+    from urllib.parse import urlparse
+
+    from loadtests.bench_serving import WRK_SCRIPT, wrk
+
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed (Debian: apt-get install wrk); the overload test drives the service with it")
+    seconds = int(os.environ.get("OVERLOAD_SECONDS", "10"))
+    customers = list(latest_rows(table, 300).index)
+    script = tmp_path / "churn-score.lua"
+    script.write_text(WRK_SCRIPT % (",".join(f'"{c}"' for c in customers), '{"customer_id":"', '"}'))
+    process, url = start_server(settings, tmp_path, SERVING_MAX_IN_PROGRESS="16", SERVING_REGISTRY_POLL_S="0")
+    port = urlparse(url).port
+    try:
+        idle_ms = lone_latency_ms(url, customers[0])
+        wrk(port, script, 3, 128, SCORE)  # warm-up: the heap and the connections reach their size
+        rss_before = worker_rss(process)
+        probe = Clients(url, customers, threads=1)
+        with probe:
+            load = wrk(port, script, seconds, 128, SCORE)
+        rss_after = worker_rss(process)
+        stopped = time.monotonic()
+        after_ms = lone_latency_ms(url, customers[0])
+        recovered_s = time.monotonic() - stopped
+    finally:
+        stop(process)
+    accepted = sorted(a.seconds for a in probe.answers if a.status == 200)
+    shed = [a for a in probe.answers if a.status == 503]
+    assert probe.errors == [] and {a.status for a in probe.answers} <= {200, 503}
+    assert load["non_2xx"] > 0 and load["socket_errors"] == 0  # shed, and nothing waited past wrk's 2 s timeout
+    assert all(a.body["error"] == "overloaded" and a.headers["Retry-After"] for a in shed)
+    p99 = accepted[int(0.99 * (len(accepted) - 1))]
+    assert len(accepted) > 20 and p99 < 1.0
+    assert rss_after < 1.10 * rss_before
+    assert after_ms < 2 * idle_ms + 5 and recovered_s < 5
+    print(f"overload ({seconds} s, wrk 128 connections, limit 16): {load['requests']} answers at {load['requests_per_s']:.0f}/s, "
+          f"{load['non_2xx']} shed; the probe: {len(accepted)} accepted (p99 {1000 * p99:.0f} ms), {len(shed)} shed; "
+          f"worker RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB; "
+          f"lone request {idle_ms:.1f} ms before, {after_ms:.1f} ms right after")
 
 
 def metric(url: str, name: str) -> float:

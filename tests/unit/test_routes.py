@@ -51,3 +51,44 @@ def test_a_store_that_does_not_answer_is_a_503_naming_it_with_retry_after():
     response = TestClient(create_app(server)).post(f"{API_PREFIX}/churn-score", json={"customer_id": "C0000001"})
     assert response.status_code == 503 and response.headers["Retry-After"] == "3"
     assert response.json()["error"] == "store_unavailable" and "redis at 10.0.0.9:6379" in response.json()["detail"]
+
+
+class Held:
+    """A churn family whose scoring waits until released, so requests stay in progress."""
+
+    def __init__(self):
+        import asyncio
+
+        self.release = asyncio.Event()
+
+    async def score(self, request):
+        await self.release.wait()
+        return {"customer_id": request["customer_id"], "churn_probability": 0.1, "risk_level": "low",
+                "model": {"name": "churn", "version": "1", "role": "champion", "feature_service": "churn_v1"},
+                "feature_sources": {"request": [], "default": []}, "reasons": []}
+
+
+def test_past_its_limit_of_requests_in_progress_a_process_refuses_at_once_with_503_and_retry_after():
+    import asyncio
+
+    import httpx
+
+    async def scenario():
+        server = Server(ServingSettings(families="churn", max_in_progress=3))
+        family = Held()
+        server.families = {"churn": family}
+        transport = httpx.ASGITransport(app=create_app(server))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            def post(i):
+                return client.post(f"{API_PREFIX}/churn-score", json={"customer_id": f"C{i:07d}"})
+            held = [asyncio.create_task(post(i)) for i in range(3)]
+            await asyncio.sleep(0.05)  # the three are in progress
+            refused = await asyncio.wait_for(post(9), timeout=5)  # refused at once, not held
+            family.release.set()
+            answered = await asyncio.gather(*held)
+            after = await post(10)
+        return refused, answered, after
+
+    refused, answered, after = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.json()["error"] == "overloaded" and refused.headers["Retry-After"]
+    assert [r.status_code for r in answered] == [200, 200, 200] and after.status_code == 200
