@@ -19,6 +19,8 @@ What it computes is XGBoost's, from XGBoost's own dump of the trees:
   each split's feature gets the change of the node's mean value, the mean being the leaves'
   weighted by their hessian sums (XGBoost's `FillNodeMeanValues`).
 They equal XGBoost's to about 1e-6 (float32 sums in XGBoost, float64 here); a test holds them to it.
+Probabilities alone for a large batch (churn-batch) come from XGBoost itself, which is faster there:
+3.3 against 6.5 ms for 1,000 rows in one process.
 Anything else (another objective or booster, categorical splits, several targets) is refused at
 load: exact SHAP values (`explain`) still come from XGBoost.
 """
@@ -33,6 +35,7 @@ import numpy as np
 import xgboost as xgb
 
 LEAF = -1  # XGBoost's child index of a leaf
+XGBOOST_FROM_ROWS = 256  # probabilities alone for this many rows or more: XGBoost's per-row speed beats its per-call cost
 
 
 class UnsupportedModel(ValueError):
@@ -76,6 +79,7 @@ class TreeEnsemble:
     mean_value: np.ndarray  # float64 per node: its leaves' values weighted by hessian sums
     base_margin: float
     n_features: int
+    booster: xgb.Booster
 
     @classmethod
     def from_booster(cls, booster: xgb.Booster) -> TreeEnsemble:
@@ -113,13 +117,16 @@ class TreeEnsemble:
                   "leaf_value": np.float64, "mean_value": np.float64}
         base_score = float(config["learner_model_param"]["base_score"].strip("[]"))
         ensemble = cls(np.array(roots, dtype=np.int64), **{name: np.concatenate(parts[name]).astype(dtypes[name]) for name in parts},
-                       base_margin=float(np.log(base_score / (1 - base_score))), n_features=booster.num_features())
+                       base_margin=float(np.log(base_score / (1 - base_score))), n_features=booster.num_features(),
+                       booster=booster)
         ensemble.predict(np.zeros((1, ensemble.n_features)), contributions=True)  # compiles the walk now, not on a request
         return ensemble
 
     def predict(self, matrix: np.ndarray, contributions: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Each row's probability and, when asked, each feature's contribution (log-odds, no bias column)."""
         rows = np.ascontiguousarray(matrix, dtype=np.float32)
+        if not contributions and len(rows) >= XGBOOST_FROM_ROWS:
+            return self.booster.inplace_predict(rows, validate_features=False), None
         out = np.zeros((len(rows), self.n_features) if contributions else (0, 0))
         margins = _walk(rows, self.roots, self.left, self.right, self.feature, self.threshold, self.default_left,
                         self.leaf_value, self.mean_value, out, contributions)

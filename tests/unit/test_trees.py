@@ -43,10 +43,12 @@ def test_a_value_on_a_split_goes_right_as_in_xgboost(trained):
     np.testing.assert_allclose(trees.predict(rows)[0], booster.predict(xgb.DMatrix(rows)), atol=1e-6)
 
 
-def test_without_contributions_only_the_probability_comes_back(trained):
+@pytest.mark.parametrize("rows", [3, 1000])  # the walk, and XGBoost for large batches
+def test_without_contributions_only_xgboosts_probability_comes_back(trained, rows):
     booster, x = trained
-    probability, contributions = TreeEnsemble.from_booster(booster).predict(x[:3])
-    assert contributions is None and probability.shape == (3,)
+    probability, contributions = TreeEnsemble.from_booster(booster).predict(x[:rows])
+    assert contributions is None and probability.shape == (rows,)
+    np.testing.assert_allclose(probability, booster.predict(xgb.DMatrix(x[:rows])), atol=1e-6)
 
 
 @pytest.mark.parametrize("params", [{"objective": "reg:squarederror"}, {"objective": "binary:logistic", "booster": "dart"}])
