@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import uuid
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Annotated
 
 import anyio.to_thread
@@ -121,7 +121,7 @@ def answered_by(result: dict) -> dict:
 
 
 @contextmanager
-def observed(route: str, family: str, admission: Admission | None = None):
+def observed(route: str, family: str, admission: Admission):
     """Count the request and time it, labelled by route and the version that answered: the
     handler fills the yielded dict from the scorer's result."""
     m = metrics()
@@ -129,7 +129,7 @@ def observed(route: str, family: str, admission: Admission | None = None):
     status = 200
     labels = {"version": "none", "role": "none"}
     try:
-        with admission.slot() if admission is not None else nullcontext():
+        with admission.slot():
             yield labels
     except ClientError as e:
         status = e.status
