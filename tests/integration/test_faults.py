@@ -7,6 +7,7 @@ import random
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Self
 
@@ -14,6 +15,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from core.feature_sets import CHURN_FEATURES
 from loadtests.servers import stop
 from tests.integration.conftest import RedisServer, latest_rows, start_server, wait_for
 from training import store
@@ -26,32 +28,38 @@ SCORE = "/api/v1/inference/churn-score"
 class Answer:
     sent: float  # monotonic
     seconds: float
-    status: int
+    request_id: str  # chosen by the client, so a request that got no answer can be looked for in the log
+    status: int | None  # None: no HTTP answer (the connection was refused or closed)
     body: dict
     headers: httpx.Headers
+    error: str | None = None
 
 
 class Clients:
-    """Threads that score known customers without pause and keep every answer (or transport error)."""
+    """Threads that score known customers without pause and keep every answer or transport error.
+    `fresh_connections` of them open a new connection per request; the others keep theirs alive."""
 
-    def __init__(self, url: str, customers: list[str], threads: int = 4):
+    def __init__(self, url: str, customers: list[str], threads: int = 4, fresh_connections: int = 0):
         self.url, self.customers = url, customers
         self.answers: list[Answer] = []
-        self.errors: list[str] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(seed,)) for seed in range(threads)]
+        self._threads = [threading.Thread(target=self._run, args=(seed, seed < fresh_connections)) for seed in range(threads)]
 
-    def _run(self, seed: int) -> None:
+    def _run(self, seed: int, fresh: bool) -> None:
         rng = random.Random(seed)
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                sent = time.monotonic()
-                try:
-                    response = client.post(f"{self.url}{SCORE}", json={"customer_id": rng.choice(self.customers)})
-                except httpx.HTTPError as e:
-                    self.errors.append(repr(e))
-                    continue
-                self.answers.append(Answer(sent, time.monotonic() - sent, response.status_code, response.json(), response.headers))
+        client = httpx.Client(timeout=30)
+        while not self._stop.is_set():
+            if fresh:
+                client.close()
+                client = httpx.Client(timeout=30)
+            self.answers.append(post(client, f"{self.url}{SCORE}", {"customer_id": rng.choice(self.customers)}))
+            if self.answers[-1].error:
+                time.sleep(0.01)  # a refused connection returns at once
+        client.close()
+
+    @property
+    def errors(self) -> list[Answer]:
+        return [a for a in list(self.answers) if a.error]
 
     def since(self, moment: float, status: int) -> list[Answer]:
         return [a for a in list(self.answers) if a.sent > moment and a.status == status]
@@ -65,6 +73,15 @@ class Clients:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=60)
+
+
+def post(client: httpx.Client, url: str, body: dict) -> Answer:
+    request_id, sent = uuid.uuid4().hex, time.monotonic()
+    try:
+        response = client.post(url, json=body, headers={"X-Request-ID": request_id})
+    except httpx.HTTPError as e:
+        return Answer(sent, time.monotonic() - sent, request_id, None, {}, httpx.Headers(), repr(e))
+    return Answer(sent, time.monotonic() - sent, request_id, response.status_code, response.json(), response.headers)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +137,7 @@ def test_a_killed_store_answers_503_naming_it_and_the_service_recovers_by_itself
     assert f"redis at {redis.url}" in ready.json()["checks"]["churn_error"]
     assert recovered_s < 5.0  # no restart: the next read after the retry window reaches the store
     assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
-    answered = {a.headers["X-Request-ID"] for a in clients.answers if a.status == 200}
+    answered = {a.request_id for a in clients.answers if a.status == 200}
     wait_for(lambda: answered <= logged_request_ids(log_dir), "every answered request in the inference log", 30)
     print(f"store killed: {len(refused)} refusals, slowest {max(a.seconds for a in refused):.3f} s; "
           f"answering again {recovered_s:.2f} s after the restart; {len(answered)} answers, all logged")
@@ -241,12 +258,73 @@ def test_an_unwritable_inference_log_does_not_stop_serving_and_keeps_the_newest_
         assert "NotADirectoryError" in status["write_error"] and status["dropped_rows"] > 0
         assert 0 < held <= 300
         # what was answered after the folder came back is all in the log
-        later = {a.headers["X-Request-ID"] for a in answers if a.sent > unblocked + 2}
+        later = {a.request_id for a in answers if a.sent > unblocked + 2}
         wait_for(lambda: later <= logged_request_ids(blocked), "the answers after the outage in the log", 30)
-        lost = {a.headers["X-Request-ID"] for a in answers} - logged_request_ids(blocked)
+        lost = {a.request_id for a in answers} - logged_request_ids(blocked)
         dropped = metric(url, dropped_series)
         assert 0 < len(lost) <= dropped  # only what was counted as dropped is missing
         print(f"inference log blocked: {len(answers)} answers, none failed; {held:.0f} rows held (bound 300), "
               f"{dropped:.0f} dropped and counted, {len(lost)} answered rows missing from the log")
     finally:
         stop(process)
+
+
+def deployment_timings() -> tuple[float, float]:
+    """The serving pod's preStop sleep and termination grace period in k8s/, in seconds."""
+    import yaml
+
+    from loadtests.servers import ROOT
+
+    pod = yaml.safe_load((ROOT / "k8s/serving/deployment.yaml").read_text())["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "serving")
+    return container["lifecycle"]["preStop"]["sleep"]["seconds"], pod["terminationGracePeriodSeconds"]
+
+
+def test_a_sigterm_under_load_finishes_what_was_accepted_refuses_the_rest_and_flushes_the_log(
+        settings, served_models, table, tmp_path):
+    """SIGTERM while six clients score (two on a new connection per request) and a churn-batch of
+    4,000 ids is being scored. The log's timer is longer than the test, and its rows stay under the
+    5,000 that wake the writer: it is written at shutdown."""
+    log_dir = tmp_path / "inference_log"
+    process, url = start_server(settings, tmp_path, SERVING_INFERENCE_LOG_DIR=str(log_dir),
+                                SERVING_INFERENCE_LOG_FLUSH_S="3600", SERVING_REGISTRY_POLL_S="0")
+    customers = list(latest_rows(table, 500).index)
+    batch: list[Answer] = []
+    with Clients(url, customers, threads=6, fresh_connections=2) as clients:
+        wait_for(lambda: len(clients.since(0, 200)) >= 300, "answers before the signal", 60)
+        with httpx.Client(timeout=60) as client:
+            client.get(f"{url}/health")  # the connection is open before the batch is sent
+            sender = threading.Thread(target=lambda: batch.append(
+                post(client, f"{url}/api/v1/inference/churn-batch", {"customer_ids": (customers * 8)[:4_000]})))
+            sender.start()
+            time.sleep(0.05)  # the batch is being scored
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=90) == 0
+            exited_s = time.monotonic() - signalled
+            sender.join()
+        time.sleep(0.5)  # requests sent after the exit are refused
+
+    before = [a for a in clients.answers + batch if a.sent < signalled]
+    after = [a for a in clients.answers if a.sent >= signalled]
+    # what was sent before the signal was answered, the batch included, though it was still being scored
+    assert len(before) >= 300 and all(a.status == 200 for a in before)
+    assert batch[0].sent + batch[0].seconds > signalled and batch[0].body["count"] == 4_000
+    # what came after was answered or refused at the connection, never a 5xx, and never hung past the exit
+    refused = [a for a in after if a.error]
+    assert refused and all(a.status in (200, None) for a in after)
+    assert all(a.sent + a.seconds < signalled + exited_s + 1 for a in refused)
+    # every answer is in the log, written at shutdown; no refused request was scored (a retry is safe)
+    logged = logged_request_ids(log_dir)
+    answered = {a.request_id for a in clients.answers + batch if a.status == 200}
+    assert answered <= logged and not {a.request_id for a in refused} & logged
+    one = next(a for a in before if a.body.get("model"))
+    row = pd.read_parquet(log_dir / "churn", filters=[("request_id", "==", one.request_id)]).iloc[0]
+    assert (row["role"], row["version"]) == (one.body["model"]["role"], one.body["model"]["version"])
+    assert set(CHURN_FEATURES) <= set(row.index) and 0 <= row["score"] <= 1
+    # the pod waits preStop, then drains: the grace period leaves twice the measured drain
+    prestop_s, grace_s = deployment_timings()
+    assert prestop_s + 2 * exited_s <= grace_s
+    print(f"SIGTERM under load: {len(before)} requests sent before it, all answered (the 4,000-id batch in "
+          f"{batch[0].seconds:.2f} s); after it {len(after) - len(refused)} answered and {len(refused)} refused at the "
+          f"connection; exit {exited_s:.2f} s after the signal; {len(answered)} answers, all in the log")
