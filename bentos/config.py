@@ -41,6 +41,11 @@ class ServingSettings(BaseSettings):
     registry_poll_s: float = Field(15.0, ge=0, description=(
         "How often each family asks the MLflow registry for alias and canary changes; 0 = only at start "
         "and on POST /admin/reload. Without a reachable registry the service keeps what it serves."))
+    registry_max_backoff_s: float = Field(120.0, ge=0, description=(
+        "While the registry fails, each poll waits twice as long as the last, up to this."))
+    registry_timeout_s: int = Field(5, ge=1, description=(
+        "How long one registry request may take, with no retries (MLflow's defaults retry for minutes, "
+        "holding a reload that long). MLFLOW_HTTP_REQUEST_TIMEOUT and _MAX_RETRIES, when set, win."))
     model_cache: Path | None = Field(None, description="Where versions downloaded from the registry are kept "
                                      "[default DATA_DIR/model_cache].")
     max_batch_ids: int = Field(10_000, description="Most customer ids accepted by churn-batch.")

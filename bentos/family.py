@@ -18,16 +18,19 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from bentos.batching import Batcher
 from bentos.canary import UnknownVersion
 from bentos.config import ServingSettings
-from bentos.loading import LoadedVersion
+from bentos.loading import LoadedVersion, VersionRefused
 from bentos.metrics import metrics, record_batch, record_failure
 from bentos.online import FeastReader
-from bentos.scoring import UNKNOWN_VERSION, ChurnScorer, FraudScorer, ModelInfo, SegmentScorer
+from bentos.scoring import UNKNOWN_VERSION, ChurnScorer, FraudScorer, ModelInfo, OnlineFeatures, SegmentScorer
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet, Versions
-from core.registry import CHALLENGER, CHAMPION
+from core.families import FAMILIES
+from core.registry import CHALLENGER, CHAMPION, fail_fast
 from core.reports import latest_summary
 from core.settings import Settings
 from monitoring.inference_log import InferenceLog
@@ -113,6 +116,39 @@ def build_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, to
     return SegmentScorer(loaded.model, loaded.metadata, info, reader)
 
 
+class ProbeReader:
+    """The rows a version scores before it may serve: every feature missing, all zeros, all ones."""
+
+    ROWS = (float("nan"), 0.0, 1.0)
+
+    def __init__(self, features: list[str]):
+        self.features = features
+
+    def read(self, feature_service: str, rows: list[dict]) -> OnlineFeatures:
+        return OnlineFeatures({name: np.array(self.ROWS[:len(rows)]) for name in self.features}, np.ones(len(rows), dtype=bool))
+
+
+def checked_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, top_reasons: int):
+    """The scorer of a version that reads only features its FeatureService serves and scores the
+    probe rows with finite numbers; VersionRefused says which check it failed."""
+    features, service = loaded.metadata["features"], info.feature_service
+    try:
+        served = set(reader.features_of(service))
+    except Exception as e:
+        raise VersionRefused(loaded.family, loaded.version, f"names feature service {service!r}, which Feast does not know: {e}") from e
+    if missing := [name for name in features if name not in served]:
+        raise VersionRefused(loaded.family, loaded.version, f"reads features its feature service {service!r} does not serve: {missing}")
+    score = FAMILIES[loaded.family].score_field
+    try:
+        probe = build_scorer(loaded, info, ProbeReader(features), top_reasons)
+        scores = [r[score] for r in probe.score([{"customer_id": "probe"}] * len(ProbeReader.ROWS))]
+    except Exception as e:
+        raise VersionRefused(loaded.family, loaded.version, f"fails to score: {type(e).__name__}: {e}") from e
+    if not np.isfinite(scores).all():
+        raise VersionRefused(loaded.family, loaded.version, f"scores {scores} on rows of missing, zero and one values")
+    return build_scorer(loaded, info, reader, top_reasons)
+
+
 class FamilyServer:
     """Everything one family needs to answer requests. Building it does nothing; `start` loads."""
 
@@ -126,12 +162,12 @@ class FamilyServer:
         log's writer, the registry poll and the drift watch."""
         serving, settings, own = self.serving, self.settings, self.serving.family(self.family)
         self.reader = reader
-        self.versions = Versions(self.family, packed, lambda loaded, info: build_scorer(loaded, info, reader, serving.top_reasons),
+        self.versions = Versions(self.family, packed, lambda loaded, info: checked_scorer(loaded, info, reader, serving.top_reasons),
                                  settings.tracking_uri, serving.model_cache or settings.data_dir / "model_cache",
-                                 own.challenger_share, own.shadow)
+                                 own.challenger_share, own.shadow, on_change=self._registry_state)
         self.versions.reload()
         if serving.registry_poll_s:
-            self.versions.follow(serving.registry_poll_s)
+            self.versions.follow(serving.registry_poll_s, serving.registry_max_backoff_s)
         if serving.inference_log:
             self.inference_log = InferenceLog(serving.inference_log_dir or settings.data_dir / "inference_log", self.family,
                                               flush_s=serving.inference_log_flush_s, on_backlog=self._backlog,
@@ -141,6 +177,10 @@ class FamilyServer:
         self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow", self.inference_log)
         self.batcher = Batcher(self.score_batch, own.max_batch_size, own.max_wait_ms)
         watch_drift(self.family, settings.data_dir / "reports" / "drift", serving.registry_poll_s or 60.0)
+
+    def _registry_state(self, versions: Versions) -> None:
+        metrics().registry_failures.labels(self.family).set(versions.failures)
+        metrics().version_refused.labels(self.family).set(len(versions.asked_refused()))
 
     def _backlog(self, rows: int) -> None:
         metrics().log_backlog.labels(self.family).set(rows)
@@ -167,9 +207,9 @@ class FamilyServer:
             return unknown_version(customer_id, e)
 
     def status(self) -> dict:
-        """The live versions, the canary share and shadow mode, the last registry error, and the
-        inference log's state."""
-        status = {**self.versions.live.describe(), "registry_error": self.versions.last_error}
+        """The live versions, the canary share and shadow mode, the registry's error and since when,
+        the versions refused at load, and the inference log's state."""
+        status = self.versions.describe()
         if self.inference_log is not None:
             log = self.inference_log
             status["inference_log"] = {"backlog_rows": log.backlog, "dropped_rows": log.dropped_rows, "write_error": log.write_error}
@@ -193,6 +233,7 @@ class Server:
 
     def start(self, settings: Settings, packed: dict[str, LoadedVersion]) -> None:
         """Load each family from the version packed for it, and start its threads."""
+        fail_fast(self.serving.registry_timeout_s)
         reader = FeastReader(settings, self.serving.store_timeout_s, self.serving.store_retry_s)
         self.families = {name: FamilyServer(name, self.serving, settings) for name in self.serving.served()}
         for name, family in self.families.items():

@@ -74,10 +74,33 @@ def read_importance(run_id: str, tracking_uri: str, dst: Path) -> dict[str, floa
     return {feature: float(value) for feature, value in (row.split(",") for row in rows)}
 
 
+class VersionRefused(ValueError):
+    """A version that must not be served: its files do not load, its features are not what its
+    FeatureService serves, or it does not score. Its name in the registry does not change that."""
+
+    def __init__(self, family: str, version: str, why: str):
+        super().__init__(f"{family} version {version} {why}"[:500])
+        self.version = version
+
+
 def from_registry(family: str, version: str, tracking_uri: str, cache_dir: Path) -> LoadedVersion:
-    """A registry version, downloaded once into cache_dir/<family>/v<version>."""
+    """A registry version, downloaded once into cache_dir/<family>/v<version>. A download that
+    fails raises what MLflow raised (worth another try); files that do not load raise VersionRefused."""
+    model_dir = download(family, version, tracking_uri, cache_dir)
+    try:
+        from mlflow.models import Model
+
+        run_id = Model.load(str(model_dir)).run_id
+        model, metadata = load_model(family, model_dir), model_metadata(model_dir)
+    except Exception as e:
+        raise VersionRefused(family, version, f"does not load: {type(e).__name__}: {e}") from e
+    importance = read_importance(run_id, tracking_uri, model_dir.parent) if family == "churn" and run_id else {}
+    return LoadedVersion(family, version, model, metadata, importance)
+
+
+def download(family: str, version: str, tracking_uri: str, cache_dir: Path) -> Path:
+    """The version's MLflow model folder in the cache, downloaded from the registry if not there yet."""
     import mlflow
-    from mlflow.models import Model
 
     from core.registry import mlflow_client
 
@@ -90,6 +113,4 @@ def from_registry(family: str, version: str, tracking_uri: str, cache_dir: Path)
             downloaded = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
             Path(downloaded).rename(model_dir)
         log.info("downloaded %s version %s from the registry to %s", family, version, model_dir)
-    run_id = Model.load(str(model_dir)).run_id
-    importance = read_importance(run_id, tracking_uri, target) if family == "churn" and run_id else {}
-    return LoadedVersion(family, version, load_model(family, model_dir), model_metadata(model_dir), importance)
+    return model_dir

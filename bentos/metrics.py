@@ -35,6 +35,8 @@ class Metrics:
     feature_age: object
     log_backlog: object
     log_dropped: object
+    registry_failures: object
+    version_refused: object
     drift_share: object
 
 
@@ -64,6 +66,11 @@ def metrics() -> Metrics:
                           ["model"], multiprocess_mode="livesum"),
         log_dropped=Counter("fintech_inference_log_dropped_rows", "Predictions dropped from the inference log: it could not "
                             "write for so long that its in-memory bound was reached.", ["model"]),
+        registry_failures=Gauge("fintech_registry_failures", "Registry reads in a row that failed (0: the last one "
+                                "answered).", ["model"], multiprocess_mode="livemax"),
+        version_refused=Gauge("fintech_model_version_refused", "Versions the registry names for this model that were "
+                              "refused at load (files, features or scores); the previous set keeps serving.", ["model"],
+                              multiprocess_mode="livemax"),
         drift_share=Gauge("fintech_drift_share", "Share of features drifted in the model's latest drift report.",
                           ["model", "version"], multiprocess_mode="livemax"),
     )

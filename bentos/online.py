@@ -87,6 +87,11 @@ class FeastReader:
             self._services[name] = self.store.get_feature_service(name)
         return self._services[name]
 
+    def features_of(self, name: str) -> list[str]:
+        """Every feature a FeatureService serves, on-demand ones included (from Feast's registry:
+        the online store is not read)."""
+        return [f.name for p in self._service(name).feature_view_projections for f in p.features]
+
     def _plan(self, name: str) -> list[ViewRead] | None:
         """The stored views and features of a service, or None when it has on-demand views."""
         if name not in self._plans:

@@ -7,6 +7,7 @@ serve (`read_plan`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,26 @@ REFERENCE_ARTIFACT = "reference.parquet"
 
 class RegistryUnavailable(RuntimeError):
     """The registry could not be read; a service keeps what it serves."""
+
+
+def fail_fast(timeout_s: int, retries: int = 0) -> None:
+    """Make MLflow's HTTP client give up after `timeout_s` and `retries` more tries. Its defaults
+    (a 120 s timeout, seven retries with exponential back-off) hold a call for minutes against a
+    registry that is down. Values already in the environment win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+
+
+def unreachable(error: BaseException | None) -> bool:
+    """Whether an error from the MLflow client means the registry did not answer: down, a wrong
+    address or a timeout (MLflow wraps the connection error it got)."""
+    import requests
+
+    while error is not None:
+        if isinstance(error, requests.ConnectionError | requests.Timeout):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def mlflow_client(tracking_uri: str):

@@ -5,6 +5,9 @@
     python -m rollout promote churn      # exit 1 when a gate fails
     python -m rollout rollback churn
 
+Exit codes: 0 done; 1 promotion refused by a gate; 2 the request or the registry's state does not
+allow the step; 3 the registry does not answer.
+
 Every change is made in the MLflow registry (aliases and the registered model's serving.* tags),
 then the running service is asked to follow it (POST /admin/reload); a service that is not
 reachable picks it up when it next polls the registry.
@@ -28,15 +31,20 @@ from core.registry import (
     SHADOW_TAG,
     SHARE_TAG,
     RegistryUnavailable,
+    fail_fast,
     mlflow_client,
     read_plan,
+    unreachable,
 )
 from core.settings import Settings, get_settings
 from rollout.settings import GateSettings, get_gate_settings
 from training.registry import use_experiment
 
 log = logging.getLogger(__name__)
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Canary rollouts of model versions.")
+EXIT_REFUSED, EXIT_ERROR, EXIT_NO_REGISTRY = 1, 2, 3
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
+    "Canary rollouts of model versions. Exit codes: 1 a gate refused the promotion; 2 the request or the "
+    "registry's state does not allow the step; 3 the MLflow registry does not answer."))
 PROMOTIONS_EXPERIMENT = "fintech-promotions"
 
 Family = Annotated[str, typer.Argument(help="Model family: churn, fraud or segment.")]
@@ -215,8 +223,9 @@ def _logging() -> None:
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    fail_fast(timeout_s=10, retries=1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("mlflow", "alembic", "feast", "httpx"):
+    for noisy in ("mlflow", "alembic", "feast", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -226,8 +235,13 @@ def _run(step):
     try:
         return step()
     except (RolloutError, RegistryUnavailable, MlflowException) as e:
+        if unreachable(e):
+            typer.secho(f"error: the MLflow registry at {get_settings().tracking_uri} does not answer "
+                        f"({type(e.__cause__ or e.__context__ or e).__name__}); is it running, and is "
+                        "MLFLOW_TRACKING_URI its address?", fg="red", err=True)
+            raise typer.Exit(EXIT_NO_REGISTRY) from e
         typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from e
+        raise typer.Exit(EXIT_ERROR) from e
 
 
 @app.command()
@@ -265,12 +279,12 @@ def promote_command(family: Family, service_url: ServiceUrl = None) -> None:
     url = service_url or gates.service_url
     if _run(lambda: read_plan(family, settings.tracking_uri)).challenger is None:
         typer.secho(f"error: {family} has no challenger: start a canary first (make canary MODEL={family})", fg="red", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_ERROR)
     report = _run(lambda: promote(settings, gates, family, fetch_metrics(url)))
     typer.echo(readable(report))
     typer.echo(f"report: {', '.join(report['report_files'])}")
     if report["decision"] != "promote":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_REFUSED)
     typer.echo(json.dumps(ask_service_to_reload(url), default=str))
 
 
