@@ -37,16 +37,17 @@ def fail_fast(timeout_s: int, retries: int = 0) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
 
 
-def unreachable(error: BaseException | None) -> bool:
-    """Whether an error from the MLflow client means the registry did not answer: down, a wrong
-    address or a timeout (MLflow wraps the connection error it got)."""
+def unreachable(error: BaseException | None) -> BaseException | None:
+    """The connection error or timeout behind an error of the MLflow client, when the registry did
+    not answer (down, a wrong address, too slow); None when it answered (MLflow wraps what it got)."""
     import requests
+    import urllib3
 
     while error is not None:
-        if isinstance(error, requests.ConnectionError | requests.Timeout):
-            return True
+        if isinstance(error, requests.ConnectionError | requests.Timeout | urllib3.exceptions.HTTPError):
+            return error
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
 def mlflow_client(tracking_uri: str):

@@ -225,8 +225,9 @@ def _logging() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     fail_fast(timeout_s=10, retries=1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("mlflow", "alembic", "feast", "httpx", "urllib3"):
+    for noisy in ("mlflow", "alembic", "feast", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries: the error says what failed
 
 
 def _run(step):
@@ -235,10 +236,9 @@ def _run(step):
     try:
         return step()
     except (RolloutError, RegistryUnavailable, MlflowException) as e:
-        if unreachable(e):
+        if cause := unreachable(e):
             typer.secho(f"error: the MLflow registry at {get_settings().tracking_uri} does not answer "
-                        f"({type(e.__cause__ or e.__context__ or e).__name__}); is it running, and is "
-                        "MLFLOW_TRACKING_URI its address?", fg="red", err=True)
+                        f"({type(cause).__name__}); is it running, and is MLFLOW_TRACKING_URI its address?", fg="red", err=True)
             raise typer.Exit(EXIT_NO_REGISTRY) from e
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(EXIT_ERROR) from e

@@ -3,8 +3,10 @@ champion models imported into the (per-session) BentoML store, and a real redis-
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -118,6 +120,54 @@ class RedisServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+class MlflowServer:
+    """A real `mlflow server` on a free port over a registry database; `pause()` stops its processes
+    (SIGSTOP: it accepts connections and never answers), `resume()` lets them go on."""
+
+    def __init__(self, backend_uri: str, workdir: Path):
+        self.backend_uri, self.workdir, self.port = backend_uri, workdir, free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlflowServer:
+        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", self.backend_uri,
+                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        with (self.workdir / "mlflow-server.log").open("w") as log:
+            # without job execution: its job consumers poll without pause, taking a core between them
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        self.stop()
+        pytest.fail(f"mlflow server did not start on port {self.port}; see {self.workdir / 'mlflow-server.log'}")
+
+    def _signal(self, sig: int) -> None:
+        os.killpg(self.process.pid, sig)  # the server and the uvicorn it runs
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self._signal(signal.SIGCONT)
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

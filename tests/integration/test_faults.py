@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Self
 
 import httpx
@@ -16,8 +22,8 @@ import pandas as pd
 import pytest
 
 from core.feature_sets import CHURN_FEATURES
-from loadtests.servers import stop
-from tests.integration.conftest import RedisServer, latest_rows, start_server, wait_for
+from loadtests.servers import free_port, stop
+from tests.integration.conftest import MlflowServer, RedisServer, latest_rows, start_server, wait_for
 from training import store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -328,3 +334,137 @@ def test_a_sigterm_under_load_finishes_what_was_accepted_refuses_the_rest_and_fl
     print(f"SIGTERM under load: {len(before)} requests sent before it, all answered (the 4,000-id batch in "
           f"{batch[0].seconds:.2f} s); after it {len(after) - len(refused)} answered and {len(refused)} refused at the "
           f"connection; exit {exited_s:.2f} s after the signal; {len(answered)} answers, all in the log")
+
+
+def family_status(url: str, family: str = "churn") -> dict:
+    return httpx.get(f"{url}/models/status", timeout=30).json()[family]
+
+
+def rollout_cli(*args: str, **env: str) -> subprocess.Popen:
+    """The rollout CLI, started; `.communicate()` gives its output."""
+    from loadtests.servers import ROOT
+
+    return subprocess.Popen([sys.executable, "-m", "rollout", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, **env})
+
+
+@pytest.fixture(scope="module")
+def followed_registry(settings, served_models, tmp_path_factory):
+    """A real `mlflow server` in front of the registry, and a server following it: it polls every
+    second, waits at most 1 s per read and backs off to 4 s between reads while they fail."""
+    tmp_path = tmp_path_factory.mktemp("followed-registry")
+    registry = MlflowServer(settings.tracking_uri, tmp_path).start()
+    process, url = start_server(settings, tmp_path, MLFLOW_TRACKING_URI=registry.url, SERVING_REGISTRY_POLL_S="1",
+                                SERVING_REGISTRY_MAX_BACKOFF_S="4", SERVING_REGISTRY_TIMEOUT_S="1")
+    yield registry, url
+    stop(process)
+    registry.stop()
+
+
+def register_churn_copy(settings, tmp_path: Path, name: str, booster=None, **metadata) -> str:
+    """A new churn version: the champion's booster (or `booster`) with its metadata changed by `metadata`."""
+    import mlflow.xgboost
+
+    from bentos.loading import from_registry
+    from core.registry import read_plan
+    from training.registry import use_experiment
+
+    champion = from_registry("churn", read_plan("churn", settings.tracking_uri).champion, settings.tracking_uri, tmp_path / "cache")
+    use_experiment("fintech-broken-versions", settings.tracking_uri, settings.artifact_root)
+    with mlflow.start_run(run_name=name):
+        info = mlflow.xgboost.log_model(booster or champion.model, name="model", registered_model_name="churn",
+                                        metadata={**champion.metadata, **metadata}, model_format="ubj")
+    return str(info.registered_model_version)
+
+
+def nan_leaves(booster):
+    """The booster with its first tree's leaves NaN: every score it gives is NaN."""
+    import xgboost as xgb
+
+    model = json.loads(booster.save_raw("json"))
+    tree = model["learner"]["gradient_booster"]["model"]["trees"][0]
+    tree["split_conditions"] = [float("nan") if child == -1 else c for child, c in zip(tree["left_children"], tree["split_conditions"])]
+    return xgb.Booster(model_file=bytearray(json.dumps(model).encode()))
+
+
+def test_a_broken_version_named_by_the_registry_is_refused_and_the_live_set_keeps_serving(
+        followed_registry, settings, table, tmp_path):
+    """Three broken churn versions, each named by the registry in turn while clients score: files that
+    do not load, features its FeatureService does not serve, and NaN scores (that one promoted)."""
+    from bentos.loading import from_registry
+    from core.registry import CHALLENGER, CHAMPION, mlflow_client, read_plan
+
+    client, champion = mlflow_client(settings.tracking_uri), read_plan("churn", settings.tracking_uri).champion
+    corrupt = register_churn_copy(settings, tmp_path, "corrupt")
+    source = Path(client.get_model_version_download_uri("churn", corrupt).removeprefix("file://"))
+    (source / "model.ubj").write_bytes(b"not a model")
+    features = from_registry("churn", champion, settings.tracking_uri, tmp_path / "cache").metadata["features"]
+    unserved = register_churn_copy(settings, tmp_path, "unserved", features=[*features[:-1], "spend_365d"])
+    nan = register_churn_copy(settings, tmp_path, "nan", booster=nan_leaves(
+        from_registry("churn", champion, settings.tracking_uri, tmp_path / "cache").model))
+    _, url = followed_registry
+    refused, seconds = {}, {}
+    try:
+        with Clients(url, list(latest_rows(table, 300).index)) as clients:
+            for version, alias in ((corrupt, CHALLENGER), (unserved, CHALLENGER), (nan, CHAMPION)):
+                if alias == CHAMPION:
+                    client.delete_registered_model_alias("churn", CHALLENGER)
+                named = time.monotonic()
+                client.set_registered_model_alias("churn", alias, version)
+                wait_for(lambda v=version: v in family_status(url)["refused_versions"], f"version {version} refused", 30)
+                seconds[version] = time.monotonic() - named
+                refused[version] = family_status(url)
+                refused[version]["metric"] = metric(url, 'fintech_model_version_refused{model="churn"}')
+            client.set_registered_model_alias("churn", CHAMPION, champion)
+            wait_for(lambda: metric(url, 'fintech_model_version_refused{model="churn"}') == 0, "the refusal cleared", 30)
+    finally:
+        client.set_registered_model_alias("churn", CHAMPION, champion)
+        if CHALLENGER in client.get_registered_model("churn").aliases:
+            client.delete_registered_model_alias("churn", CHALLENGER)
+
+    answers = [a for a in clients.answers if a.status == 200]
+    assert clients.errors == [] and len(answers) == len(clients.answers)
+    assert {a.body["model"]["version"] for a in answers} == {champion}
+    for version, status in refused.items():
+        assert [v["version"] for v in status["versions"]] == [champion] and status["metric"] >= 1
+    assert "does not load" in refused[corrupt]["refused_versions"][corrupt]
+    assert "does not serve: ['spend_365d']" in refused[unserved]["refused_versions"][unserved]
+    assert "scores [nan, nan, nan]" in refused[nan]["refused_versions"][nan]
+    print(f"broken versions refused while {len(answers)} requests were answered by version {champion}, none failed: "
+          + ", ".join(f"{why} (v{v}) in {seconds[v]:.1f} s" for v, why in ((corrupt, "corrupt files"),
+                      (unserved, "an unserved feature"), (nan, "NaN scores, promoted"))))
+
+
+def test_a_registry_that_stops_answering_leaves_serving_alone_and_is_followed_again_when_back(followed_registry, table):
+    """The registry's server paused (SIGSTOP: connections hang) under load, and the rollout CLI run
+    against it and against an address where nothing listens."""
+    registry, url = followed_registry
+    before = family_status(url)
+    with Clients(url, list(latest_rows(table, 300).index), threads=2) as clients:
+        wait_for(lambda: len(clients.since(0, 200)) >= 50, "answers before the fault", 60)
+        paused = time.monotonic()
+        registry.pause()
+        try:
+            wait_for(lambda: family_status(url)["registry_error"] is not None, "the registry error in the status", 30)
+            clis = [rollout_cli("status", "churn", MLFLOW_TRACKING_URI=registry.url, MLFLOW_HTTP_REQUEST_TIMEOUT="2"),
+                    rollout_cli("canary", "churn", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")]
+            outputs = [(cli.communicate(timeout=300)[1], cli.returncode) for cli in clis]
+            during, outage_s = family_status(url), time.monotonic() - paused
+        finally:
+            resumed = time.monotonic()
+            registry.resume()
+        wait_for(lambda: family_status(url)["registry_error"] is None, "the service following the registry again", 30)
+        recovered_s = time.monotonic() - resumed
+
+    assert before["registry_error"] is None and clients.errors == [] and {a.status for a in clients.answers} == {200}
+    assert during["versions"] == before["versions"]  # serving goes on with what it holds
+    assert registry.url in during["registry_error"] and "timed out" in during["registry_error"].lower()
+    assert datetime.fromisoformat(during["registry_error_since"]) <= datetime.now(UTC)
+    # polled every second and given up after 1 s, it would have failed about outage_s / 2 times
+    assert 2 <= during["registry_failures"] <= outage_s / 3
+    for stderr, returncode in outputs:
+        assert returncode == 3 and "does not answer" in stderr and "Traceback" not in stderr
+    assert recovered_s < 15  # the longest wait between polls (4 s), a read, and the requests queued while paused
+    print(f"registry paused {outage_s:.0f} s: {len(clients.answers)} answers, none failed; {during['registry_failures']} "
+          f"failed reads (backing off); the CLI exited 3 against it and against a wrong address; followed again "
+          f"{recovered_s:.1f} s after it resumed")
