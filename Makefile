@@ -11,7 +11,7 @@ PORT ?= 3000
 export DATA_DIR BENTOML_HOME
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install crd-schemas lock image image-mlflow data features train import-models build serve up test faults test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
+.PHONY: help install crd-schemas lock image image-mlflow data features train import-models build serve up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -73,6 +73,9 @@ test: install $(CRD_SCHEMAS) ## Run every test: unit, data contract, model behav
 
 faults: install ## The fault tests (store down, overload, unwritable log) with 60 s of overload instead of make test's 10
 	OVERLOAD_SECONDS=60 $(BIN)/python -m pytest tests/integration/test_faults.py
+
+soak: install ## The soak: 10 minutes at 70% of saturation (make test runs 60 s of it)
+	SOAK_SECONDS=600 $(BIN)/python -m pytest tests/integration/test_soak.py -s
 
 test-fast: install ## Run the tests not marked slow or integration
 	$(BIN)/python -m pytest -m "not slow and not integration"

@@ -58,10 +58,14 @@ BATCH_MEDIAN_MS = {"redis": 50, "sqlite": 150}
 
 
 def wrk(port: int, script: Path, seconds: int, connections: int, route: str = ROUTE) -> dict:
-    out = subprocess.run(
+    return parse_wrk(subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{route}"],
         capture_output=True, text=True, check=True,
-    ).stdout
+    ).stdout)
+
+
+def parse_wrk(out: str) -> dict:
+    """Throughput, p50 and p99, the request count, and what failed, from wrk's --latency report."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     latency = {p: _ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "99")}
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
