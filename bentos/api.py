@@ -11,6 +11,7 @@ produces a 500.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import time
@@ -291,7 +292,7 @@ def _service_routes(server) -> APIRouter:
         """Follow the registry now (the families also poll it). Each family loads any new
         version beside the live one and swaps it in without failing a request in flight."""
         token = server.serving.admin_token
-        if token and authorization != f"Bearer {token}":
+        if token and not hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
             raise ClientError(401, "unauthorized", "this route needs the admin token", [{"field": "Authorization", "message": "missing or wrong"}])
         return await anyio.to_thread.run_sync(server.reload)
 

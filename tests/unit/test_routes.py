@@ -127,3 +127,9 @@ def test_the_frameworks_own_refusals_use_the_error_body_of_the_service():
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
     assert wrong_method.headers["Allow"] == "POST"
 
+
+@pytest.mark.parametrize("authorization", ["", "Bearer", "Bearer s3cre", "Bearer s3cret ", "Bearer ŝ3cret".encode(), "x" * 10_000])
+def test_the_admin_route_refuses_any_other_authorization_with_a_401(authorization):
+    client = TestClient(create_app(Server(ServingSettings(families="churn", admin_token="s3cret"))))
+    response = client.post("/admin/reload", headers={"Authorization": authorization})
+    assert response.status_code == 401 and response.json()["fields"][0]["field"] == "Authorization"
