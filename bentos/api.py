@@ -11,17 +11,21 @@ produces a 500.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import time
 import uuid
 from contextlib import contextmanager
+from http import HTTPStatus
 from typing import Annotated
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 
 from bentos.config import API_PREFIX
 from bentos.metrics import exposition, metrics, summary
@@ -95,6 +99,65 @@ class Admission:
             self.in_progress -= 1
 
 
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is larger than {limit:,} bytes, the limit")
+
+
+class BodyLimit:
+    """ASGI middleware: a body over `limit` bytes is refused with 413 before it is read whole, at
+    once when its Content-Length says so, or as soon as a chunked body passes the limit. (Raised
+    while the route reads its body, an HTTPException reaches the app's handler untouched.)"""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            return await _framework_error(BodyTooLarge(self.limit))(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _unreadable_body(cause: BaseException | None) -> str:
+    """Why FastAPI could not parse a body that is not malformed JSON as such."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "is not valid UTF-8, which JSON must be"
+    if isinstance(cause, RecursionError):
+        return "nests arrays or objects too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "holds a number with too many digits"
+    return "cannot be read as JSON"
+
+
+def _framework_error(e: HTTPException) -> JSONResponse:
+    """The framework's own refusals (no route, wrong method, a body it cannot parse or that is too
+    large) in the service's error body. FastAPI answers a body it cannot decode with a bare 400;
+    it is a 422 naming the body, like malformed JSON."""
+    if e.status_code == 400 and e.__cause__ is not None:
+        problem = _unreadable_body(e.__cause__)
+        return JSONResponse({"error": "invalid_request", "detail": f"the request body {problem}",
+                             "fields": [{"field": "body", "message": problem}]}, status_code=422)
+    if isinstance(e, BodyTooLarge):
+        error, fields = "body_too_large", [{"field": "body", "message": "too large"}]
+    else:
+        error, fields = HTTPStatus(e.status_code).phrase.lower().replace(" ", "_"), []
+    return JSONResponse({"error": error, "detail": str(e.detail), "fields": fields}, status_code=e.status_code,
+                        headers=e.headers)
+
+
 def _field(error: dict) -> str:
     if error["type"] == "json_invalid":  # its location is a character offset, not a field
         return "body"
@@ -157,6 +220,7 @@ def create_app(server) -> FastAPI:
         version="1.0",
     )
     _add_error_handlers(app, retry_after_s=max(1, math.ceil(server.serving.store_retry_s)))
+    app.add_middleware(BodyLimit, limit=server.serving.max_body_bytes)
     app.include_router(_service_routes(server))
     families = server.serving.served()
     scoring = APIRouter(prefix=API_PREFIX)
@@ -182,6 +246,10 @@ def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(ClientError)
     async def client_error(_: Request, e: ClientError) -> JSONResponse:
         return JSONResponse({"error": e.error, "detail": e.detail, "fields": e.fields}, status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def framework_error(_: Request, e: HTTPException) -> JSONResponse:
+        return _framework_error(e)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -224,7 +292,7 @@ def _service_routes(server) -> APIRouter:
         """Follow the registry now (the families also poll it). Each family loads any new
         version beside the live one and swaps it in without failing a request in flight."""
         token = server.serving.admin_token
-        if token and authorization != f"Bearer {token}":
+        if token and not hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
             raise ClientError(401, "unauthorized", "this route needs the admin token", [{"field": "Authorization", "message": "missing or wrong"}])
         return await anyio.to_thread.run_sync(server.reload)
 

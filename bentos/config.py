@@ -49,6 +49,9 @@ class ServingSettings(BaseSettings):
     model_cache: Path | None = Field(None, description="Where versions downloaded from the registry are kept "
                                      "[default DATA_DIR/model_cache].")
     max_batch_ids: int = Field(10_000, description="Most customer ids accepted by churn-batch.")
+    max_body_bytes: int = Field(1_048_576, ge=1, description=(
+        "Largest request body accepted; a larger one is refused with 413 before it is read. The largest valid "
+        "body, churn-batch's 10,000 ids of 64 characters, is about 680 KB."))
     top_reasons: int = Field(5, ge=1, le=50, description="Reason codes returned per churn or fraud score.")
     families: str = Field(",".join(FAMILIES), description=(
         "The model families this process serves, comma-separated (churn, fraud, segment). The routes of the "

@@ -5,13 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from core.schema import CHANNELS, MERCHANT_CATEGORIES
 
 CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# Greater than 0, published as `minimum: 0` and `not: {enum: [0]}`: pydantic writes gt=0 as a
+# numeric `exclusiveMinimum` (JSON Schema 2020-12, OpenAPI 3.1), but BentoML's /docs.json embeds these
+# schemas in an OpenAPI 3.0 document, where `exclusiveMinimum` is a boolean, and readers of it
+# (schema fuzzers, client generators) refused the whole fraud-detection operation. This form means
+# the same in both versions.
+Amount = Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False),
+                   WithJsonSchema({"type": "number", "minimum": 0, "not": {"enum": [0]}, "maximum": 1e9})]
 Overrides = Annotated[dict[FeatureName, FiniteFloat] | None, Field(
     default=None, max_length=100, description="Feature values that replace the stored ones for this request.")]
 
@@ -30,7 +37,7 @@ class ChurnBatchRequest(Strict):
 
 
 class Transaction(Strict):
-    amount: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]
+    amount: Amount
     merchant_category: Literal[MERCHANT_CATEGORIES]  # type: ignore[valid-type]
     channel: Literal[CHANNELS]  # type: ignore[valid-type]
     country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]

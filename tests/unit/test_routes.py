@@ -92,3 +92,44 @@ def test_past_its_limit_of_requests_in_progress_a_process_refuses_at_once_with_5
     refused, answered, after = asyncio.run(scenario())
     assert refused.status_code == 503 and refused.json()["error"] == "overloaded" and refused.headers["Retry-After"]
     assert [r.status_code for r in answered] == [200, 200, 200] and after.status_code == 200
+
+
+def test_a_body_over_the_limit_is_a_413_naming_the_limit_whether_its_length_is_declared_or_not():
+    client = TestClient(create_app(Server(ServingSettings(families="churn", max_body_bytes=1000))))
+    declared = client.post(f"{API_PREFIX}/churn-score", json={"customer_id": "C" * 2000})
+
+    def chunks():  # no Content-Length: the limit is counted as the body is read
+        yield from [b'{"customer_id": "'] + [b"C" * 100] * 20 + [b'"}']
+
+    chunked = client.post(f"{API_PREFIX}/churn-score", content=chunks(), headers={"content-type": "application/json"})
+    for response in (declared, chunked):
+        assert response.status_code == 413, response.text
+        assert response.json()["error"] == "body_too_large" and "1,000 bytes" in response.json()["detail"]
+    assert client.post(f"{API_PREFIX}/churn-score", json={"customer_id": "C" * 900}).status_code == 422  # under it: validated
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    (b'{"customer_id": "\xff\xfe"}', "UTF-8"),
+    (b"[" * 10_000, "too deeply"),
+    (b'{"customer_id": 1' + b"0" * 5000 + b"}", "too many digits"),
+])
+def test_a_body_that_cannot_be_decoded_is_a_422_naming_the_problem(body, problem):
+    client = TestClient(create_app(Server(ServingSettings(families="churn"))))
+    response = client.post(f"{API_PREFIX}/churn-score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0]["field"] == "body" and problem in response.json()["detail"]
+
+
+def test_the_frameworks_own_refusals_use_the_error_body_of_the_service():
+    client = TestClient(create_app(Server(ServingSettings(families="churn"))))
+    assert client.get("/no-such-route").json() == {"error": "not_found", "detail": "Not Found", "fields": []}
+    wrong_method = client.put(f"{API_PREFIX}/churn-score")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
+    assert wrong_method.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("authorization", ["", "Bearer", "Bearer s3cre", "Bearer s3cret ", "Bearer ŝ3cret".encode(), "x" * 10_000])
+def test_the_admin_route_refuses_any_other_authorization_with_a_401(authorization):
+    client = TestClient(create_app(Server(ServingSettings(families="churn", admin_token="s3cret"))))
+    response = client.post("/admin/reload", headers={"Authorization": authorization})
+    assert response.status_code == 401 and response.json()["fields"][0]["field"] == "Authorization"
