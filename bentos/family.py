@@ -140,13 +140,14 @@ def checked_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, 
         raise VersionRefused(loaded.family, loaded.version, f"reads features its feature service {service!r} does not serve: {missing}")
     score = FAMILIES[loaded.family].score_field
     try:
-        probe = build_scorer(loaded, info, ProbeReader(features), top_reasons)
-        scores = [r[score] for r in probe.score([{"customer_id": "probe"}] * len(ProbeReader.ROWS))]
+        scorer = build_scorer(loaded, info, ProbeReader(features), top_reasons)
+        scores = [r[score] for r in scorer.score([{"customer_id": "probe"}] * len(ProbeReader.ROWS))]
     except Exception as e:
         raise VersionRefused(loaded.family, loaded.version, f"fails to score: {type(e).__name__}: {e}") from e
     if not np.isfinite(scores).all():
         raise VersionRefused(loaded.family, loaded.version, f"scores {scores} on rows of missing, zero and one values")
-    return build_scorer(loaded, info, reader, top_reasons)
+    scorer.reader = reader  # checked: from now on it reads the feature store
+    return scorer
 
 
 class FamilyServer:

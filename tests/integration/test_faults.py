@@ -361,15 +361,12 @@ def followed_registry(settings, served_models, tmp_path_factory):
     registry.stop()
 
 
-def register_churn_copy(settings, tmp_path: Path, name: str, booster=None, **metadata) -> str:
+def register_churn_copy(settings, champion, name: str, booster=None, **metadata) -> str:
     """A new churn version: the champion's booster (or `booster`) with its metadata changed by `metadata`."""
     import mlflow.xgboost
 
-    from bentos.loading import from_registry
-    from core.registry import read_plan
     from training.registry import use_experiment
 
-    champion = from_registry("churn", read_plan("churn", settings.tracking_uri).champion, settings.tracking_uri, tmp_path / "cache")
     use_experiment("fintech-broken-versions", settings.tracking_uri, settings.artifact_root)
     with mlflow.start_run(run_name=name):
         info = mlflow.xgboost.log_model(booster or champion.model, name="model", registered_model_name="churn",
@@ -395,13 +392,12 @@ def test_a_broken_version_named_by_the_registry_is_refused_and_the_live_set_keep
     from core.registry import CHALLENGER, CHAMPION, mlflow_client, read_plan
 
     client, champion = mlflow_client(settings.tracking_uri), read_plan("churn", settings.tracking_uri).champion
-    corrupt = register_churn_copy(settings, tmp_path, "corrupt")
+    loaded = from_registry("churn", champion, settings.tracking_uri, tmp_path / "cache")
+    corrupt = register_churn_copy(settings, loaded, "corrupt")
     source = Path(client.get_model_version_download_uri("churn", corrupt).removeprefix("file://"))
     (source / "model.ubj").write_bytes(b"not a model")
-    features = from_registry("churn", champion, settings.tracking_uri, tmp_path / "cache").metadata["features"]
-    unserved = register_churn_copy(settings, tmp_path, "unserved", features=[*features[:-1], "spend_365d"])
-    nan = register_churn_copy(settings, tmp_path, "nan", booster=nan_leaves(
-        from_registry("churn", champion, settings.tracking_uri, tmp_path / "cache").model))
+    unserved = register_churn_copy(settings, loaded, "unserved", features=[*loaded.metadata["features"][:-1], "spend_365d"])
+    nan = register_churn_copy(settings, loaded, "nan", booster=nan_leaves(loaded.model))
     _, url = followed_registry
     refused, seconds = {}, {}
     try:
