@@ -71,8 +71,8 @@ up: data features train build serve ## Everything from nothing: data, features, 
 test: install $(CRD_SCHEMAS) ## Run every test: unit, data contract, model behaviour, integration (needs redis-server)
 	$(BIN)/python -m pytest
 
-faults: install ## The fault tests (store down, overload, unwritable log) with 60 s of overload instead of make test's 10
-	OVERLOAD_SECONDS=60 $(BIN)/python -m pytest tests/integration/test_faults.py
+faults: install ## The fault and hostile-input tests at full length: 60 s of overload (make test: 10), 100 fuzzed examples per operation (make test: 50)
+	OVERLOAD_SECONDS=60 FUZZ_EXAMPLES=100 $(BIN)/python -m pytest tests/integration/test_faults.py tests/integration/test_fuzz.py
 
 soak: install ## The soak: 10 minutes at 70% of saturation (make test runs 60 s of it)
 	SOAK_SECONDS=600 $(BIN)/python -m pytest tests/integration/test_soak.py -s

@@ -247,7 +247,9 @@ def test_an_unwritable_inference_log_does_not_stop_serving_and_keeps_the_newest_
     blocked = tmp_path / "inference_log"
     blocked.write_text("a file where the log's folder should be: the service runs as root in CI, so permissions would not stop it")
     process, url = start_server(settings, tmp_path, SERVING_INFERENCE_LOG_DIR=str(blocked), SERVING_INFERENCE_LOG_FLUSH_S="0.5",
-                                SERVING_INFERENCE_LOG_MAX_ROWS="300", SERVING_REGISTRY_POLL_S="0")
+                                # a bound a healthy log never reaches between two writes on a busy machine (at
+                                # 300, answers after the folder came back were dropped too, once in CI)
+                                SERVING_INFERENCE_LOG_MAX_ROWS="3000", SERVING_REGISTRY_POLL_S="0")
     dropped_series = 'fintech_inference_log_dropped_rows_total{model="churn"}'
     try:
         with Clients(url, list(latest_rows(table, 300).index)) as clients:
@@ -262,14 +264,14 @@ def test_an_unwritable_inference_log_does_not_stop_serving_and_keeps_the_newest_
         answers = [a for a in clients.answers if a.status == 200]
         assert clients.errors == [] and len(answers) == len(clients.answers)  # serving never stopped
         assert "NotADirectoryError" in status["write_error"] and status["dropped_rows"] > 0
-        assert 0 < held <= 300
+        assert 0 < held <= 3000
         # what was answered after the folder came back is all in the log
         later = {a.request_id for a in answers if a.sent > unblocked + 2}
         wait_for(lambda: later <= logged_request_ids(blocked), "the answers after the outage in the log", 30)
         lost = {a.request_id for a in answers} - logged_request_ids(blocked)
         dropped = metric(url, dropped_series)
         assert 0 < len(lost) <= dropped  # only what was counted as dropped is missing
-        print(f"inference log blocked: {len(answers)} answers, none failed; {held:.0f} rows held (bound 300), "
+        print(f"inference log blocked: {len(answers)} answers, none failed; {held:.0f} rows held (bound 3,000), "
               f"{dropped:.0f} dropped and counted, {len(lost)} answered rows missing from the log")
     finally:
         stop(process)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,10 +29,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 API = "/api/v1/inference"
 ADMIN_TOKEN = "fuzz-admin-token"
 CAP = 1_048_576  # SERVING_MAX_BODY_BYTES's default
-# Budget (2 cores): up to 100 generated examples per operation in the fuzzing phase, plus the
-# coverage phase's cases (each boundary and each way to break each field, a few hundred in all),
-# for each of the two documents: about 1,000 requests and 10-20 s each here.
-MAX_EXAMPLES = 100
+# Budget (2 cores): up to FUZZ_EXAMPLES generated examples per operation in the fuzzing phase (50 in
+# `make test`, 100 in `make faults`), plus the coverage phase's cases (each boundary and each way to
+# break each field, a few hundred in all), for each of the two documents: at 100, about 1,000
+# requests and 10-20 s each here.
+MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
