@@ -3,8 +3,8 @@ and scoring them were free.
 
     bentoml serve loadtests.baselines.canned_service:CannedAPI --port 3300
 
-The same app (bentos/api.py: routes, validation, request ids, the batcher, per-request metrics,
-response models) on the same BentoML options, with churn's batches answered by one churn-score
+The same app and admission limit (bentos/api.py: routes, validation, request ids, the batcher,
+per-request metrics, response models) on the same BentoML options, with churn's batches answered by one churn-score
 result computed at start (the packed model on one customer of the store) instead of a feature read
 and a model. The benchmark runs it as (d): (a)/(d) is the share of the HTTP path's ceiling that
 scoring leaves, (d)/(c) the share of the no-op's that the route's own machinery leaves.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bentoml
 
-from bentos.api import create_app
+from bentos.api import Admission, create_app
 from bentos.config import freeze_heap, get_serving_settings, service_options
 from bentos.family import Server
 from bentos.loading import from_bento
@@ -39,3 +39,6 @@ class CannedAPI:
             raise RuntimeError(f"the store cannot score {PROBE_CUSTOMER}: {answer['error']}")
         churn.batcher.score = lambda requests: [{**answer, "customer_id": r["customer_id"]} for r in requests]
         freeze_heap()
+
+
+CannedAPI.add_asgi_middleware(Admission, limit=SERVING.max_in_progress)

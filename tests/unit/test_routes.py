@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from bentos.api import create_app
+from bentos.api import Admission, create_app
 from bentos.config import API_PREFIX, ServingSettings
 from bentos.family import Server
 
@@ -74,10 +74,10 @@ def test_past_its_limit_of_requests_in_progress_a_process_refuses_at_once_with_5
     import httpx
 
     async def scenario():
-        server = Server(ServingSettings(families="churn", max_in_progress=3))
+        server = Server(ServingSettings(families="churn"))
         family = Held()
         server.families = {"churn": family}
-        transport = httpx.ASGITransport(app=create_app(server))
+        transport = httpx.ASGITransport(app=Admission(create_app(server), limit=3))  # as bentos/service.py puts it
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             def post(i):
                 return client.post(f"{API_PREFIX}/churn-score", json={"customer_id": f"C{i:07d}"})
