@@ -51,15 +51,52 @@ request = function()
   return wrk.format(nil, nil, nil, '%s' .. ids[math.random(#ids)] .. '%s')
 end
 """
+# Appended to a WRK_SCRIPT: each wrk thread sends on a schedule (its share of a rate), whatever the
+# answers: an open loop, bounded by the connections. A connection sends its next request when its
+# last answer is back and the schedule has come; one the schedule wanted sooner goes at once and is
+# counted behind schedule, so a run says how far short of its rate the bounded client fell.
+WRK_SCHEDULE = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } wrk_timespec;
+int clock_gettime(int clk_id, wrk_timespec *tp);
+]]
+local clock = ffi.new("wrk_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+local interval_ms, due = %f, nil
+behind = 0
+delay = function()
+  local now = now_ms()
+  due = (due or now) + interval_ms
+  if due <= now then behind = behind + 1; return 0 end
+  return due - now
+end
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+done = function()
+  local total = 0
+  for _, thread in ipairs(threads) do total = total + thread:get("behind") end
+  io.write(string.format("Sent behind schedule: %%d\\n", total))
+end
+"""
+WRK_THREADS = 2
 WORKERS = 2
 # The targets, from the serving redesign: (a)/(b) throughput, (a)/(c), idle p50, p99 at the fixed
 # rate, churn-batch of 1,000 per online store.
 BATCH_MEDIAN_MS = {"redis": 50, "sqlite": 150}
 
 
+def scheduled(script: str, rate: float) -> str:
+    """`script` sending `rate` requests a second on schedule (WRK_SCHEDULE)."""
+    return script + WRK_SCHEDULE % (1000 * WRK_THREADS / rate)
+
+
 def wrk(port: int, script: Path, seconds: int, connections: int, route: str = ROUTE) -> dict:
     return parse_wrk(subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{route}"],
+        ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{route}"],
         capture_output=True, text=True, check=True,
     ).stdout)
 
@@ -71,9 +108,11 @@ def parse_wrk(out: str) -> dict:
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     total = int(re.search(r"(\d+) requests in", out).group(1))
+    behind = re.search(r"Sent behind schedule: (\d+)", out)
     return {"requests_per_s": round(rps, 1), "p50_ms": latency["50"], "p99_ms": latency["99"], "requests": total,
             "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-            "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0}
+            "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
+            "behind_schedule": int(behind.group(1)) if behind else 0}
 
 
 def _ms(text: str) -> float:
