@@ -26,7 +26,7 @@ from bentos.config import ServingSettings
 from bentos.loading import LoadedVersion, VersionRefused
 from bentos.metrics import metrics, record_batch, record_failure
 from bentos.online import FeastReader
-from bentos.scoring import UNKNOWN_VERSION, ChurnScorer, FraudScorer, ModelInfo, OnlineFeatures, SegmentScorer
+from bentos.scoring import UNKNOWN_VERSION, ModelInfo, OnlineFeatures, build_scorer
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet, Versions
 from core.families import FAMILIES
@@ -105,15 +105,6 @@ def watch_drift(family: str, reports_dir: Path, every_s: float) -> threading.Thr
     thread = threading.Thread(target=loop, name=f"{family}-drift", daemon=True)
     thread.start()
     return thread
-
-
-def build_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, top_reasons: int):
-    """The scorer of a loaded version: what each family's model needs beside the features."""
-    if loaded.family == "churn":
-        return ChurnScorer(loaded.model, loaded.metadata, info, reader, top_reasons, loaded.importance)
-    if loaded.family == "fraud":
-        return FraudScorer(loaded.model, loaded.metadata, info, reader, top_reasons)
-    return SegmentScorer(loaded.model, loaded.metadata, info, reader)
 
 
 class ProbeReader:

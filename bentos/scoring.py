@@ -230,3 +230,12 @@ class SegmentScorer:
             "customer_id": customer_id, "segment_id": int(segments[i]), "segment_name": self.names[str(int(segments[i]))],
             "model": self.info.as_dict(), "feature_sources": a.sources[i],
         }, keep_features)
+
+
+def build_scorer(loaded, info: ModelInfo, reader: FeatureReader, top_reasons: int):
+    """The scorer of a loaded version (bentos/loading.py): what each family's model needs beside the features."""
+    if loaded.family == "churn":
+        return ChurnScorer(loaded.model, loaded.metadata, info, reader, top_reasons, loaded.importance)
+    if loaded.family == "fraud":
+        return FraudScorer(loaded.model, loaded.metadata, info, reader, top_reasons)
+    return SegmentScorer(loaded.model, loaded.metadata, info, reader)

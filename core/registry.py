@@ -22,7 +22,8 @@ SHARE_TAG = "serving.challenger_share"
 SHADOW_TAG = "serving.shadow"
 PREVIOUS_TAG = "serving.previous_champion"
 # The scored sample of training rows each version stores, for drift reports.
-REFERENCE_ARTIFACT = "reference.parquet"
+REFERENCE_ARTIFACT = "reference.parquet"  # a sample of the training rows, scored
+SERVED_REFERENCE_ARTIFACT = "served_reference.parquet"  # what the service will see, scored as it scores
 
 
 class RegistryUnavailable(RuntimeError):

@@ -25,6 +25,7 @@ from core.settings import Settings
 from training import contract, features, generate, models, registry, store
 
 log = logging.getLogger(__name__)
+SERVED_REFERENCE_ROWS = 20_000
 
 
 def make_data(settings: Settings, drift_months: int = 0, progress: bool = True) -> generate.GenerationSummary:
@@ -102,7 +103,12 @@ def fraud_training_set(feature_store, settings: Settings) -> pd.DataFrame:
     tx = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
     first_snapshot = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["event_timestamp"]).min().iloc[0]
     tx = tx[tx["timestamp"] >= first_snapshot]
-    tx = tx.sample(min(settings.fraud_sample, len(tx)), random_state=settings.seed)
+    return _transactions_with_features(feature_store, tx.sample(min(settings.fraud_sample, len(tx)), random_state=settings.seed))
+
+
+def _transactions_with_features(feature_store, tx: pd.DataFrame) -> pd.DataFrame:
+    """Each transaction with fraud's features as the service had them when it came: the customer's
+    latest snapshot before it, and the features computed from the transaction itself."""
     entity_df = pd.DataFrame({
         "customer_id": tx["customer_id"].to_numpy(), "event_timestamp": tx["timestamp"].to_numpy(),
         "amount": tx["amount"].to_numpy(), "merchant_category": tx["merchant_category"].to_numpy(),
@@ -110,6 +116,21 @@ def fraud_training_set(feature_store, settings: Settings) -> pd.DataFrame:
         "transaction_time": (tx["timestamp"].astype("int64") // 10**9).to_numpy(), "is_fraud": tx["is_fraud"].to_numpy(),
     })
     return store.historical_features(feature_store, entity_df, FEATURE_SERVICES["fraud"])
+
+
+def served_population(feature_store, settings: Settings, family: str) -> pd.DataFrame:
+    """What the service will see, for the served reference stored with each version: every customer
+    of the latest snapshot as the online store holds them (churn, segment; all of them, not only
+    the active ones training learns from), or the transactions of the last snapshot period (fraud),
+    each up to SERVED_REFERENCE_ROWS."""
+    if family == "fraud":
+        tx = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
+        recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=settings.snapshot_every_days)]
+        return _transactions_with_features(feature_store, recent.sample(min(SERVED_REFERENCE_ROWS, len(recent)),
+                                                                         random_state=settings.seed))
+    table = pd.read_parquet(settings.features_dir / "customer_features.parquet")
+    latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
+    return latest.sample(min(SERVED_REFERENCE_ROWS, len(latest)), random_state=settings.seed).reset_index(drop=True)
 
 
 def segment_training_set(feature_store, settings: Settings) -> pd.DataFrame:
@@ -137,6 +158,7 @@ def train_all(settings: Settings, progress: bool = True) -> dict:
         trained = train(frame)
         registered = registry.log_and_register(trained, frame, FEATURE_SERVICES[name], settings.tracking_uri,
                                                 settings.artifact_root)
+        registry.log_served_reference(registered, served_population(feature_store, settings, name), settings.tracking_uri)
         results[name] = {"metrics": trained.metrics, "registered": asdict(registered),
                          "seconds": round(time.perf_counter() - started, 1)}
         log.info("%s v%s: %s", name, registered.version,

@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 
 from core.decisions import calibrate
-from core.registry import CHAMPION, REFERENCE_ARTIFACT, mlflow_client
+from core.registry import CHAMPION, REFERENCE_ARTIFACT, SERVED_REFERENCE_ARTIFACT, mlflow_client
 from training.models import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -94,3 +94,20 @@ def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, featur
     aliases = [a for a, v in client.get_registered_model(trained.name).aliases.items() if str(v) == version]
     log.info("registered %s version %s (aliases: %s)", trained.name, version, ", ".join(aliases) or "none")
     return Registered(trained.name, version, run.info.run_id, aliases)
+
+
+def log_served_reference(registered: Registered, population: pd.DataFrame, tracking_uri: str) -> None:
+    """Store beside a registered version what the service will see (`population`, from
+    pipeline.served_population), scored by that version as the service scores it: the registered
+    files loaded and scored by the service's own scorers (bentos/frames.py). Drift reports compare
+    served windows with it by default."""
+    from bentos.frames import score_frame
+    from bentos.loading import from_registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = from_registry(registered.name, registered.version, tracking_uri, Path(tmp) / "models")
+        features = loaded.metadata["features"]
+        reference = population[features].reset_index(drop=True).assign(score=score_frame(loaded, population))
+        reference.to_parquet(Path(tmp) / SERVED_REFERENCE_ARTIFACT, index=False)
+        mlflow_client(tracking_uri).log_artifact(registered.run_id, str(Path(tmp) / SERVED_REFERENCE_ARTIFACT))
+    log.info("%s version %s: a served reference of %s rows", registered.name, registered.version, f"{len(reference):,}")

@@ -1,0 +1,50 @@
+"""Scoring a table of features with a model version through the service's own scorers, away from
+a server. The served reference stored with each version and the drift report's `--current` files
+without a score column are scored this way, so their scores are the ones the service gives.
+
+    loaded = from_registry("churn", "3", tracking_uri, cache_dir)
+    scores = score_frame(loaded, features)      # one score per row, in the inference log's terms
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bentos.scoring import OnlineFeatures, build_scorer
+from core.families import FAMILIES
+
+CHUNK_ROWS = 10_000
+
+
+class FrameReader:
+    """A feature reader over a table: a request's customer_id is its row's position."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.columns = {name: frame[name].to_numpy(dtype=float) for name in frame.columns}
+
+    def read(self, feature_service: str, rows: list[dict]) -> OnlineFeatures:
+        positions = np.array([int(row["customer_id"]) for row in rows], dtype=int)
+        return OnlineFeatures({name: column[positions] for name, column in self.columns.items()},
+                              np.ones(len(rows), dtype=bool))
+
+
+def score_frame(loaded, frame: pd.DataFrame) -> np.ndarray:
+    """The version's score of each row of `frame` (which holds at least its features; NaN where a
+    value is missing): churn or fraud probability, or segment id."""
+    features = loaded.metadata["features"]
+    if missing := [name for name in features if name not in frame.columns]:
+        raise ValueError(f"the table lacks {len(missing)} feature(s) of {loaded.family} version {loaded.version}: "
+                         f"{', '.join(missing[:10])}")
+    try:
+        table = frame[features].astype(float)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"a feature column of the table is not numeric: {e}") from e
+    scorer = build_scorer(loaded, loaded.info("offline"), FrameReader(table), top_reasons=0)
+    field = FAMILIES[loaded.family].score_field
+    scores = np.empty(len(table))
+    for start in range(0, len(table), CHUNK_ROWS):
+        requests = [{"customer_id": str(i)} for i in range(start, min(start + CHUNK_ROWS, len(table)))]
+        results = scorer.score(requests, reasons=False) if loaded.family == "churn" else scorer.score(requests)
+        scores[start:start + len(requests)] = [result[field] for result in results]
+    return scores
