@@ -103,8 +103,9 @@ rollback: install ## Give MODEL's champion alias back to the previous version an
 rollout-status: install ## What the registry asks MODEL to serve, and what the service serves
 	$(ROLLOUT) status $(MODEL)
 
-bench-drift: install ## Drift report over 100,000 logged rows (needs `make features` data)
+bench-drift: install ## Drift report over 100,000 logged rows; false alarms and power of the drift decisions (needs `make up`)
 	$(BIN)/python -m loadtests.bench_drift
+	$(BIN)/python -m loadtests.drift_alarms
 
 DRIFT_ARGS ?=
 drift-report: install ## Evidently drift report of MODEL: the last 24 h of its inference log against its training data

@@ -40,4 +40,11 @@ SEGMENT_FEATURES = [
     "share_electronics_90d", "share_cash_90d", "share_online_90d", "share_mobile_90d",
 ]
 
+# Features that move with the calendar for every customer whatever they do: compared with a
+# reference, they would only say that time has passed. Drift reports list them apart, with the
+# reason, and leave them out of the drifted share.
+GROWS_WITH_TIME = {
+    "days_since_first_txn": "the customer's tenure: a day more every day for every customer, so it drifts by construction",
+}
+
 FEATURE_SERVICES = {name: family.feature_service for name, family in FAMILIES.items()}

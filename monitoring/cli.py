@@ -1,6 +1,7 @@
 """Command line of monitoring: `python -m monitoring --help`.
 
     python -m monitoring drift-report --model churn                      # the champion, last 24 h of the log
+    python -m monitoring drift-report --model churn --reference training # against its training rows instead
     python -m monitoring drift-report --model fraud --current window.parquet --fail-above 0.3
     python -m monitoring drift-report --model churn --labels outcomes.csv # adds quality
 
@@ -59,6 +60,7 @@ def headline(model: str, version: str, summary: dict) -> str:
     lines = [f"{model} version {version}: {len(drifted)} of {summary['features']} features drifted "
              f"({summary['drift_share']:.0%}){': ' + ', '.join(drifted) if drifted else ''}",
              f"  rows: {summary['current_rows']:,} in the window, {summary['reference_rows']:,} in the reference"]
+    lines += [f"  not compared: {name}, {why}" for name, why in summary.get("not_compared", {}).items()]
     score = summary["prediction_drift"]
     if score.get("method"):
         lines.append(f"  prediction drift: {'yes' if score['drifted'] else 'no'} ({score['method']} {score['value']:.3g}, "
@@ -68,36 +70,55 @@ def headline(model: str, version: str, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def scored(window, model: str, version: str, tracking_uri: str, cache: Path):
+    """A window of features with the version's score of each row, as the service would give it."""
+    from bentos.frames import score_frame
+    from bentos.loading import from_registry
+
+    loaded = from_registry(model, version, tracking_uri, cache)
+    log.info("the window has no %s column: scoring its %s rows with %s version %s", "score", f"{len(window):,}", model, version)
+    return window.assign(score=score_frame(loaded, window))
+
+
 @app.command("drift-report")
 def drift_report(
     model: Annotated[str, typer.Option(help="Model family: churn, fraud or segment.")] = "churn",
     version: Annotated[str | None, typer.Option(help="Registry version (default: the champion).")] = None,
-    current: Annotated[Path | None, typer.Option(help="A file (.parquet, .csv) to use as the window instead of the log.")] = None,
+    current: Annotated[Path | None, typer.Option(help=(
+        "A file (.parquet, .csv) to use as the window instead of the log; without a `score` column, the version "
+        "scores it as the service would."))] = None,
     since: Annotated[datetime | None, typer.Option(help="Window start, UTC (default: 24 hours ago).")] = None,
     until: Annotated[datetime | None, typer.Option(help="Window end, UTC (default: now).")] = None,
     labels: Annotated[Path | None, typer.Option(help="Outcomes (customer_id, time, label) to add model quality.")] = None,
-    reference: Annotated[Path | None, typer.Option(help="Reference file (default: the one stored with the version).")] = None,
+    reference: Annotated[str, typer.Option(help=(
+        "What to compare with: `served` (what the service sees, scored by the version: stored with it at registration), "
+        "`training` (a sample of its training rows), or a file (.parquet, .csv) with the features and `score`."))] = "served",
     fail_above: Annotated[float | None, typer.Option(help="Exit 1 when the share of drifted features is above this.")] = None,
     reports_dir: Annotated[Path | None, typer.Option(help="Default: DATA_DIR/reports/drift.")] = None,
     workspace: Annotated[Path | None, typer.Option(help="Evidently workspace (default: DATA_DIR/evidently).")] = None,
     no_workspace: Annotated[bool, typer.Option("--no-workspace", help="Do not add the report to the workspace.")] = False,
 ) -> None:
-    """Compare a window of served data with the model's training data; write HTML and JSON."""
+    """Compare a window of served data with what the model version was built for; write HTML and JSON."""
     from core.registry import RegistryUnavailable, read_plan
-    from monitoring.drift import attach_labels, load_reference, read_log, run_report
+    from monitoring.drift import SCORE, attach_labels, load_reference, read_log, run_report
 
     settings = get_settings()
+    cache = settings.data_dir / "model_cache"
     if model not in FAMILIES:
         raise typer.BadParameter(f"choose one of {', '.join(FAMILIES)}", param_hint="--model")
     try:
         version = version or read_plan(model, settings.tracking_uri).champion
-        ref = read_table(reference) if reference else load_reference(model, version, settings.tracking_uri,
-                                                                      settings.data_dir / "model_cache")
-        features = [c for c in ref.columns if c != "score"]
+        if reference in ("served", "training"):
+            ref = load_reference(model, version, settings.tracking_uri, cache, kind=reference)
+        else:
+            ref = read_table(Path(reference))
+        features = [c for c in ref.columns if c != SCORE]
         until = until or datetime.now(UTC)
         since = since or until - timedelta(hours=24)
         window = read_table(current) if current else read_log(settings.data_dir / "inference_log" / model,
                                                                since, until, version=version)
+        if SCORE not in window.columns:
+            window = scored(window, model, version, settings.tracking_uri, cache)
         if labels:
             window = attach_labels(window, read_table(labels))
         result = run_report(ref, window, features)
@@ -112,7 +133,7 @@ def drift_report(
     result.drift.save_json(str(folder / "drift.json"))
     if result.quality is not None:
         result.quality.save_html(str(folder / "quality.html"))
-    summary = {"model": model, "version": version, "window": "file " + str(current) if current else
+    summary = {"model": model, "version": version, "reference": reference, "window": "file " + str(current) if current else
                f"inference log {since.isoformat()} to {until.isoformat()}", "created": stamp, **result.summary}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if not no_workspace:

@@ -12,7 +12,7 @@ import pytest
 
 from core.feature_sets import CHURN_FEATURES
 from loadtests.servers import stop
-from monitoring.drift import read_log, run_report
+from monitoring.drift import ALERT_SHARE, read_log, run_report
 from tests.integration.conftest import start_server
 from training import store
 from training.features import compute_features
@@ -70,10 +70,12 @@ def test_the_drift_report_finds_what_the_scenario_moved(settings, built, served_
     current = logged[logged["request_id"].isin(current_ids)]
     assert len(reference) == len(current) == len(customers)
 
-    flagged = set(run_report(reference, current, CHURN_FEATURES).summary["drifted_features"])
+    summary = run_report(reference, current, CHURN_FEATURES).summary
+    flagged = set(summary["drifted_features"])
     expected = set(DRIFT_FEATURES_MOVED) & set(CHURN_FEATURES)
     precision = len(flagged & expected) / len(flagged) if flagged else 0.0
     recall = len(flagged & expected) / len(expected)
     print(f"drift scenario: flagged {sorted(flagged)}; expected {sorted(expected)}; "
           f"precision {precision:.2f}, recall {recall:.2f}")
     assert recall >= 0.9 and precision >= 0.9, (sorted(flagged), sorted(expected))
+    assert summary["drift_share"] > ALERT_SHARE  # the alert fires

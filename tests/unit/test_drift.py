@@ -41,6 +41,13 @@ def test_the_same_population_is_not_flagged():
     assert summary["drifted_features"] == [] and summary["prediction_drift"]["drifted"] is False
 
 
+def test_a_small_window_is_decided_by_a_ks_test_corrected_for_the_columns_compared():
+    summary = run_report(window(5000, 0), window(400, 1, shift=0.6), FEATURES).summary
+    assert summary["drifted_features"] == SHIFTED
+    assert {f["method"] for f in summary["per_feature"].values()} == {"ks"}
+    assert summary["per_feature"]["f0"]["threshold"] == pytest.approx(0.05 / (len(FEATURES) + 1))
+
+
 def test_labels_join_to_the_first_outcome_after_the_prediction_and_add_quality():
     current = window(2000, 2).assign(customer_id=[f"C{i}" for i in range(2000)],
                                      time=pd.Timestamp("2026-01-01", tz="UTC"))

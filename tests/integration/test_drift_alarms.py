@@ -1,0 +1,55 @@
+"""Drift decisions on the session's own customers against the champion's served reference (the
+study of loadtests/drift_alarms.py, small): windows with no drift must not fire the alert, and
+shifts of a quarter of a standard deviation must be found with no other feature flagged."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from loadtests.drift_alarms import MEAN_SHIFTED, Shift, false_alarms, load_population, power
+from monitoring.cli import app
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def population(built, settings):
+    return load_population(settings)
+
+
+def test_the_served_reference_is_every_customer_of_the_latest_snapshot_scored(population, table):
+    latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
+    assert len(population.reference) == len(latest)
+    assert population.reference["score"].between(0, 1).all() and population.reference["score"].nunique() > 100
+
+
+def test_windows_with_no_drift_do_not_fire_the_alert(population):
+    windows = false_alarms(population, windows=4, sizes=(1000,))
+    flagged = [len(w["flagged"]) for w in windows]
+    assert not any(w["alert"] for w in windows), windows
+    assert sum(flagged) / len(flagged) <= 1, windows
+    assert not any(w["prediction_drift"] for w in windows), windows
+
+
+def test_shifts_of_a_quarter_standard_deviation_and_more_are_found_and_nothing_else(population):
+    shifts = [Shift("mean", tuple(MEAN_SHIFTED), 0.25), Shift("night share", ("night_share_90d",), 0.1),
+              Shift("category share", ("share_travel_90d", "share_groceries_90d"), 0.1)]
+    found = power(population, repeats=1, sizes=(1000,), shifts=shifts)
+    assert all(row["found"] == row["injected"] and row["others"] == [] for row in found), found
+
+
+def test_a_window_without_scores_is_scored_by_the_version_and_tenure_is_not_compared(population, settings, tmp_path):
+    window = population.window(1000, seed=3)
+    window["days_since_first_txn"] += 400  # a year and more later: every tenure grew
+    window.to_parquet(tmp_path / "window.parquet")
+    result = CliRunner().invoke(app, ["drift-report", "--model", "churn", "--current", str(tmp_path / "window.parquet"),
+                                      "--reports-dir", str(tmp_path / "reports"), "--no-workspace"],
+                                env={"DATA_DIR": str(settings.data_dir)})
+    assert result.exit_code == 0, result.output
+    [folder] = (tmp_path / "reports").iterdir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["reference"] == "served" and summary["current_rows"] == 1000
+    assert summary["drifted_features"] == [] and "days_since_first_txn" in summary["not_compared"]
+    assert "not compared: days_since_first_txn" in result.output
+    assert summary["prediction_drift"]["drifted"] is False
