@@ -90,11 +90,12 @@ def test_a_soak_at_70_percent_of_saturation_fails_nothing_and_grows_nothing(sett
     assert len(warm) >= 6
     growth = statistics.median(s.rss for s in last) / statistics.median(s.rss for s in first) - 1
     assert growth < 0.05
-    # a file or thread open for a moment (a log write) is not growth, nor one opened once and kept (a
-    # connection pool filling, a metric file made on first use: 43 -> 45 descriptors once in a 60 s
-    # run); a leak is still growing in the second half, in every sample of its end
+    # a file or thread open for a moment (a log write) is not growth, nor a descriptor or two opened
+    # once and kept (a connection pool filling, a metric file made on first use: 43 -> 45 once in a
+    # 60 s run, 43 -> 44 late in the second half of another); a leak is still growing in the second
+    # half, in every sample of its end (one descriptor per 200 requests: 256 -> 299)
     second_half = warm[len(warm) // 2:][:3]
-    assert min(s.fds for s in last) <= max(s.fds for s in second_half)
+    assert min(s.fds for s in last) <= max(s.fds for s in second_half) + 2
     assert min(s.threads for s in last) <= max(s.threads for s in second_half)
     print(f"soak {seconds} s at {soak['requests_per_s']:.0f} req/s ({soak['requests_per_s'] / saturation:.0%} of the "
           f"{saturation:.0f} it saturates at): {soak['requests']} answers, none failed, p99 {soak['p99_ms']} ms; "

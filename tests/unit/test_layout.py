@@ -14,7 +14,10 @@ FORBIDDEN = {
     "monitoring": ("bentos", "rollout"),
     "training": ("bentos", "rollout", "monitoring"),
 }
-ALLOWED = {"bentos": ("monitoring.inference_log",)}
+# the service's scorers, offline: the served reference (training) and windows without scores
+# (monitoring) are scored by the same code as the service
+OFFLINE_SCORING = ("bentos.frames", "bentos.loading")
+ALLOWED = {"bentos": ("monitoring.inference_log",), "monitoring": OFFLINE_SCORING, "training": OFFLINE_SCORING}
 
 
 def imports(package: str) -> list[tuple[str, str]]:
