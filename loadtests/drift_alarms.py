@@ -1,11 +1,12 @@
 """How often drift reports cry wolf, and what they find: the drift decisions measured on the data
 folder's own customers, against the champion's served reference, in one run.
 
-* False alarms: windows with no drift, drawn from the served population: customers of the latest
-  snapshot (what the online store serves) and of the one before it (another day), with
-  replacement, as requests repeat customers. Per window size: the mean number of features flagged
-  and how many windows would fire the alert (a drifted share above ALERT_SHARE).
-* Power: windows of the latest snapshot with a shift of known size injected, then scored by the
+* False alarms, for churn, fraud and segment: windows with no drift, drawn from the served
+  population with replacement, as requests repeat customers: customers of the latest snapshot
+  (what the online store serves) and of the one before it (another day); for fraud, transactions
+  of the last period's first and second halves. Per window size: the mean number of features
+  flagged and how many windows would fire the alert (a drifted share above ALERT_SHARE).
+* Power, for churn: windows of the latest snapshot with a shift of known size injected, then scored by the
   version as the service would: a mean shift of 0.1, 0.25 and 0.5 standard deviations on four
   features; a category share moved by 5 and 10 points (travel up, groceries down); the night share
   up by 0.05 and 0.1. Per shift and size: the share of injected features found, and the precision
@@ -72,30 +73,47 @@ SHIFTS = (
 
 
 class Population:
-    """The served population of one family's version: its snapshots, its scorer, its reference."""
+    """The served population of one family's version, as pools of rows from different days; its
+    scorer and its served reference."""
 
-    def __init__(self, table: pd.DataFrame, loaded, reference: pd.DataFrame):
+    def __init__(self, pools: dict[str, pd.DataFrame], loaded, reference: pd.DataFrame):
         from bentos.frames import score_frame
 
         self.loaded, self.reference, self.score = loaded, reference, lambda frame: score_frame(loaded, frame)
+        self.family = loaded.family
         self.features = [c for c in reference.columns if c != SCORE]
         self.compared = [f for f in self.features if f not in GROWS_WITH_TIME]
-        days = sorted(table["event_timestamp"].unique())[-2:]
-        self.days = [str(pd.Timestamp(d).date()) for d in days]
-        self.snapshots = [table[table["event_timestamp"] == d].reset_index(drop=True) for d in days]
+        self.days, self.pools = list(pools), list(pools.values())
 
     def window(self, rows: int, seed: int, day: int = -1) -> pd.DataFrame:
-        return self.snapshots[day].sample(rows, replace=True, random_state=seed)[self.features].reset_index(drop=True)
+        return self.pools[day].sample(rows, replace=True, random_state=seed)[self.features].reset_index(drop=True)
 
     def report(self, window: pd.DataFrame) -> dict:
-        return run_report(self.reference, window.assign(score=self.score(window)), self.features).summary
+        return run_report(self.reference, window.assign(score=self.score(window)), self.features,
+                          categorical_score=self.family == "segment").summary
+
+
+def served_pools(settings, family: str) -> dict[str, pd.DataFrame]:
+    """Rows the service sees on different days: customers of the last two snapshots (churn,
+    segment), or the last period's transactions split at its middle (fraud)."""
+    if family == "fraud":
+        from training import store
+        from training.pipeline import served_population
+
+        tx = served_population(store.open_store(settings), settings, "fraud", rows=60_000, seed=settings.seed + 1)
+        middle = tx["event_timestamp"].min() + (tx["event_timestamp"].max() - tx["event_timestamp"].min()) / 2
+        halves = {"before": tx[tx["event_timestamp"] < middle], "after": tx[tx["event_timestamp"] >= middle]}
+        return {f"{when} {middle.date()}": half.reset_index(drop=True) for when, half in halves.items()}
+    table = pd.read_parquet(settings.features_dir / "customer_features.parquet")
+    days = sorted(table["event_timestamp"].unique())[-2:]
+    return {str(pd.Timestamp(d).date()): table[table["event_timestamp"] == d].reset_index(drop=True) for d in days}
 
 
 def false_alarms(population: Population, windows: int, sizes=SIZES) -> list[dict]:
     rows = []
     for size in sizes:
         for i in range(windows):
-            day = i % len(population.snapshots)
+            day = i % len(population.pools)
             summary = population.report(population.window(size, seed=1000 * size + i, day=day))
             rows.append({"rows": size, "day": population.days[day], "flagged": summary["drifted_features"],
                          "share": summary["drift_share"], "alert": summary["drift_share"] > ALERT_SHARE,
@@ -125,46 +143,58 @@ def load_population(settings, family: str = "churn") -> Population:
         raise typer.BadParameter(f"{table_path} is missing: run `make up` (or data, features, train) first", param_hint="DATA_DIR")
     version = read_plan(family, settings.tracking_uri).champion
     cache = settings.data_dir / "model_cache"
-    return Population(pd.read_parquet(table_path), from_registry(family, version, settings.tracking_uri, cache),
+    return Population(served_pools(settings, family), from_registry(family, version, settings.tracking_uri, cache),
                       load_reference(family, version, settings.tracking_uri, cache))
 
 
-def main(windows: Annotated[int, typer.Option(help="Windows with no drift per size.")] = 20,
-         repeats: Annotated[int, typer.Option(help="Windows per shift and size.")] = 5) -> None:
+def null_summary(population: Population, nulls: list[dict]) -> pd.DataFrame:
+    """Per window size: how many windows with no drift, features flagged, alerts, prediction drift."""
+    counted = pd.DataFrame(nulls).assign(count=lambda f: f["flagged"].map(len))
+    return counted.groupby("rows").agg(windows=("count", "size"), mean_flagged=("count", "mean"), most_flagged=("count", "max"),
+                                       alerts=("alert", "sum"), prediction_drift=("prediction_drift", "sum"))
+
+
+def main(windows: Annotated[int, typer.Option(help="Windows with no drift per size and family.")] = 20,
+         repeats: Annotated[int, typer.Option(help="Churn windows per shift and size.")] = 5) -> None:
     from tqdm import tqdm
 
-    population = load_population(get_settings())
-    with tqdm(total=2, desc="false alarms, then power", unit="study") as bar:
-        nulls = false_alarms(population, windows)
+    settings = get_settings()
+    out: dict = {"alert_share": ALERT_SHARE, "false_alarms": {}}
+    setup = (f"Each family's champion against its served reference; windows drawn with replacement from what the "
+             f"service sees on two days; the alert fires above a drifted share of {ALERT_SHARE:g}.")
+    lines = ["# Drift decisions: false alarms and power", "", setup, "",
+             "## Windows with no drift", "",
+             "| family | days | rows | windows | mean features flagged | most in one window | alerts | prediction drift |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    families = ("churn", "fraud", "segment")
+    with tqdm(total=len(families) + 1, desc="false alarms per family, then churn's power", unit="study") as bar:
+        for family in families:
+            population = load_population(settings, family)
+            if family == "churn":
+                churn = population
+            nulls = false_alarms(population, windows)
+            table = null_summary(population, nulls)
+            out["false_alarms"][family] = {"model": f"{family} v{population.loaded.version}", "features": len(population.compared),
+                                           "reference_rows": len(population.reference), "days": population.days,
+                                           "by_size": table.reset_index().to_dict("records"), "windows": nulls}
+            lines += [f"| {family} v{population.loaded.version} ({len(population.compared)} features, reference "
+                      f"{len(population.reference):,} rows) | {' and '.join(population.days)} | {size:,} | {r.windows:.0f} | "
+                      f"{r.mean_flagged:.2f} | {r.most_flagged:.0f} | {r.alerts:.0f} | {r.prediction_drift:.0f} |"
+                      for size, r in table.iterrows()]
+            bar.update()
+        shifts = power(churn, repeats)
         bar.update()
-        shifts = power(population, repeats)
-        bar.update()
-    null_table = pd.DataFrame(nulls).assign(count=lambda f: f["flagged"].map(len))
-    power_table = pd.DataFrame(shifts)
-    by_size = null_table.groupby("rows").agg(windows=("count", "size"), mean_flagged=("count", "mean"),
-                                             most_flagged=("count", "max"), alerts=("alert", "sum"),
-                                             prediction_drift=("prediction_drift", "sum"))
-    found = power_table.groupby(["shift", "rows"], sort=False).apply(
+    out["power"] = shifts
+    found = pd.DataFrame(shifts).groupby(["shift", "rows"], sort=False).apply(
         lambda g: pd.Series({"found": g["found"].sum() / g["injected"].sum(),
                              "precision": g["found"].sum() / max(1, g["found"].sum() + g["others"].map(len).sum())}),
         include_groups=False).unstack("rows")
-    out = {"model": f"churn v{population.loaded.version}", "features": len(population.features),
-           "reference_rows": len(population.reference), "days": population.days, "alert_share": ALERT_SHARE,
-           "false_alarms": by_size.reset_index().to_dict("records"), "false_alarm_windows": nulls, "power": shifts}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "drift_alarms.json").write_text(json.dumps(out, indent=2, default=str))
-    setup = (f"{out['model']}, {out['features']} features ({len(population.compared)} compared), against its served "
-             f"reference ({out['reference_rows']:,} rows); windows of customers from the snapshots of "
-             f"{' and '.join(population.days)}, drawn with replacement; the alert fires above a drifted share of {ALERT_SHARE:g}.")
-    lines = ["# Drift decisions: false alarms and power", "", setup, "",
-             "## Windows with no drift", "", "| rows | windows | mean features flagged | most in one window | alerts | prediction drift |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {size:,} | {r.windows:.0f} | {r.mean_flagged:.2f} | {r.most_flagged:.0f} | {r.alerts:.0f} | {r.prediction_drift:.0f} |"
-              for size, r in by_size.iterrows()]
-    lines += ["", "## Injected shifts: share of the moved features found (precision)", "",
+    lines += ["", f"## Injected shifts (churn v{churn.loaded.version}): share of the moved features found (precision)", "",
               "| shift | " + " | ".join(f"{s:,} rows" for s in SIZES) + " |", "|---|" + "---:|" * len(SIZES)]
     lines += [f"| {shift} | " + " | ".join(f"{row[('found', s)]:.0%} ({row[('precision', s)]:.2f})" for s in SIZES) + " |"
               for shift, row in found.iterrows()]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "drift_alarms.json").write_text(json.dumps(out, indent=2, default=str))
     (RESULTS / "drift_alarms.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -121,7 +121,7 @@ def drift_report(
             window = scored(window, model, version, settings.tracking_uri, cache)
         if labels:
             window = attach_labels(window, read_table(labels))
-        result = run_report(ref, window, features)
+        result = run_report(ref, window, features, categorical_score=model == "segment")
     except (ValueError, RegistryUnavailable, FileNotFoundError) as e:  # DriftInputError is a ValueError
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e

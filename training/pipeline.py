@@ -118,19 +118,20 @@ def _transactions_with_features(feature_store, tx: pd.DataFrame) -> pd.DataFrame
     return store.historical_features(feature_store, entity_df, FEATURE_SERVICES["fraud"])
 
 
-def served_population(feature_store, settings: Settings, family: str) -> pd.DataFrame:
+def served_population(feature_store, settings: Settings, family: str, rows: int = SERVED_REFERENCE_ROWS,
+                      seed: int | None = None) -> pd.DataFrame:
     """What the service will see, for the served reference stored with each version: every customer
     of the latest snapshot as the online store holds them (churn, segment; all of them, not only
     the active ones training learns from), or the transactions of the last snapshot period (fraud),
-    each up to SERVED_REFERENCE_ROWS."""
+    each up to `rows`."""
+    seed = settings.seed if seed is None else seed
     if family == "fraud":
         tx = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
         recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=settings.snapshot_every_days)]
-        return _transactions_with_features(feature_store, recent.sample(min(SERVED_REFERENCE_ROWS, len(recent)),
-                                                                         random_state=settings.seed))
+        return _transactions_with_features(feature_store, recent.sample(min(rows, len(recent)), random_state=seed))
     table = pd.read_parquet(settings.features_dir / "customer_features.parquet")
     latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
-    return latest.sample(min(SERVED_REFERENCE_ROWS, len(latest)), random_state=settings.seed).reset_index(drop=True)
+    return latest.sample(min(rows, len(latest)), random_state=seed).reset_index(drop=True)
 
 
 def segment_training_set(feature_store, settings: Settings) -> pd.DataFrame:

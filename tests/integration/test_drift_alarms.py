@@ -1,6 +1,7 @@
 """Drift decisions on the session's own customers against the champion's served reference (the
-study of loadtests/drift_alarms.py, small): windows with no drift must not fire the alert, and
-shifts of a quarter of a standard deviation must be found with no other feature flagged."""
+study of loadtests/drift_alarms.py, small): windows with no drift must not fire the alert (churn,
+fraud, segment), and shifts of a quarter of a standard deviation must be found with no other
+feature flagged."""
 
 import json
 
@@ -30,6 +31,12 @@ def test_windows_with_no_drift_do_not_fire_the_alert(population):
     assert not any(w["alert"] for w in windows), windows
     assert sum(flagged) / len(flagged) <= 1, windows
     assert not any(w["prediction_drift"] for w in windows), windows
+
+
+@pytest.mark.parametrize("family", ["fraud", "segment"])
+def test_fraud_and_segment_windows_with_no_drift_do_not_fire_the_alert(built, settings, family):
+    windows = false_alarms(load_population(settings, family), windows=2, sizes=(1000,))
+    assert not any(w["alert"] or w["prediction_drift"] for w in windows), windows
 
 
 def test_shifts_of_a_quarter_standard_deviation_and_more_are_found_and_nothing_else(population):

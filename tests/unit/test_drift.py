@@ -48,6 +48,16 @@ def test_a_small_window_is_decided_by_a_ks_test_corrected_for_the_columns_compar
     assert summary["per_feature"]["f0"]["threshold"] == pytest.approx(0.05 / (len(FEATURES) + 1))
 
 
+def test_a_categorical_score_is_compared_as_shares():
+    rng = np.random.default_rng(4)
+    reference = window(5000, 0).assign(score=rng.choice(5, 5000))
+    same = window(3000, 1).assign(score=rng.choice(5, 3000))
+    moved = window(3000, 2).assign(score=rng.choice(5, 3000, p=[0.4, 0.15, 0.15, 0.15, 0.15]))  # one segment doubles
+    assert run_report(reference, same, FEATURES, categorical_score=True).summary["prediction_drift"]["drifted"] is False
+    score = run_report(reference, moved, FEATURES, categorical_score=True).summary["prediction_drift"]
+    assert score["drifted"] is True and score["method"] == "jensenshannon"
+
+
 def test_labels_join_to_the_first_outcome_after_the_prediction_and_add_quality():
     current = window(2000, 2).assign(customer_id=[f"C{i}" for i in range(2000)],
                                      time=pd.Timestamp("2026-01-01", tz="UTC"))
