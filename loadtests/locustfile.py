@@ -2,7 +2,9 @@
 
 60% churn-score, 30% fraud-detection, 10% segment; customer ids are drawn from the real customer
 population (the last feature snapshot under $DATA_DIR) with about 2% unknown ids, which must come
-back as 404, not as failures of the service.
+back as 404, not as failures of the service. Fraud requests replay real transactions of the last
+30 days (amount, merchant, channel, country, device and time), so the traffic looks like what the
+fraud model's served reference holds and a drift report on it has nothing to flag.
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000
 """
@@ -16,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 from locust import HttpUser, between, events, task
 
-from core.schema import CHANNELS, MERCHANT_CATEGORIES
-
 UNKNOWN_SHARE = 0.02
 CUSTOMERS: list[str] = []
+KNOWN: set[str] = set()
+TRANSACTIONS: list[dict] = []
 
 
 @events.init.add_listener
@@ -27,6 +29,12 @@ def load_customers(environment, **_) -> None:
     data_dir = Path(os.environ.get("DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
     table = pd.read_parquet(data_dir / "features" / "customer_features.parquet", columns=["customer_id", "event_timestamp"])
     CUSTOMERS.extend(table.loc[table["event_timestamp"] == table["event_timestamp"].max(), "customer_id"])
+    KNOWN.update(CUSTOMERS)
+    tx = pd.read_parquet(data_dir / "clean" / "transactions.parquet")
+    recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=30)]
+    recent = recent.sample(min(50_000, len(recent)), random_state=0).assign(timestamp=lambda f: f["timestamp"].map(pd.Timestamp.isoformat))
+    columns = ["customer_id", "amount", "merchant_category", "channel", "country", "device_id", "timestamp"]
+    TRANSACTIONS.extend(recent[columns].to_dict("records"))
 
 
 def customer() -> tuple[str, bool]:
@@ -52,14 +60,11 @@ class BankClient(HttpUser):
 
     @task(3)
     def fraud_detection(self) -> None:
-        customer_id, known = customer()
-        transaction = {
-            "amount": round(random.lognormvariate(3.6, 0.9), 2),
-            "merchant_category": random.choice(MERCHANT_CATEGORIES),
-            "channel": random.choice(CHANNELS),
-            "country": random.choice(["GB", "GB", "GB", "DE", "FR", "US"]),
-            "device_id": f"D{customer_id[1:]}-{random.randint(0, 2)}",
-        }
+        transaction = dict(random.choice(TRANSACTIONS))
+        customer_id = transaction.pop("customer_id")
+        known = customer_id in KNOWN
+        if random.random() < UNKNOWN_SHARE:
+            customer_id, known = f"UNKNOWN{random.randint(0, 10**6)}", False
         self._post("fraud-detection", {"customer_id": customer_id, "transaction": transaction}, known)
 
     @task(1)

@@ -87,12 +87,18 @@ def read_log(directory: Path, since: datetime | None = None, until: datetime | N
     dataset = ds.dataset(directory, format="parquet", partitioning="hive")
     condition = ds.field("role").isin(list(roles))
     if since is not None:
-        condition &= ds.field("time") >= pd.Timestamp(since)
+        condition &= ds.field("time") >= _utc(since)
     if until is not None:
-        condition &= ds.field("time") < pd.Timestamp(until)
+        condition &= ds.field("time") < _utc(until)
     if version is not None:
         condition &= ds.field("version") == version
     return dataset.to_table(filter=condition).to_pandas()
+
+
+def _utc(moment: datetime) -> pd.Timestamp:
+    """A time as the log stores it: UTC, and a naive time (as --since parses) taken as UTC."""
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def attach_labels(current: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:

@@ -95,3 +95,16 @@ def test_the_command_names_a_missing_file(tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     result = CliRunner().invoke(app, ["drift-report", "--version", "1", "--reference", str(tmp_path / "nope.parquet")])
     assert result.exit_code == 2 and "nope.parquet does not exist" in result.output
+
+
+def test_a_window_of_the_log_takes_naive_times_as_utc(tmp_path):
+    from datetime import datetime
+
+    from monitoring.drift import read_log
+
+    times = pd.to_datetime(["2026-01-01 10:00", "2026-01-01 12:00", "2026-01-01 14:00"], utc=True)
+    folder = tmp_path / "churn" / "version=1"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"time": times, "role": "champion", "score": [0.1, 0.2, 0.3]}).to_parquet(folder / "part.parquet")
+    window = read_log(tmp_path / "churn", since=datetime(2026, 1, 1, 11), until=datetime(2026, 1, 1, 13))
+    assert window["score"].tolist() == [0.2]
