@@ -3,8 +3,9 @@
 60% churn-score, 30% fraud-detection, 10% segment; customer ids are drawn from the real customer
 population (the last feature snapshot under $DATA_DIR) with about 2% unknown ids, which must come
 back as 404, not as failures of the service. Fraud requests replay real transactions of the last
-30 days (amount, merchant, channel, country, device and time), so the traffic looks like what the
-fraud model's served reference holds and a drift report on it has nothing to flag.
+30 days (amount, merchant, channel, country, device and time; a first use of a device, country or
+category kept new to the service: loadtests/replay.py), so the traffic looks like what the fraud
+model's served reference holds and a drift report on it has nothing to flag.
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 from locust import HttpUser, between, events, task
 
+from loadtests.replay import replay_transactions
+
 UNKNOWN_SHARE = 0.02
 CUSTOMERS: list[str] = []
 KNOWN: set[str] = set()
@@ -30,11 +33,7 @@ def load_customers(environment, **_) -> None:
     table = pd.read_parquet(data_dir / "features" / "customer_features.parquet", columns=["customer_id", "event_timestamp"])
     CUSTOMERS.extend(table.loc[table["event_timestamp"] == table["event_timestamp"].max(), "customer_id"])
     KNOWN.update(CUSTOMERS)
-    tx = pd.read_parquet(data_dir / "clean" / "transactions.parquet")
-    recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=30)]
-    recent = recent.sample(min(50_000, len(recent)), random_state=0).assign(timestamp=lambda f: f["timestamp"].map(pd.Timestamp.isoformat))
-    columns = ["customer_id", "amount", "merchant_category", "channel", "country", "device_id", "timestamp"]
-    TRANSACTIONS.extend(recent[columns].to_dict("records"))
+    TRANSACTIONS.extend(replay_transactions(data_dir))
 
 
 def customer() -> tuple[str, bool]:

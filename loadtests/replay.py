@@ -1,0 +1,68 @@
+"""Real transactions to replay as live fraud-detection traffic (loadtests/locustfile.py).
+
+    rows = replay_transactions(data_dir)    # dicts: customer_id and the request's transaction fields
+
+The transactions of the last days are already part of their customers' latest profile, the one the
+online store serves. Replayed as they were, a customer's first use of a device, a country or a
+merchant category would look familiar to the service, while the fraud model's served reference (the
+same days, each transaction against the profile before it, as Feast joins them) saw it as new, and a
+drift report of the replayed traffic flagged `is_new_device`, `is_new_country` and
+`is_new_category`. So a transaction that was new when it happened is sent with a device, country or
+category that its customer's latest profile does not hold: as new to the service as it was then.
+Everything else is sent as it happened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.realtime import LIST_SEPARATOR
+from core.schema import MERCHANT_CATEGORIES
+
+REQUEST_COLUMNS = ["customer_id", "amount", "merchant_category", "channel", "country", "device_id", "timestamp"]
+# transaction column -> the profile's list of what the customer used before
+SEEN = {"device_id": "devices_seen", "country": "countries_seen", "merchant_category": "categories_seen"}
+
+
+def _seen(joined: str | None) -> set[str]:
+    return set(joined.split(LIST_SEPARATOR)) if isinstance(joined, str) and joined else set()
+
+
+def _unused(pool: list[str], used: set[str], rng: np.random.Generator) -> str | None:
+    left = [value for value in pool if value not in used]
+    return left[rng.integers(len(left))] if left else None
+
+
+def replay_transactions(data_dir: Path, days: int = 30, rows: int = 50_000, seed: int = 0) -> list[dict]:
+    """Up to `rows` transactions of the last `days`, first uses kept new (module docstring), in
+    time order, with ISO timestamps."""
+    rng = np.random.default_rng(seed)
+    tx = pd.read_parquet(data_dir / "clean" / "transactions.parquet", columns=REQUEST_COLUMNS)
+    recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=days)]
+    recent = recent.sample(min(rows, len(recent)), random_state=seed).sort_values("timestamp", kind="stable")
+    profiles = pd.read_parquet(data_dir / "features" / "customer_features.parquet",
+                               columns=["customer_id", "event_timestamp", *SEEN.values()])
+    profiles["event_timestamp"] = profiles["event_timestamp"].astype(recent["timestamp"].dtype)
+    # each transaction beside the latest profile made before it (Feast's point-in-time join)
+    then = pd.merge_asof(recent, profiles.sort_values("event_timestamp"), left_on="timestamp",
+                         right_on="event_timestamp", by="customer_id", direction="backward")
+    latest = profiles[profiles["event_timestamp"] == profiles["event_timestamp"].max()]
+    now_seen = latest.set_index("customer_id")[list(SEEN.values())].to_dict("index")
+    pools = {"country": sorted(tx["country"].unique()), "merchant_category": list(MERCHANT_CATEGORIES)}
+
+    out = then[REQUEST_COLUMNS].to_dict("records")
+    for row, before in zip(out, then[list(SEEN.values())].to_dict("records")):
+        now = now_seen.get(row["customer_id"], {})
+        for column, seen in SEEN.items():
+            used = _seen(now.get(seen))
+            if row[column] in _seen(before[seen]) or row[column] not in used:
+                continue  # not a first use, or new to the service as it is
+            if column == "device_id":
+                row[column] = f"{row[column]}-new"
+            else:
+                row[column] = _unused(pools[column], used, rng) or row[column]
+        row["timestamp"] = row["timestamp"].isoformat()
+    return out
