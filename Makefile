@@ -108,7 +108,7 @@ bench-drift: install ## Drift report over 100,000 logged rows; false alarms and 
 	$(BIN)/python -m loadtests.drift_alarms
 
 DRIFT_ARGS ?=
-drift-report: install ## Evidently drift report of MODEL: the last 24 h of its inference log against its training data
+drift-report: install ## Evidently drift report of MODEL: the last 24 h of its inference log against the served reference stored with its version
 	$(BIN)/python -m monitoring drift-report --model $(MODEL) $(DRIFT_ARGS)
 
 DRIFT_UI_PORT ?= 8000

@@ -2,9 +2,9 @@
 
 60% churn-score, 30% fraud-detection, 10% segment; customer ids are drawn from the real customer
 population (the last feature snapshot under $DATA_DIR) with about 2% unknown ids, which must come
-back as 404, not as failures of the service. Fraud requests replay real transactions of the last
-30 days (amount, merchant, channel, country, device and time; a first use of a device, country or
-category kept new to the service: loadtests/replay.py), so the traffic looks like what the fraud
+back as 404, not as failures of the service. Fraud requests replay real transactions (amount,
+merchant, channel, country, device and time): the 30 days the generator wrote after the data, or
+with your own data its last 30 days (loadtests/replay.py), so the traffic looks like what the fraud
 model's served reference holds and a drift report on it has nothing to flag.
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000

@@ -2,14 +2,18 @@
 
     rows = replay_transactions(data_dir)    # dicts: customer_id and the request's transaction fields
 
-The transactions of the last days are already part of their customers' latest profile, the one the
-online store serves. Replayed as they were, a customer's first use of a device, a country or a
-merchant category would look familiar to the service, while the fraud model's served reference (the
-same days, each transaction against the profile before it, as Feast joins them) saw it as new, and a
-drift report of the replayed traffic flagged `is_new_device`, `is_new_country` and
-`is_new_category`. So a transaction that was new when it happened is sent with a device, country or
-category that its customer's latest profile does not hold: as new to the service as it was then.
-Everything else is sent as it happened.
+The generator writes the 30 days after the data beside it (raw/transactions_later.parquet): they
+come after every feature snapshot, as live traffic does, and are replayed as they are.
+
+Without that file (your own data), the transactions of the last days are replayed. Those are
+already part of their customers' latest profile, the one the online store serves: replayed as they
+were, a customer's first use of a device, a country or a merchant category would look familiar to
+the service, while the fraud model's served reference (the same days, each transaction against the
+profile before it, as Feast joins them) saw it as new, and a drift report of that traffic flagged
+`is_new_device`, `is_new_country` and `is_new_category`. So a transaction that was new when it
+happened is sent with a device, country or category that its customer's latest profile does not
+hold. What the profile learnt from the transaction itself (its hour, its country count) cannot be
+taken back: against the default data, `hour_distance` and `distinct_countries_365d` were flagged.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pandas as pd
 
 from core.realtime import LIST_SEPARATOR
 from core.schema import MERCHANT_CATEGORIES
+from training.generate import LATER_TRANSACTIONS
 
 REQUEST_COLUMNS = ["customer_id", "amount", "merchant_category", "channel", "country", "device_id", "timestamp"]
 # transaction column -> the profile's list of what the customer used before
@@ -36,9 +41,17 @@ def _unused(pool: list[str], used: set[str], rng: np.random.Generator) -> str | 
     return left[rng.integers(len(left))] if left else None
 
 
+def _requests(frame: pd.DataFrame) -> list[dict]:
+    return frame[REQUEST_COLUMNS].assign(timestamp=frame["timestamp"].map(pd.Timestamp.isoformat)).to_dict("records")
+
+
 def replay_transactions(data_dir: Path, days: int = 30, rows: int = 50_000, seed: int = 0) -> list[dict]:
-    """Up to `rows` transactions of the last `days`, first uses kept new (module docstring), in
-    time order, with ISO timestamps."""
+    """Up to `rows` transactions in time order, with ISO timestamps: the generator's later ones, or
+    else those of the last `days`, first uses kept new (module docstring)."""
+    later = data_dir / "raw" / LATER_TRANSACTIONS
+    if later.exists():
+        tx = pd.read_parquet(later, columns=REQUEST_COLUMNS)
+        return _requests(tx.sample(min(rows, len(tx)), random_state=seed).sort_values("timestamp", kind="stable"))
     rng = np.random.default_rng(seed)
     tx = pd.read_parquet(data_dir / "clean" / "transactions.parquet", columns=REQUEST_COLUMNS)
     recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=days)]
@@ -53,7 +66,7 @@ def replay_transactions(data_dir: Path, days: int = 30, rows: int = 50_000, seed
     now_seen = latest.set_index("customer_id")[list(SEEN.values())].to_dict("index")
     pools = {"country": sorted(tx["country"].unique()), "merchant_category": list(MERCHANT_CATEGORIES)}
 
-    out = then[REQUEST_COLUMNS].to_dict("records")
+    out = _requests(then)
     for row, before in zip(out, then[list(SEEN.values())].to_dict("records")):
         now = now_seen.get(row["customer_id"], {})
         for column, seen in SEEN.items():
@@ -64,5 +77,4 @@ def replay_transactions(data_dir: Path, days: int = 30, rows: int = 50_000, seed
                 row[column] = f"{row[column]}-new"
             else:
                 row[column] = _unused(pools[column], used, rng) or row[column]
-        row["timestamp"] = row["timestamp"].isoformat()
     return out

@@ -41,12 +41,15 @@ def data(
     months: Annotated[int | None, typer.Option(help="Months of transactions (default 12).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed; same seed, same data (default 42).")] = None,
     drift_months: Annotated[int, typer.Option(help="Also write this many later months with a known drift.")] = 0,
+    later_days: Annotated[int, typer.Option(help=(
+        "Also write the next days, nothing changed, to raw/transactions_later.parquet (the load test replays them).")
+    )] = 30,
 ) -> None:
     """Generate synthetic customers and transactions under DATA_DIR/raw."""
     from training.pipeline import make_data
 
     settings = get_settings(data_dir=data_dir, n_customers=customers, months=months, seed=seed)
-    make_data(settings, drift_months=drift_months)
+    make_data(settings, drift_months=drift_months, later_days=later_days)
 
 
 @app.command()

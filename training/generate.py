@@ -18,15 +18,18 @@ What is in the data (and what a model can learn from it):
   a share of fraud looks ordinary and a share of ordinary spending (travel abroad, a replaced
   phone or card, which three customers in ten get) looks odd.
 
-The drift scenario (:data:`DRIFT_SHIFTS`) generates a later period for the same customers with a
-known shift, written down in ``drift_manifest.json`` beside the data.
+Beside the data, the next ``later_days`` (30) of the same customers, with nothing changed, go to
+``transactions_later.parquet``: transactions that come after every feature snapshot, to replay as
+live traffic (the load test's fraud requests). Training never reads them. The drift scenario
+(:data:`DRIFT_SHIFTS`) generates a later period for the same customers with a known shift, written
+down in ``drift_manifest.json``.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ from tqdm import tqdm
 from core.schema import CHANNELS, MERCHANT_CATEGORIES
 
 CHUNK_CUSTOMERS = 20_000  # fixed: the output for a seed must not depend on memory settings
+LATER_TRANSACTIONS = "transactions_later.parquet"
 
 CATEGORY_MEDIAN_AMOUNT = np.array([35, 25, 50, 45, 40, 180, 20, 80, 30, 150, 80], dtype=float)
 CATEGORY_WEIGHT = np.array([0.26, 0.16, 0.08, 0.12, 0.10, 0.03, 0.07, 0.05, 0.05, 0.02, 0.06])
@@ -268,12 +272,16 @@ def generate(
     seed: int,
     drift_months: int = 0,
     progress: bool = True,
+    later_days: int = 30,
 ) -> GenerationSummary:
-    """Write customers.parquet and transactions.parquet (and, with drift_months, the drifted
-    period to transactions_drift.parquet with its manifest) under out_dir, chunk by chunk."""
+    """Write customers.parquet and transactions.parquet, the next `later_days` to
+    transactions_later.parquet, and, with drift_months, the drifted period to
+    transactions_drift.parquet with its manifest, under out_dir, chunk by chunk."""
     out_dir.mkdir(parents=True, exist_ok=True)
     base = Period(start, add_months(start, months))
     periods = [(base, False, out_dir / "transactions.parquet")]
+    if later_days:
+        periods.append((Period(base.end, base.end + timedelta(days=later_days)), False, out_dir / LATER_TRANSACTIONS))
     if drift_months:
         drift = Period(base.end, add_months(base.end, drift_months))
         periods.append((drift, True, out_dir / "transactions_drift.parquet"))
@@ -287,7 +295,7 @@ def generate(
             for period, drifted, path in periods:
                 customers, tx = generate_chunk(seed, chunk, n, base, period, drifted)
                 _append(writers, path, tx)
-                if not drifted:
+                if period == base:
                     n_tx += len(tx)
                     n_fraud += int(tx["is_fraud"].sum())
             _append(writers, out_dir / "customers.parquet", customers)

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 SERVED_REFERENCE_ROWS = 20_000
 
 
-def make_data(settings: Settings, drift_months: int = 0, progress: bool = True) -> generate.GenerationSummary:
+def make_data(settings: Settings, drift_months: int = 0, progress: bool = True, later_days: int = 30) -> generate.GenerationSummary:
     summary = generate.generate(settings.raw_dir, settings.n_customers, settings.months, settings.start_date,
-                                settings.seed, drift_months=drift_months, progress=progress)
+                                settings.seed, drift_months=drift_months, progress=progress, later_days=later_days)
     log.info("wrote %s customers, %s transactions (%.2f%% fraud) from %s to %s under %s", f"{summary.customers:,}",
              f"{summary.transactions:,}", 100 * summary.fraud_rate, summary.start, summary.end, settings.raw_dir)
     return summary

@@ -5,7 +5,7 @@ import pandas as pd
 
 from core.schema import CUSTOMER_COLUMNS, TRANSACTION_COLUMNS
 from training.contract import validate
-from training.generate import CHUNK_CUSTOMERS, Period, generate, generate_chunk
+from training.generate import CHUNK_CUSTOMERS, LATER_TRANSACTIONS, Period, generate, generate_chunk
 
 
 def test_generated_data_honours_the_contract(small_raw):
@@ -69,3 +69,17 @@ def test_drift_scenario_shifts_only_what_its_manifest_says(small_raw):
     assert (legit_after["channel"] == "pos").mean() < 0.65 * pos_before
     share = lambda f: f["merchant_category"].value_counts(normalize=True)
     assert np.abs(share(legit_after) - share(legit_before)).max() < 0.02
+
+
+def test_the_next_30_days_come_after_the_data_for_the_same_customers_unchanged(small_raw):
+    out, _ = small_raw
+    before = pd.read_parquet(out / "transactions.parquet")
+    later = pd.read_parquet(out / LATER_TRANSACTIONS)
+    assert list(later.columns) == list(TRANSACTION_COLUMNS)
+    assert later["timestamp"].min() >= pd.Timestamp("2026-10-01", tz="UTC") > before["timestamp"].max()
+    assert later["timestamp"].max() < pd.Timestamp("2026-10-31", tz="UTC")
+    assert set(later["customer_id"]) <= set(pd.read_parquet(out / "customers.parquet")["customer_id"])
+    assert not set(later["transaction_id"]) & set(before["transaction_id"])
+    legit_before, legit_later = before[before.is_fraud == 0], later[later.is_fraud == 0]
+    assert abs(legit_later["amount"].median() / legit_before["amount"].median() - 1) < 0.1
+    assert abs((legit_later["channel"] == "pos").mean() - (legit_before["channel"] == "pos").mean()) < 0.05

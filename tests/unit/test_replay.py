@@ -7,6 +7,7 @@ import pytest
 from loadtests.replay import SEEN, replay_transactions
 from tests.conftest import make_tx
 from training.features import compute_features
+from training.generate import LATER_TRANSACTIONS
 
 SNAPSHOTS = [pd.Timestamp("2026-03-01", tz="UTC"), pd.Timestamp("2026-04-01", tz="UTC")]
 NEW = {"device_id": "is_new_device", "country": "is_new_country", "merchant_category": "is_new_category"}
@@ -42,7 +43,7 @@ def newness(rows: list[dict], profiles: pd.DataFrame) -> list[dict]:
     return out
 
 
-def test_a_first_use_stays_new_against_the_latest_profile_and_nothing_else_changes(data_dir):
+def test_without_later_transactions_a_first_use_stays_new_against_the_latest_profile(data_dir):
     table = pd.read_parquet(data_dir / "features" / "customer_features.parquet")
     rows = replay_transactions(data_dir, days=30)
     assert [r["timestamp"][:10] for r in rows] == ["2026-03-05", "2026-03-10", "2026-03-15", "2026-03-20", "2026-03-25"]
@@ -60,3 +61,19 @@ def test_a_first_use_stays_new_against_the_latest_profile_and_nothing_else_chang
     assert (rows[0]["device_id"], rows[0]["country"], rows[0]["merchant_category"]) == ("dA", "GB", "groceries")
     assert rows[1]["country"] == "DE" and rows[1]["merchant_category"] == "retail"
     assert [r["amount"] for r in rows] == [30.0, 80.0, 60.0, 20.0, 25.0]
+
+
+def test_the_generators_later_transactions_are_replayed_as_they_are(data_dir):
+    later = make_tx([
+        ("A", "2026-04-02 10:00", 70.0, "travel", "mobile", "PT", "dZ"),
+        ("B", "2026-04-01 08:00", 90.0, "retail", "pos", "DE", "dC"),
+    ])
+    (data_dir / "raw").mkdir()
+    later.to_parquet(data_dir / "raw" / LATER_TRANSACTIONS)
+    rows = replay_transactions(data_dir)
+    assert rows == [
+        {"customer_id": "B", "amount": 90.0, "merchant_category": "retail", "channel": "pos", "country": "DE",
+         "device_id": "dC", "timestamp": "2026-04-01T08:00:00+00:00"},
+        {"customer_id": "A", "amount": 70.0, "merchant_category": "travel", "channel": "mobile", "country": "PT",
+         "device_id": "dZ", "timestamp": "2026-04-02T10:00:00+00:00"},
+    ]
