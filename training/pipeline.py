@@ -103,10 +103,10 @@ def fraud_training_set(feature_store, settings: Settings) -> pd.DataFrame:
     tx = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
     first_snapshot = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["event_timestamp"]).min().iloc[0]
     tx = tx[tx["timestamp"] >= first_snapshot]
-    return _transactions_with_features(feature_store, tx.sample(min(settings.fraud_sample, len(tx)), random_state=settings.seed))
+    return transactions_with_features(feature_store, tx.sample(min(settings.fraud_sample, len(tx)), random_state=settings.seed))
 
 
-def _transactions_with_features(feature_store, tx: pd.DataFrame) -> pd.DataFrame:
+def transactions_with_features(feature_store, tx: pd.DataFrame) -> pd.DataFrame:
     """Each transaction with fraud's features as the service had them when it came: the customer's
     latest snapshot before it, and the features computed from the transaction itself."""
     entity_df = pd.DataFrame({
@@ -128,7 +128,7 @@ def served_population(feature_store, settings: Settings, family: str, rows: int 
     if family == "fraud":
         tx = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
         recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=settings.snapshot_every_days)]
-        return _transactions_with_features(feature_store, recent.sample(min(rows, len(recent)), random_state=seed))
+        return transactions_with_features(feature_store, recent.sample(min(rows, len(recent)), random_state=seed))
     table = pd.read_parquet(settings.features_dir / "customer_features.parquet")
     latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
     return latest.sample(min(rows, len(latest)), random_state=seed).reset_index(drop=True)

@@ -5,11 +5,16 @@ feature flagged."""
 
 import json
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from loadtests.drift_alarms import MEAN_SHIFTED, Shift, false_alarms, load_population, power
 from monitoring.cli import app
+from monitoring.drift import ALERT_SHARE
+from training import store
+from training.generate import LATER_TRANSACTIONS
+from training.pipeline import transactions_with_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,6 +42,23 @@ def test_windows_with_no_drift_do_not_fire_the_alert(population):
 def test_fraud_and_segment_windows_with_no_drift_do_not_fire_the_alert(built, settings, family):
     windows = false_alarms(load_population(settings, family), windows=2, sizes=(1000,))
     assert not any(w["alert"] or w["prediction_drift"] for w in windows), windows
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known false alarm: fraud's served reference scores the last period's transactions against the profiles of the "
+    "month before, and the season moves the 7- and 30-day counts by about 0.1 sd, the distance threshold; on this "
+    "data 4 of 28 features are flagged (days_since_last_txn, is_new_device, txn_count_7d, txn_count_30d), on the "
+    "default data 2 of 28"))
+def test_the_load_tests_fraud_traffic_does_not_fire_the_alert(built, settings):
+    """The default demo's fraud window: what the load test sends (the generator's days after the
+    data), with the features the service reads for it (the latest profile), against the served
+    reference; as many rows as a few minutes of the locust mix log (7,909 in three minutes)."""
+    population = load_population(settings, "fraud")
+    later = pd.read_parquet(settings.raw_dir / LATER_TRANSACTIONS).sample(5000, random_state=0)
+    window = transactions_with_features(store.open_store(settings), later)
+    summary = population.report(window[population.features])
+    assert summary["drift_share"] <= ALERT_SHARE, summary
+    assert not summary["prediction_drift"]["drifted"], summary
 
 
 def test_shifts_of_a_quarter_standard_deviation_and_more_are_found_and_nothing_else(population):
