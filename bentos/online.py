@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from itertools import chain
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -212,12 +213,29 @@ class FeastReader:
         return True
 
 
+@lru_cache(maxsize=64)
+def _hmget_parts(fields: tuple[bytes, ...]) -> tuple[bytes, bytes]:
+    """The RESP encoding of `HMGET <key> <fields...>` around the key: every command of a read names
+    the same fields, so they are encoded once (hiredis packing each command whole cost 6.6 ms of a
+    1,000-customer read)."""
+    head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+    return head, b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
+
+
+def pack_hmgets(keys: list[bytes], fields: list[bytes]) -> bytes:
+    """One HMGET of `fields` per key, RESP-encoded as hiredis would, in one buffer."""
+    head, tail = _hmget_parts(tuple(fields))
+    parts = []
+    for key in keys:
+        parts += (head, b"$%d\r\n" % len(key), key, b"\r\n", tail)
+    return b"".join(parts)
+
+
 def hmget_each(client, keys: list[bytes], fields: list[bytes]) -> list[list[bytes | None]]:
     """HMGET of the same fields from every key, in one round trip. On a plain Redis client the
-    commands are packed by hiredis in one write and the replies read back in order: redis-py's
-    pipeline spends about 20 µs of Python per command packing and parsing, a third of a
-    1,000-customer read. A Redis Cluster client gets redis-py's pipeline, which splits by shard."""
-    import hiredis
+    commands go in one write and the replies are read back in order: redis-py's pipeline spends
+    about 20 µs of Python per command packing and parsing, a third of a 1,000-customer read. A
+    Redis Cluster client gets redis-py's pipeline, which splits by shard."""
     import redis
 
     if not isinstance(client, redis.Redis):
@@ -230,7 +248,7 @@ def hmget_each(client, keys: list[bytes], fields: list[bytes]) -> list[list[byte
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
-        connection.send_packed_command([b"".join(hiredis.pack_command((b"HMGET", key, *fields)) for key in keys)])
+        connection.send_packed_command([pack_hmgets(keys, fields)])
         return [connection.read_response() for _ in keys]
     except BaseException:
         connection.disconnect()  # replies may be left unread on it: never hand it out again as is
@@ -250,8 +268,12 @@ def entity_key(customer_id: str, serialization_version: int) -> bytes:
 def decode_columns(columns: list) -> list[np.ndarray | list]:
     """`decode_column` of each column, in one numpy call when every value is a Float64: per
     column, the calls cost more than the values for the few customers of a scoring batch."""
-    present = [b for column in columns for b in column if b is not None]
-    joined = b"".join(present)
+    try:  # every value there, the usual case: joined without a list of them first
+        joined = b"".join(chain.from_iterable(columns))
+        present = range(sum(len(column) for column in columns))
+    except TypeError:  # a None among them
+        present = [b for column in columns for b in column if b is not None]
+        joined = b"".join(present)
     if not columns or len(joined) != DOUBLE_ROW.itemsize * len(present):
         return [decode_column(list(column)) for column in columns]
     decoded = np.frombuffer(joined, dtype=DOUBLE_ROW)

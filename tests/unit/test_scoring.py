@@ -146,3 +146,14 @@ def test_a_whole_batch_decodes_at_once_as_each_column_does_alone():
                 np.testing.assert_array_equal(a, b)
             else:
                 assert a == b
+
+
+def test_the_redis_read_encodes_its_commands_as_hiredis_does():
+    import hiredis
+
+    from bentos.online import pack_hmgets
+
+    fields = [b"\x8f\x02\x00\x11", b"_ts:customer_activity", b""]
+    keys = [b"\x02\x00\x00\x00customer_id\x00C0000001fintech", b"k" * 300, b""]
+    assert pack_hmgets(keys, fields) == b"".join(hiredis.pack_command((b"HMGET", key, *fields)) for key in keys)
+    assert pack_hmgets([], fields) == b""
