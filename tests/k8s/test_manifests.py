@@ -157,6 +157,11 @@ def test_long_running_pods_are_probed(objects):
             assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container), container["name"]
 
 
+def test_the_registry_server_runs_no_job_consumers(objects):
+    [mlflow] = [c for c in containers(objects) if c["name"] == "mlflow"]
+    assert {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"} in mlflow["env"]
+
+
 def pod_labels(objects: list[dict]) -> list[dict]:
     labels = []
     for o in objects:
