@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from itertools import chain
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from itertools import chain
 
 import numpy as np
 from feast.infra.key_encoding_utils import serialize_entity_key
