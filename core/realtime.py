@@ -32,7 +32,8 @@ def _number(value, default: float) -> float:
     return default if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _seen(value) -> set[str]:
+def names_seen(value: str | None) -> set[str]:
+    """The names in one of the profile's *_seen features (None or "": none)."""
     return set(value.split(LIST_SEPARATOR)) if value else set()
 
 
@@ -45,7 +46,7 @@ def transaction_features(inputs: dict[str, list]) -> dict[str, list]:
         hour_gap = abs(hour - usual_hour)
         hour_gap = min(hour_gap, 24.0 - hour_gap)
         country = inputs["country"][i]
-        seen_countries = _seen(inputs["countries_seen"][i])
+        seen_countries = names_seen(inputs["countries_seen"][i])
         out["amount_log_z"].append(
             (math.log1p(amount) - _number(inputs["avg_log_amount_365d"][i], 3.7))
             / max(_number(inputs["std_log_amount_365d"][i], 0.7), 0.1)
@@ -57,8 +58,8 @@ def transaction_features(inputs: dict[str, list]) -> dict[str, list]:
         out["is_night"].append(int(hour < 6))
         out["is_foreign"].append(int(bool(inputs["home_country"][i]) and country != inputs["home_country"][i]))
         out["is_new_country"].append(int(country not in seen_countries))
-        out["is_new_device"].append(int(inputs["device_id"][i] not in _seen(inputs["devices_seen"][i])))
-        out["is_new_category"].append(int(inputs["merchant_category"][i] not in _seen(inputs["categories_seen"][i])))
+        out["is_new_device"].append(int(inputs["device_id"][i] not in names_seen(inputs["devices_seen"][i])))
+        out["is_new_category"].append(int(inputs["merchant_category"][i] not in names_seen(inputs["categories_seen"][i])))
         out["category_index"].append(_CATEGORY_INDEX.get(inputs["merchant_category"][i], -1))
         out["channel_index"].append(_CHANNEL_INDEX.get(inputs["channel"][i], -1))
     return out

@@ -23,17 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.realtime import LIST_SEPARATOR
+from core.realtime import names_seen
 from core.schema import MERCHANT_CATEGORIES
 from training.generate import LATER_TRANSACTIONS
 
 REQUEST_COLUMNS = ["customer_id", "amount", "merchant_category", "channel", "country", "device_id", "timestamp"]
 # transaction column -> the profile's list of what the customer used before
 SEEN = {"device_id": "devices_seen", "country": "countries_seen", "merchant_category": "categories_seen"}
-
-
-def _seen(joined: str | None) -> set[str]:
-    return set(joined.split(LIST_SEPARATOR)) if isinstance(joined, str) and joined else set()
 
 
 def _unused(pool: list[str], used: set[str], rng: np.random.Generator) -> str | None:
@@ -67,11 +63,11 @@ def replay_transactions(data_dir: Path, days: int = 30, rows: int = 50_000, seed
     pools = {"country": sorted(tx["country"].unique()), "merchant_category": list(MERCHANT_CATEGORIES)}
 
     out = _requests(then)
-    for row, before in zip(out, then[list(SEEN.values())].to_dict("records")):
+    for row, before in zip(out, then[list(SEEN.values())].fillna("").to_dict("records")):  # "": no profile before
         now = now_seen.get(row["customer_id"], {})
         for column, seen in SEEN.items():
-            used = _seen(now.get(seen))
-            if row[column] in _seen(before[seen]) or row[column] not in used:
+            used = names_seen(now.get(seen))
+            if row[column] in names_seen(before[seen]) or row[column] not in used:
                 continue  # not a first use, or new to the service as it is
             if column == "device_id":
                 row[column] = f"{row[column]}-new"
