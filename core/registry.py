@@ -24,6 +24,7 @@ PREVIOUS_TAG = "serving.previous_champion"
 # The scored sample of training rows each version stores, for drift reports.
 REFERENCE_ARTIFACT = "reference.parquet"  # a sample of the training rows, scored
 SERVED_REFERENCE_ARTIFACT = "served_reference.parquet"  # what the service will see, scored as it scores
+THRESHOLDS_ARTIFACT = "drift_thresholds.json"  # per feature: its usual movement between periods, its distance threshold
 
 
 class RegistryUnavailable(RuntimeError):

@@ -30,7 +30,7 @@ import typer
 
 from core.feature_sets import GROWS_WITH_TIME
 from core.settings import get_settings
-from monitoring.drift import ALERT_SHARE, SCORE, run_report
+from monitoring.drift import ALERT_SHARE, DISTANCE_THRESHOLD, SCORE, run_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (1_000, 10_000)
@@ -76,10 +76,11 @@ class Population:
     """The served population of one family's version, as pools of rows from different days; its
     scorer and its served reference."""
 
-    def __init__(self, pools: dict[str, pd.DataFrame], loaded, reference: pd.DataFrame):
+    def __init__(self, pools: dict[str, pd.DataFrame], loaded, reference: pd.DataFrame, thresholds: dict[str, float]):
         from bentos.frames import score_frame
 
         self.loaded, self.reference, self.score = loaded, reference, lambda frame: score_frame(loaded, frame)
+        self.thresholds = thresholds
         self.family = loaded.family
         self.features = [c for c in reference.columns if c != SCORE]
         self.compared = [f for f in self.features if f not in GROWS_WITH_TIME]
@@ -90,7 +91,7 @@ class Population:
 
     def report(self, window: pd.DataFrame) -> dict:
         return run_report(self.reference, window.assign(score=self.score(window)), self.features,
-                          categorical_score=self.family == "segment").summary
+                          categorical_score=self.family == "segment", thresholds=self.thresholds).summary
 
 
 def served_pools(settings, family: str) -> dict[str, pd.DataFrame]:
@@ -136,7 +137,7 @@ def power(population: Population, repeats: int, sizes=SIZES, shifts=SHIFTS) -> l
 def load_population(settings, family: str = "churn") -> Population:
     from bentos.loading import from_registry
     from core.registry import read_plan
-    from monitoring.drift import load_reference
+    from monitoring.drift import load_reference, load_thresholds
 
     table_path = settings.features_dir / "customer_features.parquet"
     if not table_path.exists():
@@ -144,7 +145,8 @@ def load_population(settings, family: str = "churn") -> Population:
     version = read_plan(family, settings.tracking_uri).champion
     cache = settings.data_dir / "model_cache"
     return Population(served_pools(settings, family), from_registry(family, version, settings.tracking_uri, cache),
-                      load_reference(family, version, settings.tracking_uri, cache))
+                      load_reference(family, version, settings.tracking_uri, cache),
+                      load_thresholds(family, version, settings.tracking_uri, cache))
 
 
 def null_summary(population: Population, nulls: list[dict]) -> pd.DataFrame:
@@ -167,11 +169,13 @@ def main(windows: Annotated[int, typer.Option(help="Windows with no drift per si
              "| family | days | rows | windows | mean features flagged | most in one window | alerts | prediction drift |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     families = ("churn", "fraud", "segment")
+    raised: dict[str, dict[str, float]] = {}
     with tqdm(total=len(families) + 1, desc="false alarms per family, then churn's power", unit="study") as bar:
         for family in families:
             population = load_population(settings, family)
             if family == "churn":
                 churn = population
+            raised[family] = {f: t for f, t in population.thresholds.items() if t > DISTANCE_THRESHOLD}
             nulls = false_alarms(population, windows)
             table = null_summary(population, nulls)
             out["false_alarms"][family] = {"model": f"{family} v{population.loaded.version}", "features": len(population.compared),
@@ -185,6 +189,10 @@ def main(windows: Annotated[int, typer.Option(help="Windows with no drift per si
         shifts = power(churn, repeats)
         bar.update()
     out["power"] = shifts
+    out["raised_thresholds"] = raised
+    lines += ["", f"## Distance thresholds raised to the usual movement (from {DISTANCE_THRESHOLD:g}; core/movement.py)", ""]
+    lines += [f"- {family}: {len(names)} features" + (": " + ", ".join(f"`{f}` {t:.2f}" for f, t in names.items()) if names else "")
+              for family, names in raised.items()]
     found = pd.DataFrame(shifts).groupby(["shift", "rows"], sort=False).apply(
         lambda g: pd.Series({"found": g["found"].sum() / g["injected"].sum(),
                              "precision": g["found"].sum() / max(1, g["found"].sum() + g["others"].map(len).sum())}),

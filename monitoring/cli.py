@@ -61,6 +61,10 @@ def headline(model: str, version: str, summary: dict) -> str:
              f"({summary['drift_share']:.0%}){': ' + ', '.join(drifted) if drifted else ''}",
              f"  rows: {summary['current_rows']:,} in the window, {summary['reference_rows']:,} in the reference"]
     lines += [f"  not compared: {name}, {why}" for name, why in summary.get("not_compared", {}).items()]
+    if raised := summary.get("raised_thresholds"):
+        named = ", ".join(f"{name} {threshold:.2f}" for name, threshold in list(raised.items())[:6])
+        more = f" and {len(raised) - 6} more (summary.json)" if len(raised) > 6 else ""
+        lines.append(f"  thresholds raised to the usual movement between periods: {named}{more}")
     score = summary["prediction_drift"]
     if score.get("method"):
         lines.append(f"  prediction drift: {'yes' if score['drifted'] else 'no'} ({score['method']} {score['value']:.3g}, "
@@ -100,7 +104,7 @@ def drift_report(
 ) -> None:
     """Compare a window of served data with what the model version was built for; write HTML and JSON."""
     from core.registry import RegistryUnavailable, read_plan
-    from monitoring.drift import SCORE, attach_labels, load_reference, read_log, run_report
+    from monitoring.drift import SCORE, attach_labels, load_reference, load_thresholds, read_log, run_report
 
     settings = get_settings()
     cache = settings.data_dir / "model_cache"
@@ -121,7 +125,8 @@ def drift_report(
             window = scored(window, model, version, settings.tracking_uri, cache)
         if labels:
             window = attach_labels(window, read_table(labels))
-        result = run_report(ref, window, features, categorical_score=model == "segment")
+        thresholds = load_thresholds(model, version, settings.tracking_uri, cache)
+        result = run_report(ref, window, features, categorical_score=model == "segment", thresholds=thresholds)
     except (ValueError, RegistryUnavailable, FileNotFoundError) as e:  # DriftInputError is a ValueError
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e

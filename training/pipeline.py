@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.feature_sets import FEATURE_SERVICES
+from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME
+from core.movement import usual_movement
 from core.settings import Settings
 from training import contract, features, generate, models, registry, store
 
@@ -134,6 +135,18 @@ def served_population(feature_store, settings: Settings, family: str, rows: int 
     return latest.sample(min(rows, len(latest)), random_state=seed).reset_index(drop=True)
 
 
+def history_by_period(settings: Settings, family: str, training_set: pd.DataFrame) -> pd.DataFrame:
+    """What the service saw period after period, with a `period` column, for each feature's usual
+    movement: every customer of each snapshot (churn, segment), or the fraud training set's
+    transactions by the snapshot the service would have scored them against."""
+    table = pd.read_parquet(settings.features_dir / "customer_features.parquet")
+    if family != "fraud":
+        return table.assign(period=table["event_timestamp"])
+    snapshots = pd.Series(table["event_timestamp"].unique()).sort_values().reset_index(drop=True)
+    scored_at = snapshots.searchsorted(pd.to_datetime(training_set["event_timestamp"], utc=True), side="right") - 1
+    return training_set.assign(period=snapshots.to_numpy()[scored_at])
+
+
 def segment_training_set(feature_store, settings: Settings) -> pd.DataFrame:
     table = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["customer_id", "event_timestamp"])
     latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
@@ -160,6 +173,9 @@ def train_all(settings: Settings, progress: bool = True) -> dict:
         registered = registry.log_and_register(trained, frame, FEATURE_SERVICES[name], settings.tracking_uri,
                                                 settings.artifact_root)
         registry.log_served_reference(registered, served_population(feature_store, settings, name), settings.tracking_uri)
+        compared = [f for f in trained.features if f not in GROWS_WITH_TIME]
+        movement = usual_movement(history_by_period(settings, name, frame), compared, "period")
+        registry.log_drift_thresholds(registered, movement, settings.tracking_uri)
         results[name] = {"metrics": trained.metrics, "registered": asdict(registered),
                          "seconds": round(time.perf_counter() - started, 1)}
         log.info("%s v%s: %s", name, registered.version,

@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 
 from core.decisions import calibrate
-from core.registry import CHAMPION, REFERENCE_ARTIFACT, SERVED_REFERENCE_ARTIFACT, mlflow_client
+from core.registry import CHAMPION, REFERENCE_ARTIFACT, SERVED_REFERENCE_ARTIFACT, THRESHOLDS_ARTIFACT, mlflow_client
 from training.models import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -111,3 +111,15 @@ def log_served_reference(registered: Registered, population: pd.DataFrame, track
         reference.to_parquet(Path(tmp) / SERVED_REFERENCE_ARTIFACT, index=False)
         mlflow_client(tracking_uri).log_artifact(registered.run_id, str(Path(tmp) / SERVED_REFERENCE_ARTIFACT))
     log.info("%s version %s: a served reference of %s rows", registered.name, registered.version, f"{len(reference):,}")
+
+
+def log_drift_thresholds(registered: Registered, movement: dict, tracking_uri: str) -> None:
+    """Store beside a registered version each feature's usual movement between periods and the
+    distance threshold it gives (monitoring.drift.usual_movement); drift reports decide with them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / THRESHOLDS_ARTIFACT
+        path.write_text(json.dumps(movement, indent=2))
+        mlflow_client(tracking_uri).log_artifact(registered.run_id, str(path))
+    raised = {f: row["threshold"] for f, row in movement["features"].items() if row["threshold"] > movement["default"]}
+    log.info("%s version %s: drift thresholds raised for %d of %d features%s", registered.name, registered.version,
+             len(raised), len(movement["features"]), (": " + ", ".join(f"{f} {t:.2f}" for f, t in raised.items())) if raised else "")

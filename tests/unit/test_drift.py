@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from core.movement import MAX_DISTANCE_THRESHOLD, usual_movement
 from monitoring.cli import app
-from monitoring.drift import DriftInputError, attach_labels, run_report
+from monitoring.drift import DISTANCE_THRESHOLD, DriftInputError, attach_labels, run_report
 
 FEATURES = [f"f{i}" for i in range(10)]
 SHIFTED = ["f2", "f7"]
@@ -69,6 +70,40 @@ def test_labels_join_to_the_first_outcome_after_the_prediction_and_add_quality()
     assert joined.set_index("customer_id").loc[current["customer_id"], "label"].tolist() == labels["label"].tolist()
     result = run_report(window(5000, 0), joined, FEATURES)
     assert result.summary["quality"]["labelled_rows"] == 2000 and 0.5 < result.summary["quality"]["RocAuc"] <= 1
+
+
+def history(months: int, step: dict[str, float], rows: int = 4000) -> pd.DataFrame:
+    """`months` monthly periods of FEATURES; each feature in `step` moves that many sd a month, the others not."""
+    periods = []
+    for k in range(months):
+        frame = window(rows, 100 + k)
+        for name, size in step.items():
+            frame[name] += size * k
+        periods.append(frame.assign(period=pd.Timestamp("2025-01-01", tz="UTC") + pd.DateOffset(months=k)))
+    return pd.concat(periods, ignore_index=True)
+
+
+def test_a_feature_that_moves_every_month_gets_a_threshold_above_its_usual_movement():
+    movement = usual_movement(history(14, {"f2": 0.1, "f7": 1.0}), FEATURES, "period")
+    rows = movement["features"]
+    assert 0.1 <= rows["f2"]["movement"] < 0.16  # the largest of twelve: a little above the step
+    assert rows["f2"]["threshold"] == pytest.approx(1.25 * rows["f2"]["movement"], abs=1e-3)
+    assert rows["f7"]["threshold"] == MAX_DISTANCE_THRESHOLD  # a quarter of a sd stays findable on every feature
+    assert {rows[f]["threshold"] for f in FEATURES if f not in ("f2", "f7")} == {DISTANCE_THRESHOLD}
+    assert len(movement["pairs"]) == 12  # a year: 12 pairs; the first of 13 is older
+
+
+def test_a_raised_threshold_keeps_the_usual_movement_quiet_and_still_finds_a_quarter_sd():
+    reference, thresholds = window(5000, 0), {"f2": 0.19, "f7": 0.19}
+    seasonal = window(3000, 1, shift=0.15)
+    assert run_report(reference, seasonal, FEATURES).summary["drifted_features"] == SHIFTED
+    summary = run_report(reference, seasonal, FEATURES, thresholds=thresholds).summary
+    assert summary["drifted_features"] == [] and summary["raised_thresholds"] == thresholds
+    assert summary["per_feature"]["f2"]["threshold"] == 0.19
+    moved = run_report(reference, window(3000, 1, shift=0.3), FEATURES, thresholds=thresholds).summary
+    assert moved["drifted_features"] == SHIFTED
+    small = run_report(reference, window(400, 1, shift=0.6), FEATURES, thresholds=thresholds).summary
+    assert small["raised_thresholds"] == {} and small["drifted_features"] == SHIFTED  # K-S decides: no distance
 
 
 def test_a_window_without_a_feature_is_refused_by_name():
