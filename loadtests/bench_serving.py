@@ -9,7 +9,9 @@ For each target, on the same machine, store, model and load generator, each on 2
       request, one uvicorn worker per core);
   (c) a no-op on the same BentoML options and FastAPI validation (loadtests/baselines/noop_service.py);
   (d) this service's own app with churn's batches answered by a canned result, no feature read and
-      no model (loadtests/baselines/canned_service.py): what the HTTP path costs by itself.
+      no model (loadtests/baselines/canned_service.py): what the HTTP path costs by itself;
+  (e) a bare ASGI no-op on the same BentoML options, no FastAPI (loadtests/baselines/asgi_noop_service.py):
+      the floor under (c).
 It measures the latency of a lone request on an idle server (sequential requests), p50/p99 at a
 fixed offered rate (an open-loop generator that times each request from when it was due, so a
 stall is not hidden), the throughput at saturation (wrk, closed loop), then churn-batch with 1,000
@@ -230,7 +232,7 @@ def main(
     seconds: Annotated[int, typer.Option(help="Duration of each saturation run.")] = 20,
     connections: Annotated[int, typer.Option(help="wrk connections.")] = 32,
     rate: Annotated[float, typer.Option(help="Fixed offered rate (requests/s) for the latency comparison.")] = 300.0,
-    only: Annotated[str | None, typer.Option(help="Run one target (a_service, b_naive, c_noop, d_canned) and print it; "
+    only: Annotated[str | None, typer.Option(help="Run one target (a_service, b_naive, c_noop, d_canned, e_asgi_noop) and print it; "
                                                   "writes nothing.")] = None,
 ) -> None:
     if shutil.which("wrk") is None:
@@ -257,6 +259,7 @@ def main(
                      "--log-level", "warning", "--no-access-log"], None),
         "c_noop": ([str(BIN / "bentoml"), "serve", "loadtests.baselines.noop_service:NoopAPI"], "/readyz"),
         "d_canned": ([str(BIN / "bentoml"), "serve", "loadtests.baselines.canned_service:CannedAPI"], "/ready"),
+        "e_asgi_noop": ([str(BIN / "bentoml"), "serve", "loadtests.baselines.asgi_noop_service:AsgiNoopAPI"], "/readyz"),
     }
     for name, (command, ready) in targets.items():
         if only and name != only:
@@ -289,13 +292,14 @@ def main(
 
     if only:
         return
-    a, b, c, d = (results[k]["saturation"] for k in ("a_service", "b_naive", "c_noop", "d_canned"))
+    a, b, c, d, e = (results[k]["saturation"] for k in ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop"))
     service = results["a_service"]
     batch_limit = BATCH_MEDIAN_MS.get(settings.online_store, 150)
     results["ratios"] = {"a_over_b_throughput": round(a["requests_per_s"] / b["requests_per_s"], 2),
                          "a_over_c_throughput": round(a["requests_per_s"] / c["requests_per_s"], 3),
                          "a_over_d_throughput": round(a["requests_per_s"] / d["requests_per_s"], 3),
-                         "d_over_c_throughput": round(d["requests_per_s"] / c["requests_per_s"], 3)}
+                         "d_over_c_throughput": round(d["requests_per_s"] / c["requests_per_s"], 3),
+                         "c_over_e_throughput": round(c["requests_per_s"] / e["requests_per_s"], 3)}
     # targets are judged on the exact figures, not the rounded ones shown
     results["targets"] = {
         "a at least 2x b's throughput": a["requests_per_s"] >= 2 * b["requests_per_s"],
@@ -306,7 +310,7 @@ def main(
         f"churn-batch of 1,000: median < {batch_limit} ms": service["churn_batch_1000"]["median_ms"] < batch_limit,
         "no non-2xx in any run": all(results[k]["saturation"]["non_2xx"] + results[k]["saturation"]["socket_errors"]
                                      + results[k]["fixed_rate"]["failures"] == 0
-                                     for k in ("a_service", "b_naive", "c_noop", "d_canned")),
+                                     for k in ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop")),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "serving" if settings.online_store == "sqlite" else f"serving-{settings.online_store}"
@@ -341,7 +345,8 @@ def render(r: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     names = {"a_service": "(a) this service", "b_naive": "(b) naive FastAPI + Feast + XGBoost",
-             "c_noop": "(c) no-op, same BentoML options", "d_canned": "(d) this service's app, canned scores"}
+             "c_noop": "(c) no-op, same BentoML options", "d_canned": "(d) this service's app, canned scores",
+             "e_asgi_noop": "(e) bare ASGI no-op, same BentoML options"}
     for key, label in names.items():
         s, f, idle = r[key]["saturation"], r[key]["fixed_rate"], r[key]["idle"]
         lines.append(f"| {label} | {s['requests_per_s']:.0f} | {s['p50_ms']} | {s['p99_ms']} | {s['non_2xx'] + s['socket_errors']} "
@@ -350,7 +355,8 @@ def render(r: dict) -> str:
     lines += ["", f"churn-batch of {batch['customers']:,} customers: median {batch['median_ms']} ms, p90 {batch['p90_ms']} ms "
               f"over {batch['calls']} calls.", "",
               f"Throughput (a)/(b) = {r['ratios']['a_over_b_throughput']}, (a)/(c) = {r['ratios']['a_over_c_throughput']}, "
-              f"(a)/(d) = {r['ratios']['a_over_d_throughput']}, (d)/(c) = {r['ratios']['d_over_c_throughput']}.", "",
+              f"(a)/(d) = {r['ratios']['a_over_d_throughput']}, (d)/(c) = {r['ratios']['d_over_c_throughput']}, "
+              f"(c)/(e) = {r['ratios']['c_over_e_throughput']}.", "",
               "| target | met |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in r["targets"].items()]
     reads = r["feature_reads"]["per_customer_ms"]
