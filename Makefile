@@ -11,7 +11,7 @@ PORT ?= 3000
 export DATA_DIR BENTOML_HOME
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install crd-schemas lock image image-mlflow data features train import-models build serve up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
+.PHONY: help install crd-schemas oidc-provider lock image image-mlflow data features train import-models build serve up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,12 @@ $(CRD_SCHEMAS): k8s/crd-schemas/package-lock.json
 	npm ci --prefix k8s/crd-schemas --no-audit --no-fund
 
 crd-schemas: $(CRD_SCHEMAS) ## The custom resources' schemas (npm) that the k8s/ tests validate against
+
+OIDC_PROVIDER := tests/oidc/node_modules/.package-lock.json
+$(OIDC_PROVIDER): tests/oidc/package-lock.json
+	npm ci --prefix tests/oidc --no-audit --no-fund
+
+oidc-provider: $(OIDC_PROVIDER) ## The OpenID provider (npm: oidc-provider) the authentication tests get real tokens from
 
 lock: | $(BIN)/activate ## Re-resolve requirements.lock (everything) and requirements-runtime.lock (the bento's) from pyproject.toml
 	$(BIN)/pip install --quiet uv
@@ -68,7 +74,7 @@ serve: install ## Serve the last built bento on $(PORT), without retraining
 
 up: data features train build serve ## Everything from nothing: data, features, models, bento, HTTP on :3000
 
-test: install $(CRD_SCHEMAS) ## Run every test: unit, data contract, model behaviour, integration (needs redis-server)
+test: install $(CRD_SCHEMAS) $(OIDC_PROVIDER) ## Run every test: unit, data contract, model behaviour, integration (needs redis-server)
 	$(BIN)/python -m pytest
 
 faults: install ## The fault and hostile-input tests at full length: 60 s of overload (make test: 10), 100 fuzzed examples per operation (make test: 50)

@@ -3,6 +3,7 @@ that answers the request.
 
     bentoml serve bentos.service:FintechAPI          # port 3000, every family
     SERVING_FAMILIES=fraud bentoml serve ...        # only fraud-detection (the others: 404)
+    AUTH_MODE=on AUTH_API_KEYS_FILE=keys.json ...   # callers need a key or a token (bentos/auth.py)
 
 The models are the versions `make import-models` packed into the bento; each worker loads them,
 opens the feature store and starts its families (bentos/family.py). Routes: bentos/api.py.
@@ -13,12 +14,15 @@ from __future__ import annotations
 import bentoml
 
 from bentos.api import Admission, create_app
+from bentos.auth import Authenticate, AuthSettings, check_mode
 from bentos.config import freeze_heap, get_serving_settings, service_options
 from bentos.family import Server
 from bentos.loading import from_bento
 from core.settings import get_settings
 
 SERVING = get_serving_settings()  # BentoML reads its options when the class is declared
+AUTH = AuthSettings()
+check_mode(AUTH)
 server = Server(SERVING)
 app = create_app(server)
 
@@ -41,5 +45,7 @@ class FintechAPI:
         server.stop()
 
 
-# in front of BentoML's routing: what is shed costs next to nothing (bentos/api.py)
+# in front of BentoML's routing: what is shed costs next to nothing (bentos/api.py); then who calls (bentos/auth.py)
 FintechAPI.add_asgi_middleware(Admission, limit=SERVING.max_in_progress)
+if AUTH.mode == "on":
+    FintechAPI.add_asgi_middleware(Authenticate, settings=AUTH)

@@ -1,0 +1,283 @@
+"""Who may call which route: bearer tokens from an OpenID provider (JWT) and API keys, each with
+scopes, checked in front of the app (an ASGI middleware, bentos/service.py).
+
+    AUTH_MODE=on AUTH_ISSUER=https://login.example.com AUTH_AUDIENCE=fintech-serving \
+    AUTH_API_KEYS_FILE=/secrets/api_keys.json bentoml serve bentos.service:FintechAPI
+
+Scopes: `inference` for the scoring routes, `explain` for explain (it shows feature values),
+`admin` for /admin/reload. /health, /ready, /livez, /readyz, /metrics and the OpenAPI documents
+stay open; every other route needs a valid credential. A token is verified once (signature, iss,
+aud, exp, nbf with a small leeway, an asymmetric algorithm from the allowed list) and its client
+kept until it expires. The provider's keys come from its discovery document's jwks_uri (PyJWT's
+JWKS client); a token naming an unknown `kid` refetches them, at most once per
+AUTH_JWKS_REFRESH_S. Refusals follow RFC 6750: 401 with `WWW-Authenticate: Bearer` and the
+reason, 403 naming the missing scope. No token or key is ever logged or echoed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio.to_thread
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bentos.config import API_PREFIX
+from core.api_keys import digest, read_keys
+
+log = logging.getLogger(__name__)
+ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+SCOPE_OF = {**{f"{API_PREFIX}/{route}": "inference" for route in ("churn-score", "churn-batch", "segment", "fraud-detection")},
+            f"{API_PREFIX}/explain": "explain", "/admin/reload": "admin"}
+OPEN = frozenset({"/health", "/ready", "/livez", "/readyz", "/metrics", "/docs", "/docs.json", "/openapi.json"})
+API_KEY_HEADER = b"x-api-key"
+REALM = "fintech-serving"
+
+
+class AuthSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")
+
+    mode: Literal["on", "off"] = Field("off", description=(
+        "on: every route but the probes, /metrics and the docs needs a bearer token or an API key. off: anyone "
+        "who reaches the service may call it (logged as a warning at start and shown on /models/status)."))
+    issuer: str = Field("", description="The OpenID provider's issuer URL; its discovery document names its keys. "
+                        "Empty: bearer tokens are not accepted, API keys only.")
+    audience: str = Field("fintech-serving", description="The `aud` a token must carry.")
+    algorithms: str = Field("RS256,PS256,ES256", description="Signature algorithms accepted, comma-separated; asymmetric only.")
+    leeway_s: float = Field(30.0, ge=0, le=300, description="Clock skew allowed on exp and nbf.")
+    jwks_refresh_s: float = Field(30.0, ge=0, description="Least time between two fetches of the provider's keys "
+                                  "caused by tokens naming an unknown key.")
+    jwks_lifespan_s: float = Field(300.0, gt=0, description="How long the provider's keys are used before they are fetched again.")
+    provider_timeout_s: float = Field(5.0, gt=0, description="How long a request to the provider may take.")
+    api_keys_file: Path | None = Field(None, description="The API-key file (core/api_keys.py), re-read when it changes.")
+    token_cache: int = Field(10_000, ge=1, description="Verified tokens kept until they expire.")
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: str) -> str:
+        names = [a.strip() for a in value.split(",") if a.strip()]
+        wrong = [a for a in names if a not in ASYMMETRIC]
+        if wrong or not names:
+            raise ValueError(f"not an asymmetric signature algorithm: {wrong or value!r}; choose from {', '.join(ASYMMETRIC)}")
+        return ",".join(names)
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    scopes: frozenset[str]
+    via: Literal["token", "api_key"]
+
+
+class Refused(Exception):
+    """A request without a credential the service accepts: its status, RFC 6750 error and reason."""
+
+    def __init__(self, status: int, error: str, detail: str, scope: str | None = None):
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.scope = status, error, detail, scope
+
+
+def invalid(detail: str) -> Refused:
+    return Refused(401, "invalid_token", detail)
+
+
+class TokenVerifier:
+    """Bearer tokens of one issuer and audience, verified once and kept until they expire."""
+
+    def __init__(self, settings: AuthSettings):
+        import jwt
+
+        self.jwt, self.settings = jwt, settings
+        self.issuer = settings.issuer.rstrip("/")
+        self.algorithms = settings.algorithms.split(",")
+        self._keys = None  # PyJWKClient, made on the first token: the provider need not be up at start
+        self._verified: OrderedDict[str, tuple[Client, float]] = OrderedDict()
+
+    def cached(self, token: str) -> Client | None:
+        """The client of a token verified before and not expired yet (no I/O: safe on the event loop)."""
+        hit = self._verified.get(token)
+        if hit is None:
+            return None
+        if hit[1] <= time.time() - self.settings.leeway_s:
+            self._verified.pop(token, None)
+            return None
+        return hit[0]
+
+    def _jwks(self):
+        if self._keys is None:
+            url = f"{self.issuer}/.well-known/openid-configuration"
+            try:
+                with urllib.request.urlopen(url, timeout=self.settings.provider_timeout_s) as answer:
+                    discovery = json.load(answer)
+            except (OSError, ValueError) as e:
+                raise Refused(503, "provider_unavailable", f"the OpenID provider's discovery document did not load: "
+                              f"{type(e).__name__}") from e
+            if discovery.get("issuer", "").rstrip("/") != self.issuer or "jwks_uri" not in discovery:
+                raise Refused(503, "provider_unavailable", "the OpenID provider's discovery document names another "
+                              "issuer or no jwks_uri")
+            self._keys = self.jwt.PyJWKClient(discovery["jwks_uri"], lifespan=self.settings.jwks_lifespan_s,
+                                              cooldown_duration=self.settings.jwks_refresh_s,
+                                              timeout=self.settings.provider_timeout_s)
+        return self._keys
+
+    def verify(self, token: str) -> Client:
+        """The client a token stands for, or Refused saying why not. May fetch the provider's keys:
+        call it off the event loop."""
+        jwt = self.jwt
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as e:
+            raise invalid("the token is not a well-formed JWT") from e
+        if header.get("alg") not in self.algorithms:
+            raise invalid(f"the token's signature algorithm is not accepted (accepted: {', '.join(self.algorithms)})")
+        try:
+            key = self._jwks().get_signing_key(header.get("kid"))
+        except jwt.PyJWKClientConnectionError as e:
+            raise Refused(503, "provider_unavailable", "the OpenID provider's keys did not load") from e
+        except jwt.PyJWKClientError as e:
+            raise invalid("the token is signed with a key the provider does not publish") from e
+        try:
+            claims = jwt.decode(token, key.key, algorithms=[header["alg"]], audience=self.settings.audience,
+                                issuer=self.issuer, leeway=self.settings.leeway_s,
+                                options={"require": ["exp", "iss", "aud"]})
+        except jwt.ExpiredSignatureError as e:
+            raise invalid("the token has expired") from e
+        except jwt.ImmatureSignatureError as e:
+            raise invalid("the token is not valid yet (nbf or iat in the future)") from e
+        except jwt.InvalidAudienceError as e:
+            raise invalid(f"the token is not for this service (audience {self.settings.audience!r})") from e
+        except jwt.InvalidIssuerError as e:
+            raise invalid("the token comes from another issuer") from e
+        except jwt.InvalidSignatureError as e:
+            raise invalid("the token's signature does not verify") from e
+        except jwt.MissingRequiredClaimError as e:
+            raise invalid(f"the token lacks the {e.claim!r} claim") from e
+        except jwt.InvalidTokenError as e:
+            raise invalid("the token is not valid") from e
+        scopes = claims.get("scope", "")
+        scopes = scopes.split() if isinstance(scopes, str) else list(claims.get("scp", []))
+        client = Client(str(claims.get("client_id") or claims.get("azp") or claims.get("sub") or "unknown"),
+                        frozenset(scopes), "token")
+        self._verified[token] = (client, float(claims["exp"]))
+        while len(self._verified) > self.settings.token_cache:
+            self._verified.popitem(last=False)
+        return client
+
+
+class ApiKeys:
+    """The API-key file, re-read when it changes (checked at most once a second)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._seen: tuple[float, int] | None = None
+        self._checked = 0.0
+        self._clients: dict[str, Client] = {}
+        self._reload()
+
+    def _reload(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._clients, self._seen = {}, None
+            return
+        if (stat.st_mtime, stat.st_size) == self._seen:
+            return
+        try:
+            entries = read_keys(self.path)
+        except ValueError as e:  # a broken file: keep the keys of the last good one
+            log.error("the API-key file is not valid, keeping the previous keys: %s", e)
+            return
+        self._clients = {e["sha256"]: Client(e["client_id"], frozenset(e["scopes"]), "api_key") for e in entries}
+        self._seen = (stat.st_mtime, stat.st_size)
+        log.info("API keys: %d client key(s) from %s", len(self._clients), self.path)
+
+    def client(self, key: str) -> Client | None:
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            self._reload()
+        return self._clients.get(digest(key))
+
+
+class Authenticate:
+    """ASGI middleware: identify the caller (bearer token or X-API-Key), check the route's scope,
+    and hand the client on in scope["state"]["client"]."""
+
+    def __init__(self, app, settings: AuthSettings):
+        self.app = app
+        self.tokens = TokenVerifier(settings) if settings.issuer else None
+        self.keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN:
+            return await self.app(scope, receive, send)
+        try:
+            client = await self.identify(scope["headers"])
+            needed = SCOPE_OF.get(scope["path"])
+            if needed is not None and needed not in client.scopes:
+                raise Refused(403, "insufficient_scope", f"this route needs the scope {needed!r}", scope=needed)
+        except Refused as refused:
+            return await refuse(send, refused)
+        scope.setdefault("state", {})["client"] = client
+        await self.app(scope, receive, send)
+
+    async def identify(self, headers: list[tuple[bytes, bytes]]) -> Client:
+        authorization = key = None
+        for name, value in headers:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == API_KEY_HEADER:
+                key = value.decode("latin-1")
+        if key is not None:
+            client = self.keys.client(key) if self.keys is not None else None
+            if client is None:
+                raise Refused(401, "invalid_token", "the API key is not valid (unknown or revoked)")
+            return client
+        if authorization is None:
+            raise Refused(401, "unauthorized", "this route needs a bearer token (Authorization: Bearer ...) or an API key (X-API-Key)")
+        kind, _, token = authorization.partition(" ")
+        if kind.lower() != "bearer" or not token.strip():
+            raise Refused(400, "invalid_request", "the Authorization header must be `Bearer <token>`")
+        if self.tokens is None:
+            raise invalid("this service accepts no bearer tokens (no issuer is configured); use an API key")
+        token = token.strip()
+        return self.tokens.cached(token) or await anyio.to_thread.run_sync(self.tokens.verify, token)
+
+
+def challenge(refused: Refused) -> str:
+    """The WWW-Authenticate value of a refusal (RFC 6750, section 3)."""
+    if refused.error == "unauthorized":  # no credential at all: no error code
+        return f'Bearer realm="{REALM}"'
+    parts = [f'realm="{REALM}"', f'error="{refused.error}"', f'error_description="{refused.detail}"']
+    if refused.scope:
+        parts.append(f'scope="{refused.scope}"')
+    return "Bearer " + ", ".join(parts)
+
+
+async def refuse(send, refused: Refused) -> None:
+    field = "Authorization" if refused.status != 403 else "scope"
+    body = json.dumps({"error": refused.error, "detail": refused.detail,
+                       "fields": [{"field": field, "message": refused.detail}]}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if refused.status in (400, 401, 403):
+        headers.append((b"www-authenticate", challenge(refused).encode()))
+    else:
+        headers.append((b"retry-after", b"5"))
+    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def check_mode(settings: AuthSettings) -> None:
+    """At start: with auth on, at least one kind of credential must be configured; off is said loudly."""
+    if settings.mode == "off":
+        log.warning("AUTH_MODE=off: every route is open to anyone who can reach the service")
+        return
+    if not settings.issuer and settings.api_keys_file is None:
+        raise RuntimeError("AUTH_MODE=on needs AUTH_ISSUER (bearer tokens) or AUTH_API_KEYS_FILE (API keys), or both")

@@ -1,0 +1,213 @@
+"""Authentication in front of the app (bentos/auth.py): real RSA keys, real JWTs signed with
+PyJWT, a JWKS and discovery document served over HTTP on localhost, and the API-key file."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.testclient import TestClient
+
+from bentos.auth import Authenticate, AuthSettings, check_mode
+from core.api_keys import new_key, revoke
+
+SCORE = "/api/v1/inference/churn-score"
+EXPLAIN = "/api/v1/inference/explain"
+
+
+class Provider:
+    """An issuer's discovery document and keys over HTTP; `rotate` replaces its signing key."""
+
+    def __init__(self):
+        self.keys: dict[str, rsa.RSAPrivateKey] = {}
+        self.fetches = 0
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                if self.path == "/.well-known/openid-configuration":
+                    body = {"issuer": provider.issuer, "jwks_uri": f"{provider.issuer}/jwks"}
+                else:
+                    provider.fetches += 1
+                    body = {"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k.public_key())), "kid": kid,
+                                      "use": "sig", "alg": "RS256"} for kid, k in provider.keys.items()]}
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.issuer = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.rotate("k1")
+
+    def rotate(self, kid: str) -> None:
+        self.keys = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048)}
+        self.kid = kid
+
+    def token(self, scope="inference", key=None, kid=None, **claims) -> str:
+        now = int(time.time())
+        payload = {"iss": self.issuer, "aud": "fintech-serving", "sub": "svc", "client_id": "retention-app",
+                   "iat": now, "exp": now + 300, "scope": scope, **claims}
+        return jwt.encode({k: v for k, v in payload.items() if v is not None}, key or self.keys[self.kid], algorithm="RS256",
+                          headers={"kid": kid or self.kid})
+
+
+async def echo(scope, receive, send):
+    """The app behind the middleware: names the client it was handed (none on the open routes)."""
+    client = scope.get("state", {}).get("client")
+    body = json.dumps(client and {"client_id": client.client_id, "via": client.via}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture(scope="module")
+def provider():
+    p = Provider()
+    yield p
+    p.server.shutdown()
+
+
+@pytest.fixture
+def keys_file(tmp_path):
+    return tmp_path / "api_keys.json"
+
+
+@pytest.fixture
+def client(provider, keys_file):
+    settings = AuthSettings(mode="on", issuer=provider.issuer, api_keys_file=keys_file, jwks_refresh_s=0, leeway_s=5)
+    return TestClient(Authenticate(echo, settings))
+
+
+def refused(response, status: int, error: str, words: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == error and words in body["detail"], body
+    assert response.headers["www-authenticate"].startswith("Bearer realm=")
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_valid_token_with_the_scope_passes_and_names_its_client(client, provider):
+    answer = client.post(SCORE, headers=bearer(provider.token()))
+    assert answer.status_code == 200 and answer.json() == {"client_id": "retention-app", "via": "token"}
+
+
+def test_the_probes_metrics_and_docs_need_no_credential(client):
+    for path in ("/health", "/ready", "/livez", "/readyz", "/metrics", "/docs", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_no_credential_is_a_401_with_a_bare_challenge(client):
+    answer = client.post(SCORE)
+    refused(answer, 401, "unauthorized", "bearer token")
+    assert answer.headers["www-authenticate"] == 'Bearer realm="fintech-serving"'
+
+
+@pytest.mark.parametrize("case, words", [
+    ("malformed", "well-formed"),
+    ("expired", "expired"),
+    ("not yet valid", "not valid yet"),
+    ("wrong issuer", "another issuer"),
+    ("wrong audience", "not for this service"),
+    ("bad signature", "does not verify"),
+    ("alg none", "algorithm"),
+    ("HS256 with the public key", "algorithm"),
+    ("unknown kid", "does not publish"),
+    ("no exp", "'exp'"),
+])
+def test_each_bad_token_is_refused_with_its_reason(client, provider, case, words):
+    now = int(time.time())
+    public_pem = provider.keys[provider.kid].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    claims = {"iss": provider.issuer, "aud": "fintech-serving", "exp": now + 300, "scope": "inference"}
+    token = {
+        "malformed": lambda: "not.a.jwt",
+        "expired": lambda: provider.token(exp=now - 60, iat=now - 400),
+        "not yet valid": lambda: provider.token(nbf=now + 600),
+        "wrong issuer": lambda: provider.token(iss="https://elsewhere.example.com"),
+        "wrong audience": lambda: provider.token(aud="another-service"),
+        "bad signature": lambda: provider.token(key=rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        "alg none": lambda: jwt.encode(claims, None, algorithm="none", headers={"kid": provider.kid}),
+        "HS256 with the public key": lambda: _hs256(claims, public_pem, provider.kid),
+        "unknown kid": lambda: provider.token(kid="no-such-key"),
+        "no exp": lambda: provider.token(exp=None),
+    }[case]()
+    answer = client.post(SCORE, headers=bearer(token))
+    refused(answer, 401, "invalid_token", words)
+    assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+    assert token not in answer.text
+
+
+def _hs256(claims: dict, secret: bytes, kid: str) -> str:
+    """A token signed with HMAC keyed by the public key: the algorithm-confusion attack."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode()) + "." + b64(json.dumps(claims).encode())
+    return head + "." + b64(hmac.new(secret, head.encode(), hashlib.sha256).digest())
+
+
+def test_a_missing_scope_is_a_403_naming_it(client, provider):
+    answer = client.get(EXPLAIN, headers=bearer(provider.token(scope="inference")))
+    refused(answer, 403, "insufficient_scope", "'explain'")
+    assert 'scope="explain"' in answer.headers["www-authenticate"]
+    assert client.get(EXPLAIN, headers=bearer(provider.token(scope="inference explain"))).status_code == 200
+
+
+def test_a_malformed_authorization_header_is_a_400(client):
+    refused(client.post(SCORE, headers={"Authorization": "Basic dXNlcjpwYXNz"}), 400, "invalid_request", "Bearer <token>")
+
+
+def test_a_rotated_key_is_fetched_when_a_token_names_it(client, provider):
+    assert client.post(SCORE, headers=bearer(provider.token())).status_code == 200
+    provider.rotate("k2")
+    fetches = provider.fetches
+    assert client.post(SCORE, headers=bearer(provider.token())).status_code == 200
+    assert provider.fetches == fetches + 1
+    provider.rotate("k1")
+
+
+def test_a_verified_token_is_not_verified_again(client, provider):
+    token = provider.token()
+    assert client.post(SCORE, headers=bearer(token)).status_code == 200
+    verifier = client.app.tokens
+    assert verifier.cached(token) is not None
+    provider.rotate("k3")  # its keys are gone from the provider: only the cache can still accept it
+    assert client.post(SCORE, headers=bearer(token)).status_code == 200
+    provider.rotate("k1")
+
+
+def test_api_keys_pass_with_their_scopes_and_a_revoked_one_stops_within_a_second(client, keys_file):
+    key = new_key(keys_file, "nightly-batch", ["inference"])
+    assert json.loads(keys_file.read_text())[0]["sha256"] != key and key not in keys_file.read_text()
+    time.sleep(1.1)
+    answer = client.post(SCORE, headers={"X-API-Key": key})
+    assert answer.status_code == 200 and answer.json() == {"client_id": "nightly-batch", "via": "api_key"}
+    refused(client.get(EXPLAIN, headers={"X-API-Key": key}), 403, "insufficient_scope", "'explain'")
+    refused(client.post(SCORE, headers={"X-API-Key": "fsk_wrong"}), 401, "invalid_token", "API key")
+    assert revoke(keys_file, "nightly-batch") == 1
+    time.sleep(1.1)
+    refused(client.post(SCORE, headers={"X-API-Key": key}), 401, "invalid_token", "revoked")
+
+
+def test_auth_on_needs_a_credential_source_and_rejects_symmetric_algorithms():
+    with pytest.raises(RuntimeError, match="AUTH_ISSUER.*AUTH_API_KEYS_FILE"):
+        check_mode(AuthSettings(mode="on"))
+    with pytest.raises(ValueError, match="asymmetric"):
+        AuthSettings(algorithms="RS256,HS256")
