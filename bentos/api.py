@@ -54,16 +54,18 @@ ROUTES = (("churn-score", "churn"), ("churn-batch", "churn"), ("segment", "segme
           ("explain", "churn"))
 
 
-async def request_id(response: Response, x_request_id: str | None = Header(
-        None, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$", description="Your id for this request; default a new one.")) -> str:
-    """The id the inference log files this request's prediction under, echoed in X-Request-ID.
+async def caller(request: Request, response: Response, x_request_id: str | None = Header(
+        None, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$", description="Your id for this request; default a new one.")) -> dict:
+    """What the inference log files this request's predictions under: the request's id (echoed in
+    X-Request-ID) and the client that sent it (bentos/auth.py; empty with AUTH_MODE=off).
     (async: FastAPI would run a plain function in its thread pool, a hop per request.)"""
     rid = x_request_id or uuid.uuid4().hex
     response.headers["X-Request-ID"] = rid
-    return rid
+    client = request.scope.get("state", {}).get("client")
+    return {"request_id": rid, "client_id": client.client_id if client is not None else ""}
 
 
-RequestId = Annotated[str, Depends(request_id)]
+Caller = Annotated[dict, Depends(caller)]
 
 
 class ClientError(Exception):
@@ -329,16 +331,16 @@ def _churn_routes(router: APIRouter, server) -> None:
     max_ids = server.serving.max_batch_ids
 
     @router.post("/churn-score", response_model=ChurnScore, responses=ERRORS)
-    async def churn_score(body: CustomerRequest, rid: RequestId, pin: str | None = Pin) -> dict:
-        return await score_one(server, "churn-score", "churn", {**body.model_dump(), "pin": pin, "request_id": rid})
+    async def churn_score(body: CustomerRequest, who: Caller, pin: str | None = Pin) -> dict:
+        return await score_one(server, "churn-score", "churn", {**body.model_dump(), "pin": pin, **who})
 
     @router.post("/churn-batch", response_model=ChurnBatchResponse, responses=ERRORS)
-    async def churn_batch(body: ChurnBatchRequest, rid: RequestId, pin: str | None = Pin) -> dict:
+    async def churn_batch(body: ChurnBatchRequest, who: Caller, pin: str | None = Pin) -> dict:
         with observed("churn-batch", "churn") as labels:
             if len(body.customer_ids) > max_ids:
                 raise ClientError(413, "too_many_ids", f"at most {max_ids:,} customer ids per call, "
                                   f"got {len(body.customer_ids):,}", [{"field": "customer_ids", "message": "too many"}])
-            requests = [{"customer_id": c, "pin": pin, "request_id": rid} for c in body.customer_ids]
+            requests = [{"customer_id": c, "pin": pin, **who} for c in body.customer_ids]
             # a large batch is scored in a thread, so the event loop keeps answering the other routes
             results = await anyio.to_thread.run_sync(lambda: server.families["churn"].score_batch(requests, reasons=False))
             for result in results:
@@ -357,15 +359,15 @@ def _churn_routes(router: APIRouter, server) -> None:
 
 def _segment_route(router: APIRouter, server) -> None:
     @router.post("/segment", response_model=SegmentResult, responses=ERRORS)
-    async def segment_customer(body: CustomerRequest, rid: RequestId, pin: str | None = Pin) -> dict:
-        return await score_one(server, "segment", "segment", {**body.model_dump(), "pin": pin, "request_id": rid})
+    async def segment_customer(body: CustomerRequest, who: Caller, pin: str | None = Pin) -> dict:
+        return await score_one(server, "segment", "segment", {**body.model_dump(), "pin": pin, **who})
 
 
 def _fraud_route(router: APIRouter, server) -> None:
     @router.post("/fraud-detection", response_model=FraudScore, responses=ERRORS)
-    async def fraud_detection(body: FraudRequest, rid: RequestId, pin: str | None = Pin) -> dict:
+    async def fraud_detection(body: FraudRequest, who: Caller, pin: str | None = Pin) -> dict:
         return await score_one(server, "fraud-detection", "fraud", {
-            "customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin, "request_id": rid})
+            "customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin, **who})
 
 
 def _explain_route(router: APIRouter, server) -> None:

@@ -3,8 +3,10 @@ request path.
 
     DATA_DIR/inference_log/<family>/date=YYYY-MM-DD/part-<HHMMSS>-<host>-<pid>-<n>.parquet
 
-Columns: request_id, time (UTC), customer_id, model, version, role (champion, challenger,
-shadow), score, decision, then one column per feature the version read. A model service appends
+Columns: request_id, client_id (who sent the request: bentos/auth.py; empty with AUTH_MODE=off),
+scope (the scope it was scored under: `inference`, or empty), time (UTC), customer_id, model,
+version, role (champion, challenger, shadow), score, decision, then one column per feature the
+version read. A model service appends
 each scored batch to memory (a list append); a background thread writes what has gathered every
 `flush_s` seconds or `flush_rows` rows; `close()`, called when the service stops, writes the rest.
 Rows that could not be scored (unknown customer, invalid feature) are not predictions and are not
@@ -36,6 +38,7 @@ from core.families import FAMILIES
 
 log = logging.getLogger(__name__)
 FEATURES_KEY = "_features"  # where a scorer puts a row's feature vector when asked to keep it
+SCORING_SCOPE = "inference"  # the scope every logged prediction was made under (bentos/auth.py)
 
 
 @dataclass
@@ -45,6 +48,7 @@ class _Batch:
     role: str
     features: tuple[str, ...]
     request_ids: list[str]
+    client_ids: list[str]
     customer_ids: list[str]
     scores: list[float]
     decisions: list[str]
@@ -83,7 +87,8 @@ class InferenceLog:
         score_key, decision_key = FAMILIES[self.family].score_field, FAMILIES[self.family].decision_field
         batch = _Batch(
             datetime.now(UTC), version, role, tuple(features),
-            [request.get("request_id") or "" for request, _ in rows], [result["customer_id"] for _, result in rows],
+            [request.get("request_id") or "" for request, _ in rows], [request.get("client_id") or "" for request, _ in rows],
+            [result["customer_id"] for _, result in rows],
             [float(result[score_key]) for _, result in rows], [str(result[decision_key]) for _, result in rows],
             np.vstack([result.pop(FEATURES_KEY) for _, result in rows]),
         )
@@ -158,6 +163,8 @@ class InferenceLog:
             frame = pd.DataFrame(np.vstack([b.matrix for b in same]), columns=list(features))
             meta = {
                 "request_id": [r for b in same for r in b.request_ids],
+                "client_id": [c for b in same for c in b.client_ids],
+                "scope": [SCORING_SCOPE if c else "" for b in same for c in b.client_ids],
                 "time": np.repeat([pd.Timestamp(b.time) for b in same], [len(b.request_ids) for b in same]),
                 "customer_id": [c for b in same for c in b.customer_ids],
                 "model": self.family,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bentoml
 from fastapi import FastAPI
 
-from bentos.api import RequestId
+from bentos.api import Caller
 from bentos.config import API_PREFIX, freeze_heap, get_serving_settings, service_options
 from bentos.schemas import CustomerRequest
 
@@ -19,7 +19,7 @@ app = FastAPI(title="no-op ceiling")
 
 
 @app.post(f"{API_PREFIX}/churn-score")
-async def churn_score(body: CustomerRequest, rid: RequestId) -> dict:
+async def churn_score(body: CustomerRequest, who: Caller) -> dict:
     return {"customer_id": body.customer_id, "churn_probability": 0.0}
 
 

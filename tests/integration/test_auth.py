@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import jwt
+import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
@@ -119,6 +120,18 @@ def test_a_token_from_the_provider_scores_and_its_scopes_decide_the_routes(url, 
     assert 'error="insufficient_scope"' in refused.headers["www-authenticate"] and 'scope="admin"' in refused.headers["www-authenticate"]
     admin = provider.token("platform-ops", "inference admin")
     assert httpx.post(f"{url}/admin/reload", headers=bearer(admin), timeout=60).status_code == 200
+
+
+def test_the_inference_log_names_the_client_of_each_prediction(url, provider, customer, settings):
+    token = provider.token("nightly-batch", "inference")
+    assert score(url, customer, **bearer(token), **{"X-Request-ID": "audited-1"}).status_code == 200
+
+    def logged():
+        log = settings.data_dir / "inference_log" / "churn"
+        return log.exists() and pd.read_parquet(log, filters=[("request_id", "==", "audited-1")])
+
+    wait_for(lambda: logged() is not False and len(logged()) == 1, "the request in the inference log", timeout_s=30)
+    assert logged()[["client_id", "scope"]].iloc[0].tolist() == ["nightly-batch", "inference"]
 
 
 def test_a_client_without_the_explain_scope_is_refused_explain(url, provider, customer):

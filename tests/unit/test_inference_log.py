@@ -70,3 +70,16 @@ def test_closing_with_an_unwritable_folder_says_what_is_lost_instead_of_raising(
     append(log, 0, 7)
     log.close(timeout_s=1)
     assert "could not write its last 7 rows" in caplog.text
+
+
+def test_each_prediction_names_the_client_that_asked_and_its_scope(tmp_path):
+    log = InferenceLog(tmp_path, "churn", flush_s=60)
+    requests = [{"customer_id": "C1", "request_id": "r1", "client_id": "retention-app"},
+                {"customer_id": "C2", "request_id": "r2", "client_id": ""}]  # AUTH_MODE=off: nobody authenticated
+    results = [{"customer_id": r["customer_id"], "churn_probability": 0.1, "risk_level": "low",
+                FEATURES_KEY: np.array([1.0, 2.0])} for r in requests]
+    log.append("1", "champion", FEATURES, requests, results)
+    log.close()
+    logged = pd.read_parquet(tmp_path / "churn").set_index("request_id")
+    assert logged.loc["r1", ["client_id", "scope"]].tolist() == ["retention-app", "inference"]
+    assert logged.loc["r2", ["client_id", "scope"]].tolist() == ["", ""]
