@@ -13,6 +13,8 @@ period), the one the reports use from 2,000 rows.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pandas as pd
 
 DISTANCE_THRESHOLD = 0.1
@@ -40,7 +42,7 @@ def usual_movement(history: pd.DataFrame, features: list[str], period: str) -> d
     movement gives (`distance_thresholds`)."""
     sizes = history[period].value_counts().sort_index()
     periods = [p for p, rows in sizes.items() if rows >= SEASON_MIN_ROWS]
-    pairs = [(a, b) for a, b in zip(periods[:-1], periods[1:]) if b > periods[-1] - SEASON]
+    pairs = [(a, b) for a, b in pairwise(periods) if b > periods[-1] - SEASON]
     groups = {p: history[history[period] == p] for p in {p for pair in pairs for p in pair}}
     movement = {f: max((normed_wasserstein(groups[a][f], groups[b][f]) for a, b in pairs), default=0.0) for f in features}
     thresholds = distance_thresholds(movement)

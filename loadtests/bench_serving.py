@@ -11,7 +11,9 @@ For each target, on the same machine, store, model and load generator, each on 2
   (d) this service's own app with churn's batches answered by a canned result, no feature read and
       no model (loadtests/baselines/canned_service.py): what the HTTP path costs by itself;
   (e) a bare ASGI no-op on the same BentoML options, no FastAPI (loadtests/baselines/asgi_noop_service.py):
-      the floor under (c).
+      the floor under (c);
+  (f) (a) with AUTH_MODE=on, every request carrying an API key (bentos/auth.py): what checking
+      the caller costs.
 It measures the latency of a lone request on an idle server (sequential requests), p50/p99 at a
 fixed offered rate (an open-loop generator that times each request from when it was due, so a
 stall is not hidden), the throughput at saturation (wrk, closed loop), then churn-batch with 1,000
@@ -38,13 +40,16 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from core.api_keys import new_key
 from core.settings import get_settings
 from loadtests.servers import ROOT, ServerDidNotStart, free_port, start, stop
 
 RESULTS = ROOT / "loadtests" / "results"
+TARGETS = ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop", "f_service_auth")
 ROUTE = "/api/v1/inference/churn-score"
 BIN = Path(sys.executable).parent
 
+WRK_JSON = 'wrk.headers["Content-Type"] = "application/json"'
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -122,7 +127,7 @@ def _ms(text: str) -> float:
     return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit], 2)
 
 
-async def _open_loop(port: int, ids: list[str], rate: float, seconds: float) -> dict:
+async def _open_loop(port: int, ids: list[str], rate: float, seconds: float, headers: dict | None = None) -> dict:
     """Send `rate` requests a second on schedule, whatever the answers; latency counts from the due time."""
     import aiohttp
 
@@ -133,7 +138,7 @@ async def _open_loop(port: int, ids: list[str], rate: float, seconds: float) -> 
     def body() -> dict:
         return {"customer_id": random.choice(ids)}
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as session:
         async def one(due: float) -> None:
             nonlocal failures
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
@@ -154,12 +159,12 @@ async def _open_loop(port: int, ids: list[str], rate: float, seconds: float) -> 
             "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99) - 1], 2)}
 
 
-def idle_latency(port: int, ids: list[str], calls: int = 200) -> dict:
+def idle_latency(port: int, ids: list[str], calls: int = 200, headers: dict | None = None) -> dict:
     """One request at a time on a kept-alive connection: what a lone caller waits."""
     import httpx
 
     times = []
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=headers) as client:
         for i in range(calls + 10):
             started = time.perf_counter()
             client.post(f"http://127.0.0.1:{port}{ROUTE}", json={"customer_id": random.choice(ids)})
@@ -232,7 +237,7 @@ def main(
     seconds: Annotated[int, typer.Option(help="Duration of each saturation run.")] = 20,
     connections: Annotated[int, typer.Option(help="wrk connections.")] = 32,
     rate: Annotated[float, typer.Option(help="Fixed offered rate (requests/s) for the latency comparison.")] = 300.0,
-    only: Annotated[str | None, typer.Option(help="Run one target (a_service, b_naive, c_noop, d_canned, e_asgi_noop) and print it; "
+    only: Annotated[str | None, typer.Option(help=f"Run one target ({', '.join(TARGETS)}) and print it; "
                                                   "writes nothing.")] = None,
 ) -> None:
     if shutil.which("wrk") is None:
@@ -253,17 +258,25 @@ def main(
         print("feature reads: Feast SDK against the service's reader", flush=True)
         results["feature_reads"] = feature_reads(settings, ids)
         print(json.dumps(results["feature_reads"]), flush=True)
+    keys = work / "api_keys.json"
+    key = new_key(keys, "bench-serving", ["inference"])
+    auth_script = work / "churn-score-auth.lua"
+    auth_script.write_text(script.read_text().replace(WRK_JSON, WRK_JSON + f'\nwrk.headers["X-API-Key"] = "{key}"'))
+    auth = {"env": {"AUTH_MODE": "on", "AUTH_API_KEYS_FILE": str(keys)}, "headers": {"X-API-Key": key}, "script": auth_script}
     targets = {
         "a_service": ([str(BIN / "bentoml"), "serve", "bentos.service:FintechAPI"], "/ready"),
+        # right after (a), so that the two differ by authentication alone and not by their place in the run
+        "f_service_auth": ([str(BIN / "bentoml"), "serve", "bentos.service:FintechAPI"], "/ready", auth),
         "b_naive": ([str(BIN / "uvicorn"), "loadtests.baselines.naive_app:app", "--workers", str(WORKERS),
                      "--log-level", "warning", "--no-access-log"], None),
         "c_noop": ([str(BIN / "bentoml"), "serve", "loadtests.baselines.noop_service:NoopAPI"], "/readyz"),
         "d_canned": ([str(BIN / "bentoml"), "serve", "loadtests.baselines.canned_service:CannedAPI"], "/ready"),
         "e_asgi_noop": ([str(BIN / "bentoml"), "serve", "loadtests.baselines.asgi_noop_service:AsgiNoopAPI"], "/readyz"),
     }
-    for name, (command, ready) in targets.items():
+    for name, (command, ready, *options) in targets.items():
         if only and name != only:
             continue
+        extra = options[0] if options else {"env": {"AUTH_MODE": "off"}, "headers": None, "script": script}
         port = free_port()
         command = [*command, "--port", str(port)] + (["--host", "127.0.0.1"] if "uvicorn" in command[0] else [])
         print(f"{name}: starting", flush=True)
@@ -273,16 +286,16 @@ def main(
             _wait_for_post(port, ids[0])
         else:
             try:
-                process = start(command, port, ready, work / f"{name}.log", env)
+                process = start(command, port, ready, work / f"{name}.log", {**env, **extra["env"]})
             except ServerDidNotStart as e:
                 raise SystemExit(str(e)) from e
         try:
-            wrk(port, script, 5, connections)  # warm-up, not recorded
-            idle = idle_latency(port, ids)
+            wrk(port, extra["script"], 5, connections)  # warm-up, not recorded
+            idle = idle_latency(port, ids, headers=extra["headers"])
             # the fixed rate before saturation: in its wake the service still writes the burst's
             # inference log, and the first 15 s at 300 req/s had a p99 of 16-24 ms, the next 8-9
-            fixed = asyncio.run(_open_loop(port, ids, rate, 15))
-            saturation = wrk(port, script, seconds, connections)
+            fixed = asyncio.run(_open_loop(port, ids, rate, 15, headers=extra["headers"]))
+            saturation = wrk(port, extra["script"], seconds, connections)
             results[name] = {"idle": idle, "saturation": saturation, "fixed_rate": fixed}
             if name == "a_service":
                 results[name]["churn_batch_1000"] = churn_batch_latency(port, ids)
@@ -292,14 +305,15 @@ def main(
 
     if only:
         return
-    a, b, c, d, e = (results[k]["saturation"] for k in ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop"))
+    a, b, c, d, e, f = (results[k]["saturation"] for k in TARGETS)
     service = results["a_service"]
     batch_limit = BATCH_MEDIAN_MS.get(settings.online_store, 150)
     results["ratios"] = {"a_over_b_throughput": round(a["requests_per_s"] / b["requests_per_s"], 2),
                          "a_over_c_throughput": round(a["requests_per_s"] / c["requests_per_s"], 3),
                          "a_over_d_throughput": round(a["requests_per_s"] / d["requests_per_s"], 3),
                          "d_over_c_throughput": round(d["requests_per_s"] / c["requests_per_s"], 3),
-                         "c_over_e_throughput": round(c["requests_per_s"] / e["requests_per_s"], 3)}
+                         "c_over_e_throughput": round(c["requests_per_s"] / e["requests_per_s"], 3),
+                         "f_over_a_throughput": round(f["requests_per_s"] / a["requests_per_s"], 3)}
     # targets are judged on the exact figures, not the rounded ones shown
     results["targets"] = {
         "a at least 2x b's throughput": a["requests_per_s"] >= 2 * b["requests_per_s"],
@@ -310,7 +324,7 @@ def main(
         f"churn-batch of 1,000: median < {batch_limit} ms": service["churn_batch_1000"]["median_ms"] < batch_limit,
         "no non-2xx in any run": all(results[k]["saturation"]["non_2xx"] + results[k]["saturation"]["socket_errors"]
                                      + results[k]["fixed_rate"]["failures"] == 0
-                                     for k in ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop")),
+                                     for k in TARGETS),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "serving" if settings.online_store == "sqlite" else f"serving-{settings.online_store}"
@@ -346,7 +360,8 @@ def render(r: dict) -> str:
     ]
     names = {"a_service": "(a) this service", "b_naive": "(b) naive FastAPI + Feast + XGBoost",
              "c_noop": "(c) no-op, same BentoML options", "d_canned": "(d) this service's app, canned scores",
-             "e_asgi_noop": "(e) bare ASGI no-op, same BentoML options"}
+             "e_asgi_noop": "(e) bare ASGI no-op, same BentoML options",
+             "f_service_auth": "(f) this service, AUTH_MODE=on (an API key)"}
     for key, label in names.items():
         s, f, idle = r[key]["saturation"], r[key]["fixed_rate"], r[key]["idle"]
         lines.append(f"| {label} | {s['requests_per_s']:.0f} | {s['p50_ms']} | {s['p99_ms']} | {s['non_2xx'] + s['socket_errors']} "
@@ -356,7 +371,7 @@ def render(r: dict) -> str:
               f"over {batch['calls']} calls.", "",
               f"Throughput (a)/(b) = {r['ratios']['a_over_b_throughput']}, (a)/(c) = {r['ratios']['a_over_c_throughput']}, "
               f"(a)/(d) = {r['ratios']['a_over_d_throughput']}, (d)/(c) = {r['ratios']['d_over_c_throughput']}, "
-              f"(c)/(e) = {r['ratios']['c_over_e_throughput']}.", "",
+              f"(c)/(e) = {r['ratios']['c_over_e_throughput']}, (f)/(a) = {r['ratios']['f_over_a_throughput']}.", "",
               "| target | met |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in r["targets"].items()]
     reads = r["feature_reads"]["per_customer_ms"]

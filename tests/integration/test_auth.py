@@ -14,7 +14,9 @@ import jwt
 import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from core.api_keys import new_key, revoke
 from loadtests.servers import free_port, stop
