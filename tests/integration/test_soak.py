@@ -58,12 +58,14 @@ def test_a_soak_at_70_percent_of_saturation_fails_nothing_and_grows_nothing(sett
     (tmp_path / "full.lua").write_text(script)
     try:
         saturation = wrk(port, tmp_path / "full.lua", 5, CONNECTIONS, SCORE)["requests_per_s"]
-        # each connection's pause for the target rate, corrected once by a short trial at it
+        # each connection's pause for the target rate, corrected by two short trials at it (one
+        # left the soak at 50% of saturation once, on a busy machine)
         target = SHARE_OF_SATURATION * saturation
         delay_ms = 1000 * CONNECTIONS / target
-        (tmp_path / "paced.lua").write_text(paced(script, delay_ms))
-        trial = wrk(port, tmp_path / "paced.lua", 5, CONNECTIONS, SCORE)["requests_per_s"]
-        delay_ms = max(0.0, delay_ms + 1000 * CONNECTIONS * (1 / target - 1 / trial))
+        for _ in range(2):
+            (tmp_path / "paced.lua").write_text(paced(script, delay_ms))
+            trial = wrk(port, tmp_path / "paced.lua", 5, CONNECTIONS, SCORE)["requests_per_s"]
+            delay_ms = max(0.0, delay_ms + 1000 * CONNECTIONS * (1 / target - 1 / trial))
         (tmp_path / "paced.lua").write_text(paced(script, delay_ms))
 
         samples: list[Sample] = []
