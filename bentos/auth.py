@@ -147,20 +147,8 @@ class TokenVerifier:
             claims = jwt.decode(token, key.key, algorithms=[header["alg"]], audience=self.settings.audience,
                                 issuer=self.issuer, leeway=self.settings.leeway_s,
                                 options={"require": ["exp", "iss", "aud"]})
-        except jwt.ExpiredSignatureError as e:
-            raise invalid("the token has expired") from e
-        except jwt.ImmatureSignatureError as e:
-            raise invalid("the token is not valid yet (nbf or iat in the future)") from e
-        except jwt.InvalidAudienceError as e:
-            raise invalid(f"the token is not for this service (audience {self.settings.audience!r})") from e
-        except jwt.InvalidIssuerError as e:
-            raise invalid("the token comes from another issuer") from e
-        except jwt.InvalidSignatureError as e:
-            raise invalid("the token's signature does not verify") from e
-        except jwt.MissingRequiredClaimError as e:
-            raise invalid(f"the token lacks the {e.claim!r} claim") from e
         except jwt.InvalidTokenError as e:
-            raise invalid("the token is not valid") from e
+            raise invalid(self._reason(e)) from e
         scopes = claims.get("scope", "")
         scopes = scopes.split() if isinstance(scopes, str) else list(claims.get("scp", []))
         client = Client(str(claims.get("client_id") or claims.get("azp") or claims.get("sub") or "unknown"),
@@ -169,6 +157,19 @@ class TokenVerifier:
         while len(self._verified) > self.settings.token_cache:
             self._verified.popitem(last=False)
         return client
+
+
+    def _reason(self, error: Exception) -> str:
+        """What is wrong with a token PyJWT refused, in the words of the 401's detail."""
+        jwt = self.jwt
+        if isinstance(error, jwt.MissingRequiredClaimError):
+            return f"the token lacks the {error.claim!r} claim"
+        reasons = ((jwt.ExpiredSignatureError, "the token has expired"),
+                   (jwt.ImmatureSignatureError, "the token is not valid yet (nbf or iat in the future)"),
+                   (jwt.InvalidAudienceError, f"the token is not for this service (audience {self.settings.audience!r})"),
+                   (jwt.InvalidIssuerError, "the token comes from another issuer"),
+                   (jwt.InvalidSignatureError, "the token's signature does not verify"))
+        return next((reason for kind, reason in reasons if isinstance(error, kind)), "the token is not valid")
 
 
 class ApiKeys:
