@@ -175,7 +175,7 @@ def main(windows: Annotated[int, typer.Option(help="Windows with no drift per si
             population = load_population(settings, family)
             if family == "churn":
                 churn = population
-            raised[family] = {f: t for f, t in population.thresholds.items() if t > DISTANCE_THRESHOLD}
+            raised[family] = {f: t for f, t in population.thresholds.items() if t > DISTANCE_THRESHOLD and f in population.compared}
             nulls = false_alarms(population, windows)
             table = null_summary(population, nulls)
             out["false_alarms"][family] = {"model": f"{family} v{population.loaded.version}", "features": len(population.compared),
