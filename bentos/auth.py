@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import anyio.to_thread
+import jwt
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -92,9 +93,7 @@ class TokenVerifier:
     """Bearer tokens of one issuer and audience, verified once and kept until they expire."""
 
     def __init__(self, settings: AuthSettings):
-        import jwt
-
-        self.jwt, self.settings = jwt, settings
+        self.settings = settings
         self.issuer = settings.issuer.rstrip("/")
         self.algorithms = settings.algorithms.split(",")
         self._keys = None  # PyJWKClient, made on the first token: the provider need not be up at start
@@ -122,7 +121,7 @@ class TokenVerifier:
             if discovery.get("issuer", "").rstrip("/") != self.issuer or "jwks_uri" not in discovery:
                 raise Refused(503, "provider_unavailable", "the OpenID provider's discovery document names another "
                               "issuer or no jwks_uri")
-            self._keys = self.jwt.PyJWKClient(discovery["jwks_uri"], lifespan=self.settings.jwks_lifespan_s,
+            self._keys = jwt.PyJWKClient(discovery["jwks_uri"], lifespan=self.settings.jwks_lifespan_s,
                                               cooldown_duration=self.settings.jwks_refresh_s,
                                               timeout=self.settings.provider_timeout_s)
         return self._keys
@@ -130,7 +129,6 @@ class TokenVerifier:
     def verify(self, token: str) -> Client:
         """The client a token stands for, or Refused saying why not. May fetch the provider's keys:
         call it off the event loop."""
-        jwt = self.jwt
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as e:
@@ -161,7 +159,6 @@ class TokenVerifier:
 
     def _reason(self, error: Exception) -> str:
         """What is wrong with a token PyJWT refused, in the words of the 401's detail."""
-        jwt = self.jwt
         if isinstance(error, jwt.MissingRequiredClaimError):
             return f"the token lacks the {error.claim!r} claim"
         reasons = ((jwt.ExpiredSignatureError, "the token has expired"),

@@ -49,7 +49,6 @@ TARGETS = ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop", "f_servi
 ROUTE = "/api/v1/inference/churn-score"
 BIN = Path(sys.executable).parent
 
-WRK_JSON = 'wrk.headers["Content-Type"] = "application/json"'
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -261,7 +260,7 @@ def main(
     keys = work / "api_keys.json"
     key = new_key(keys, "bench-serving", ["inference"])
     auth_script = work / "churn-score-auth.lua"
-    auth_script.write_text(script.read_text().replace(WRK_JSON, WRK_JSON + f'\nwrk.headers["X-API-Key"] = "{key}"'))
+    auth_script.write_text(script.read_text() + f'wrk.headers["X-API-Key"] = "{key}"\n')
     auth = {"env": {"AUTH_MODE": "on", "AUTH_API_KEYS_FILE": str(keys)}, "headers": {"X-API-Key": key}, "script": auth_script}
     targets = {
         "a_service": ([str(BIN / "bentoml"), "serve", "bentos.service:FintechAPI"], "/ready"),

@@ -139,10 +139,12 @@ def history_by_period(settings: Settings, family: str, training_set: pd.DataFram
     """What the service saw period after period, with a `period` column, for each feature's usual
     movement: every customer of each snapshot (churn, segment), or the fraud training set's
     transactions by the snapshot the service would have scored them against."""
-    table = pd.read_parquet(settings.features_dir / "customer_features.parquet")
+    path = settings.features_dir / "customer_features.parquet"
     if family != "fraud":
+        table = pd.read_parquet(path)
         return table.assign(period=table["event_timestamp"])
-    snapshots = pd.Series(table["event_timestamp"].unique()).sort_values().reset_index(drop=True)
+    stamps = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"]  # the snapshot dates only
+    snapshots = pd.Series(stamps.unique()).sort_values().reset_index(drop=True)
     scored_at = snapshots.searchsorted(pd.to_datetime(training_set["event_timestamp"], utc=True), side="right") - 1
     return training_set.assign(period=snapshots.to_numpy()[scored_at])
 
