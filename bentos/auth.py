@@ -1,23 +1,29 @@
 """Who may call which route: bearer tokens from an OpenID provider (JWT) and API keys, each with
 scopes, checked in front of the app (an ASGI middleware, bentos/service.py).
 
-    AUTH_MODE=on AUTH_ISSUER=https://login.example.com AUTH_AUDIENCE=fintech-serving \
+    AUTH_ISSUER=https://login.example.com AUTH_AUDIENCE=fintech-serving \
     AUTH_API_KEYS_FILE=/secrets/api_keys.json bentoml serve bentos.service:FintechAPI
 
+Authentication is on unless AUTH_MODE=off says otherwise, and the service does not start without
+a credential source: an issuer, or an API-key file (default DATA_DIR/secrets/api_keys.json, which
+`make up` writes with a local key: core/api_keys.py).
+
 Scopes: `inference` for the scoring routes, `explain` for explain (it shows feature values),
-`admin` for /admin/reload. /health, /ready, /livez, /readyz, /metrics and the OpenAPI documents
+`admin` for /admin/reload and /admin/whoami. /health, /ready, /livez, /readyz, /metrics and the OpenAPI documents
 stay open; every other route needs a valid credential. A token is verified once (signature, iss,
 aud, exp, nbf with a small leeway, an asymmetric algorithm from the allowed list) and its client
 kept until it expires. The provider's keys come from its discovery document's jwks_uri (PyJWT's
 JWKS client); a token naming an unknown `kid` refetches them, at most once per
 AUTH_JWKS_REFRESH_S. Refusals follow RFC 6750: 401 with `WWW-Authenticate: Bearer` and the
-reason, 403 naming the missing scope. No token or key is ever logged or echoed.
+reason, 403 naming the missing scope. No token or key is ever logged or echoed. Each client is
+then held to its rate limit for the route's scope (bentos/limits.py): over it, 429 with Retry-After.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import urllib.request
 from collections import OrderedDict
@@ -31,12 +37,14 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bentos.config import API_PREFIX
-from core.api_keys import digest, read_keys
+from bentos.limits import Limit, RateLimits, default_table
+from core.api_keys import KEYS_FILE, digest, read_keys
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 SCOPE_OF = {**{f"{API_PREFIX}/{route}": "inference" for route in ("churn-score", "churn-batch", "segment", "fraud-detection")},
-            f"{API_PREFIX}/explain": "explain", "/admin/reload": "admin"}
+            f"{API_PREFIX}/explain": "explain", "/admin/reload": "admin", "/admin/whoami": "admin"}
 OPEN = frozenset({"/health", "/ready", "/livez", "/readyz", "/metrics", "/docs", "/docs.json", "/openapi.json"})
 API_KEY_HEADER = b"x-api-key"
 REALM = "fintech-serving"
@@ -45,7 +53,7 @@ REALM = "fintech-serving"
 class AuthSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")
 
-    mode: Literal["on", "off"] = Field("off", description=(
+    mode: Literal["on", "off"] = Field("on", description=(
         "on: every route but the probes, /metrics and the docs needs a bearer token or an API key. off: anyone "
         "who reaches the service may call it (logged as a warning at start and shown on /models/status)."))
     issuer: str = Field("", description="The OpenID provider's issuer URL; its discovery document names its keys. "
@@ -57,8 +65,21 @@ class AuthSettings(BaseSettings):
                                   "caused by tokens naming an unknown key.")
     jwks_lifespan_s: float = Field(300.0, gt=0, description="How long the provider's keys are used before they are fetched again.")
     provider_timeout_s: float = Field(5.0, gt=0, description="How long a request to the provider may take.")
-    api_keys_file: Path | None = Field(None, description="The API-key file (core/api_keys.py), re-read when it changes.")
+    api_keys_file: Path | None = Field(None, description="The API-key file (core/api_keys.py), re-read when it changes "
+                                       "[default DATA_DIR/secrets/api_keys.json].")
     token_cache: int = Field(10_000, ge=1, description="Verified tokens kept until they expire.")
+    default_limits: dict[str, Limit] = Field(default_factory=dict, description=(
+        "Rate limits per scope of the clients AUTH_RATE_LIMITS does not name, as JSON: "
+        '{"inference": {"per_s": 1000, "burst": 2000}}. A scope left out keeps its default '
+        "(inference 1000/s, burst 2000; explain 50/s, burst 100; admin 1/s, burst 10)."))
+    rate_limits: dict[str, dict[str, Limit]] = Field(default_factory=dict, description=(
+        'Rate limits of named clients, per scope, as JSON: {"nightly-batch": {"inference": {"per_s": 3000, "burst": 6000}}}.'))
+    rate_limit_file: Path | None = Field(None, description=(
+        "The buckets the worker processes share [default: one file per `bentoml serve` in the temporary folder]."))
+
+    @property
+    def keys_file(self) -> Path:
+        return self.api_keys_file or get_settings().secrets_dir / KEYS_FILE
 
     @field_validator("algorithms")
     @classmethod
@@ -80,9 +101,10 @@ class Client:
 class Refused(Exception):
     """A request without a credential the service accepts: its status, RFC 6750 error and reason."""
 
-    def __init__(self, status: int, error: str, detail: str, scope: str | None = None):
+    def __init__(self, status: int, error: str, detail: str, scope: str | None = None, retry_after_s: int = 5):
         super().__init__(detail)
         self.status, self.error, self.detail, self.scope = status, error, detail, scope
+        self.retry_after_s = retry_after_s
 
 
 def invalid(detail: str) -> Refused:
@@ -211,7 +233,8 @@ class Authenticate:
     def __init__(self, app, settings: AuthSettings):
         self.app = app
         self.tokens = TokenVerifier(settings) if settings.issuer else None
-        self.keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
+        self.keys = ApiKeys(settings.keys_file)
+        self.limits = RateLimits(settings.rate_limits, settings.default_limits, settings.rate_limit_file or default_table())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in OPEN:
@@ -219,12 +242,20 @@ class Authenticate:
         try:
             client = await self.identify(scope["headers"])
             needed = SCOPE_OF.get(scope["path"])
-            if needed is not None and needed not in client.scopes:
-                raise Refused(403, "insufficient_scope", f"this route needs the scope {needed!r}", scope=needed)
+            if needed is not None:
+                if needed not in client.scopes:
+                    raise Refused(403, "insufficient_scope", f"this route needs the scope {needed!r}", scope=needed)
+                self.hold_to_limit(client, needed)
         except Refused as refused:
             return await refuse(send, refused)
         scope.setdefault("state", {})["client"] = client
         await self.app(scope, receive, send)
+
+    def hold_to_limit(self, client: Client, scope: str) -> None:
+        wait_s, limit = self.limits.take(client.client_id, scope)
+        if wait_s:
+            raise Refused(429, "rate_limited", f"client {client.client_id!r} is over its {scope} limit "
+                          f"({limit.per_s:g} requests/s, burst {limit.burst})", retry_after_s=max(1, math.ceil(wait_s)))
 
     async def identify(self, headers: list[tuple[bytes, bytes]]) -> Client:
         authorization = key = None
@@ -234,7 +265,7 @@ class Authenticate:
             elif name == API_KEY_HEADER:
                 key = value.decode("latin-1")
         if key is not None:
-            client = self.keys.client(key) if self.keys is not None else None
+            client = self.keys.client(key)
             if client is None:
                 raise Refused(401, "invalid_token", "the API key is not valid (unknown or revoked)")
             return client
@@ -260,22 +291,28 @@ def challenge(refused: Refused) -> str:
 
 
 async def refuse(send, refused: Refused) -> None:
-    field = "Authorization" if refused.status != 403 else "scope"
+    field = {403: "scope", 429: "client"}.get(refused.status, "Authorization")
     body = json.dumps({"error": refused.error, "detail": refused.detail,
                        "fields": [{"field": field, "message": refused.detail}]}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if refused.status in (400, 401, 403):
         headers.append((b"www-authenticate", challenge(refused).encode()))
     else:
-        headers.append((b"retry-after", b"5"))
+        headers.append((b"retry-after", str(refused.retry_after_s).encode()))
     await send({"type": "http.response.start", "status": refused.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
+OFF_WARNING = "AUTH_MODE=off: every route is open to anyone who can reach the service"
+
+
 def check_mode(settings: AuthSettings) -> None:
-    """At start: with auth on, at least one kind of credential must be configured; off is said loudly."""
+    """At start: with auth on, a credential source must exist; off is said loudly."""
     if settings.mode == "off":
-        log.warning("AUTH_MODE=off: every route is open to anyone who can reach the service")
+        log.warning(OFF_WARNING)
         return
-    if not settings.issuer and settings.api_keys_file is None:
-        raise RuntimeError("AUTH_MODE=on needs AUTH_ISSUER (bearer tokens) or AUTH_API_KEYS_FILE (API keys), or both")
+    if not settings.issuer and not settings.keys_file.exists():
+        raise RuntimeError(
+            f"authentication is on (the default) and there is no credential source: no AUTH_ISSUER (bearer tokens) "
+            f"and no API-key file at {settings.keys_file} (AUTH_API_KEYS_FILE). `make api-key` writes one with a "
+            f"local key; to serve without authentication, set AUTH_MODE=off")

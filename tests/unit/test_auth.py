@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.testclient import TestClient
 
 from bentos.auth import Authenticate, AuthSettings, check_mode
-from core.api_keys import new_key, revoke
+from bentos.limits import Limit, SharedBuckets
+from core.api_keys import client_headers, ensure_local_key, new_key, revoke
 
 SCORE = "/api/v1/inference/churn-score"
 EXPLAIN = "/api/v1/inference/explain"
@@ -84,7 +85,8 @@ def keys_file(tmp_path):
 
 @pytest.fixture
 def client(provider, keys_file):
-    settings = AuthSettings(mode="on", issuer=provider.issuer, api_keys_file=keys_file, jwks_refresh_s=0, leeway_s=5)
+    settings = AuthSettings(mode="on", issuer=provider.issuer, api_keys_file=keys_file, jwks_refresh_s=0, leeway_s=5,
+                            rate_limit_file=keys_file.with_name("limits.bin"))
     return TestClient(Authenticate(echo, settings))
 
 
@@ -206,8 +208,58 @@ def test_api_keys_pass_with_their_scopes_and_a_revoked_one_stops_within_a_second
     refused(client.post(SCORE, headers={"X-API-Key": key}), 401, "invalid_token", "revoked")
 
 
-def test_auth_on_needs_a_credential_source_and_rejects_symmetric_algorithms():
-    with pytest.raises(RuntimeError, match="AUTH_ISSUER.*AUTH_API_KEYS_FILE"):
-        check_mode(AuthSettings(mode="on"))
+def test_auth_is_on_by_default_and_will_not_start_without_a_credential_source(tmp_path, monkeypatch):
+    monkeypatch.delenv("AUTH_MODE", raising=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    settings = AuthSettings()
+    assert settings.mode == "on" and settings.keys_file == tmp_path / "secrets" / "api_keys.json"
+    with pytest.raises(RuntimeError, match=r"no credential source.*make api-key.*AUTH_MODE=off"):
+        check_mode(settings)
+    check_mode(AuthSettings(mode="off"))  # off only when asked for, with a warning
+    ensure_local_key(tmp_path / "secrets")
+    check_mode(AuthSettings())
     with pytest.raises(ValueError, match="asymmetric"):
         AuthSettings(algorithms="RS256,HS256")
+
+
+def test_the_local_key_is_made_once_private_and_replaced_when_revoked(tmp_path, monkeypatch):
+    monkeypatch.delenv("FINTECH_API_KEY", raising=False)
+    monkeypatch.delenv("FINTECH_API_KEY_FILE", raising=False)
+    secrets = tmp_path / "secrets"
+    key, made = ensure_local_key(secrets)
+    assert made and ensure_local_key(secrets) == (key, False)
+    assert (secrets / "local.key").stat().st_mode & 0o777 == 0o600 and key not in (secrets / "api_keys.json").read_text()
+    assert client_headers(secrets) == {"X-API-Key": key}
+    revoke(secrets / "api_keys.json", "local")
+    replaced, made = ensure_local_key(secrets)
+    assert made and replaced != key
+    monkeypatch.setenv("FINTECH_API_KEY", "fsk_from_env")
+    assert client_headers(secrets) == {"X-API-Key": "fsk_from_env"}
+    assert client_headers(None) == {"X-API-Key": "fsk_from_env"}
+
+
+def test_a_client_over_its_limit_gets_429s_with_retry_after_while_another_is_unaffected(provider, keys_file):
+    limited = {"nightly-batch": {"inference": Limit(per_s=2, burst=3)}}
+    settings = AuthSettings(mode="on", api_keys_file=keys_file, rate_limits=limited, rate_limit_file=keys_file.with_name("limits.bin"))
+    batch, other = new_key(keys_file, "nightly-batch", ["inference"]), new_key(keys_file, "retention-app", ["inference"])
+    # two workers of one pod: two middlewares over the same table
+    workers = [TestClient(Authenticate(echo, settings)), TestClient(Authenticate(echo, settings))]
+    answers = [workers[i % 2].post(SCORE, headers={"X-API-Key": batch}).status_code for i in range(6)]
+    assert answers[:3] == [200, 200, 200] and 429 in answers[3:], answers
+    over = workers[0].post(SCORE, headers={"X-API-Key": batch})
+    assert over.status_code == 429 and over.headers["retry-after"] == "1"
+    assert over.json()["error"] == "rate_limited" and "'nightly-batch'" in over.json()["detail"] and batch not in over.text
+    assert all(workers[i % 2].post(SCORE, headers={"X-API-Key": other}).status_code == 200 for i in range(10))
+    time.sleep(0.6)  # 2 a second: one more request's worth
+    assert workers[1].post(SCORE, headers={"X-API-Key": batch}).status_code == 200
+
+
+def test_shared_buckets_refill_at_their_rate_and_keep_clients_apart(tmp_path):
+    limit = Limit(per_s=10, burst=5)
+    a, b = SharedBuckets(tmp_path / "t.bin", slots=4), SharedBuckets(tmp_path / "t.bin", slots=4)
+    assert [a.take("x", limit) if i % 2 else b.take("x", limit) for i in range(5)] == [0.0] * 5
+    wait = a.take("x", limit)
+    assert 0 < wait <= 0.1
+    assert all(b.take(name, limit) == 0.0 for name in ("y", "z", "w", "v", "u"))  # more names than slots: reused
+    time.sleep(wait + 0.02)
+    assert a.take("x", limit) == 0.0 or b.take("x", limit) == 0.0

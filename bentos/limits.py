@@ -1,0 +1,100 @@
+"""Per-client rate limits: a token bucket per client and scope, shared by a pod's worker processes.
+
+    limits = RateLimits(settings)            # bentos/auth.py makes one per worker
+    wait_s, limit = limits.take("nightly-batch", "inference")   # 0: pass; else refuse with 429
+
+A bucket holds up to `burst` requests and refills at `per_s` a second. Each client id may have its
+own limits per scope (AUTH_RATE_LIMITS); every other client gets the defaults
+(AUTH_DEFAULT_LIMITS). The buckets live in a small memory-mapped file (its default: one per
+`bentoml serve`, in the temporary folder, named by the serving process's id), so every worker of
+a pod draws from the same buckets: a client cannot get a worker's limit from each of them. One
+lock on the file guards a bucket's read and write, a few microseconds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+SLOT = struct.Struct("<Qdd")  # key (a hash of client and scope), tokens left, last refill (monotonic s)
+SLOTS = 4096  # buckets the file holds (128 KiB); past this, the least recently used are reused
+PROBES = 8  # slots looked at for a key before the stalest of them is taken over
+
+
+class Limit(BaseModel):
+    per_s: float = Field(gt=0, description="Requests a second, sustained.")
+    burst: int = Field(ge=1, description="Requests at once after a quiet spell.")
+
+
+DEFAULT_LIMITS = {"inference": Limit(per_s=1000, burst=2000), "explain": Limit(per_s=50, burst=100),
+                  "admin": Limit(per_s=1, burst=10)}
+
+
+def default_table() -> Path:
+    """One table per `bentoml serve`: its workers are children of one process."""
+    return Path(tempfile.gettempdir()) / f"fintech-serving-limits-{os.getppid()}.bin"
+
+
+class SharedBuckets:
+    """Token buckets in a file that every process mapping it shares."""
+
+    def __init__(self, path: Path, slots: int = SLOTS):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        size = slots * SLOT.size
+        if os.fstat(self.fd).st_size < size:
+            os.ftruncate(self.fd, size)  # zero-filled: every slot empty
+        self.table = mmap.mmap(self.fd, size)
+        self.slots = slots
+
+    def take(self, name: str, limit: Limit) -> float:
+        """Take one request from `name`'s bucket: 0 when there was one, else the seconds until
+        there will be (nothing taken)."""
+        key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") or 1
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
+            now = time.monotonic()  # the system's clock: the same in every process
+            offset, tokens, refilled = self._find(key, limit, now)
+            tokens = min(float(limit.burst), tokens + (now - refilled) * limit.per_s)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / limit.per_s
+            SLOT.pack_into(self.table, offset, key, tokens - 1 if wait == 0 else tokens, now)
+            return wait
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    def _find(self, key: int, limit: Limit, now: float) -> tuple[int, float, float]:
+        """The slot of `key` with its tokens and last refill; a new or reused slot starts full."""
+        first, stalest = key % self.slots, None
+        for i in range(PROBES):
+            offset = (first + i) % self.slots * SLOT.size
+            found, tokens, refilled = SLOT.unpack_from(self.table, offset)
+            if found == key:
+                return offset, tokens, refilled
+            if found == 0:
+                return offset, float(limit.burst), now
+            if stalest is None or refilled < stalest[1]:
+                stalest = (offset, refilled)
+        return stalest[0], float(limit.burst), now
+
+
+class RateLimits:
+    """The limits of each client and scope, drawn from the shared buckets."""
+
+    def __init__(self, per_client: dict[str, dict[str, Limit]], defaults: dict[str, Limit], table: Path):
+        self.per_client, self.defaults = per_client, {**DEFAULT_LIMITS, **defaults}
+        self.buckets = SharedBuckets(table)
+
+    def limit(self, client_id: str, scope: str) -> Limit:
+        return self.per_client.get(client_id, {}).get(scope) or self.defaults[scope]
+
+    def take(self, client_id: str, scope: str) -> tuple[float, Limit]:
+        limit = self.limit(client_id, scope)
+        return self.buckets.take(f"{scope}\x00{client_id}", limit), limit
