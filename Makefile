@@ -11,7 +11,7 @@ PORT ?= 3000
 export DATA_DIR BENTOML_HOME
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install crd-schemas oidc-provider lock image image-mlflow data features train import-models build serve up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
+.PHONY: help install crd-schemas oidc-provider lock image image-mlflow data features train import-models build api-key serve up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,10 +69,13 @@ image-mlflow: ## The MLflow server image of k8s/ (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image-mlflow needs a running Docker engine"; exit 2; }
 	docker build -t $(MLFLOW_IMAGE) k8s/images/mlflow
 
-serve: install ## Serve the last built bento on $(PORT), without retraining
+api-key: install ## The local API key (every scope) in $(DATA_DIR)/secrets, made once; prints how to use it
+	$(BIN)/python -m core.api_keys local --port $(PORT)
+
+serve: install api-key ## Serve the last built bento on $(PORT), without retraining (AUTH_MODE=off to serve without authentication)
 	$(BIN)/bentoml serve fintech-serving:latest --port $(PORT)
 
-up: data features train build serve ## Everything from nothing: data, features, models, bento, HTTP on :3000
+up: data features train build serve ## Everything from nothing: data, features, models, bento, API key, HTTP on :3000
 
 test: install $(CRD_SCHEMAS) $(OIDC_PROVIDER) ## Run every test: unit, data contract, model behaviour, integration (needs redis-server)
 	$(BIN)/python -m pytest

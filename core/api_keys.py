@@ -1,10 +1,12 @@
 """API keys for clients that cannot do OAuth2: a file of their hashes, client ids and scopes.
 
-    python -m core.api_keys new --client retention-batch --scopes inference --file data/api_keys.json
-    python -m core.api_keys revoke --client retention-batch --file data/api_keys.json
+    python -m core.api_keys new --client retention-batch --scopes inference --file data/secrets/api_keys.json
+    python -m core.api_keys revoke --client retention-batch --file data/secrets/api_keys.json
+    python -m core.api_keys local      # make up: the local clients' key, made once (every scope)
 
-The file is a JSON list of {"client_id", "sha256", "scopes"}; the key itself is printed once and
-stored nowhere. A key is 32 random bytes, so one SHA-256 is a safe hash for it (a slow password
+The file is a JSON list of {"client_id", "sha256", "scopes"}; a key itself is printed once and
+stored nowhere, but for the local one: `make up` keeps it in DATA_DIR/secrets/local.key (mode 600),
+where the local tools (locust, the rollout CLI, the benchmarks) find it. A key is 32 random bytes, so one SHA-256 is a safe hash for it (a slow password
 hash guards guessable secrets; these are not). The service re-reads the file when it changes:
 adding or revoking a key needs no restart (bentos/auth.py).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +24,10 @@ import typer
 
 PREFIX = "fsk_"  # so a leaked key is recognisable in a scanner's findings
 SCOPES = ("inference", "explain", "admin")
+KEYS_FILE = "api_keys.json"  # the hashes, in the secrets folder (Settings.secrets_dir)
+LOCAL_KEY = "local.key"  # the local clients' key, beside them
+LOCAL_CLIENT = "local"
+KEY_ENV, KEY_FILE_ENV = "FINTECH_API_KEY", "FINTECH_API_KEY_FILE"  # what a client sends, or the file holding it
 
 
 def digest(key: str) -> str:
@@ -42,13 +49,18 @@ def read_keys(path: Path) -> list[dict]:
     return entries
 
 
-def write_keys(path: Path, entries: list[dict]) -> None:
-    """Write then rename, so the service never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_secret(path: Path, text: str) -> None:
+    """Readable by its owner only, written then renamed so that no reader sees half a file."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(entries, indent=2))
+    partial.touch(mode=0o600)
     partial.chmod(0o600)
+    partial.write_text(text)
     partial.replace(path)
+
+
+def write_keys(path: Path, entries: list[dict]) -> None:
+    write_secret(path, json.dumps(entries, indent=2))
 
 
 def new_key(path: Path, client_id: str, scopes: list[str]) -> str:
@@ -67,6 +79,31 @@ def revoke(path: Path, client_id: str) -> int:
     kept = [e for e in entries if e["client_id"] != client_id]
     write_keys(path, kept)
     return len(entries) - len(kept)
+
+
+def ensure_local_key(secrets_dir: Path) -> tuple[str, bool]:
+    """The local clients' key (every scope) and whether it was made now: made once, kept in
+    secrets_dir beside the hashes; a key file whose hash was revoked is replaced."""
+    keys_file, key_file = secrets_dir / KEYS_FILE, secrets_dir / LOCAL_KEY
+    if key_file.exists():
+        key = key_file.read_text().strip()
+        if any(e["sha256"] == digest(key) for e in read_keys(keys_file)):
+            return key, False
+        revoke(keys_file, LOCAL_CLIENT)
+    key = new_key(keys_file, LOCAL_CLIENT, list(SCOPES))
+    write_secret(key_file, key + "\n")
+    return key, True
+
+
+def client_headers(secrets_dir: Path | None = None) -> dict[str, str]:
+    """The credential a local tool sends: $FINTECH_API_KEY, else the file $FINTECH_API_KEY_FILE
+    names, else the local key in secrets_dir; none when there is none (a service with AUTH_MODE=off)."""
+    key = os.environ.get(KEY_ENV, "").strip()
+    path = Path(os.environ[KEY_FILE_ENV]) if os.environ.get(KEY_FILE_ENV) else (
+        secrets_dir / LOCAL_KEY if secrets_dir is not None else None)
+    if not key and path is not None and path.exists():
+        key = path.read_text().strip()
+    return {"X-API-Key": key} if key else {}
 
 
 app = typer.Typer(help="API keys of the service's clients (the file AUTH_API_KEYS_FILE names).", no_args_is_help=True)
@@ -89,6 +126,20 @@ def new_command(client: Annotated[str, typer.Option(help="Client id, as the audi
 def revoke_command(client: Annotated[str, typer.Option(help="Client id whose keys are removed.")], file: FileOption) -> None:
     """Remove a client's keys; a running service stops accepting them within a second."""
     typer.echo(f"revoked {revoke(file, client)} key(s) of {client}")
+
+
+@app.command("local")
+def local_command(port: Annotated[int, typer.Option(help="The port the printed example calls.")] = 3000) -> None:
+    """Make the local clients' key if there is none (every scope; DATA_DIR/secrets), and say how to use it."""
+    from core.settings import get_settings
+
+    secrets_dir = get_settings().secrets_dir
+    _, made = ensure_local_key(secrets_dir)
+    key_file = secrets_dir / LOCAL_KEY
+    typer.echo(f"{'made' if made else 'using'} the local API key (scopes {', '.join(SCOPES)}): {key_file}\n"
+               f"  the service accepts it (AUTH_MODE=on, the default); locust and the rollout CLI send it.\n"
+               f"  curl -s localhost:{port}/api/v1/inference/churn-score -H \"X-API-Key: $(cat {key_file})\" \\\n"
+               f"       -H 'content-type: application/json' -d '{{\"customer_id\": \"C0000001\"}}'")
 
 
 if __name__ == "__main__":

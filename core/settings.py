@@ -55,6 +55,16 @@ class Settings(BaseSettings):
         return None if self.mlflow_tracking_uri else self.data_dir / "mlruns"
 
     @property
+    def secrets_dir(self) -> Path:
+        """The local API keys: the hashes the service checks and the local clients' key (core/api_keys.py)."""
+        return self.data_dir / "secrets"
+
+    @property
+    def audit_log(self) -> Path:
+        """Who changed serving, and when: one JSON line per admin action, appended only (core/audit.py)."""
+        return self.data_dir / "audit" / "admin.jsonl"
+
+    @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
 
