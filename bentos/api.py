@@ -1,6 +1,6 @@
 """The public HTTP API: routes, request and error bodies, the request's metrics.
 
-    app = create_app(server)       # server: the families this process serves (bentos/server.py)
+    app = create_app(server, auth_mode="on")   # server: the families this process serves (bentos/family.py)
 
 Each scoring route validates its body (pydantic, bentos/schemas.py) and hands the request to its
 family in this process, which batches it with the requests arriving at the same time
@@ -11,7 +11,6 @@ produces a 500.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import math
@@ -22,12 +21,13 @@ from http import HTTPStatus
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
+from bentos.auth import OFF_WARNING, OPEN, SCOPE_OF
 from bentos.config import API_PREFIX
 from bentos.metrics import exposition, metrics, summary
 from bentos.online import StoreUnavailable
@@ -40,9 +40,12 @@ from bentos.schemas import (
     ErrorResponse,
     FraudRequest,
     FraudScore,
+    ReloadRequest,
     SegmentResult,
 )
 from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION
+from core import audit
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 PIN_HEADER = "X-Model-Version"
@@ -82,28 +85,41 @@ class ScoringFailed(Exception):
         self.error = error
 
 
+def _canned(status: int, body: dict, *headers: tuple[bytes, bytes]) -> list[dict]:
+    """The ASGI messages of a fixed JSON answer, encoded once."""
+    content = json.dumps(body).encode()
+    return [{"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()), *headers]},
+            {"type": "http.response.body", "body": content}]
+
+
 class Admission:
-    """ASGI middleware: at most `limit` scoring requests in progress in this process; the next are
+    """ASGI middleware: a request whose headers pass `max_header_bytes` is refused (431) before
+    anything reads them. At most `limit` scoring requests in progress in this process; the next are
     refused at once (503 `overloaded`, Retry-After: 1) before anything reads, parses or routes them,
     so an overloaded process spends little on what it sheds instead of queueing without bound
     behind the event loop. The service puts it in front of BentoML's routing and the FastAPI app
     (bentos/service.py): a refusal there costs a fifth of one raised from a route (measured: 9,400
     against 2,000 refusals a second on two cores). Only the event loop touches the count: no lock."""
 
-    def __init__(self, app, limit: int, retry_after_s: int = 1):
-        self.app, self.limit, self.in_progress = app, limit, 0
+    def __init__(self, app, limit: int, max_header_bytes: int = 8192, retry_after_s: int = 1):
+        self.app, self.limit, self.in_progress, self.max_header_bytes = app, limit, 0, max_header_bytes
         self.families = {f"{API_PREFIX}/{route}": (route, family) for route, family in ROUTES}
-        body = json.dumps({"error": "overloaded", "detail": (
-            f"the service has {limit} scoring requests in progress, its limit; retry shortly"), "fields": []}).encode()
-        self.refusal = [
-            {"type": "http.response.start", "status": 503, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(retry_after_s).encode())]},
-            {"type": "http.response.body", "body": body},
-        ]
+        self.refusal = _canned(503, {"error": "overloaded", "detail": (
+            f"the service has {limit} scoring requests in progress, its limit; retry shortly"), "fields": []},
+            (b"retry-after", str(retry_after_s).encode()))
+        self.headers_too_large = _canned(431, {"error": "headers_too_large", "detail": (
+            f"the request's headers are larger than {max_header_bytes:,} bytes, the limit"),
+            "fields": [{"field": "headers", "message": "too large"}]})
 
     async def __call__(self, scope, receive, send):
-        scoring = self.families.get(scope["path"]) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > self.max_header_bytes:
+            for message in self.headers_too_large:
+                await send(message)
+            return
+        scoring = self.families.get(scope["path"])
         if scoring is None:
             return await self.app(scope, receive, send)
         if self.in_progress >= self.limit:
@@ -227,8 +243,9 @@ def observed(route: str, family: str):
         m.latency.labels(route, family, labels["version"], labels["role"]).observe(time.perf_counter() - started)
 
 
-def create_app(server) -> FastAPI:
-    """The FastAPI app of `server`: the service routes, and the scoring routes of its families."""
+def create_app(server, auth_mode: str = "on") -> FastAPI:
+    """The FastAPI app of `server`: the service routes, and the scoring routes of its families.
+    `auth_mode` is what bentos/auth.py enforces in front of it; off, /models/status says so."""
     app = FastAPI(
         title="fintech-serving",
         description="Churn (with reason codes), fraud and segmentation models, scored from Feast online features.",
@@ -236,7 +253,7 @@ def create_app(server) -> FastAPI:
     )
     _add_error_handlers(app, retry_after_s=max(1, math.ceil(server.serving.store_retry_s)))
     app.add_middleware(BodyLimit, limit=server.serving.max_body_bytes)
-    app.include_router(_service_routes(server))
+    app.include_router(_service_routes(server, auth_mode))
     families = server.serving.served()
     scoring = APIRouter(prefix=API_PREFIX)
     if "churn" in families:
@@ -253,7 +270,40 @@ def create_app(server) -> FastAPI:
         return summary()
 
     app.include_router(scoring)
+    _describe_credentials(app)
     return app
+
+
+def _describe_credentials(app: FastAPI) -> None:
+    """The OpenAPI document names the credentials bentos/auth.py accepts, on every route that needs one."""
+    make_document = app.openapi
+
+    def document() -> dict:
+        if app.openapi_schema is None:
+            schema = make_document()
+            schema["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                           "description": "An access token from the OpenID provider AUTH_ISSUER names."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                           "description": "A key made by `python -m core.api_keys new`."}}
+            error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+            refusals = {status: {"description": reason, "content": error} for status, reason in (
+                ("401", "No valid credential; WWW-Authenticate says why (RFC 6750)"),
+                ("403", "The credential lacks the route's scope"),
+                ("429", "The client is over its rate limit; Retry-After says when to retry"))}
+            for path, operations in schema["paths"].items():
+                if path in OPEN:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                    operation["responses"].update(refusals)
+                    if path in SCOPE_OF:
+                        operation["description"] = (operation.get("description", "") +
+                                                    f"\n\nNeeds the scope `{SCOPE_OF[path]}`.").strip()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = document
 
 
 def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
@@ -277,8 +327,9 @@ def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
                             headers={"Retry-After": str(retry_after_s)})
 
 
-def _service_routes(server) -> APIRouter:
+def _service_routes(server, auth_mode: str) -> APIRouter:
     router = APIRouter()
+    audit_log = get_settings().audit_log
 
     @router.get("/")
     async def info() -> dict:
@@ -299,16 +350,32 @@ def _service_routes(server) -> APIRouter:
 
     @router.get("/models/status")
     async def models_status() -> dict:
-        return server.status()
+        """Per family; with AUTH_MODE=off, each family's `warnings` says the routes are open."""
+        status = server.status()
+        if auth_mode == "off":
+            for family in status.values():
+                family["warnings"] = [OFF_WARNING]
+        return status
+
+    @router.get("/admin/whoami")
+    async def whoami(request: Request) -> dict:
+        """The client the service takes the caller for (the rollout CLI asks before it changes anything)."""
+        client = request.scope.get("state", {}).get("client")
+        if client is None:
+            return {"client_id": "", "via": "none", "scopes": [], "auth_mode": auth_mode}
+        return {"client_id": client.client_id, "via": client.via, "scopes": sorted(client.scopes), "auth_mode": auth_mode}
 
     @router.post("/admin/reload")
-    async def reload(authorization: str | None = Header(None)) -> dict:
+    async def reload(request: Request, body: ReloadRequest | None = Body(None)) -> dict:
         """Follow the registry now (the families also poll it). Each family loads any new
-        version beside the live one and swaps it in without failing a request in flight."""
-        token = server.serving.admin_token
-        if token and not hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
-            raise ClientError(401, "unauthorized", "this route needs the admin token", [{"field": "Authorization", "message": "missing or wrong"}])
-        return await anyio.to_thread.run_sync(server.reload)
+        version beside the live one and swaps it in without failing a request in flight.
+        Written to the audit log with who asked and what changed."""
+        answer = await anyio.to_thread.run_sync(server.reload)
+        client = request.scope.get("state", {}).get("client")
+        await anyio.to_thread.run_sync(lambda: audit.append(
+            audit_log, action="reload", actor=client.client_id if client else "anonymous (AUTH_MODE=off)",
+            verified=client is not None, source="service", details={"reason": body.reason if body else "", "answer": answer}))
+        return answer
 
     @router.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

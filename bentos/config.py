@@ -72,7 +72,9 @@ class ServingSettings(BaseSettings):
         "A request unanswered after this long gets a 504. BentoML keeps every request's context (its trace "
         "span, its future) alive until this timer fires, answered or not, so under load a long timeout is "
         "a large heap for the garbage collector to walk: at 30 s, collection pauses reached 200 ms."))
-    admin_token: str = Field("", description="When set, POST /admin/reload needs `Authorization: Bearer <token>`.")
+    max_header_bytes: int = Field(8192, ge=1024, description=(
+        "Largest total size of a request's headers; a larger request is refused with 431 before anything reads them. "
+        "A bearer token from a usual OpenID provider is 1-2 KB."))
     max_in_progress: int = Field(128, ge=1, description=(
         "Scoring requests a worker process holds at once; the next are refused at once with 503 `overloaded` and "
         "Retry-After, so an overloaded service sheds instead of queueing without bound (at about 1,000 req/s a worker, "

@@ -128,3 +128,7 @@ class ErrorResponse(BaseModel):
     error: str
     detail: str
     fields: list[FieldError] = []
+
+
+class ReloadRequest(BaseModel):
+    reason: str = Field("", max_length=200, description="Why, for the audit log (the rollout CLI names its step).")
