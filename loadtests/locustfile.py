@@ -5,7 +5,8 @@ population (the last feature snapshot under $DATA_DIR) with about 2% unknown ids
 back as 404, not as failures of the service. Fraud requests replay real transactions (amount,
 merchant, channel, country, device and time): the 30 days the generator wrote after the data, or
 with your own data its last 30 days (loadtests/replay.py), so the traffic looks like what the fraud
-model's served reference holds and a drift report on it has nothing to flag.
+model's served reference holds and a drift report on it has nothing to flag. Every request carries
+the local API key (core/api_keys.py), or FINTECH_API_KEY when set.
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000
 """
@@ -19,8 +20,10 @@ from pathlib import Path
 import pandas as pd
 from locust import HttpUser, between, events, task
 
+from core.api_keys import client_headers
 from loadtests.replay import replay_transactions
 
+DATA_DIR = Path(os.environ.get("DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
 UNKNOWN_SHARE = 0.02
 CUSTOMERS: list[str] = []
 KNOWN: set[str] = set()
@@ -29,11 +32,10 @@ TRANSACTIONS: list[dict] = []
 
 @events.init.add_listener
 def load_customers(environment, **_) -> None:
-    data_dir = Path(os.environ.get("DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
-    table = pd.read_parquet(data_dir / "features" / "customer_features.parquet", columns=["customer_id", "event_timestamp"])
+    table = pd.read_parquet(DATA_DIR / "features" / "customer_features.parquet", columns=["customer_id", "event_timestamp"])
     CUSTOMERS.extend(table.loc[table["event_timestamp"] == table["event_timestamp"].max(), "customer_id"])
     KNOWN.update(CUSTOMERS)
-    TRANSACTIONS.extend(replay_transactions(data_dir))
+    TRANSACTIONS.extend(replay_transactions(DATA_DIR))
 
 
 def customer() -> tuple[str, bool]:
@@ -44,6 +46,10 @@ def customer() -> tuple[str, bool]:
 
 class BankClient(HttpUser):
     wait_time = between(0.05, 0.2)
+
+    def on_start(self) -> None:
+        # the local key `make up` made, or FINTECH_API_KEY(_FILE): the service needs one unless AUTH_MODE=off
+        self.client.headers.update(client_headers(DATA_DIR / "secrets"))
 
     def _post(self, route: str, body: dict, known: bool) -> None:
         with self.client.post(f"/api/v1/inference/{route}", json=body, name=route, catch_response=True) as response:

@@ -181,7 +181,7 @@ class InferenceLog:
         self._files += 1
         # host and pid: pods share a volume and their processes often have the same pid
         path = folder / f"part-{now:%H%M%S}-{socket.gethostname()}-{os.getpid()}-{self._files:06d}.parquet"
-        temporary = path.with_suffix(".tmp")
+        temporary = path.with_name(f".{path.stem}.tmp")  # a leading dot: dataset readers skip it
         try:
             table.to_parquet(temporary, index=False)
             temporary.rename(path)  # readers never see half a file

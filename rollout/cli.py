@@ -11,6 +11,13 @@ allow the step; 3 the registry does not answer.
 Every change is made in the MLflow registry (aliases and the registered model's serving.* tags),
 then the running service is asked to follow it (POST /admin/reload); a service that is not
 reachable picks it up when it next polls the registry.
+
+The CLI is a client of the service like any other: it sends FINTECH_API_KEY (or the key in the
+file FINTECH_API_KEY_FILE names, or the local key `make up` made), which needs the `admin` scope.
+Before a change it asks the service who it is (GET /admin/whoami); a refused credential stops it
+before anything changes. Each change is written to the audit log (core/audit.py) under that
+client id; when the service cannot be asked (it is down: a rollback must still work), under the
+local user, marked unverified.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from typing import Annotated
 
 import typer
 
+from core import audit
+from core.api_keys import client_headers
 from core.families import NAMES as FAMILIES
 from core.registry import (
     CHALLENGER,
@@ -64,16 +73,41 @@ def _check(family: str) -> None:
         raise RolloutError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
-def ask_service_to_reload(service_url: str) -> dict | str:
-    """The service's answer, or why there was none (it will follow the registry when it polls)."""
-    import os
+def identify(service_url: str, headers: dict[str, str]) -> tuple[str, bool]:
+    """Who the service takes this CLI for, and whether it could vouch for it. A credential it
+    refuses is a RolloutError: nothing is changed on behalf of nobody."""
+    import getpass
 
     import httpx
 
-    token = os.environ.get("SERVING_ADMIN_TOKEN")
     try:
-        response = httpx.post(f"{service_url}/admin/reload", timeout=120,
-                              headers={"Authorization": f"Bearer {token}"} if token else None)
+        response = httpx.get(f"{service_url}/admin/whoami", headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        log.warning("the service at %s cannot vouch for this CLI (%s): the audit log names the local user, unverified",
+                    service_url, type(e).__name__)
+        return f"unverified:{getpass.getuser()}", False
+    if response.status_code in (401, 403, 429):
+        raise RolloutError(f"the service at {service_url} refused this CLI's credential ({response.status_code}: {response.text[:200]}); "
+                           "give it a key with the admin scope in FINTECH_API_KEY or FINTECH_API_KEY_FILE")
+    if response.status_code != 200:
+        return f"unverified:{getpass.getuser()}", False
+    who = response.json()
+    if who.get("auth_mode") == "off":
+        return f"anonymous (AUTH_MODE=off):{getpass.getuser()}", False
+    return who["client_id"], True
+
+
+def record(settings: Settings, action: str, who: tuple[str, bool], family: str, details: dict) -> None:
+    audit.append(settings.audit_log, action=action, actor=who[0], verified=who[1], source="rollout", family=family,
+                 details=details)
+
+
+def ask_service_to_reload(service_url: str, reason: str, headers: dict[str, str]) -> dict | str:
+    """The service's answer, or why there was none (it will follow the registry when it polls)."""
+    import httpx
+
+    try:
+        response = httpx.post(f"{service_url}/admin/reload", timeout=120, headers=headers, json={"reason": reason})
         response.raise_for_status()
         return response.json()
     except httpx.HTTPError as e:
@@ -254,8 +288,13 @@ def canary(
 ) -> None:
     """Make a version the challenger for a share of customers."""
     settings, gates = get_settings(), get_gate_settings()
-    typer.echo(json.dumps(_run(lambda: start_canary(settings, family, version, share, shadow))))
-    typer.echo(json.dumps(ask_service_to_reload(service_url or gates.service_url), default=str))
+    url, headers = service_url or gates.service_url, client_headers(settings.secrets_dir)
+    who = _run(lambda: identify(url, headers))
+    started = _run(lambda: start_canary(settings, family, version, share, shadow))
+    record(settings, "canary", who, family, started)
+    typer.echo(json.dumps(started))
+    reason = f"canary {family} {started['challenger']} at {share:g}%"
+    typer.echo(json.dumps(ask_service_to_reload(url, reason, headers), default=str))
 
 
 @app.command()
@@ -267,7 +306,9 @@ def status(family: Family, service_url: ServiceUrl = None) -> None:
     plan = _run(lambda: read_plan(family, settings.tracking_uri))
     typer.echo(json.dumps({"registry": plan.__dict__}))
     try:
-        typer.echo(json.dumps({"service": httpx.get(f"{service_url or gates.service_url}/models/status", timeout=10).json()[family]}))
+        answer = httpx.get(f"{service_url or gates.service_url}/models/status", headers=client_headers(settings.secrets_dir),
+                           timeout=10)
+        typer.echo(json.dumps({"service": answer.json()[family] if answer.status_code == 200 else answer.json()}))
     except httpx.HTTPError as e:
         typer.echo(json.dumps({"service": f"not reachable: {e!r}"}))
 
@@ -280,20 +321,28 @@ def promote_command(family: Family, service_url: ServiceUrl = None) -> None:
     if _run(lambda: read_plan(family, settings.tracking_uri)).challenger is None:
         typer.secho(f"error: {family} has no challenger: start a canary first (make canary MODEL={family})", fg="red", err=True)
         raise typer.Exit(EXIT_ERROR)
+    headers = client_headers(settings.secrets_dir)
+    who = _run(lambda: identify(url, headers))
     report = _run(lambda: promote(settings, gates, family, fetch_metrics(url)))
+    record(settings, "promote", who, family, {key: report[key] for key in (
+        "decision", "champion", "challenger", "failed_gates", "report_files")})
     typer.echo(readable(report))
     typer.echo(f"report: {', '.join(report['report_files'])}")
     if report["decision"] != "promote":
         raise typer.Exit(EXIT_REFUSED)
-    typer.echo(json.dumps(ask_service_to_reload(url), default=str))
+    typer.echo(json.dumps(ask_service_to_reload(url, f"promote {family} {report['challenger']}", headers), default=str))
 
 
 @app.command(name="rollback")
 def rollback_command(family: Family, service_url: ServiceUrl = None) -> None:
     """Restore the previous champion and end any canary."""
     settings, gates = get_settings(), get_gate_settings()
-    typer.echo(json.dumps(_run(lambda: rollback(settings, family))))
-    typer.echo(json.dumps(ask_service_to_reload(service_url or gates.service_url), default=str))
+    url, headers = service_url or gates.service_url, client_headers(settings.secrets_dir)
+    who = _run(lambda: identify(url, headers))
+    done = _run(lambda: rollback(settings, family))
+    record(settings, "rollback", who, family, done)
+    typer.echo(json.dumps(done))
+    typer.echo(json.dumps(ask_service_to_reload(url, f"rollback {family} to {done['champion']}", headers), default=str))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,10 @@ def served_models(built, settings):
 
 
 def start_server(settings, tmp_path: Path, **env) -> tuple[subprocess.Popen, str]:
-    """A real `bentoml serve` of the entry service on a free port, once /ready answers 200."""
+    """A real `bentoml serve` of the entry service on a free port, once /ready answers 200. The
+    tests of what the service does serve with AUTH_MODE=off, set explicitly as a user would; the
+    authentication and rollout tests pass AUTH_MODE=on (the default of a plain serve)."""
+    env.setdefault("AUTH_MODE", "off")
     port = free_port()
     command = [str(Path(sys.executable).with_name("bentoml")), "serve", "bentos.service:FintechAPI",
                "--host", "127.0.0.1", "--port", str(port)]
@@ -180,8 +183,8 @@ def redis_url(tmp_path_factory):
 class LoadClient:
     """Threads that score random known customers without pause, keeping every answer."""
 
-    def __init__(self, url: str, customers: list[str], threads: int = 6):
-        self.url, self.customers, self.threads = url, customers, threads
+    def __init__(self, url: str, customers: list[str], threads: int = 6, headers: dict | None = None):
+        self.url, self.customers, self.threads, self.headers = url, customers, threads, headers
         self.answers: list[tuple[float, str, str, str, str]] = []  # time, customer, version, role, request id
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -189,7 +192,7 @@ class LoadClient:
 
     def _run(self, seed: int) -> None:
         rng = random.Random(seed)
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=self.headers) as client:
             while not self._stop.is_set():
                 customer = rng.choice(self.customers)
                 try:

@@ -1,6 +1,7 @@
 """Authentication against a real OpenID provider (node-oidc-provider, tests/oidc) and a real
-`bentoml serve` with AUTH_MODE=on: tokens from the client-credentials grant, scopes per route,
-key rotation at the provider, API keys revoked while the service runs, hostile headers."""
+`bentoml serve` with AUTH_MODE=on and two workers: tokens from the client-credentials grant, scopes
+per route, key rotation at the provider, API keys revoked while the service runs, rate limits
+shared by the workers, hostile headers, and no credential in anything the service writes."""
 
 import json
 import os
@@ -25,6 +26,8 @@ from tests.integration.conftest import latest_rows, start_server, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OIDC = Path(__file__).resolve().parents[1] / "oidc"
 SCORE = "/api/v1/inference/churn-score"
+LIMITED = {"burst-client": {"inference": {"per_s": 2, "burst": 5}}}
+SENT: list[str] = []  # every token and key this module sends: none may appear in what the service writes
 CLIENTS = [
     {"client_id": "retention-app", "client_secret": "retention-secret", "scope": "inference explain"},
     {"client_id": "nightly-batch", "client_secret": "batch-secret", "scope": "inference"},
@@ -67,7 +70,8 @@ class OpenIdProvider:
         answer = httpx.post(f"{self.issuer}/token", data={"grant_type": "client_credentials", "scope": scope},
                             auth=(client_id, secret), timeout=10)
         answer.raise_for_status()
-        return answer.json()["access_token"]
+        SENT.append(answer.json()["access_token"])
+        return SENT[-1]
 
 
 def _answers(url: str) -> bool:
@@ -92,9 +96,10 @@ def keys_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(settings, served_models, provider, keys_file, tmp_path_factory):
-    process, url = start_server(settings, tmp_path_factory.mktemp("serve"), ONLINE_STORE="sqlite", AUTH_MODE="on",
+    work = tmp_path_factory.mktemp("serve")
+    process, url = start_server(settings, work, ONLINE_STORE="sqlite", AUTH_MODE="on", SERVING_WORKERS="2",
                                 AUTH_ISSUER=provider.issuer, AUTH_API_KEYS_FILE=str(keys_file), AUTH_JWKS_REFRESH_S="1",
-                                SERVING_REGISTRY_POLL_S="0")
+                                AUTH_RATE_LIMITS=json.dumps(LIMITED), SERVING_REGISTRY_POLL_S="0")
     yield url
     stop(process)
 
@@ -161,8 +166,13 @@ def test_the_service_follows_a_key_rotation_at_the_provider(url, provider, custo
     assert all(score(url, customer, **bearer(after)).status_code == 200 for _ in range(4))  # both workers
 
 
+def make_key(keys_file: Path, client_id: str, scopes: list[str]) -> str:
+    SENT.append(new_key(keys_file, client_id, scopes))
+    return SENT[-1]
+
+
 def test_an_api_key_works_until_it_is_revoked_while_the_service_runs(url, keys_file, customer):
-    key = new_key(keys_file, "legacy-core-banking", ["inference"])
+    key = make_key(keys_file, "legacy-core-banking", ["inference"])
     wait_for(lambda: score(url, customer, **{"X-API-Key": key}).status_code == 200, "the new key to be accepted", timeout_s=10)
     assert all(score(url, customer, **{"X-API-Key": key}).status_code == 200 for _ in range(4))
     revoke(keys_file, "legacy-core-banking")
@@ -192,7 +202,43 @@ WORDS = st.lists(st.text(alphabet=VISIBLE, min_size=1, max_size=80), max_size=4)
 
 @hypothesis_settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "50")), deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(WORDS, WORDS.map(lambda t: "Bearer " + t), WORDS.map(lambda t: "Bearer " + t.replace(" ", "."))).map(str.strip))
-def test_any_authorization_header_is_a_4xx_never_a_500(url, customer, value):
-    answer = score(url, customer, Authorization=value.encode("latin-1"))
-    assert answer.status_code in (400, 401), (value, answer.status_code, answer.text)
+@given(st.sampled_from(["Authorization", "X-API-Key"]),
+       st.one_of(WORDS, WORDS.map(lambda t: "Bearer " + t), WORDS.map(lambda t: "Bearer " + t.replace(" ", "."))).map(str.strip))
+def test_any_credential_header_is_a_4xx_never_a_500(url, customer, header, value):
+    answer = score(url, customer, **{header: value.encode("latin-1")})
+    assert answer.status_code in (400, 401), (header, value, answer.status_code, answer.text)
+
+
+def test_a_client_over_its_limit_gets_429s_on_every_worker_while_another_is_unaffected(url, keys_file, customer):
+    """burst-client may send 5 at once, then 2 a second, over both workers together: with a bucket
+    per worker it would get about twice that."""
+    limited, other = make_key(keys_file, "burst-client", ["inference"]), make_key(keys_file, "retention-batch", ["inference"])
+    wait_for(lambda: score(url, customer, **{"X-API-Key": other}).status_code == 200, "the new keys", timeout_s=10)
+    time.sleep(3)  # the bucket refills to its burst
+    started = time.monotonic()
+    answers = [score(url, customer, **{"X-API-Key": limited}) for _ in range(16)]  # a new connection each: both workers
+    elapsed = time.monotonic() - started
+    accepted = sum(a.status_code == 200 for a in answers)
+    assert {a.status_code for a in answers} == {200, 429}
+    assert 5 <= accepted <= 5 + 2 * elapsed + 1, (accepted, elapsed)
+    over = next(a for a in answers if a.status_code == 429)
+    assert over.json()["error"] == "rate_limited" and int(over.headers["retry-after"]) >= 1 and limited not in over.text
+    assert all(score(url, customer, **{"X-API-Key": other}).status_code == 200 for _ in range(16))
+    time.sleep(1.1)  # two more requests' worth
+    assert score(url, customer, **{"X-API-Key": limited}).status_code == 200
+
+
+def test_no_token_or_key_is_in_the_logs_metrics_reports_or_openapi(url, settings, tmp_path_factory):
+    """Everything the service wrote or serves, searched for each credential this module sent."""
+    assert len(SENT) >= 10
+    served = [httpx.get(f"{url}{path}", timeout=30).text for path in ("/metrics", "/openapi.json", "/docs.json")]
+    logs = list(tmp_path_factory.getbasetemp().glob("serve*/serve-*.log"))  # every server of the session
+    written = {p: p.read_bytes() for root in (settings.data_dir / "inference_log", settings.data_dir / "audit")
+               if root.exists() for p in root.rglob("*") if p.is_file()} | {p: p.read_bytes() for p in logs}
+    assert logs and any(p.suffix == ".parquet" for p in written)
+    for secret in SENT:
+        assert not any(secret in text for text in served), secret[:12]
+        leaked = [p for p, content in written.items() if secret.encode() in content]
+        assert leaked == [], (secret[:12], leaked)
+    secrets = {c["client_secret"] for c in CLIENTS}
+    assert not any(s in text for s in secrets for text in served)

@@ -1,6 +1,11 @@
-"""Canary rollouts on a real `bentoml serve`, the real MLflow registry and a real HTTP client
-under continuous load: a good challenger is promoted and a bad one refused, with no failed request."""
+"""Canary rollouts on a real `bentoml serve` (authentication on, the local key), the real MLflow
+registry and a real HTTP client under continuous load: a good challenger is promoted and a bad one
+refused, with no failed request; the rollout CLI authenticates and every change is audited."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections import defaultdict
 
@@ -9,8 +14,10 @@ import mlflow
 import numpy as np
 import pytest
 
+from core import audit
+from core.api_keys import client_headers, ensure_local_key, new_key
 from core.registry import CHALLENGER, CHAMPION, read_plan
-from loadtests.servers import stop
+from loadtests.servers import ROOT, stop
 from rollout.cli import PROMOTIONS_EXPERIMENT, ask_service_to_reload, fetch_metrics, promote, rollback, start_canary
 from rollout.promotion import read_evidence
 from rollout.settings import GateSettings
@@ -36,13 +43,27 @@ def challenger_predictions(url: str, champion: str, challenger: str) -> int:
     return read_evidence(fetch_metrics(url), "churn", champion, challenger)[CHALLENGER].predictions
 
 
-def serving(url: str) -> dict[str, str]:
-    return {v["role"]: v["version"] for v in httpx.get(f"{url}/models/status").json()["churn"]["versions"]}
+@pytest.fixture(scope="module")
+def key(settings):
+    """The local key, as `make up` makes it: the load client and the CLI send it."""
+    ensure_local_key(settings.secrets_dir)
+    return client_headers(settings.secrets_dir)
+
+
+def serving(url: str, key: dict) -> dict[str, str]:
+    return {v["role"]: v["version"] for v in httpx.get(f"{url}/models/status", headers=key).json()["churn"]["versions"]}
+
+
+def reload(url: str, key: dict) -> dict:
+    return ask_service_to_reload(url, "test", key)
 
 
 @pytest.fixture(scope="module")
-def server(settings, served_models, tmp_path_factory):
-    process, url = start_server(settings, tmp_path_factory.mktemp("serve"), ONLINE_STORE="sqlite", SERVING_REGISTRY_POLL_S="2")
+def server(settings, served_models, key, tmp_path_factory):
+    # the load client's six threads may outrun the default 1,000 requests/s of one client
+    unlimited = json.dumps({"local": {"inference": {"per_s": 1e6, "burst": 10**6}}})
+    process, url = start_server(settings, tmp_path_factory.mktemp("serve"), ONLINE_STORE="sqlite", SERVING_REGISTRY_POLL_S="2",
+                                AUTH_MODE="on", AUTH_RATE_LIMITS=unlimited)
     yield process, url
     stop(process)
 
@@ -53,22 +74,22 @@ def customers(table):
 
 
 @pytest.fixture(scope="module")
-def promotion(server, settings, customers):
+def promotion(server, settings, customers, key):
     """A canary of a good challenger (retrained on the same data) for half the customers, in
     shadow for the other half, promoted while the load client runs."""
     process, url = server
     before = read_plan("churn", settings.tracking_uri).champion
     good = register_churn(settings)
     start_canary(settings, "churn", good, share=50, shadow=True)
-    assert ask_service_to_reload(url)["churn"]["changed"] is True
-    with LoadClient(url, customers) as load:
+    assert reload(url, key)["churn"]["changed"] is True
+    with LoadClient(url, customers, headers=key) as load:
         wait_for(lambda: challenger_predictions(url, before, good) >= GATES.min_predictions, "the canary's evidence")
         promoted_at = time.monotonic()
         report = promote(settings, GATES, "churn", fetch_metrics(url))
-        reload = ask_service_to_reload(url)
+        reloaded = reload(url, key)
         wait_for(lambda: sum(1 for a in load.answers if a[0] > promoted_at and a[2] == good and a[3] == CHAMPION) >= 100,
                  "answers from the new champion")
-    return {"before": before, "good": good, "report": report, "reload": reload, "load": load,
+    return {"before": before, "good": good, "report": report, "reload": reloaded, "load": load,
             "promoted_at": promoted_at, "process": process}
 
 
@@ -98,12 +119,12 @@ def test_a_good_challenger_is_promoted_under_load_without_a_failed_request(promo
     assert "promote" in set(runs["tags.decision"])
 
 
-def test_a_bad_challenger_is_refused_and_rollback_restores_the_old_champion(promotion, server, settings, customers):
+def test_a_bad_challenger_is_refused_and_rollback_restores_the_old_champion(promotion, server, settings, customers, key):
     _, url = server
     champion, bad = promotion["good"], register_churn(settings, shuffled_labels=True)
     start_canary(settings, "churn", bad, share=50, shadow=True)
-    ask_service_to_reload(url)
-    with LoadClient(url, customers, threads=4) as load:
+    reload(url, key)
+    with LoadClient(url, customers, threads=4, headers=key) as load:
         wait_for(lambda: challenger_predictions(url, champion, bad) >= GATES.min_predictions, "the canary's evidence")
     report = promote(settings, GATES, "churn", fetch_metrics(url))
     assert report["decision"] == "refuse" and "quality" in report["failed_gates"], report["gates"]
@@ -113,5 +134,34 @@ def test_a_bad_challenger_is_refused_and_rollback_restores_the_old_champion(prom
     rollback(settings, "churn")  # gives champion back to the version before the promotion, ends the canary
     plan = read_plan("churn", settings.tracking_uri)
     assert (plan.champion, plan.challenger, plan.share) == (promotion["before"], None, 0.0)
-    ask_service_to_reload(url)
-    assert serving(url) == {CHAMPION: promotion["before"]}
+    reload(url, key)
+    assert serving(url, key) == {CHAMPION: promotion["before"]}
+
+
+def rollout_cli(settings, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rollout", *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "DATA_DIR": str(settings.data_dir), "MLFLOW_TRACKING_URI": settings.tracking_uri, **env})
+
+
+def test_the_rollout_cli_authenticates_and_every_change_is_in_the_audit_log(promotion, server, settings, key):
+    _, url = server
+    before = len(audit.read(settings.audit_log))
+    version = register_churn(settings)
+    canary = rollout_cli(settings, "canary", "churn", "--version", version, "--share", "5", "--service-url", url)
+    assert canary.returncode == 0, canary.stderr
+    reader = new_key(settings.secrets_dir / "api_keys.json", "retention-app", ["inference"])
+    time.sleep(1.1)  # the service re-reads the key file once a second
+    refused = rollout_cli(settings, "rollback", "churn", "--service-url", url, FINTECH_API_KEY=reader)
+    assert refused.returncode == 2 and "admin" in refused.stderr and reader not in refused.stderr + refused.stdout
+    assert read_plan("churn", settings.tracking_uri).challenger == version  # refused before anything changed
+    rolled_back = rollout_cli(settings, "rollback", "churn", "--service-url", url)
+    assert rolled_back.returncode == 0, rolled_back.stderr
+    assert read_plan("churn", settings.tracking_uri).challenger is None
+
+    records = audit.read(settings.audit_log)[before:]
+    assert [(r["action"], r["source"], r["actor"], r["verified"]) for r in records] == [
+        ("canary", "rollout", "local", True), ("reload", "service", "local", True),
+        ("rollback", "rollout", "local", True), ("reload", "service", "local", True)]
+    assert records[0]["details"]["challenger"] == version and records[1]["details"]["reason"] == f"canary churn {version} at 5%"
+    assert all(r["at"] for r in records)
+    assert key["X-API-Key"] not in settings.audit_log.read_text()
