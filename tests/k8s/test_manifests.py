@@ -1,12 +1,14 @@
 """The Kubernetes manifests, checked offline: every overlay renders, every object is valid for
 the Kubernetes API of the version we support, and the pods are what we promise — probed on the
-service's real routes, sized, hardened, pinned, and scaled on a metric the service exports."""
+service's real routes, sized, hardened, pinned, given their credentials as read-only files, and
+scaled on a metric the service exports."""
 
 import copy
 import json
+import re
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import kubernetes_validate
 import pytest
@@ -20,6 +22,10 @@ KUBERNETES_VERSION = "1.32"
 # HPA metric -> the service's counter a custom-metrics adapter turns into it (rate per pod)
 ADAPTER_METRICS = {"fintech_requests_per_second": "fintech_requests_total"}
 FAMILIES = ("churn", "fraud", "segment")
+UNPRIVILEGED = 10000  # the least uid and gid a container runs as: above any the images or the nodes define
+API_KEYS_SECRET = "fintech-serving-api-keys"  # the hashes the service checks
+ROLLOUT_SECRET = "fintech-rollout-credentials"  # the rollout jobs' own key (key: api_key)
+CREDENTIAL_SECRETS = {API_KEYS_SECRET, ROLLOUT_SECRET}
 
 
 def render(overlay: str) -> list[dict]:
@@ -55,7 +61,24 @@ def named(objects: list[dict], kind: str, name: str) -> dict:
 
 
 def containers(objects: list[dict]) -> list[dict]:
-    return [c for spec in pod_specs(objects) for c in spec["containers"]]
+    return [c for spec in pod_specs(objects) for c in spec["containers"] + spec.get("initContainers", [])]
+
+
+def settings(objects: list[dict]) -> dict:
+    return named(objects, "ConfigMap", "fintech-serving-settings")["data"]
+
+
+def secret_folder(spec: dict, container: dict, file: str) -> dict:
+    """The Secret volume `file` is read from: mounted read-only as a folder, no subPath."""
+    path = PurePosixPath(file)
+    mounts = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    assert len(mounts) == 1, f"{path.parent} is not a mounted folder: {container['volumeMounts']}"
+    [mount] = mounts
+    assert mount.get("readOnly") is True and "subPath" not in mount, mount
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    items = volume["secret"].get("items")
+    assert items is None or path.name in {i["path"] for i in items}, volume
+    return volume["secret"]
 
 
 def is_custom(obj: dict) -> bool:
@@ -98,9 +121,12 @@ def test_the_validation_can_fail():
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_probes_use_routes_the_service_has_on_the_port_it_listens_on():
+def test_probes_use_routes_the_service_has_on_the_port_it_listens_on(monkeypatch):
     from bentoml._internal.configuration.containers import BentoMLContainer
 
+    from bentos.auth import OPEN
+
+    monkeypatch.setenv("AUTH_MODE", "off")  # the same routes; on, the import needs a credential source
     from bentos.service import app
 
     routes = set(app.openapi()["paths"]) | {"/livez", "/readyz", "/metrics"}  # the routes, and BentoML's own
@@ -112,6 +138,7 @@ def test_probes_use_routes_the_service_has_on_the_port_it_listens_on():
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             action = container[probe]["httpGet"]
             assert action["path"] in routes and action["port"] == "http", (probe, action)
+            assert action["path"] in OPEN, (probe, action)  # the kubelet sends no credential
         assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
 
 
@@ -133,8 +160,79 @@ def test_no_secret_is_written_in_the_manifests(objects):
     assert not [o for o in objects if o["kind"] == "Secret"]
     for container in containers(objects):
         for variable in container.get("env", []):
-            if any(word in variable["name"] for word in ("TOKEN", "PASSWORD", "SECRET", "KEY")):
+            if variable["name"].endswith("_FILE"):  # where a mounted secret is, not the secret
+                assert variable["value"].startswith("/"), variable
+            elif any(word in variable["name"] for word in ("TOKEN", "PASSWORD", "SECRET", "KEY")):
                 assert "valueFrom" in variable and "value" not in variable, variable["name"]
+
+
+def test_every_container_runs_as_an_unprivileged_user_and_says_when_to_pull(objects):
+    for spec in pod_specs(objects):
+        pod = spec["securityContext"]
+        assert pod["fsGroup"] >= UNPRIVILEGED  # the volumes are writable for that group
+        for container in spec["containers"] + spec.get("initContainers", []):
+            security = {**pod, **container.get("securityContext", {})}
+            assert security["runAsNonRoot"] is True, container["name"]
+            assert security["runAsUser"] >= UNPRIVILEGED and security["runAsGroup"] >= UNPRIVILEGED, container["name"]
+            assert container.get("imagePullPolicy"), container["name"]
+
+
+def test_every_prod_image_is_pinned_by_digest():
+    for container in containers(render("prod")):
+        assert re.fullmatch(r"[^@]+@sha256:[0-9a-f]{64}", container["image"]), container["image"]
+
+
+def test_the_service_reads_its_api_keys_from_a_secret_folder_it_sees_change(objects):
+    from core.api_keys import KEYS_FILE
+
+    keys_file = settings(objects)["AUTH_API_KEYS_FILE"]
+    assert settings(objects)["AUTH_MODE"] == "on" and PurePosixPath(keys_file).name == KEYS_FILE
+    for deployment in serving_deployments(objects):
+        spec = deployment["spec"]["template"]["spec"]
+        [container] = spec["containers"]
+        assert {"configMapRef": {"name": "fintech-serving-settings"}} in container["envFrom"]
+        assert secret_folder(spec, container, keys_file)["secretName"] == API_KEYS_SECRET
+
+
+def test_no_environment_variable_carries_an_api_key_or_an_admin_token(objects):
+    from core.api_keys import KEY_ENV
+
+    for container in containers(objects):
+        env = container.get("env", [])
+        assert not {v["name"] for v in env} & {KEY_ENV, "SERVING_ADMIN_TOKEN"}, container["name"]
+        referenced = {v.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for v in env}
+        referenced |= {source.get("secretRef", {}).get("name") for source in container.get("envFrom", [])}
+        assert not referenced & CREDENTIAL_SECRETS, container["name"]  # keys come as files only
+    assert "fintech-serving-admin" not in json.dumps(objects)  # the admin token's Secret is gone
+
+
+def runs(container: dict, module: str) -> bool:
+    return f"-m {module}" in " ".join(container.get("command", []) + container.get("args", []))
+
+
+def test_only_the_jobs_that_call_the_service_hold_a_key_and_they_read_it_from_a_file(objects):
+    from core.api_keys import KEY_FILE_ENV
+
+    for cronjob in (o for o in objects if o["kind"] == "CronJob"):
+        spec = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        for container in spec["containers"]:
+            env = {v["name"]: v.get("value") for v in container.get("env", [])}
+            if runs(container, "rollout"):  # /metrics, /admin/reload, /admin/whoami: the admin scope
+                assert KEY_FILE_ENV in env, container["name"]
+                assert secret_folder(spec, container, env[KEY_FILE_ENV])["secretName"] == ROLLOUT_SECRET
+            else:
+                assert KEY_FILE_ENV not in env, container["name"]
+                assert ROLLOUT_SECRET not in json.dumps(spec), container["name"]
+
+
+def test_the_serving_pods_may_reach_the_openid_provider_only_where_one_is_named(objects):
+    issuer = settings(objects)["AUTH_ISSUER"]
+    pod = serving_deployments(objects)[0]["spec"]["template"]["metadata"]["labels"]
+    https = [rule for o in objects if o["kind"] == "NetworkPolicy"
+             and o["spec"]["podSelector"]["matchLabels"].items() <= pod.items()
+             for rule in o["spec"].get("egress", []) if {"port": 443, "protocol": "TCP"} in rule.get("ports", [])]
+    assert bool(https) == bool(issuer), issuer
+    assert not issuer or issuer.startswith("https://")
 
 
 def test_the_autoscaler_scales_on_cpu_and_a_metric_the_service_exports(objects):
@@ -193,6 +291,7 @@ def test_the_cluster_rules_are_the_tested_rules():
 
 
 def test_prometheus_scrapes_the_service_and_the_canary_is_judged_on_its_metrics():
+    from bentos.auth import OPEN
     from tests.unit.test_monitoring_config import exported_series, named_metrics
 
     objects = render("prod")
@@ -203,6 +302,7 @@ def test_prometheus_scrapes_the_service_and_the_canary_is_judged_on_its_metrics(
         service = named(objects, "Service", name)
         assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+        assert {e["path"] for e in monitor["spec"]["endpoints"]} <= OPEN  # Prometheus sends no credential
         rollout = named(objects, "Rollout", name)
         assert rollout["spec"]["workloadRef"]["name"] == name
         pod = named(objects, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
@@ -250,3 +350,24 @@ def test_prod_routes_each_scoring_path_to_pods_that_serve_its_family():
     for route, family in ROUTES:
         assert families_behind(paths[f"{API_PREFIX}/{route}"]) == {family}, route
     assert "/" in paths and families_behind(paths["/"])  # the service routes reach a serving pod
+
+
+def ingress_routes(ingress: dict, path: str) -> bool:
+    """Whether a request for `path` reaches a backend (the Ingress API's Exact and Prefix matching)."""
+    for rule in ingress["spec"]["rules"]:
+        for p in rule["http"]["paths"]:
+            prefix = p["path"].rstrip("/")
+            if path == p["path"] or (p["pathType"] == "Prefix" and path.startswith(prefix + "/")):
+                return True
+    return False
+
+
+def test_prod_routes_the_public_paths_and_neither_metrics_nor_admin():
+    from bentos.api import ROUTES
+    from bentos.config import API_PREFIX
+
+    [ingress] = [o for o in render("prod") if o["kind"] == "Ingress"]
+    for path in ("/", "/health", "/ready", "/models/status", "/docs", "/openapi.json", *(f"{API_PREFIX}/{r}" for r, _ in ROUTES)):
+        assert ingress_routes(ingress, path), path
+    for path in ("/metrics", "/admin/reload", "/admin/whoami", "/admin/anything"):
+        assert not ingress_routes(ingress, path), path
