@@ -365,7 +365,7 @@ def _service_routes(server, auth_mode: str) -> APIRouter:
             return {"client_id": "", "via": "none", "scopes": [], "auth_mode": auth_mode}
         return {"client_id": client.client_id, "via": client.via, "scopes": sorted(client.scopes), "auth_mode": auth_mode}
 
-    @router.post("/admin/reload")
+    @router.post("/admin/reload", responses={422: {"model": ErrorResponse}})
     async def reload(request: Request, body: ReloadRequest | None = Body(None)) -> dict:
         """Follow the registry now (the families also poll it). Each family loads any new
         version beside the live one and swaps it in without failing a request in flight.

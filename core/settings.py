@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     feature_repo: Path = Field(REPO_ROOT / "feature_repo", description="The Feast feature repository.")
     online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store to use.")
     redis_url: str = Field("localhost:6379", description="Redis connection string when online_store=redis.")
+    redis_password_file: Path | None = Field(None, description=(
+        "A file holding the Redis password (a mounted Secret), added to the connection string; keeps it out of the environment."))
+
+    @property
+    def redis_connection(self) -> str:
+        """REDIS_URL, with the password REDIS_PASSWORD_FILE holds when it is set."""
+        if self.redis_password_file is None:
+            return self.redis_url
+        return f"{self.redis_url},password={self.redis_password_file.read_text().strip()}"
 
     # synthetic data
     seed: int = 42

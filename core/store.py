@@ -15,7 +15,7 @@ from core.settings import Settings
 
 def store_environment(settings: Settings) -> dict[str, str]:
     """The values feature_store.yaml and the definitions in feature_repo/ read."""
-    return {"DATA_DIR": str(settings.data_dir.resolve()), "REDIS_URL": settings.redis_url}
+    return {"DATA_DIR": str(settings.data_dir.resolve()), "REDIS_URL": settings.redis_connection}
 
 
 def yaml_path(settings: Settings) -> Path:

@@ -16,16 +16,18 @@ API = "/api/v1/inference"
 def client(settings, served_models):
     from starlette.testclient import TestClient
 
-    previous = os.environ.get("DATA_DIR")
-    os.environ["DATA_DIR"] = str(settings.data_dir)
+    previous = {name: os.environ.get(name) for name in ("DATA_DIR", "AUTH_MODE")}
+    # what the service does, not who may call it (tests/unit/test_auth.py, tests/integration/test_auth.py)
+    os.environ.update(DATA_DIR=str(settings.data_dir), AUTH_MODE="off")
     from bentos.service import FintechAPI
 
     with TestClient(FintechAPI.to_asgi()) as test_client:
         yield test_client
-    if previous is None:
-        os.environ.pop("DATA_DIR")
-    else:
-        os.environ["DATA_DIR"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

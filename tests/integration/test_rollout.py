@@ -143,7 +143,20 @@ def rollout_cli(settings, *args: str, **env: str) -> subprocess.CompletedProcess
                           env={**os.environ, "DATA_DIR": str(settings.data_dir), "MLFLOW_TRACKING_URI": settings.tracking_uri, **env})
 
 
-def test_the_rollout_cli_authenticates_and_every_change_is_in_the_audit_log(promotion, server, settings, key):
+@pytest.fixture
+def registry_kept(settings):
+    """The champion alias and the previous-champion tag as the test found them: the rollback here
+    moves the alias, and the later modules serve the first champion."""
+    from core.registry import PREVIOUS_TAG, mlflow_client
+
+    client = mlflow_client(settings.tracking_uri)
+    model = client.get_registered_model("churn")
+    yield
+    client.set_registered_model_alias("churn", CHAMPION, model.aliases[CHAMPION])
+    client.set_registered_model_tag("churn", PREVIOUS_TAG, (model.tags or {}).get(PREVIOUS_TAG, ""))
+
+
+def test_the_rollout_cli_authenticates_and_every_change_is_in_the_audit_log(promotion, server, settings, key, registry_kept):
     _, url = server
     before = len(audit.read(settings.audit_log))
     version = register_churn(settings)

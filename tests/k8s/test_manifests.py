@@ -206,6 +206,22 @@ def test_no_environment_variable_carries_an_api_key_or_an_admin_token(objects):
     assert "fintech-serving-admin" not in json.dumps(objects)  # the admin token's Secret is gone
 
 
+def test_store_passwords_are_read_from_files_wherever_the_program_can_read_one(objects):
+    """Redis, PostgreSQL and the platform's own code read theirs from a mounted Secret; MLflow's
+    server takes its database password only inside its backend URI, from the environment."""
+    for spec in pod_specs(objects):
+        for container in spec["containers"]:
+            env = container.get("env", [])
+            from_secrets = [v["name"] for v in env if "secretKeyRef" in v.get("valueFrom", {})]
+            assert from_secrets == (["POSTGRES_PASSWORD"] if container["name"] == "mlflow" else []), container["name"]
+            assert "PASSWORD" not in " ".join(container.get("command", []) + container.get("args", [])), container["name"]
+            for variable in env:
+                if variable["name"].endswith("PASSWORD_FILE"):
+                    assert secret_folder(spec, container, variable["value"])["secretName"] in ("fintech-redis", "fintech-postgres")
+    serving = serving_deployments(objects)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "REDIS_URL", "value": "fintech-redis:6379"} in serving["env"]  # the password is not in it
+
+
 def runs(container: dict, module: str) -> bool:
     return f"-m {module}" in " ".join(container.get("command", []) + container.get("args", []))
 
