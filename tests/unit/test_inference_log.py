@@ -47,14 +47,16 @@ def test_a_batch_larger_than_the_bound_is_kept_whole(tmp_path):
 
 
 def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    def disk_full(self, path, **kwargs):
+    import pyarrow.parquet as pq
+
+    def disk_full(table, path, **kwargs):
         with open(path, "wb") as f:
             f.write(b"PAR1 half a file")
         raise OSError(28, "No space left on device")
 
     log = InferenceLog(tmp_path / "log", "churn", flush_s=60)
     append(log, 0, 10)
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    monkeypatch.setattr(pq, "write_table", disk_full)
     with pytest.raises(OSError, match="No space"):
         log.flush()
     assert [p.name for p in (tmp_path / "log").rglob("*") if p.is_file()] == []
@@ -83,3 +85,19 @@ def test_each_prediction_names_the_client_that_asked_and_its_scope(tmp_path):
     logged = pd.read_parquet(tmp_path / "churn").set_index("request_id")
     assert logged.loc["r1", ["client_id", "scope"]].tolist() == ["retention-app", "inference"]
     assert logged.loc["r2", ["client_id", "scope"]].tolist() == ["", ""]
+
+
+def test_versions_reading_different_features_share_one_file_with_the_others_columns_empty(tmp_path):
+    log = InferenceLog(tmp_path, "churn", flush_s=60)
+    append(log, 0, 2)
+    requests = [{"customer_id": "C9", "request_id": "r9", "client_id": "retention-app"}]
+    results = [{"customer_id": "C9", "churn_probability": 0.7, "risk_level": "high",
+                FEATURES_KEY: np.array([np.nan, 5.0])}]
+    log.append("2", "challenger", ["days_since_last_txn", "spend_30d"], requests, results)
+    assert log.flush() == 3
+    logged = pd.read_parquet(tmp_path / "churn").set_index("request_id")
+    assert str(logged["time"].dtype) == "datetime64[ns, UTC]" and logged.loc["r9", "scope"] == "inference"
+    assert logged.loc["r0", ["version", "role", "txn_count_30d"]].tolist() == ["1", "champion", 2.0]
+    assert np.isnan(logged.loc["r0", "spend_30d"]) and np.isnan(logged.loc["r9", "days_since_last_txn"])
+    assert logged.loc["r9", ["client_id", "spend_30d", "decision"]].tolist() == ["retention-app", 5.0, "high"]
+    log.close()
