@@ -13,7 +13,8 @@ For each target, on the same machine, store, model and load generator, each on 2
   (e) a bare ASGI no-op on the same BentoML options, no FastAPI (loadtests/baselines/asgi_noop_service.py):
       the floor under (c);
   (f) (a) with AUTH_MODE=on, every request carrying an API key (bentos/auth.py): what checking
-      the caller costs.
+      the caller costs; and, in process, the middleware's cost per request with an API key and
+      with a verified bearer token (loadtests/bench_auth.py).
 After a 5 s warm-up, and once the server has written the warm-up's inference log, it measures
 the latency of a lone request on an idle server (sequential requests), p50/p99 at a
 fixed offered rate (an open-loop generator that times each request from when it was due, so a
@@ -42,6 +43,7 @@ import pandas as pd
 import typer
 
 from core.api_keys import new_key
+from loadtests.bench_auth import credential_costs
 from core.settings import get_settings
 from loadtests.servers import ROOT, ServerDidNotStart, free_port, start, stop
 
@@ -274,6 +276,9 @@ def main(
         print("feature reads: Feast SDK against the service's reader", flush=True)
         results["feature_reads"] = feature_reads(settings, ids)
         print(json.dumps(results["feature_reads"]), flush=True)
+        print("credential costs: the authentication middleware in process", flush=True)
+        results["credential_costs"] = credential_costs()
+        print(json.dumps(results["credential_costs"]), flush=True)
     keys = work / "api_keys.json"
     key = new_key(keys, "bench-serving", ["inference"])
     auth_script = work / "churn-score-auth.lua"
@@ -395,6 +400,11 @@ def render(r: dict) -> str:
               f"(c)/(e) = {r['ratios']['c_over_e_throughput']}, (f)/(a) = {r['ratios']['f_over_a_throughput']}.", "",
               "| target | met |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in r["targets"].items()]
+    auth = r["credential_costs"]
+    lines += ["", "The authentication middleware in process (loadtests/bench_auth.py), microseconds per request through "
+              f"it over a no-op app: {auth['api_key_us']} with an API key, {auth['bearer_cached_us']} with a bearer token "
+              f"already verified, against {auth['no_auth_us']} for the no-op alone; verifying a new RS256 token "
+              f"once: {auth['first_verification_us']}."]
     reads = r["feature_reads"]["per_customer_ms"]
     sizes = list(next(iter(reads.values())))
     lines += ["", f"Reading `{r['feature_reads']['feature_service']}` from the {cfg['online_store']} online store, "
