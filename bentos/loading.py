@@ -111,6 +111,11 @@ def download(family: str, version: str, tracking_uri: str, cache_dir: Path) -> P
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target) as tmp:
             downloaded = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
-            Path(downloaded).rename(model_dir)
+            try:
+                Path(downloaded).rename(model_dir)
+            except OSError:  # another process sharing the cache (a second worker, the rollout CLI) was first
+                if not (model_dir / "MLmodel").exists():
+                    raise
+                return model_dir
         log.info("downloaded %s version %s from the registry to %s", family, version, model_dir)
     return model_dir

@@ -2,6 +2,7 @@
 version that fails its checks at load is refused for good while the live set keeps serving."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,30 @@ def test_a_version_that_scores_nan_or_cannot_score_is_refused(booster):
     no_cutoffs = churn_version(booster, risk_cutoffs={})
     with pytest.raises(VersionRefused, match="fails to score: KeyError"):
         checked_scorer(no_cutoffs, no_cutoffs.info("challenger"), reader, 3)
+
+
+def test_a_version_another_process_downloaded_first_is_used_not_refused(tmp_path, monkeypatch):
+    """Two workers (or a worker and the rollout CLI) share the model cache and may fetch the same
+    version at once: the one that renames second finds the folder there and takes it."""
+    import mlflow
+
+    import core.registry
+    from bentos.loading import download
+
+    class Registry:
+        def get_model_version_download_uri(self, family, version):
+            return "models:/churn/6"
+
+    def fetch(artifact_uri, dst_path, tracking_uri):
+        winner = tmp_path / "churn" / "v6" / "model"  # the other process finishes while this one downloads
+        winner.mkdir(parents=True)
+        (winner / "MLmodel").write_text("artifact_path: model\n")
+        mine = Path(dst_path) / "artifacts"
+        mine.mkdir()
+        (mine / "MLmodel").write_text("artifact_path: model\n")
+        return str(mine)
+
+    monkeypatch.setattr(core.registry, "mlflow_client", lambda uri: Registry())
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", fetch)
+    assert download("churn", "6", "sqlite:///unused.db", tmp_path) == tmp_path / "churn" / "v6" / "model"
+    assert [p.name for p in (tmp_path / "churn" / "v6").iterdir()] == ["model"]  # its own copy is gone
