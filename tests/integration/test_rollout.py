@@ -177,4 +177,7 @@ def test_the_rollout_cli_authenticates_and_every_change_is_in_the_audit_log(prom
         ("rollback", "rollout", "local", True), ("reload", "service", "local", True)]
     assert records[0]["details"]["challenger"] == version and records[1]["details"]["reason"] == f"canary churn {version} at 5%"
     assert all(r["at"] for r in records)
-    assert key["X-API-Key"] not in settings.audit_log.read_text()
+    reports = [p.read_text() for p in (settings.data_dir / "reports").rglob("*") if p.is_file()]
+    assert reports  # the promotion reports of the tests above
+    for text in (settings.audit_log.read_text(), *reports, canary.stdout, canary.stderr, rolled_back.stdout, rolled_back.stderr):
+        assert key["X-API-Key"] not in text
