@@ -9,8 +9,8 @@ a credential source: an issuer, or an API-key file (default DATA_DIR/secrets/api
 `make up` writes with a local key: core/api_keys.py).
 
 Scopes: `inference` for the scoring routes, `explain` for explain (it shows feature values),
-`admin` for /admin/reload and /admin/whoami. /health, /ready, /livez, /readyz, /metrics and the OpenAPI documents
-stay open; every other route needs a valid credential. A token is verified once (signature, iss,
+`admin` for /admin/reload and /admin/whoami. /health, /ready, /livez, /readyz, /metrics and the
+OpenAPI documents stay open; every other route needs a valid credential. A token is verified once (signature, iss,
 aud, exp, nbf with a small leeway, an asymmetric algorithm from the allowed list) and its client
 kept until it expires. The provider's keys come from its discovery document's jwks_uri (PyJWT's
 JWKS client); a token naming an unknown `kid` refetches them, at most once per
@@ -38,7 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bentos.config import API_PREFIX
 from bentos.limits import Limit, RateLimits, default_table
-from core.api_keys import KEYS_FILE, digest, read_keys
+from core.api_keys import KEYS_FILE, SCOPES, digest, read_keys
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,18 @@ class AuthSettings(BaseSettings):
     def keys_file(self) -> Path:
         return self.api_keys_file or get_settings().secrets_dir / KEYS_FILE
 
+    @field_validator("default_limits")
+    @classmethod
+    def _default_scopes(cls, value: dict) -> dict:
+        return _known_scopes(value, "AUTH_DEFAULT_LIMITS")
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _client_scopes(cls, value: dict) -> dict:
+        for client_id, limits in value.items():
+            _known_scopes(limits, f"AUTH_RATE_LIMITS[{client_id!r}]")
+        return value
+
     @field_validator("algorithms")
     @classmethod
     def _asymmetric_only(cls, value: str) -> str:
@@ -89,6 +101,13 @@ class AuthSettings(BaseSettings):
         if wrong or not names:
             raise ValueError(f"not an asymmetric signature algorithm: {wrong or value!r}; choose from {', '.join(ASYMMETRIC)}")
         return ",".join(names)
+
+
+def _known_scopes(limits: dict, where: str) -> dict:
+    unknown = sorted(set(limits) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"{where}: unknown scopes {unknown}; choose from {', '.join(SCOPES)}")
+    return limits
 
 
 @dataclass(frozen=True)

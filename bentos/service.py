@@ -12,6 +12,7 @@ opens the feature store and starts its families (bentos/family.py). Routes: bent
 from __future__ import annotations
 
 import bentoml
+from pydantic import ValidationError
 
 from bentos.api import Admission, create_app
 from bentos.auth import Authenticate, AuthSettings, check_mode
@@ -21,10 +22,10 @@ from bentos.loading import from_bento
 from core.settings import get_settings
 
 SERVING = get_serving_settings()  # BentoML reads its options when the class is declared
-AUTH = AuthSettings()
 try:
+    AUTH = AuthSettings()
     check_mode(AUTH)
-except RuntimeError as e:  # a setting to fix, not a bug: the reason alone, without a traceback
+except (RuntimeError, ValidationError) as e:  # a setting to fix, not a bug: the reason alone, without a traceback
     raise SystemExit(f"error: {e}") from None
 server = Server(SERVING)
 app = create_app(server, AUTH.mode)

@@ -220,6 +220,8 @@ def test_auth_is_on_by_default_and_will_not_start_without_a_credential_source(tm
     check_mode(AuthSettings())
     with pytest.raises(ValueError, match="asymmetric"):
         AuthSettings(algorithms="RS256,HS256")
+    with pytest.raises(ValueError, match=r"nightly-batch.*unknown scopes \['inferense'\]"):
+        AuthSettings(rate_limits={"nightly-batch": {"inferense": {"per_s": 5, "burst": 5}}})
 
 
 def test_the_local_key_is_made_once_private_and_replaced_when_revoked(tmp_path, monkeypatch):
