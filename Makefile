@@ -23,6 +23,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet uv
 	$(BIN)/uv pip sync --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	@# the bytecode of python -O too, which the service runs under (PYTHONOPTIMIZE=1: see README, Serving)
+	$(BIN)/python -O -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages > /dev/null || true
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the pinned dependencies (requirements.lock)
@@ -73,7 +75,7 @@ api-key: install ## The local API key (every scope) in $(DATA_DIR)/secrets, made
 	$(BIN)/python -m core.api_keys local --port $(PORT)
 
 serve: install api-key ## Serve the last built bento on $(PORT), without retraining (AUTH_MODE=off to serve without authentication)
-	$(BIN)/bentoml serve fintech-serving:latest --port $(PORT)
+	PYTHONOPTIMIZE=1 $(BIN)/bentoml serve fintech-serving:latest --port $(PORT)
 
 up: data features train build serve ## Everything from nothing: data, features, models, bento, API key, HTTP on :3000
 
