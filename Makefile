@@ -58,7 +58,7 @@ train: install ## Train churn, fraud and segment models into the MLflow registry
 import-models: install ## Copy the registry's champion versions into the BentoML model store
 	$(BIN)/python -m rollout.import_models
 
-build: import-models ## Build the bento (bentofile.yaml): code, settings and models, served as is
+build: import-models api-key ## Build the bento (bentofile.yaml): code, settings and models, served as is (building imports the service, which needs a credential source unless AUTH_MODE=off)
 	$(BIN)/bentoml build --output tag
 
 IMAGE ?= registry.example.com/fintech/fintech-serving:0.1.0
