@@ -43,7 +43,7 @@ oidc-provider: $(OIDC_PROVIDER) ## The OpenID provider (npm: oidc-provider) the 
 
 lock: | $(BIN)/activate ## Re-resolve requirements.lock (everything) and requirements-runtime.lock (the bento's) from pyproject.toml
 	$(BIN)/pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra dashboard --python-version 3.11 -o requirements.lock
 	$(BIN)/uv pip compile pyproject.toml -c requirements.lock --python-version 3.11 -o requirements-runtime.lock
 
 data: install ## Generate synthetic customers and transactions under $(DATA_DIR)/raw

@@ -136,10 +136,12 @@ def in_booster_order(booster: xgb.Booster, features: list[str]) -> None:
         raise ValueError(f"the booster's features {booster.feature_names} are not the model's feature list {features}")
 
 
-def exact_contributions(booster: xgb.Booster, matrix: np.ndarray) -> np.ndarray:
-    """Each feature's SHAP value (log-odds, without the bias column), from XGBoost's TreeSHAP on one
-    thread: with its default (every core), OpenMP's idle threads spin on the cores the event loop needs."""
-    return booster.predict(xgb.DMatrix(matrix, nthread=1), pred_contribs=True, validate_features=False)[:, :-1]
+def exact_contributions(booster: xgb.Booster, matrix: np.ndarray, bias: bool = False) -> np.ndarray:
+    """Each feature's SHAP value (log-odds; the bias, the model's mean output, as a last column when
+    `bias`), from XGBoost's TreeSHAP on one thread: with its default (every core), OpenMP's idle
+    threads spin on the cores the event loop needs."""
+    contributions = booster.predict(xgb.DMatrix(matrix, nthread=1), pred_contribs=True, validate_features=False)
+    return contributions if bias else contributions[:, :-1]
 
 
 def top_reasons(contributions: np.ndarray, values: np.ndarray, features: list[str], n: int) -> list[dict]:
@@ -186,9 +188,11 @@ class ChurnScorer:
         a = assemble(self.reader, self.info, self.features, [{"customer_id": customer_id}])
         if error := request_error(a, 0, customer_id, self.info):
             return error
-        contributions = exact_contributions(self.booster, a.matrix)[0]
+        *contributions, base_value = exact_contributions(self.booster, a.matrix, bias=True)[0]
         return {
             "customer_id": customer_id, "model": self.info.as_dict(), "kind": "shap_values",
+            # base_value plus every shap_value is this customer's log-odds before calibration
+            "base_value": float(base_value),
             "values": [{"feature": f, "shap_value": float(c), "feature_value": None if math.isnan(v) else float(v)}
                        for f, c, v in zip(self.features, contributions, a.matrix[0])],
         }

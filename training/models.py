@@ -56,6 +56,29 @@ def _xgb(features: list[str], increasing: tuple[str, ...], seed: int, **override
     return xgb.XGBClassifier(**params)
 
 
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """The calibration curve on the test set: rows in `bins` equal-count bins of predicted probability,
+    each bin's mean prediction beside the share that churned."""
+    frame = pd.DataFrame({"predicted": p, "observed": y})
+    frame["bin"] = pd.qcut(frame["predicted"], bins, labels=False, duplicates="drop")
+    table = frame.groupby("bin").agg(mean_predicted=("predicted", "mean"), observed_rate=("observed", "mean"),
+                                     rows=("observed", "size"))
+    return table.reset_index()
+
+
+def precision_recall_table(y: np.ndarray, p: np.ndarray, points: int = 101) -> pd.DataFrame:
+    """Precision and recall on the test set at `points` thresholds evenly spaced from 0 to 1
+    (precision is NaN where nothing is flagged)."""
+    thresholds = np.linspace(0.0, 1.0, points)
+    order = np.sort(p)
+    positives = np.sort(p[y == 1])
+    flagged = len(p) - np.searchsorted(order, thresholds, side="left")
+    caught = len(positives) - np.searchsorted(positives, thresholds, side="left")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(flagged > 0, caught / flagged, np.nan)
+    return pd.DataFrame({"threshold": thresholds, "precision": precision, "recall": caught / max(len(positives), 1)})
+
+
 def churn_probability(model: xgb.XGBClassifier, calibration: dict, frame: pd.DataFrame) -> np.ndarray:
     """Calibrated churn probability of each row; reads only the model's features, by name."""
     return calibrate(model.predict_proba(frame[CHURN_FEATURES])[:, 1], calibration)
@@ -104,7 +127,7 @@ def train_churn(frame: pd.DataFrame, seed: int = 42) -> TrainedModel:
     return TrainedModel(
         name="churn", model=model, features=CHURN_FEATURES, params=model.get_params(), metrics=metrics,
         metadata={"calibration": calibration, "risk_cutoffs": cutoffs, "risk_levels": list(RISK_LEVELS)},
-        artifacts={"feature_importance": importance},
+        artifacts={"feature_importance": importance, "calibration_curve": calibration_table(y, test_p)},
     )
 
 
@@ -138,6 +161,7 @@ def train_fraud(frame: pd.DataFrame, seed: int = 42) -> TrainedModel:
     return TrainedModel(
         name="fraud", model=model, features=FRAUD_FEATURES, params=model.get_params(), metrics=metrics,
         metadata={"threshold": threshold, "threshold_rule": "maximum F1 on the validation period"},
+        artifacts={"precision_recall": precision_recall_table(y, test_p)},
     )
 
 
@@ -178,7 +202,19 @@ def train_segment(frame: pd.DataFrame, k_range: range, seed: int = 42, sample: i
     return TrainedModel(
         name="segment", model=pipeline, features=SEGMENT_FEATURES, params={"k": best_k, "k_range": list(k_range)},
         metrics=metrics, metadata={"segment_names": {str(i): n for i, n in names.items()}},
+        artifacts={"segment_profiles": segment_profiles(pipeline, names, sizes)},
     )
+
+
+def segment_profiles(pipeline: Pipeline, names: dict[int, str], shares: np.ndarray) -> pd.DataFrame:
+    """Each segment's centroid in business units (days, counts, amounts, shares): the k-means
+    centre taken back through the scaler and log1p. With its name and share of the training customers."""
+    centres = np.expm1(pipeline.named_steps["scale"].inverse_transform(pipeline.named_steps["kmeans"].cluster_centers_))
+    profiles = pd.DataFrame(centres, columns=SEGMENT_FEATURES)
+    profiles.insert(0, "share", shares)
+    profiles.insert(0, "segment_name", [names[i] for i in range(len(names))])
+    profiles.insert(0, "segment_id", range(len(names)))
+    return profiles
 
 
 def _segment_pipeline(k: int, seed: int) -> Pipeline:

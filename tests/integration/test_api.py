@@ -73,6 +73,18 @@ def test_segment_fraud_and_explain(client, customers):
     assert overall["kind"] == "global_importance" and overall["mean_abs_shap"]["days_since_last_txn"] > 0
 
 
+def test_explanations_add_up_to_the_score(client, customers):
+    """base_value plus the SHAP values is the customer's log-odds before calibration, which only
+    rescales it: the customers sort the same way by either."""
+    log_odds, probabilities = [], []
+    for customer in customers:
+        explained = client.get(f"{API}/explain", params={"customer_id": customer}).json()
+        log_odds.append(explained["base_value"] + sum(v["shap_value"] for v in explained["values"]))
+        probabilities.append(client.post(f"{API}/churn-score", json={"customer_id": customer}).json()["churn_probability"])
+    assert len(set(probabilities)) > 1
+    assert sorted(range(len(customers)), key=log_odds.__getitem__) == sorted(range(len(customers)), key=probabilities.__getitem__)
+
+
 def test_churn_batch_scores_known_and_flags_unknown(client, customers):
     body = client.post(f"{API}/churn-batch", json={"customer_ids": [*customers, "NOBODY"]}).json()
     assert body["count"] == 6 and body["unknown"] == 1

@@ -13,11 +13,14 @@ FORBIDDEN = {
     "bentos": ("training", "rollout", "monitoring"),  # what runs in the bento (the inference log aside)
     "monitoring": ("bentos", "rollout"),
     "training": ("bentos", "rollout", "monitoring"),
+    # a client of the public API: no model code, no model library, no store of its own
+    "dashboard": ("bentoml", "bentos", "training", "monitoring", "rollout", "xgboost", "sklearn", "feast", "mlflow"),
 }
 # the service's scorers, offline: the served reference (training) and windows without scores
 # (monitoring) are scored by the same code as the service
 OFFLINE_SCORING = ("bentos.frames", "bentos.loading")
-ALLOWED = {"bentos": ("monitoring.inference_log",), "monitoring": OFFLINE_SCORING, "training": OFFLINE_SCORING}
+ALLOWED = {"bentos": ("monitoring.inference_log",), "monitoring": OFFLINE_SCORING, "training": OFFLINE_SCORING,
+           "dashboard": ("rollout.promotion", "rollout.settings")}  # the canary's evidence, read from /metrics
 
 
 def imports(package: str) -> list[tuple[str, str]]:
@@ -54,6 +57,6 @@ def test_the_bentos_lock_holds_no_test_or_load_tools_and_pins_what_the_tests_ran
         return dict(line.split("==") for line in lines if "==" in line and not line.startswith("#"))
 
     runtime, everything = pins("requirements-runtime.lock"), pins("requirements.lock")
-    assert not {"pytest", "locust", "ruff", "kubernetes-validate"} & set(runtime)
+    assert not {"pytest", "locust", "ruff", "kubernetes-validate", "playwright", "streamlit"} & set(runtime)
     assert {"bentoml", "feast", "mlflow", "xgboost"} <= set(runtime)
     assert {name: version for name, version in runtime.items() if everything.get(name) != version} == {}
