@@ -11,7 +11,7 @@ PORT ?= 3000
 export DATA_DIR BENTOML_HOME
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install crd-schemas oidc-provider lock image image-mlflow data features train import-models build api-key serve up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
+.PHONY: help install crd-schemas oidc-provider lock image image-mlflow image-dashboard data features train import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,6 +63,7 @@ build: import-models api-key ## Build the bento (bentofile.yaml): code, settings
 
 IMAGE ?= registry.example.com/fintech/fintech-serving:0.1.0
 MLFLOW_IMAGE ?= registry.example.com/fintech/mlflow:3.17.2
+DASHBOARD_IMAGE ?= registry.example.com/fintech/fintech-dashboard:0.1.0
 image: build ## The serving image from the bento (bentoml containerize; needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine"; exit 2; }
 	$(BIN)/bentoml containerize fintech-serving:latest -t $(IMAGE)
@@ -71,13 +72,27 @@ image-mlflow: ## The MLflow server image of k8s/ (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image-mlflow needs a running Docker engine"; exit 2; }
 	docker build -t $(MLFLOW_IMAGE) k8s/images/mlflow
 
+image-dashboard: ## The dashboard image of k8s/ (its code and what it imports; from the repository root; needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make image-dashboard needs a running Docker engine"; exit 2; }
+	docker build -t $(DASHBOARD_IMAGE) -f k8s/images/dashboard/Dockerfile .
+
 api-key: install ## The local API key (every scope) in $(DATA_DIR)/secrets, made once; prints how to use it
 	$(BIN)/python -m core.api_keys local --port $(PORT)
 
 serve: install api-key ## Serve the last built bento on $(PORT), without retraining (AUTH_MODE=off to serve without authentication)
 	PYTHONOPTIMIZE=1 $(BIN)/bentoml serve fintech-serving:latest --port $(PORT)
 
-up: data features train build serve ## Everything from nothing: data, features, models, bento, API key, HTTP on :3000
+DASHBOARD_PORT ?= 8501
+STREAMLIT_FLAGS := --server.headless true --server.address 127.0.0.1 --browser.gatherUsageStats false --client.toolbarMode minimal
+dashboard: install api-key ## The dashboard on $(DASHBOARD_PORT), against SERVICE_URL (default http://127.0.0.1:$(PORT)), with the local API key
+	@echo "dashboard: http://127.0.0.1:$(DASHBOARD_PORT)"
+	SERVICE_URL=$${SERVICE_URL:-http://127.0.0.1:$(PORT)} $(BIN)/streamlit run dashboard/app.py --server.port $(DASHBOARD_PORT) $(STREAMLIT_FLAGS)
+
+screenshots: install ## Screenshot every page of the running dashboard (make up) in headless Chromium into docs/dashboard
+	$(BIN)/python -m tests.integration.browser --url http://127.0.0.1:$(DASHBOARD_PORT) --out docs/dashboard
+
+up: data features train build ## Everything from nothing: data, features, models, bento, API key; the service on :3000 and the dashboard on :8501
+	@$(MAKE) --no-print-directory -j2 serve dashboard
 
 test: install $(CRD_SCHEMAS) $(OIDC_PROVIDER) ## Run every test: unit, data contract, model behaviour, integration (needs redis-server)
 	$(BIN)/python -m pytest

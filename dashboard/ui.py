@@ -28,12 +28,14 @@ def settings() -> tuple[Settings, DashboardSettings]:
 
 def service() -> ServiceClient:
     data, dashboard = settings()
-    return _client(dashboard.service_url, tuple(client_headers(data.secrets_dir).items()), dashboard.timeout_s)
+    return _client(dashboard.service_url, tuple(client_headers(data.secrets_dir).items()), dashboard.timeout_s,
+                   tuple(sorted(dashboard.family_urls.items())))
 
 
 @st.cache_resource
-def _client(url: str, headers: tuple[tuple[str, str], ...], timeout_s: float) -> ServiceClient:
-    return ServiceClient(url, dict(headers), timeout_s)
+def _client(url: str, headers: tuple[tuple[str, str], ...], timeout_s: float,
+            family_urls: tuple[tuple[str, str], ...]) -> ServiceClient:
+    return ServiceClient(url, dict(headers), timeout_s, dict(family_urls))
 
 
 def now() -> str:

@@ -48,7 +48,7 @@ with ui.shown("Scores over the customer base"):
     right.subheader("Risk levels")
     right.altair_chart(ui.bars(levels, "risk_level:N", "customers:Q", "Risk level", "Customers", sort=ui.RISK_ORDER), width="stretch")
     ui.source(f"the service's churn-batch over the {len(ids):,} customers of the feature snapshot of {snapshot:%Y-%m-%d}, "
-              f"versions {', '.join(sorted(known['version'].dropna().unique()))}", scored_at_text)
+              f"answered by version {' and '.join(sorted(known['version'].dropna().unique()))}", scored_at_text)
 
     st.subheader(f"The {dashboard.top_n} customers most at risk")
     top = known.nlargest(dashboard.top_n, "churn_probability")

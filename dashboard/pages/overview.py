@@ -61,4 +61,4 @@ with ui.shown("Serving"):
         st.dataframe(counts.rename(columns={"client_errors": "4xx", "server_errors": "5xx", "error_rate": "5xx rate",
                                             "latency_p99_ms": "p99 latency (ms)"}),
                      hide_index=True, width="stretch", column_config={"5xx rate": st.column_config.NumberColumn(format="percent")})
-    ui.source(f"the service at {dashboard.service_url}: /models/status and /api/v1/inference/metrics (since its workers started)")
+    ui.source(f"the service at {', '.join(sorted({ui.service().url(f) for f in NAMES}))}: /models/status and /api/v1/inference/metrics (since its workers started)")

@@ -59,7 +59,7 @@ def canary(family: str, model: sources.RegisteredModel, status: dict, metrics_te
     st.dataframe(pd.DataFrame(rows), hide_index=True)
     got = evidence["challenger"].predictions
     st.progress(min(got / needed, 1.0), text=f"Evidence: {got:,} of the {needed:,} challenger predictions the gates need")
-    ui.source(f"the registry's aliases and tags, and the service's /metrics at {dashboard.service_url}")
+    ui.source(f"the registry's aliases and tags, and the service's /metrics at {ui.service().url(family)}")
 
 
 def drift(family: str) -> None:
@@ -92,7 +92,7 @@ for family, tab in zip(NAMES, st.tabs([name.capitalize() for name in NAMES])):
         if model is not None:
             with ui.shown("Canary"):
                 st.subheader("Canary")
-                canary(family, model, ui.serving_status(), ui.service().prometheus())
+                canary(family, model, ui.serving_status(), ui.service().prometheus(family))
         with ui.shown("Drift"):
             st.subheader("Newest drift report")
             drift(family)

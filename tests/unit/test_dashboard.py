@@ -92,3 +92,25 @@ def test_the_dashboard_loads_no_model_code():
             " or m in {'mlflow.pyfunc', 'mlflow.xgboost', 'mlflow.sklearn'}))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout
+
+
+def test_each_family_is_asked_at_the_service_that_answers_it():
+    """The prod overlay runs each family as its own service: scores, status and request counts come from each."""
+    asked = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        host, path = request.url.host, request.url.path
+        asked.append((host, path))
+        if path == "/models/status":
+            return httpx.Response(200, json={family: {"versions": [], "host": host} for family in ("churn", "fraud", "segment")})
+        return httpx.Response(200, json={"routes": [{"route": host}]})
+
+    urls = {"churn": "http://serving-churn", "fraud": "http://serving-fraud/"}
+    client = ServiceClient("http://serving", {}, 5, urls, transport=httpx.MockTransport(answer))
+    client.segment("C1"), client.fraud("C1", {}), client.explain()
+    assert asked == [("serving", "/api/v1/inference/segment"), ("serving-fraud", "/api/v1/inference/fraud-detection"),
+                     ("serving-churn", "/api/v1/inference/explain")]
+    status = client.status()
+    assert {family: state["host"] for family, state in status.items()} == {
+        "churn": "serving-churn", "fraud": "serving-fraud", "segment": "serving"}
+    assert sorted(r["route"] for r in client.request_summary()["routes"]) == ["serving", "serving-churn", "serving-fraud"]
