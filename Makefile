@@ -72,7 +72,7 @@ image-mlflow: ## The MLflow server image of k8s/ (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image-mlflow needs a running Docker engine"; exit 2; }
 	docker build -t $(MLFLOW_IMAGE) k8s/images/mlflow
 
-image-dashboard: ## The dashboard image of k8s/ (its code and what it imports; from the repository root; needs a Docker engine)
+image-dashboard: ## The dashboard image of k8s/ (built from the repository root; needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image-dashboard needs a running Docker engine"; exit 2; }
 	docker build -t $(DASHBOARD_IMAGE) -f k8s/images/dashboard/Dockerfile .
 

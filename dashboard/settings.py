@@ -13,7 +13,7 @@ class DashboardSettings(BaseSettings):
                              description="The scoring service whose HTTP API gives every score and explanation.")
     family_urls: dict[str, str] = Field(default_factory=dict, description=(
         "Where each family is its own service (the prod overlay), its URL, as JSON: "
-        '{"churn": "http://fintech-serving-churn:3000", ...}; a family not named is asked at service_url.'))
+        '{"churn": "http://fintech-serving-churn:80", ...}; a family not named is asked at service_url.'))
     timeout_s: float = Field(10.0, gt=0, description="How long one call to the service or the registry may take.")
     batch_ids: int = Field(1_000, ge=1, le=10_000, description="Customer ids per churn-batch call when scoring the base.")
     top_n: int = Field(20, ge=1, le=200, description="At-risk customers listed on the churn page.")

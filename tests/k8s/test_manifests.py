@@ -1,14 +1,18 @@
 """The Kubernetes manifests, checked offline: every overlay renders, every object is valid for
 the Kubernetes API of the version we support, and the pods are what we promise — probed on the
 service's real routes, sized, hardened, pinned, given their credentials as read-only files, and
-scaled on a metric the service exports."""
+scaled on a metric the service exports; the dashboard reaches the services it is pointed at and,
+by the NetworkPolicies, nothing else."""
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
+from unittest import mock
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -25,7 +29,9 @@ FAMILIES = ("churn", "fraud", "segment")
 UNPRIVILEGED = 10000  # the least uid and gid a container runs as: above any the images or the nodes define
 API_KEYS_SECRET = "fintech-serving-api-keys"  # the hashes the service checks
 ROLLOUT_SECRET = "fintech-rollout-credentials"  # the rollout jobs' own key (key: api_key)
-CREDENTIAL_SECRETS = {API_KEYS_SECRET, ROLLOUT_SECRET}
+DASHBOARD_SECRET = "fintech-dashboard-credentials"  # the dashboard's own key (key: api_key)
+CREDENTIAL_SECRETS = {API_KEYS_SECRET, ROLLOUT_SECRET, DASHBOARD_SECRET}
+DASHBOARD = "fintech-dashboard"  # the Streamlit dashboard's Deployment, Service and pod name
 
 
 def render(overlay: str) -> list[dict]:
@@ -144,7 +150,7 @@ def test_probes_use_routes_the_service_has_on_the_port_it_listens_on(monkeypatch
 
 def test_every_container_is_sized_pinned_and_hardened(objects):
     for spec in pod_specs(objects):
-        assert spec["automountServiceAccountToken"] is False
+        assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         for container in spec["containers"]:
@@ -164,6 +170,16 @@ def test_no_secret_is_written_in_the_manifests(objects):
                 assert variable["value"].startswith("/"), variable
             elif any(word in variable["name"] for word in ("TOKEN", "PASSWORD", "SECRET", "KEY")):
                 assert "valueFrom" in variable and "value" not in variable, variable["name"]
+
+
+def test_every_secret_is_mounted_read_only_as_a_folder(objects):
+    """Read-only, and no subPath: the kubelet swaps a Secret's files in place, a subPath never sees it."""
+    for spec in pod_specs(objects):
+        secrets = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
+        for container in spec["containers"] + spec.get("initContainers", []):
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] in secrets:
+                    assert mount.get("readOnly") is True and "subPath" not in mount, (container["name"], mount)
 
 
 def test_every_container_runs_as_an_unprivileged_user_and_says_when_to_pull(objects):
@@ -269,6 +285,11 @@ def test_long_running_pods_are_probed(objects):
     for spec in pod_specs(objects, kinds=("Deployment", "StatefulSet")):
         for container in spec["containers"]:
             assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container), container["name"]
+            ports = container.get("ports", [])
+            declared = {p.get("name") for p in ports} | {p["containerPort"] for p in ports}
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                action = container[probe].get("httpGet") or container[probe].get("tcpSocket")
+                assert action is None or action["port"] in declared, (container["name"], probe, action)  # exec: no port
 
 
 def test_the_registry_server_runs_no_job_consumers(objects):
@@ -387,3 +408,253 @@ def test_prod_routes_the_public_paths_and_neither_metrics_nor_admin():
         assert ingress_routes(ingress, path), path
     for path in ("/metrics", "/admin/reload", "/admin/whoami", "/admin/anything"):
         assert not ingress_routes(ingress, path), path
+
+
+# --- the dashboard, and who may talk to whom ------------------------------------------------------
+
+def pods(objects: list[dict]) -> list[dict]:
+    """Every pod template of the overlay: its workload's name, its labels and its containers."""
+    found = []
+    for o in objects:
+        if o["kind"] in ("Deployment", "StatefulSet", "CronJob"):
+            template = o["spec"]["jobTemplate"]["spec"]["template"] if o["kind"] == "CronJob" else o["spec"]["template"]
+            found.append({"name": o["metadata"]["name"], "labels": template["metadata"]["labels"],
+                          "containers": template["spec"]["containers"]})
+    return found
+
+
+def pod_port(pod: dict, port: int | str) -> int | None:
+    """The number of a port the pod's containers declare (by name or number); None if none does."""
+    for container in pod["containers"]:
+        for p in container.get("ports", []):
+            if port in (p.get("name"), p["containerPort"]):
+                return p["containerPort"]
+    return None
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
+
+
+def families_served(pod: dict) -> set[str]:
+    [container] = pod["containers"]
+    return set(env_of(container).get("SERVING_FAMILIES", ",".join(FAMILIES)).split(","))
+
+
+def the_dashboard(objects: list[dict]) -> tuple[dict, dict]:
+    """The dashboard's pod template and its one container."""
+    [pod] = [p for p in pods(objects) if p["name"] == DASHBOARD]
+    [container] = pod["containers"]
+    return pod, container
+
+
+def dashboard_settings(container: dict):
+    """The settings the dashboard's code reads from the container's environment, and nothing else's."""
+    from core.settings import Settings
+    from dashboard.settings import DashboardSettings
+
+    with mock.patch.dict(os.environ, env_of(container), clear=True):
+        return Settings(), DashboardSettings()
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # matchExpressions are not evaluated here
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def peer_selects(peer: dict, pod: dict, namespace: str) -> bool:
+    """Whether a NetworkPolicy peer names a pod of the overlay's namespace (an address range: any pod)."""
+    if "ipBlock" in peer:
+        return True
+    if "namespaceSelector" in peer and not selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}):
+        return False
+    return selects(peer.get("podSelector", {}), pod["labels"])
+
+
+def port_admitted(rule: dict, destination: dict, port: int) -> bool:
+    """Whether a rule admits TCP to `port`; a named port is the destination pod's."""
+    if not rule.get("ports"):
+        return True
+    for p in rule["ports"]:
+        assert "endPort" not in p, p
+        if p.get("protocol", "TCP") == "TCP" and ("port" not in p or pod_port(destination, p["port"]) == port
+                                                   or p["port"] == port):
+            return True
+    return False
+
+
+def admitted(objects: list[dict], direction: str, subject: dict, peer: dict, destination: dict, port: int) -> bool:
+    """Whether the NetworkPolicies that isolate `subject` in `direction` (Ingress or Egress) admit
+    `peer` (the other end) on the destination's `port`; not isolated, everything is."""
+    rules, peers = {"Ingress": ("ingress", "from"), "Egress": ("egress", "to")}[direction]
+    isolating = [o for o in objects if o["kind"] == "NetworkPolicy" and selects(o["spec"]["podSelector"], subject["labels"])
+                 and direction in o["spec"].get("policyTypes", ["Ingress"] + (["Egress"] if "egress" in o["spec"] else []))]
+    if not isolating:
+        return True
+    return any(port_admitted(rule, destination, port)
+               and (not rule.get(peers) or any(peer_selects(x, peer, policy["metadata"]["namespace"]) for x in rule[peers]))
+               for policy in isolating for rule in policy["spec"].get(rules, []))
+
+
+def connects(objects: list[dict], source: dict, destination: dict, port: int) -> bool:
+    """Whether source may open a TCP connection to destination's port: its egress and the other's ingress."""
+    return (admitted(objects, "Egress", source, destination, destination, port)
+            and admitted(objects, "Ingress", destination, source, destination, port))
+
+
+def backends(objects: list[dict], url: str) -> list[tuple[dict, int]]:
+    """The pods a URL reaches through the Service it names, each with the port it lands on."""
+    parts = urlsplit(url)
+    assert parts.scheme == "http" and "." not in parts.hostname, url  # a Service of the pod's own namespace
+    services = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == parts.hostname]
+    assert len(services) == 1, f"{url}: no Service {parts.hostname}"
+    [service] = services
+    ports = [p for p in service["spec"]["ports"] if p["port"] == (parts.port or 80)]
+    assert len(ports) == 1, f"{url}: {parts.hostname} has no port {parts.port or 80}: {service['spec']['ports']}"
+    target = ports[0].get("targetPort", ports[0]["port"])
+    selector = service["spec"]["selector"]
+    found = [(pod, pod_port(pod, target)) for pod in pods(objects) if selector.items() <= pod["labels"].items()]
+    assert found and all(port is not None for _, port in found), f"{url}: no pod listens on {target}"
+    return found
+
+
+def urls_of(dashboard) -> list[str]:
+    return [dashboard.service_url, *dashboard.family_urls.values()]
+
+
+def test_the_dashboard_runs_once_and_listens_where_its_service_and_probes_point(objects):
+    deployment = named(objects, "Deployment", DASHBOARD)
+    assert deployment["spec"]["replicas"] == 1  # its sessions live in the process's memory
+    pod, container = the_dashboard(objects)
+    assert container["image"].split("@")[0].rsplit(":", 1)[0].endswith("/fintech-dashboard"), container["image"]
+    command = container["command"]
+    assert command[:3] == ["streamlit", "run", "dashboard/app.py"] and container["workingDir"] == "/app"
+    flags = dict(zip(command[3::2], command[4::2], strict=True))
+    assert flags["--server.headless"] == "true" and flags["--browser.gatherUsageStats"] == "false"
+    assert flags["--server.address"] == "0.0.0.0" and flags["--server.fileWatcherType"] == "none"
+    assert pod_port(pod, "http") == int(flags["--server.port"]) == 8501
+    [(backend, port)] = backends(objects, f"http://{DASHBOARD}:8501")
+    assert backend["name"] == DASHBOARD
+    assert port == 8501 and named(objects, "Service", DASHBOARD)["spec"]["ports"][0]["name"] == "http"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/_stcore/health", "port": "http"}, probe  # Streamlit's own
+    assert env_of(container)["HOME"] == "/tmp"  # Streamlit writes $HOME/.streamlit on a read-only root
+    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    spec = deployment["spec"]["template"]["spec"]
+    assert "emptyDir" in next(v for v in spec["volumes"] if v["name"] == tmp["name"])
+
+
+def test_the_dashboard_reads_the_data_and_the_registry_the_service_uses_and_writes_no_data(objects):
+    _, container = the_dashboard(objects)
+    data, _ = dashboard_settings(container)
+    assert str(data.data_dir) == settings(objects)["DATA_DIR"]
+    assert data.tracking_uri == settings(objects)["MLFLOW_TRACKING_URI"]
+    spec = named(objects, "Deployment", DASHBOARD)["spec"]["template"]["spec"]
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == str(data.data_dir)]
+    assert mount.get("readOnly") is True and "subPath" not in mount, mount
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    serving = serving_deployments(objects)[0]["spec"]["template"]["spec"]
+    [serving_data] = [v for v in serving["volumes"] if v["name"] == "data"]
+    assert volume["persistentVolumeClaim"]["claimName"] == serving_data["persistentVolumeClaim"]["claimName"]
+    assert named(objects, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])["spec"]["accessModes"] == [
+        "ReadWriteMany"]  # mounted by the service's pods and the dashboard's at once
+
+
+def test_the_dashboard_reads_its_api_key_from_its_own_secret_as_a_file(objects):
+    from core.api_keys import KEY_ENV, KEY_FILE_ENV
+
+    _, container = the_dashboard(objects)
+    spec = named(objects, "Deployment", DASHBOARD)["spec"]["template"]["spec"]
+    env = env_of(container)
+    assert KEY_ENV not in env and KEY_FILE_ENV in env
+    secret = secret_folder(spec, container, env[KEY_FILE_ENV])
+    assert secret["secretName"] == DASHBOARD_SECRET
+    assert {"key": "api_key", "path": PurePosixPath(env[KEY_FILE_ENV]).name} in secret["items"]
+    others = [p for p in pod_specs(objects) if p is not spec]
+    assert DASHBOARD_SECRET not in json.dumps(others)  # nobody else holds the dashboard's key
+
+
+def test_the_dashboard_asks_each_family_at_a_service_whose_pods_serve_it(objects):
+    _, container = the_dashboard(objects)
+    _, dashboard = dashboard_settings(container)
+    assert set(dashboard.family_urls) <= set(FAMILIES)
+    for family in FAMILIES:
+        url = dashboard.family_urls.get(family, dashboard.service_url)
+        for pod, _ in backends(objects, url):
+            assert family in families_served(pod), (family, url, pod["name"])
+    behind_default = {pod["name"] for pod, _ in backends(objects, dashboard.service_url)}
+    assert behind_default and all(name.startswith("fintech-serving") for name in behind_default)
+
+
+def test_the_prod_dashboard_names_each_familys_own_service():
+    objects = render("prod")
+    _, dashboard = dashboard_settings(the_dashboard(objects)[1])
+    assert dashboard.family_urls == {f: f"http://fintech-serving-{f}:80" for f in FAMILIES}
+    for family, url in dashboard.family_urls.items():
+        assert {families_served(pod) == {family} for pod, _ in backends(objects, url)} == {True}, url
+
+
+def test_every_url_the_dashboard_is_given_names_a_service_whose_pods_it_may_reach(objects):
+    pod, container = the_dashboard(objects)
+    data, dashboard = dashboard_settings(container)
+    for url in [data.tracking_uri, *urls_of(dashboard)]:
+        for backend, port in backends(objects, url):
+            assert connects(objects, pod, backend, port), (url, backend["name"], port)
+
+
+def test_the_dashboard_reaches_the_serving_pods_and_the_registry_and_nothing_else(objects):
+    dashboard, _ = the_dashboard(objects)
+    reached = {(pod["name"], p["containerPort"]) for pod in pods(objects) if pod is not dashboard
+               for c in pod["containers"] for p in c.get("ports", []) if connects(objects, dashboard, pod, p["containerPort"])}
+    serving = {(d["metadata"]["name"], 3000) for d in serving_deployments(objects)}
+    assert reached == serving | {("fintech-mlflow", 5000)}
+    # outside its namespace: the cluster's DNS, and no address range
+    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    egress = [rule for o in objects if o["kind"] == "NetworkPolicy" and "Egress" in o["spec"]["policyTypes"]
+              and selects(o["spec"]["podSelector"], dashboard["labels"]) for rule in o["spec"]["egress"]]
+    assert egress
+    for rule in egress:
+        assert rule.get("to") and rule.get("ports"), rule  # a rule without peers or ports opens everything
+        for peer in rule["to"]:
+            assert "ipBlock" not in peer, peer
+            if "namespaceSelector" in peer:
+                assert peer == dns and {p["port"] for p in rule["ports"]} == {53}, rule
+
+
+def test_only_labelled_clients_reach_the_dashboard_and_only_on_its_port(objects):
+    dashboard, _ = the_dashboard(objects)
+    port = pod_port(dashboard, "http")
+    client = {"name": "client", "labels": {"fintech-dashboard/client": "true"}, "containers": []}
+    stranger = {"name": "stranger", "labels": {"app.kubernetes.io/name": "stranger"}, "containers": []}
+    assert connects(objects, client, dashboard, port)
+    assert not connects(objects, client, dashboard, 8080) and not connects(objects, stranger, dashboard, port)
+    assert not [pod["name"] for pod in pods(objects) if connects(objects, pod, dashboard, port)]  # no workload is a client
+    ingress = [rule for o in objects if o["kind"] == "NetworkPolicy" and "Ingress" in o["spec"]["policyTypes"]
+               and selects(o["spec"]["podSelector"], dashboard["labels"]) for rule in o["spec"].get("ingress", [])]
+    assert ingress and all(set(peer) == {"podSelector"} for rule in ingress for peer in rule["from"])  # no other namespace
+    routed = json.dumps([o for o in objects if o["kind"] == "Ingress"])
+    assert f'"{DASHBOARD}"' not in routed  # no Ingress routes to it: it has no login of its own
+
+
+def test_the_reachability_check_can_fail():
+    objects = render("dev")
+    dashboard, _ = the_dashboard(objects)
+    mlflow = next(p for p in pods(objects) if p["name"] == "fintech-mlflow")
+    [serving] = [p for p in pods(objects) if p["name"] == "fintech-serving"]
+    assert connects(objects, dashboard, mlflow, 5000) and connects(objects, dashboard, serving, 3000)
+    assert not connects(objects, dashboard, serving, 5000)  # a port its egress does not name
+    unlabelled = {**dashboard, "labels": {k: v for k, v in dashboard["labels"].items() if k != "fintech-serving/client"}}
+    assert not connects(objects, unlabelled, serving, 3000)  # the serving pods' policy admits labelled clients only
+    policy = named(objects, "NetworkPolicy", "fintech-mlflow")
+    policy["spec"]["ingress"][0]["from"] = [p for p in policy["spec"]["ingress"][0]["from"]
+                                            if p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] != DASHBOARD]
+    assert not connects(objects, dashboard, mlflow, 5000)
+
+
+def test_each_image_the_project_builds_is_the_one_its_overlays_run():
+    built = dict(re.findall(r"^(\w*IMAGE) \?= (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE))
+    assert set(built) == {"IMAGE", "MLFLOW_IMAGE", "DASHBOARD_IMAGE"}
+    assert set(built.values()) <= {c["image"].split("@")[0] for c in containers(render("prod"))}  # tag, then digest
+    repositories = {image.rsplit(":", 1)[0] for image in built.values()}
+    assert repositories <= {c["image"].rsplit(":", 1)[0] for c in containers(render("dev"))}

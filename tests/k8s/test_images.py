@@ -1,0 +1,166 @@
+"""The images of k8s/images/, checked without a Docker engine: what each installs is pinned as
+requirements.lock pins it, and the dashboard's holds every library and every package of the
+project the dashboard imports, nothing of the bento's stack, and runs as its manifest runs it."""
+
+import ast
+import importlib.metadata
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.k8s.test_manifests import DASHBOARD, named, render
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "k8s" / "images"
+DASHBOARD_DOCKERFILE = IMAGES / "dashboard" / "Dockerfile"
+PROJECT_PACKAGES = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+BENTO_STACK = {"bentoml", "feast", "xgboost", "evidently", "mlflow"}  # mlflow: the server; the client is mlflow-skinny
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(instruction, arguments), continuation lines joined, comments left out."""
+    text = re.sub(r"^\s*#.*\n", "", dockerfile.read_text(), flags=re.MULTILINE)
+    text = re.sub(r"\\\n", " ", text)
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines() if line.strip()]
+
+
+def arguments(dockerfile: Path, instruction: str) -> list[str]:
+    return [args for name, args in instructions(dockerfile) if name == instruction]
+
+
+def pip_installs(dockerfile: Path) -> list[list[str]]:
+    """The words of each `pip install` the Dockerfile runs."""
+    commands = [c.strip() for args in arguments(dockerfile, "RUN") for c in args.split("&&")]
+    return [shlex.split(c) for c in commands if c.startswith("pip install")]
+
+
+def pins(dockerfile: Path) -> dict[str, str]:
+    return {canonicalize_name(name): version for words in pip_installs(dockerfile) for word in words
+            if (m := re.fullmatch(r"([A-Za-z0-9_.\-]+)==(\S+)", word)) for name, version in [m.groups()]}
+
+
+def locked() -> dict[str, str]:
+    text = (ROOT / "requirements.lock").read_text()
+    return {canonicalize_name(m[1]): m[2] for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, re.MULTILINE)}
+
+
+def closure(names) -> set[str]:
+    """The distributions `names` install, with every dependency (from the installed metadata)."""
+    extras_of: dict[str, set[str]] = {}
+    todo = [(canonicalize_name(n), frozenset()) for n in names]
+    while todo:
+        name, extras = todo.pop()
+        if name in extras_of and extras <= extras_of[name]:
+            continue
+        extras_of.setdefault(name, set()).update(extras)
+        for line in importlib.metadata.distribution(name).requires or []:
+            requirement = Requirement(line)
+            environments = [{"extra": e} for e in extras_of[name] or {""}]
+            if requirement.marker is None or any(requirement.marker.evaluate(e) for e in environments):
+                todo.append((canonicalize_name(requirement.name), frozenset(requirement.extras)))
+    return set(extras_of)
+
+
+def module_file(name: str) -> Path | None:
+    path = ROOT.joinpath(*name.split("."))
+    return next((p for p in (path.with_suffix(".py"), path / "__init__.py") if p.is_file()), None)
+
+
+def imported(path: Path, module: str) -> set[str]:
+    """Every module a file imports, at its top or inside a function, as absolute names; `from a
+    import b` gives a.b too (b may be a module)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level else ""
+            source = ".".join(part for part in (base, node.module) if part)
+            names |= {source} | {f"{source}.{alias.name}" for alias in node.names}
+    return names
+
+
+def dashboard_imports() -> tuple[set[str], set[str]]:
+    """The project's modules the dashboard loads (its files and what they import, followed), and the
+    top-level names of the other modules they import, not the standard library's."""
+    files = [p.relative_to(ROOT).with_suffix("").parts for p in (ROOT / "dashboard").rglob("*.py")]
+    todo = [".".join(parts[:-1] if parts[-1] == "__init__" else parts) for parts in files]
+    project, external = set(), set()
+    while todo:
+        name = todo.pop()
+        top = name.split(".")[0]
+        if top in PROJECT_PACKAGES:
+            path = module_file(name)
+            if path is None or name in project:
+                continue  # `from core.x import CONSTANT`: not a module
+            project.add(name)
+            parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+            todo += parents + sorted(imported(path, name))
+        elif top not in sys.stdlib_module_names:
+            external.add(top)
+    return project, external
+
+
+def test_every_image_pins_what_it_installs_as_the_lock_does():
+    lock = locked()
+    dockerfiles = sorted(IMAGES.glob("*/Dockerfile"))
+    assert DASHBOARD_DOCKERFILE in dockerfiles
+    for dockerfile in dockerfiles:
+        pinned = pins(dockerfile)
+        assert pinned, dockerfile
+        for name, version in pinned.items():
+            assert lock.get(name, version) == version, (dockerfile.parent.name, name, version, lock[name])
+
+
+def test_the_dashboard_image_installs_only_locked_distributions_under_the_lock():
+    [install] = pip_installs(DASHBOARD_DOCKERFILE)
+    assert install[install.index("-c") + 1] == "requirements.lock"  # every dependency at its locked version too
+    assert any(args.split()[0] == "requirements.lock" for args in arguments(DASHBOARD_DOCKERFILE, "COPY"))
+    lock = locked()
+    assert {n: lock.get(n) for n in pins(DASHBOARD_DOCKERFILE)} == pins(DASHBOARD_DOCKERFILE)
+    assert all(n in lock for n in closure(pins(DASHBOARD_DOCKERFILE)))
+
+
+def test_the_dashboard_image_holds_every_library_the_dashboard_imports():
+    _, external = dashboard_imports()
+    assert {"streamlit", "shap", "mlflow", "prometheus_client"} <= external  # the walk follows core/ and rollout/
+    installed = closure(pins(DASHBOARD_DOCKERFILE))
+    distributions = importlib.metadata.packages_distributions()
+    missing = {top: distributions.get(top) for top in external
+               if not {canonicalize_name(d) for d in distributions.get(top, [])} & installed}
+    assert not missing, missing
+
+
+def test_the_dashboard_image_leaves_out_the_bentos_stack():
+    assert not closure(pins(DASHBOARD_DOCKERFILE)) & BENTO_STACK
+
+
+def test_the_dashboard_image_copies_the_packages_the_dashboard_imports_and_no_other():
+    project, _ = dashboard_imports()
+    packages = {name.split(".")[0] for name in project}
+    assert packages == {"core", "dashboard", "rollout"}
+    copied = {args.split()[0].rstrip("/") for args in arguments(DASHBOARD_DOCKERFILE, "COPY")}
+    assert copied == packages | {"requirements.lock"}
+    # the build context is the repository root: its ignore file lets in only what is copied
+    ignore = [line for line in (DASHBOARD_DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+              if line and not line.startswith("#")]
+    assert ignore[0] == "*" and {line[1:] for line in ignore if line.startswith("!")} == copied
+
+
+def test_the_dashboard_image_runs_as_its_manifest_runs_it():
+    objects = render("dev")
+    spec = named(objects, "Deployment", DASHBOARD)["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert arguments(DASHBOARD_DOCKERFILE, "USER") == [str(spec["securityContext"]["runAsUser"])]
+    assert arguments(DASHBOARD_DOCKERFILE, "EXPOSE") == [str(p["containerPort"]) for p in container["ports"]]
+    assert arguments(DASHBOARD_DOCKERFILE, "WORKDIR") == [container["workingDir"]]
+    [cmd] = arguments(DASHBOARD_DOCKERFILE, "CMD")
+    assert json.loads(cmd) == container["command"]  # `docker run` starts it as the cluster does
+    [env] = arguments(DASHBOARD_DOCKERFILE, "ENV")
+    assert dict(pair.split("=", 1) for pair in env.split()) == {"PYTHONPATH": container["workingDir"], "HOME": "/tmp"}
