@@ -173,6 +173,12 @@ class FamilyServer:
     def _registry_state(self, versions: Versions) -> None:
         metrics().registry_failures.labels(self.family).set(versions.failures)
         metrics().version_refused.labels(self.family).set(len(versions.asked_refused()))
+        if versions.asked is not None:  # the registry's retraining counters (rollout/retrain.py)
+            for outcome, cycles in versions.asked.cycle_counts.items():
+                if outcome == "failed_in_a_row":
+                    metrics().retrain_failures_in_a_row.labels(self.family).set(cycles)
+                else:
+                    metrics().retrain_cycles.labels(self.family, outcome).set(cycles)
 
     def _backlog(self, rows: int) -> None:
         metrics().log_backlog.labels(self.family).set(rows)

@@ -38,6 +38,8 @@ class Metrics:
     registry_failures: object
     version_refused: object
     drift_share: object
+    retrain_cycles: object
+    retrain_failures_in_a_row: object
 
 
 @lru_cache(maxsize=1)
@@ -71,7 +73,12 @@ def metrics() -> Metrics:
         version_refused=Gauge("fintech_model_version_refused", "Versions the registry names for this model that were "
                               "refused at load (files, features or scores); the previous set keeps serving.", ["model"],
                               multiprocess_mode="livemax"),
-        drift_share=Gauge("fintech_drift_share", "Share of features drifted in the model's latest drift report.",
+        retrain_cycles=Gauge("fintech_retrain_cycles", "Retraining cycles of the model, by outcome (started, promoted, "
+                             "refused, dry_run, failed), as the registry counts them.", ["model", "outcome"],
+                             multiprocess_mode="livemax"),
+        retrain_failures_in_a_row=Gauge("fintech_retrain_failures_in_a_row", "Retraining cycles of the model that failed "
+                                        "in a row (0: the last one did not).", ["model"], multiprocess_mode="livemax"),
+                drift_share=Gauge("fintech_drift_share", "Share of features drifted in the model's latest drift report.",
                           ["model", "version"], multiprocess_mode="livemax"),
     )
 

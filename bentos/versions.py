@@ -142,7 +142,8 @@ class Versions:
 
     def describe(self) -> dict:
         """What is live, and what the registry asked for that could not be had."""
-        return {**self.live.describe(), "registry_error": self.last_error,
+        return {**self.live.describe(), "retrain_cycle": self.asked.cycle if self.asked else None,
+                "registry_error": self.last_error,
                 "registry_error_since": self.error_since.isoformat(timespec="seconds") if self.error_since else None,
                 "registry_failures": self.failures, "refused_versions": dict(self.refused)}
 

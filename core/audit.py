@@ -2,7 +2,7 @@
 
     append(settings.audit_log, action="promote", actor="platform-ops", family="churn", details={...})
 
-One JSON object per line: `at` (UTC), `action` (reload, canary, promote, rollback), `actor` (the
+One JSON object per line: `at` (UTC), `action` (reload, canary, promote, rollback, retrain), `actor` (the
 client id the service authenticated), `verified` (false when the service could not vouch for the
 actor: the rollout CLI acting while the service is down names the local user), `family`, `details`
 and `source` (the service or the rollout CLI). The file is only ever opened for appending, and each
@@ -17,7 +17,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-ACTIONS = ("reload", "canary", "promote", "rollback")
+ACTIONS = ("reload", "canary", "promote", "rollback", "retrain")
 
 
 def append(path: Path, *, action: str, actor: str, verified: bool, source: str, family: str | None = None,

@@ -7,8 +7,9 @@ serve (`read_plan`).
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Roles: the registry aliases a version answers under, and the background role of a challenger
@@ -21,6 +22,13 @@ SHADOW = "shadow"
 SHARE_TAG = "serving.challenger_share"
 SHADOW_TAG = "serving.shadow"
 PREVIOUS_TAG = "serving.previous_champion"
+# A retraining cycle (rollout/retrain.py): its record (JSON: stage, outcome, candidate, ...), its
+# lock ("<cycle id> <expiry epoch s>"), and the counters the service exports.
+CYCLE_TAG = "serving.cycle"
+LOCK_TAG = "serving.cycle_lock"
+CYCLE_COUNTERS = {"started": "serving.cycles_started", "promoted": "serving.cycles_promoted",
+                  "refused": "serving.cycles_refused", "dry_run": "serving.cycles_dry_run",
+                  "failed": "serving.cycles_failed", "failed_in_a_row": "serving.cycle_failures_in_a_row"}
 # The scored sample of training rows each version stores, for drift reports.
 REFERENCE_ARTIFACT = "reference.parquet"  # a sample of the training rows, scored
 SERVED_REFERENCE_ARTIFACT = "served_reference.parquet"  # what the service will see, scored as it scores
@@ -67,6 +75,21 @@ class Plan:
     challenger: str | None = None
     share: float = 0.0  # percent of customers for the challenger
     shadow: bool = False
+    # the last retraining cycle and the cycle counters: shown and exported, never a reason to reload
+    cycle: dict | None = field(default=None, compare=False)
+    cycle_counts: dict = field(default_factory=dict, compare=False)
+
+
+def cycle_state(tags: dict) -> tuple[dict | None, dict[str, int]]:
+    """The last retraining cycle's stage and outcome, and the counters, from a registered model's tags."""
+    try:
+        record = json.loads(tags[CYCLE_TAG]) if tags.get(CYCLE_TAG) else None
+    except ValueError:
+        record = {"stage": "unreadable record"}
+    brief = None if record is None else {key: record.get(key) for key in (
+        "id", "trigger", "stage", "outcome", "reason", "candidate", "started", "dry_run")}
+    counts = {name: int(tags.get(tag, "0") or 0) for name, tag in CYCLE_COUNTERS.items()}
+    return brief, counts
 
 
 def read_plan(family: str, tracking_uri: str, default_share: float = 0.0, default_shadow: bool = False) -> Plan:
@@ -85,4 +108,5 @@ def read_plan(family: str, tracking_uri: str, default_share: float = 0.0, defaul
     challenger = aliases.get(CHALLENGER)
     if challenger == aliases[CHAMPION]:
         challenger = None
-    return Plan(aliases[CHAMPION], challenger, share if challenger else 0.0, shadow and challenger is not None)
+    cycle, counts = cycle_state(tags)
+    return Plan(aliases[CHAMPION], challenger, share if challenger else 0.0, shadow and challenger is not None, cycle, counts)

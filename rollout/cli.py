@@ -4,9 +4,12 @@
     python -m rollout status churn
     python -m rollout promote churn      # exit 1 when a gate fails
     python -m rollout rollback churn
+    python -m rollout retrain churn [--dry-run]   # a whole retraining cycle: rollout/retrain.py
+    python -m rollout retrain-if-drifted churn    # the same, when the newest drift report is over the line
 
-Exit codes: 0 done; 1 promotion refused by a gate; 2 the request or the registry's state does not
-allow the step; 3 the registry does not answer.
+Exit codes: 0 done; 1 promotion refused by a gate (or, for retrain, by the guard); 2 the request or
+the registry's state does not allow the step (another cycle holds the lock); 3 the registry does
+not answer; 4 a retraining cycle failed (the champion serves on).
 
 Every change is made in the MLflow registry (aliases and the registered model's serving.* tags),
 then the running service is asked to follow it (POST /admin/reload); a service that is not
@@ -50,7 +53,7 @@ from rollout.settings import GateSettings, get_gate_settings
 from training.registry import use_experiment
 
 log = logging.getLogger(__name__)
-EXIT_REFUSED, EXIT_ERROR, EXIT_NO_REGISTRY = 1, 2, 3
+EXIT_REFUSED, EXIT_ERROR, EXIT_NO_REGISTRY, EXIT_FAILED = 1, 2, 3, 4
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "Canary rollouts of model versions. Exit codes: 1 a gate refused the promotion; 2 the request or the "
     "registry's state does not allow the step; 3 the MLflow registry does not answer."))
@@ -343,6 +346,59 @@ def rollback_command(family: Family, service_url: ServiceUrl = None) -> None:
     record(settings, "rollback", who, family, done)
     typer.echo(json.dumps(done))
     typer.echo(json.dumps(ask_service_to_reload(url, f"rollback {family} to {done['champion']}", headers), default=str))
+
+
+Trigger = Annotated[str, typer.Option(help="What started the cycle, for its record: schedule, drift or manual.")]
+DryRun = Annotated[bool, typer.Option(help="Search, register and guard, but move no alias and start no canary.")]
+
+
+@app.command()
+def retrain(family: Family, dry_run: DryRun = False, trigger: Trigger = "manual", service_url: ServiceUrl = None) -> None:
+    """One retraining cycle: a time-boxed search on the newest labelled data, a new version, the guard
+    against the champion, a canary in shadow, the gates; promoted or refused (exit 1)."""
+    from rollout.retrain import CycleLocked, RetrainSettings, Service, run_cycle
+
+    settings, gates = get_settings(), get_gate_settings()
+    url, headers = service_url or gates.service_url, client_headers(settings.secrets_dir)
+    who = _run(lambda: identify(url, headers))
+    service = Service(metrics=lambda: fetch_metrics(url), reload=lambda reason: ask_service_to_reload(url, reason, headers))
+    try:
+        cycle = _run(lambda: run_cycle(settings, RetrainSettings(), gates, family, service, trigger, dry_run))
+    except CycleLocked as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(EXIT_ERROR) from e
+    except typer.Exit:
+        raise
+    except BaseException as e:
+        record(settings, "retrain", who, family, {"outcome": "failed", "error": f"{type(e).__name__}: {e}"[:300]})
+        typer.secho(f"error: the {family} cycle failed ({type(e).__name__}: {e}); the champion serves on", fg="red", err=True)
+        raise typer.Exit(EXIT_FAILED) from e
+    record(settings, "retrain", who, family, {key: cycle[key] for key in ("id", "outcome", "reason", "champion", "candidate")})
+    typer.echo(json.dumps({key: cycle[key] for key in ("id", "outcome", "reason", "champion", "candidate", "figures")},
+                          default=str))
+    if cycle["outcome"] == "refused":
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@app.command(name="retrain-if-drifted")
+def retrain_if_drifted(
+    family: Family,
+    above: Annotated[float | None, typer.Option(help="Drifted share over which to retrain (default RETRAIN_DRIFT_ABOVE).")] = None,
+    reports_dir: Annotated[Path | None, typer.Option(help="Default: DATA_DIR/reports/drift.")] = None,
+    dry_run: DryRun = False,
+    service_url: ServiceUrl = None,
+) -> None:
+    """Start a retraining cycle when the family's newest drift report has more drifted features than the line."""
+    from rollout.retrain import RetrainSettings, drifted_share
+
+    settings = get_settings()
+    line = RetrainSettings().drift_above if above is None else above
+    share = drifted_share(reports_dir or settings.data_dir / "reports" / "drift", family)
+    if share is None or share <= line:
+        typer.echo(json.dumps({"family": family, "retrain": False, "drift_share": share, "above": line}))
+        return
+    typer.echo(json.dumps({"family": family, "retrain": True, "drift_share": share, "above": line}))
+    retrain(family, dry_run=dry_run, trigger="drift", service_url=service_url)
 
 
 if __name__ == "__main__":

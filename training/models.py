@@ -93,10 +93,38 @@ def out_of_time_split(frame: pd.DataFrame, time_column: str) -> tuple[pd.DataFra
             frame[frame[time_column] == times[-1]])
 
 
-def train_churn(frame: pd.DataFrame, seed: int = 42) -> TrainedModel:
-    """frame: one row per (customer, snapshot) with CHURN_FEATURES, `event_timestamp` and `churned`."""
+def fraud_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Fraud: the last 20% of the time range is the test set, the 20% before it validation."""
+    frame = frame.sort_values("event_timestamp")
+    times = frame["event_timestamp"]
+    valid_from, test_from = times.quantile(0.6), times.quantile(0.8)
+    return frame[times < valid_from], frame[(times >= valid_from) & (times < test_from)], frame[times >= test_from]
+
+
+# What the retraining search (rollout/retrain.py) varies, on top of _xgb's defaults
+SEARCHED = ("n_estimators", "max_depth", "learning_rate", "min_child_weight", "subsample", "colsample_bytree")
+# per family: features, the features risk only rises with, label, split, fixed extra parameters
+SUPERVISED = {
+    "churn": (CHURN_FEATURES, CHURN_INCREASING, "churned", lambda f: out_of_time_split(f, "event_timestamp"), {}),
+    "fraud": (FRAUD_FEATURES, FRAUD_INCREASING, "is_fraud", fraud_split, {"scale_pos_weight": 5.0}),
+}
+
+
+def validation_pr_auc(family: str, frame: pd.DataFrame, params: dict, seed: int = 42) -> float:
+    """PR-AUC on the validation part of `frame` of a model fitted on its training part with
+    `params`: what a search trial scores (the test part stays unseen until the chosen one)."""
+    features, increasing, label, split, fixed = SUPERVISED[family]
+    train, valid, _ = split(frame)
+    model = _xgb(features, increasing, seed, **{**fixed, **params})
+    model.fit(train[features], train[label])
+    return float(average_precision_score(valid[label], model.predict_proba(valid[features])[:, 1]))
+
+
+def train_churn(frame: pd.DataFrame, seed: int = 42, params: dict | None = None) -> TrainedModel:
+    """frame: one row per (customer, snapshot) with CHURN_FEATURES, `event_timestamp` and `churned`.
+    params: XGBoost parameters over the defaults (a retraining search's choice)."""
     train, valid, test = out_of_time_split(frame, "event_timestamp")
-    model = _xgb(CHURN_FEATURES, CHURN_INCREASING, seed)
+    model = _xgb(CHURN_FEATURES, CHURN_INCREASING, seed, **(params or {}))
     model.fit(train[CHURN_FEATURES], train["churned"])
 
     raw_valid = model.predict_proba(valid[CHURN_FEATURES])[:, 1]
@@ -131,14 +159,11 @@ def train_churn(frame: pd.DataFrame, seed: int = 42) -> TrainedModel:
     )
 
 
-def train_fraud(frame: pd.DataFrame, seed: int = 42) -> TrainedModel:
-    """frame: one row per transaction with FRAUD_FEATURES, `event_timestamp` and `is_fraud`.
-    The last 20% of the time range is the test set, the 20% before it validation."""
-    frame = frame.sort_values("event_timestamp")
-    times = frame["event_timestamp"]
-    valid_from, test_from = times.quantile(0.6), times.quantile(0.8)
-    train, valid, test = frame[times < valid_from], frame[(times >= valid_from) & (times < test_from)], frame[times >= test_from]
-    model = _xgb(FRAUD_FEATURES, FRAUD_INCREASING, seed, scale_pos_weight=5.0)
+def train_fraud(frame: pd.DataFrame, seed: int = 42, params: dict | None = None) -> TrainedModel:
+    """frame: one row per transaction with FRAUD_FEATURES, `event_timestamp` and `is_fraud`, split
+    by fraud_split. params: XGBoost parameters over the defaults (a retraining search's choice)."""
+    train, valid, test = fraud_split(frame)
+    model = _xgb(FRAUD_FEATURES, FRAUD_INCREASING, seed, **{"scale_pos_weight": 5.0, **(params or {})})
     model.fit(train[FRAUD_FEATURES], train["is_fraud"])
 
     valid_p = model.predict_proba(valid[FRAUD_FEATURES])[:, 1]

@@ -50,6 +50,10 @@ def canary(family: str, model: sources.RegisteredModel, status: dict, metrics_te
     columns[1].metric("Challenger", challenger.version if challenger and champion and challenger.version != champion.version else "none")
     columns[2].metric("Challenger share", f"{model.share:g}%")
     columns[3].metric("Shadow", "on" if model.shadow else "off")
+    cycle = status.get(family, {}).get("retrain_cycle")
+    if cycle:
+        st.caption(f"Last retraining cycle {cycle['id']} ({cycle['trigger']}, started {cycle['started']}): "
+                   f"{cycle['outcome'] or 'at stage ' + cycle['stage']}" + (f" — {cycle['reason']}" if cycle.get("reason") else ""))
     if challenger is None or champion is None or challenger.version == champion.version:
         st.caption(f"No canary: `make canary MODEL={family}` starts one.")
         return
