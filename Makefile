@@ -11,7 +11,7 @@ PORT ?= 3000
 export DATA_DIR BENTOML_HOME
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install crd-schemas oidc-provider lock image image-mlflow image-dashboard data features train import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status bench-drift drift-report drift-ui clean
+.PHONY: help install crd-schemas oidc-provider lock image image-mlflow image-dashboard image-jobs data features train import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,7 +43,7 @@ oidc-provider: $(OIDC_PROVIDER) ## The OpenID provider (npm: oidc-provider) the 
 
 lock: | $(BIN)/activate ## Re-resolve requirements.lock (everything) and requirements-runtime.lock (the bento's) from pyproject.toml
 	$(BIN)/pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --extra dashboard --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra training --extra dashboard --python-version 3.11 -o requirements.lock
 	$(BIN)/uv pip compile pyproject.toml -c requirements.lock --python-version 3.11 -o requirements-runtime.lock
 
 data: install ## Generate synthetic customers and transactions under $(DATA_DIR)/raw
@@ -64,6 +64,7 @@ build: import-models api-key ## Build the bento (bentofile.yaml): code, settings
 IMAGE ?= registry.example.com/fintech/fintech-serving:0.1.0
 MLFLOW_IMAGE ?= registry.example.com/fintech/mlflow:3.17.2
 DASHBOARD_IMAGE ?= registry.example.com/fintech/fintech-dashboard:0.1.0
+JOBS_IMAGE ?= registry.example.com/fintech/fintech-jobs:0.1.0
 image: build ## The serving image from the bento (bentoml containerize; needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine"; exit 2; }
 	$(BIN)/bentoml containerize fintech-serving:latest -t $(IMAGE)
@@ -75,6 +76,10 @@ image-mlflow: ## The MLflow server image of k8s/ (needs a Docker engine)
 image-dashboard: ## The dashboard image of k8s/ (built from the repository root; needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image-dashboard needs a running Docker engine"; exit 2; }
 	docker build -t $(DASHBOARD_IMAGE) -f k8s/images/dashboard/Dockerfile .
+
+image-jobs: ## The scheduled jobs' image of k8s/ (features, drift reports, retraining; built from the repository root; needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make image-jobs needs a running Docker engine"; exit 2; }
+	docker build -t $(JOBS_IMAGE) -f k8s/images/jobs/Dockerfile .
 
 api-key: install ## The local API key (every scope) in $(DATA_DIR)/secrets, made once; prints how to use it
 	$(BIN)/python -m core.api_keys local --port $(PORT)
@@ -128,6 +133,9 @@ rollback: install ## Give MODEL's champion alias back to the previous version an
 
 rollout-status: install ## What the registry asks MODEL to serve, and what the service serves
 	$(ROLLOUT) status $(MODEL)
+
+retrain: install ## One retraining cycle of MODEL: time-boxed search, new version, guard, canary in shadow, gates (DRY_RUN=1: no alias moves)
+	$(ROLLOUT) retrain $(MODEL) $(if $(DRY_RUN),--dry-run)
 
 bench-drift: install ## Drift report over 100,000 logged rows; false alarms and power of the drift decisions (needs `make up`)
 	$(BIN)/python -m loadtests.bench_drift

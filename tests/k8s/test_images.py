@@ -1,6 +1,7 @@
 """The images of k8s/images/, checked without a Docker engine: what each installs is pinned as
-requirements.lock pins it, and the dashboard's holds every library and every package of the
-project the dashboard imports, nothing of the bento's stack, and runs as its manifest runs it."""
+requirements.lock pins it; the dashboard's holds every library and every package of the project
+the dashboard imports, nothing of the bento's stack, and runs as its manifest runs it; the jobs'
+holds every library and package the CronJobs' commands import and runs as the CronJobs run it."""
 
 import ast
 import importlib.metadata
@@ -8,16 +9,20 @@ import json
 import re
 import shlex
 import sys
+import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.k8s.test_manifests import DASHBOARD, named, render
+from tests.k8s.test_manifests import DASHBOARD, cronjobs, invocations, job_pod_spec, named, render
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "k8s" / "images"
 DASHBOARD_DOCKERFILE = IMAGES / "dashboard" / "Dockerfile"
+JOBS_DOCKERFILE = IMAGES / "jobs" / "Dockerfile"
+RUNTIME_LOCK = "requirements-runtime.lock"  # the bento's runtime pins, resolved under requirements.lock
+FEATURE_REPO = ROOT / "feature_repo"  # not a package: `feast apply` imports its files from its own folder
 PROJECT_PACKAGES = {p.parent.name for p in ROOT.glob("*/__init__.py")}
 BENTO_STACK = {"bentoml", "feast", "xgboost", "evidently", "mlflow"}  # mlflow: the server; the client is mlflow-skinny
 
@@ -44,8 +49,8 @@ def pins(dockerfile: Path) -> dict[str, str]:
             if (m := re.fullmatch(r"([A-Za-z0-9_.\-]+)==(\S+)", word)) for name, version in [m.groups()]}
 
 
-def locked() -> dict[str, str]:
-    text = (ROOT / "requirements.lock").read_text()
+def locked(lock: str = "requirements.lock") -> dict[str, str]:
+    text = (ROOT / lock).read_text()
     return {canonicalize_name(m[1]): m[2] for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, re.MULTILINE)}
 
 
@@ -86,25 +91,31 @@ def imported(path: Path, module: str) -> set[str]:
     return names
 
 
-def dashboard_imports() -> tuple[set[str], set[str]]:
-    """The project's modules the dashboard loads (its files and what they import, followed), and the
-    top-level names of the other modules they import, not the standard library's."""
-    files = [p.relative_to(ROOT).with_suffix("").parts for p in (ROOT / "dashboard").rglob("*.py")]
-    todo = [".".join(parts[:-1] if parts[-1] == "__init__" else parts) for parts in files]
-    project, external = set(), set()
+def imports_of(start: list[str], local: dict[str, Path] | None = None) -> tuple[set[str], set[str]]:
+    """The project's modules that loading `start` loads (each file and what it imports, followed),
+    and the top-level names of the other modules they import, not the standard library's. `local`:
+    modules found by file rather than by package (a Feast repository's, on its own sys.path)."""
+    local = local or {}
+    todo, project, external = list(start), set(), set()
     while todo:
         name = todo.pop()
         top = name.split(".")[0]
-        if top in PROJECT_PACKAGES:
-            path = module_file(name)
+        if top in PROJECT_PACKAGES or name in local:
+            path = local.get(name) or module_file(name)
             if path is None or name in project:
                 continue  # `from core.x import CONSTANT`: not a module
             project.add(name)
             parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
             todo += parents + sorted(imported(path, name))
-        elif top not in sys.stdlib_module_names:
+        elif top not in sys.stdlib_module_names and top not in local:
             external.add(top)
     return project, external
+
+
+def dashboard_imports() -> tuple[set[str], set[str]]:
+    """The project's modules the dashboard loads and the other libraries they import."""
+    files = [p.relative_to(ROOT).with_suffix("").parts for p in (ROOT / "dashboard").rglob("*.py")]
+    return imports_of([".".join(parts[:-1] if parts[-1] == "__init__" else parts) for parts in files])
 
 
 def test_every_image_pins_what_it_installs_as_the_lock_does():
@@ -164,3 +175,96 @@ def test_the_dashboard_image_runs_as_its_manifest_runs_it():
     assert json.loads(cmd) == container["command"]  # `docker run` starts it as the cluster does
     [env] = arguments(DASHBOARD_DOCKERFILE, "ENV")
     assert dict(pair.split("=", 1) for pair in env.split()) == {"PYTHONPATH": container["workingDir"], "HOME": "/tmp"}
+
+
+# --- the jobs' image ------------------------------------------------------------------------------
+
+def jobs_imports() -> tuple[set[str], set[str]]:
+    """The project's packages the CronJobs' commands load (`python -m <module>`: its __main__ and
+    what it imports, followed), and the other libraries they and the Feast definitions import."""
+    modules = {module for cronjob in cronjobs(render("dev")) for container in job_pod_spec(cronjob)["containers"]
+               for module, _ in invocations(container)}
+    local = {path.stem: path for path in FEATURE_REPO.glob("*.py")}
+    project, external = imports_of([f"{module}.__main__" for module in sorted(modules)] + sorted(local), local)
+    return {name.split(".")[0] for name in project if name not in local}, external
+
+
+def declared_extras() -> dict[str, Requirement]:
+    """pyproject.toml's optional dependencies, by name."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return {canonicalize_name(r.name): r for lines in extras.values() for r in map(Requirement, lines)}
+
+
+def copied(dockerfile: Path) -> set[str]:
+    """What the COPY instructions take from the build context: every source, not the destination."""
+    return {source.rstrip("/") for args in arguments(dockerfile, "COPY") for source in args.split()[:-1]}
+
+
+def test_the_jobs_image_installs_the_bentos_runtime_pins_and_optuna_held_to_the_lock():
+    [install] = pip_installs(JOBS_DOCKERFILE)
+    assert install[install.index("-c") + 1] == "requirements.lock"  # every dependency at its locked version too
+    assert install[install.index("-r") + 1] == RUNTIME_LOCK
+    assert {"requirements.lock", RUNTIME_LOCK} <= copied(JOBS_DOCKERFILE)
+    lock, runtime = locked(), locked(RUNTIME_LOCK)
+    assert len(runtime) > 100 and {name: lock.get(name) for name in runtime} == runtime  # the bento's pins are the lock's
+    extra = pins(JOBS_DOCKERFILE)
+    assert "optuna" in extra and "optuna" not in runtime  # rollout/retrain.py's search; not in the bento
+    declared = declared_extras()
+    for name, version in extra.items():
+        if name in lock:
+            assert lock[name] == version, (name, version, lock[name])
+        else:  # not locked yet (`make lock` adds the training extra): what pyproject.toml allows
+            assert name in declared and declared[name].specifier.contains(version), (name, version)
+
+
+def test_the_jobs_image_holds_every_library_the_jobs_import():
+    _, external = jobs_imports()
+    assert {"feast", "evidently", "xgboost", "mlflow", "optuna", "sklearn"} <= external  # lazy imports followed too
+    installed = set(locked(RUNTIME_LOCK)) | set(pins(JOBS_DOCKERFILE))
+    distributions = importlib.metadata.packages_distributions()
+    missing = {top: distributions.get(top, [top]) for top in external
+               if not {canonicalize_name(d) for d in distributions.get(top, [top])} & installed}
+    assert not missing, missing
+
+
+def test_the_jobs_image_copies_every_package_the_jobs_commands_import_and_no_other():
+    from core import settings
+
+    packages, _ = jobs_imports()
+    assert packages == {"bentos", "core", "monitoring", "rollout", "training"}  # rollout loads versions by bentos.loading
+    # the Feast definitions, where core/settings.py looks for them: beside core/
+    assert settings.Settings.model_fields["feature_repo"].default == settings.REPO_ROOT / FEATURE_REPO.name
+    assert copied(JOBS_DOCKERFILE) == packages | {FEATURE_REPO.name, "requirements.lock", RUNTIME_LOCK}
+    [compiled] = [args.split() for args in arguments(JOBS_DOCKERFILE, "RUN") if "compileall" in args]
+    assert set(compiled[compiled.index("-q") + 1:]) == packages | {FEATURE_REPO.name}  # the root is read-only
+    ignore = [line for line in (JOBS_DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+              if line and not line.startswith("#")]
+    assert ignore[0] == "*" and {line[1:] for line in ignore if line.startswith("!")} == copied(JOBS_DOCKERFILE)
+
+
+def test_the_jobs_image_runs_as_its_cronjobs_run_it():
+    objects = render("dev")
+    [workdir] = arguments(JOBS_DOCKERFILE, "WORKDIR")
+    [user] = arguments(JOBS_DOCKERFILE, "USER")
+    assert not arguments(JOBS_DOCKERFILE, "ENTRYPOINT")  # each CronJob's command is what runs
+    [env] = arguments(JOBS_DOCKERFILE, "ENV")
+    assert dict(pair.split("=", 1) for pair in env.split()) == {"PYTHONPATH": workdir, "HOME": "/tmp",
+                                                                "PYTHONDONTWRITEBYTECODE": "1"}
+    for cronjob in cronjobs(objects):
+        spec = job_pod_spec(cronjob)
+        pod = spec["securityContext"]
+        assert user == str(pod["runAsUser"]), cronjob["metadata"]["name"]
+        assert any(f"--uid {pod['runAsUser']} --gid {pod['runAsGroup']}" in args for args in arguments(JOBS_DOCKERFILE, "RUN"))
+        for container in spec["containers"]:
+            assert container["workingDir"] == workdir and container["command"], container["name"]
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")  # HOME, writable
+            assert "emptyDir" in next(v for v in spec["volumes"] if v["name"] == tmp["name"])
+
+
+def test_every_image_of_k8s_has_a_make_target_that_builds_it():
+    makefile = (ROOT / "Makefile").read_text()
+    for dockerfile in sorted(IMAGES.glob("*/Dockerfile")):
+        folder = dockerfile.parent.relative_to(ROOT)
+        assert re.search(rf"^\tdocker build -t \$\(\w+_IMAGE\) (-f {dockerfile.relative_to(ROOT)} \.|{folder})$",
+                         makefile, re.MULTILINE), folder

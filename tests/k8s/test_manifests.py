@@ -2,14 +2,21 @@
 the Kubernetes API of the version we support, and the pods are what we promise — probed on the
 service's real routes, sized, hardened, pinned, given their credentials as read-only files, and
 scaled on a metric the service exports; the dashboard reaches the services it is pointed at and,
-by the NetworkPolicies, nothing else."""
+by the NetworkPolicies, nothing else; every scheduled job runs a command the project's CLIs have,
+in the jobs image, and the retraining cycles ask a Service of their family's pods, which they
+may reach, at times that never overlap."""
 
 import copy
+import importlib
+import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
+from collections import defaultdict
 from pathlib import Path, PurePosixPath
 from unittest import mock
 from urllib.parse import urlsplit
@@ -654,7 +661,259 @@ def test_the_reachability_check_can_fail():
 
 def test_each_image_the_project_builds_is_the_one_its_overlays_run():
     built = dict(re.findall(r"^(\w*IMAGE) \?= (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE))
-    assert set(built) == {"IMAGE", "MLFLOW_IMAGE", "DASHBOARD_IMAGE"}
+    assert set(built) == {"IMAGE", "MLFLOW_IMAGE", "DASHBOARD_IMAGE", "JOBS_IMAGE"}
     assert set(built.values()) <= {c["image"].split("@")[0] for c in containers(render("prod"))}  # tag, then digest
     repositories = {image.rsplit(":", 1)[0] for image in built.values()}
     assert repositories <= {c["image"].rsplit(":", 1)[0] for c in containers(render("dev"))}
+
+
+# --- the scheduled jobs: their image, their commands, the retraining cycles -----------------------
+
+JOBS_IMAGE = "fintech-jobs"  # k8s/images/jobs: the image of every CronJob
+SHELL_SEPARATORS = {";", "&&", "||", "|", "&"}
+SHELL_KEYWORDS = {"do", "then", "else", "!", "{"}
+WEEK = 7 * 24 * 60  # minutes
+
+
+def cronjobs(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if o["kind"] == "CronJob"]
+
+
+def job_pod_spec(cronjob: dict) -> dict:
+    return cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def invocations(container: dict) -> list[tuple[str, list[str]]]:
+    """Each `python -m <module> <args>` the container runs, as (module, args): its command, or each
+    simple command of the script a `sh -c` command runs (split at ; && || | &, keywords dropped)."""
+    words = container.get("command", []) + container.get("args", [])
+    commands = [words]
+    if words[:2] == ["sh", "-c"]:
+        lexer = shlex.shlex(words[2], posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        commands = [[]]
+        for token in lexer:
+            if token in SHELL_SEPARATORS:
+                commands.append([])
+            else:
+                commands[-1].append(token)
+    found = []
+    for command in commands:
+        while command and command[0] in SHELL_KEYWORDS:
+            command = command[1:]
+        if command[:2] == ["python", "-m"]:
+            found.append((command[2], command[3:]))
+    return found
+
+
+def cli(module: str):
+    """The click command `python -m <module>` runs: the Typer app its __main__ starts."""
+    import typer
+
+    assert f"from {module}.cli import app" in (ROOT / module / "__main__.py").read_text(), module
+    return typer.main.get_command(importlib.import_module(f"{module}.cli").app)
+
+
+def parsed(module: str, args: list[str]) -> tuple[str, dict]:
+    """The subcommand `args` names and its parameters, as the CLI parses them: an unknown command,
+    option or value fails here as it would in the pod (a shell variable is taken as its name)."""
+    group = cli(module)
+    name, *rest = args
+    assert name in group.commands, f"python -m {module} has no command {name}: {sorted(group.commands)}"
+    return name, group.commands[name].make_context(name, rest).params
+
+
+def cycles(objects: list[dict]) -> list[tuple[dict, dict, str, dict]]:
+    """(CronJob, container, rollout command, its parameters) of every job that runs a rollout command."""
+    return [(cronjob, container, *parsed(module, args)) for cronjob in cronjobs(objects)
+            for container in job_pod_spec(cronjob)["containers"]
+            for module, args in invocations(container) if module == "rollout"]
+
+
+def container_env(objects: list[dict], container: dict) -> dict[str, str]:
+    """The environment a container starts with: its ConfigMaps' data, then its own variables."""
+    env = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env |= named(objects, "ConfigMap", source["configMapRef"]["name"])["data"]
+    return env | env_of(container)
+
+
+def cron_field(text: str, low: int, high: int) -> set[int]:
+    values = set()
+    for part in text.split(","):
+        base, _, step = part.partition("/")
+        if base == "*":
+            first, last = low, high
+        else:
+            first, _, last = base.partition("-")
+            first = int(first)
+            last = int(last) if last else (high if step else first)
+        values |= set(range(first, last + 1, int(step or 1)))
+    return values
+
+
+def starts(schedule: str) -> list[int]:
+    """The minutes of the week (from Sunday 00:00) at which a schedule starts a Job."""
+    minute, hour, day, month, weekday = schedule.split()
+    assert day == "*" and month == "*", schedule  # weekly patterns only: every week alike
+    return sorted(d % 7 * 1440 + h * 60 + m for d in cron_field(weekday, 0, 7)
+                  for h in cron_field(hour, 0, 23) for m in cron_field(minute, 0, 59))
+
+
+def windows(cronjob: dict) -> list[tuple[int, int]]:
+    """When its Jobs may run: from each start to its deadline, in minutes of the week."""
+    deadline = cronjob["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] / 60
+    return [(start, start + deadline) for start in starts(cronjob["spec"]["schedule"])]
+
+
+def overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return any(a[0] < b[1] + shift and b[0] + shift < a[1] for shift in (-WEEK, 0, WEEK))
+
+
+def test_the_command_checks_can_fail():
+    with pytest.raises(Exception, match="No such option: --trigger"):
+        parsed("rollout", ["retrain-if-drifted", "churn", "--trigger", "drift"])  # it has no --trigger
+    with pytest.raises(AssertionError, match="no command retrain-segment"):
+        parsed("rollout", ["retrain-segment"])
+    shell = {"command": ["sh", "-c", "x=1; for m in a b; do python -m rollout status $m || x=2; done; exit $x"]}
+    assert invocations(shell) == [("rollout", ["status", "$m"])]
+    assert starts("30 4 * * 1-6") == [d * 1440 + 270 for d in range(1, 7)] and starts("0 5 * * 7") == [300]
+    assert overlap((WEEK - 60, WEEK + 60), (30, 90)) and not overlap((0, 60), (60, 120))
+
+
+def test_every_cronjob_runs_the_jobs_image_and_commands_its_clis_have(objects):
+    for cronjob in cronjobs(objects):
+        for container in job_pod_spec(cronjob)["containers"]:
+            image = container["image"].split("@")[0].rsplit(":", 1)[0]
+            assert image.endswith(f"/{JOBS_IMAGE}"), (cronjob["metadata"]["name"], container["image"])
+            assert container["workingDir"] == "/app", cronjob["metadata"]["name"]  # the image's WORKDIR, PYTHONPATH
+            assert invocations(container), cronjob["metadata"]["name"]
+            for module, args in invocations(container):
+                parsed(module, args)
+
+
+def test_the_jobs_commands_are_entry_points_that_answer_from_the_repository_root():
+    commands = {(module, args[0]) for overlay in OVERLAYS for cronjob in cronjobs(render(overlay))
+                for container in job_pod_spec(cronjob)["containers"] for module, args in invocations(container)}
+    assert {("rollout", "retrain"), ("rollout", "retrain-if-drifted")} <= commands
+    for module, command in sorted(commands):
+        done = subprocess.run([sys.executable, "-m", module, command, "--help"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, (module, command, done.stdout[-1000:] + done.stderr[-2000:])
+        assert f"python -m {module} {command}" in done.stdout, done.stdout[:500]  # its own usage line
+
+
+def test_the_cycles_run_weekly_and_on_drift_for_the_families_with_labels_and_no_other(objects):
+    from rollout.retrain import SUPERVISED_FAMILIES
+
+    assert set(SUPERVISED_FAMILIES) == set(FAMILIES) - {"segment"}  # segment has no labels
+    found = cycles(objects)
+    assert sorted((command, params["family"]) for _, _, command, params in found) == sorted(
+        (command, family) for command in ("retrain", "retrain-if-drifted") for family in SUPERVISED_FAMILIES)
+    for cronjob, _, command, params in found:
+        name, family = cronjob["metadata"]["name"], params["family"]
+        assert len(job_pod_spec(cronjob)["containers"]) == 1, name  # one cycle per pod
+        assert params["dry_run"] is False, name
+        if command == "retrain":
+            assert name == f"fintech-retrain-{family}" and params["trigger"] == "schedule", name
+        else:
+            assert name == f"fintech-retrain-on-drift-{family}", name
+    assert not [c for c in cronjobs(objects) if "segment" in c["metadata"]["name"]]
+
+
+def test_the_drift_job_still_reports_on_every_family_and_fails_above_a_tenth(objects):
+    [container] = job_pod_spec(named(objects, "CronJob", "fintech-drift-report"))["containers"]
+    [(module, args)] = invocations(container)
+    command, params = parsed(module, args)
+    assert (module, command, params["model"], params["fail_above"]) == ("monitoring", "drift-report", "$model", 0.1)
+    script = container["command"][2]
+    assert re.search(r"for model in ([a-z ]+);", script)[1].split() == list(FAMILIES)
+    assert "|| status=1" in script and script.endswith("exit $status")  # every report written, then the verdict
+
+
+def test_each_cycle_asks_a_service_whose_pods_serve_its_family_on_a_port_it_exposes(objects):
+    for cronjob, _, _, params in cycles(objects):
+        url, family = params["service_url"], params["family"]
+        assert url, cronjob["metadata"]["name"]  # not the CLI's default, 127.0.0.1:3000
+        for pod, port in backends(objects, url):  # the Service, its port, pods listening on its target
+            assert family in families_served(pod), (cronjob["metadata"]["name"], url, pod["name"])
+
+
+def test_in_prod_each_cycle_asks_its_familys_own_service():
+    objects = render("prod")
+    for cronjob, _, _, params in cycles(objects):
+        url, family = params["service_url"], params["family"]
+        assert url == f"http://fintech-serving-{family}:80", cronjob["metadata"]["name"]
+        assert {frozenset(families_served(pod)) for pod, _ in backends(objects, url)} == {frozenset({family})}
+
+
+def test_the_cycles_reach_the_pods_they_ask_and_the_registry_and_nothing_else(objects):
+    serving = {(d["metadata"]["name"], 3000) for d in serving_deployments(objects)}
+    for cronjob, container, _, params in cycles(objects):
+        [pod] = [p for p in pods(objects) if p["name"] == cronjob["metadata"]["name"]]
+        tracking_uri = container_env(objects, container)["MLFLOW_TRACKING_URI"]
+        for url in (params["service_url"], tracking_uri):
+            for backend, port in backends(objects, url):
+                assert connects(objects, pod, backend, port), (pod["name"], url, backend["name"], port)
+        reached = {(other["name"], p["containerPort"]) for other in pods(objects) if other is not pod
+                   for c in other["containers"] for p in c.get("ports", []) if connects(objects, pod, other, p["containerPort"])}
+        assert reached == serving | {("fintech-mlflow", 5000)}, pod["name"]
+
+
+def test_the_features_and_drift_jobs_may_not_reach_the_service(objects):
+    cycle_jobs = {cronjob["metadata"]["name"] for cronjob, *_ in cycles(objects)}
+    others = [p for p in pods(objects) if p["name"] in {c["metadata"]["name"] for c in cronjobs(objects)} - cycle_jobs]
+    assert {p["name"] for p in others} == {"fintech-features", "fintech-drift-report"}
+    for job in others:
+        assert "fintech-serving/client" not in job["labels"], job["name"]
+        for deployment in serving_deployments(objects):
+            [serving] = [p for p in pods(objects) if p["name"] == deployment["metadata"]["name"]]
+            assert not connects(objects, job, serving, 3000), (job["name"], serving["name"])
+
+
+def test_a_cycle_has_the_time_its_search_and_evidence_need_is_not_retried_and_may_end_its_canary(objects):
+    from rollout.retrain import RetrainSettings
+
+    for cronjob, container, _, _ in cycles(objects):
+        name, job = cronjob["metadata"]["name"], cronjob["spec"]["jobTemplate"]["spec"]
+        with mock.patch.dict(os.environ, container_env(objects, container), clear=True):
+            retrain = RetrainSettings()
+        assert cronjob["spec"]["concurrencyPolicy"] == "Forbid", name
+        assert job["backoffLimit"] == 0 and job["template"]["spec"]["restartPolicy"] == "Never", name  # its own recovery
+        # the search, the longest wait for evidence, and an hour for the rest (training set, fit, guard, gates)
+        assert job["activeDeadlineSeconds"] >= (retrain.budget_min + retrain.evidence_timeout_min + 60) * 60, name
+        assert job["template"]["spec"]["terminationGracePeriodSeconds"] >= 60, name  # SIGTERM ends the canary
+
+
+def test_a_cycle_writes_to_the_data_volume_the_service_and_the_other_jobs_use(objects):
+    serving = serving_deployments(objects)[0]["spec"]["template"]["spec"]
+    [serving_data] = [v for v in serving["volumes"] if v["name"] == "data"]
+    for cronjob, container, _, _ in cycles(objects):
+        spec = job_pod_spec(cronjob)
+        data_dir = container_env(objects, container)["DATA_DIR"]
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == data_dir]
+        assert not mount.get("readOnly") and "subPath" not in mount, mount  # model cache, reports, audit log
+        [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert volume["persistentVolumeClaim"] == serving_data["persistentVolumeClaim"], cronjob["metadata"]["name"]
+        [tmp] = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]  # HOME: the root is read-only
+        assert "emptyDir" in next(v for v in spec["volumes"] if v["name"] == tmp["name"])
+
+
+def test_no_two_cycles_of_a_family_overlap_and_each_starts_after_the_features_and_reports_it_reads(objects):
+    by_family = defaultdict(list)
+    for cronjob, _, command, params in cycles(objects):
+        by_family[params["family"]] += [(cronjob["metadata"]["name"], run) for run in windows(cronjob)]
+    assert set(by_family) == {"churn", "fraud"}
+    for family, family_runs in by_family.items():
+        for (a, run_a), (b, run_b) in itertools.combinations(family_runs, 2):
+            assert not overlap(run_a, run_b), (family, a, run_a, b, run_b)  # the second would find the lock taken
+    features = windows(named(objects, "CronJob", "fintech-features"))
+    drift = named(objects, "CronJob", "fintech-drift-report")
+    drift_deadline = drift["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] / 60
+    for cronjob, _, command, _ in cycles(objects):
+        for run in windows(cronjob):
+            assert not [f for f in features if overlap(run, f)], cronjob["metadata"]["name"]  # not while features are rewritten
+            if command == "retrain-if-drifted":  # the report of the day, finished
+                since_report = min((run[0] - start) % WEEK for start in starts(drift["spec"]["schedule"]))
+                assert drift_deadline <= since_report < 24 * 60, (cronjob["metadata"]["name"], run)
