@@ -32,9 +32,9 @@ class Visit:
 
 def _settle(page) -> None:
     """Wait until the script run has finished: Streamlit shows its status widget while it runs."""
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(300)
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
-    page.wait_for_timeout(1_000)  # charts draw after the run
+    page.wait_for_timeout(500)  # charts draw after the run
 
 
 def _act(page, name: str, customer_id: str) -> None:
@@ -56,7 +56,7 @@ def _fit_to_content(page) -> None:
             return
         height = min(content, 8_000)
         page.set_viewport_size({"width": 1400, "height": height})
-        page.wait_for_timeout(1_000)
+        page.wait_for_timeout(500)
 
 
 def visit_pages(url: str, out: Path, customer_id: str) -> list[Visit]:

@@ -37,6 +37,18 @@ GATES = GateSettings(min_predictions=300, max_p99_ratio=3.0)
 BETTER_GATES = GateSettings(min_predictions=300, max_p99_ratio=3.0, max_score_psi=1.0)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tracking_uri_kept():
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in this process's environment: left at
+    this module's copy, the next modules' servers would inherit it and serve from the copy."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="module")
 def own(settings, built, tmp_path_factory):
     """The session's data folder copied (features, Feast stores, registry): this module's alone."""
@@ -116,8 +128,8 @@ def test_a_better_candidate_goes_all_the_way_to_champion_without_a_failed_reques
     assert report["decision"] == "promote"
     # the service shows the cycle's outcome from the registry at its next poll
     status = lambda: httpx.get(f"{server}/models/status", headers=headers, timeout=10).json()["churn"]["retrain_cycle"]  # noqa: E731
-    wait_for(lambda: (status() or {}).get("id") == cycle["id"], "the cycle in /models/status", timeout_s=30)
-    assert status()["outcome"] == "promoted" and status()["candidate"] == cycle["candidate"]
+    wait_for(lambda: (status() or {}).get("outcome") == "promoted", "the cycle's outcome in /models/status", timeout_s=30)
+    assert status()["id"] == cycle["id"] and status()["candidate"] == cycle["candidate"]
 
 
 def retrain_cli(settings, url: str, *args: str, **env: str) -> subprocess.Popen:

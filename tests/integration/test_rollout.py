@@ -81,7 +81,8 @@ def promotion(server, settings, customers, key):
     before = read_plan("churn", settings.tracking_uri).champion
     good = register_churn(settings)
     start_canary(settings, "churn", good, share=50, shadow=True)
-    assert reload(url, key)["churn"]["changed"] is True
+    answer = reload(url, key)
+    assert answer["churn"]["changed"] is True, answer
     with LoadClient(url, customers, headers=key) as load:
         wait_for(lambda: challenger_predictions(url, before, good) >= GATES.min_predictions, "the canary's evidence")
         promoted_at = time.monotonic()
