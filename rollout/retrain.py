@@ -240,6 +240,7 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
     from rollout import cli
     from training import models, pipeline, registry, store
 
+    cli._check(family)  # an unknown family is named as such
     if family not in SUPERVISED_FAMILIES:
         raise cli.RolloutError(f"{family} has no labels to train against or to judge a candidate on: retrain it with "
                                f"`make train` and roll it out with `make canary MODEL={family}`")
