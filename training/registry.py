@@ -11,6 +11,7 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass
+from importlib.metadata import version as installed
 from pathlib import Path
 
 import mlflow
@@ -24,6 +25,13 @@ from training.models import TrainedModel
 log = logging.getLogger(__name__)
 EXPERIMENT = "fintech-models"
 REFERENCE_ROWS = 10_000
+
+
+def pip_requirements(*libraries: str) -> list[str]:
+    """What loading the model needs, pinned to this environment. Given explicitly, MLflow skips
+    inferring them, which loads the model in a subprocess: 5.6 s per XGBoost model and 9.4 s per
+    scikit-learn one here, against 0.1 s."""
+    return [f"{name}=={installed(name)}" for name in ("mlflow", "numpy", "pandas", *libraries)]
 
 
 @dataclass
@@ -75,11 +83,13 @@ def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, featur
         if trained.name == "segment":
             signature = infer_signature(example, trained.model.predict(example))
             info = mlflow.sklearn.log_model(trained.model, name="model", signature=signature, input_example=example,
-                                            registered_model_name=trained.name, metadata=metadata)
+                                            registered_model_name=trained.name, metadata=metadata,
+                                            pip_requirements=pip_requirements("scikit-learn"))
         else:
             signature = infer_signature(example, trained.model.predict_proba(example)[:, 1])
             info = mlflow.xgboost.log_model(trained.model, name="model", signature=signature, input_example=example,
-                                            registered_model_name=trained.name, metadata=metadata, model_format="ubj")
+                                            registered_model_name=trained.name, metadata=metadata, model_format="ubj",
+                                            pip_requirements=pip_requirements("xgboost", "scikit-learn"))
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "model_metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
             for artifact_name, table in trained.artifacts.items():

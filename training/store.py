@@ -27,13 +27,15 @@ class FeatureStoreError(RuntimeError):
 
 
 def apply(settings: Settings) -> None:
-    """`feast apply` the definitions, exactly as a user would run it in feature_repo/."""
+    """`feast apply` the definitions, exactly as a user would run it in feature_repo/, under
+    `python -O` as the service imports Feast: typeguard then leaves Feast's classes undecorated
+    instead of re-parsing their modules, and the command took 4.5 s instead of 10.2 s here."""
     (settings.data_dir / "feast").mkdir(parents=True, exist_ok=True)
     feast = Path(sys.executable).with_name("feast")
     done = subprocess.run(
         [str(feast), "--feature-store-yaml", str(yaml_path(settings).resolve()), "apply"],
         cwd=settings.feature_repo,
-        env={**os.environ, **store_environment(settings)},
+        env={**os.environ, **store_environment(settings), "PYTHONOPTIMIZE": "1"},
         capture_output=True,
         text=True,
     )

@@ -373,12 +373,13 @@ def register_churn_copy(settings, champion, name: str, booster=None, **metadata)
     """A new churn version: the champion's booster (or `booster`) with its metadata changed by `metadata`."""
     import mlflow.xgboost
 
-    from training.registry import use_experiment
+    from training.registry import pip_requirements, use_experiment
 
     use_experiment("fintech-broken-versions", settings.tracking_uri, settings.artifact_root)
     with mlflow.start_run(run_name=name):
         info = mlflow.xgboost.log_model(booster or champion.model, name="model", registered_model_name="churn",
-                                        metadata={**champion.metadata, **metadata}, model_format="ubj")
+                                        metadata={**champion.metadata, **metadata}, model_format="ubj",
+                                        pip_requirements=pip_requirements("xgboost"))
     return str(info.registered_model_version)
 
 
