@@ -11,14 +11,16 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pandas as pd
 import pytest
 
 from core.settings import get_settings
-from loadtests.servers import ServerDidNotStart, free_port, start
+from loadtests.servers import ServerDidNotStart, free_port, start, stop
 from training.pipeline import build_features, make_data, train_all
 
 PUSHED_CUSTOMER_SEED = 99  # the push test writes to this customer: the others read untouched values
@@ -172,6 +174,24 @@ class MlflowServer:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class SharedServer:
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def shared_server(settings, served_models, tmp_path_factory):
+    """One `bentoml serve` (SQLite, AUTH_MODE=off, following the registry every 5 s) for the modules
+    that only send it requests: the routes (test_serving), hostile input (test_fuzz) and the soak.
+    A server takes about 18 s to start here; the modules that change how it runs start their own."""
+    tmp_path = tmp_path_factory.mktemp("shared-serve")
+    process, url = start_server(settings, tmp_path, ONLINE_STORE="sqlite", SERVING_REGISTRY_POLL_S="5")
+    yield SharedServer(process, url, tmp_path / f"serve-{urlparse(url).port}.log")
+    stop(process)
 
 
 @pytest.fixture(scope="session")

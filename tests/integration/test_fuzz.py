@@ -22,8 +22,7 @@ from schemathesis import engine
 from schemathesis.engine import Status, events
 
 from core.feature_sets import CHURN_FEATURES
-from loadtests.servers import stop
-from tests.integration.conftest import latest_rows, start_server
+from tests.integration.conftest import latest_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 API = "/api/v1/inference"
@@ -48,12 +47,9 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(settings, served_models, table, tmp_path_factory):
-    """One server (AUTH_MODE=off: hostile credentials are test_auth.py's)."""
-    tmp_path = tmp_path_factory.mktemp("fuzz")
-    process, url = start_server(settings, tmp_path, SERVING_REGISTRY_POLL_S="0")
-    yield Served(url, tmp_path / f"serve-{urlparse(url).port}.log", list(latest_rows(table, 5).index))
-    stop(process)
+def served(shared_server, table):
+    """The session's shared server (AUTH_MODE=off: hostile credentials are test_auth.py's)."""
+    return Served(shared_server.url, shared_server.log, list(latest_rows(table, 5).index))
 
 
 def assert_still_serving(served: Served) -> None:

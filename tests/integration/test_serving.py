@@ -23,10 +23,8 @@ POD_HASH = "podhash1"
 
 
 @pytest.fixture(scope="module")
-def sqlite_url(settings, served_models, tmp_path_factory):
-    process, url = start_server(settings, tmp_path_factory.mktemp("serve"), ONLINE_STORE="sqlite")
-    yield url
-    stop(process)
+def sqlite_url(shared_server):
+    return shared_server.url
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""A soak: a real `bentoml serve` at 70% of the throughput it saturates at, for SOAK_SECONDS (60 in
-`make test`, 600 in `make soak`). No request may fail, and after the warm-up its workers may not
+"""A soak: a real `bentoml serve` (the session's shared server, which has served the other modules'
+requests before) at 70% of the throughput it saturates at, for SOAK_SECONDS (30 in `make test`, 600
+in `make soak`). No request may fail, and after the warm-up its workers may not
 grow: resident memory by under 5%, open file descriptors and threads not at all over the second
 half of the run."""
 
@@ -16,8 +17,7 @@ from urllib.parse import urlparse
 import pytest
 
 from loadtests.bench_serving import WRK_SCRIPT, wrk
-from loadtests.servers import stop
-from tests.integration.conftest import latest_rows, start_server
+from tests.integration.conftest import latest_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCORE = "/api/v1/inference/churn-score"
@@ -47,43 +47,39 @@ def paced(script: str, delay_ms: float) -> str:
     return script + f"\ndelay = function()\n  return {delay_ms:.3f}\nend\n"
 
 
-def test_a_soak_at_70_percent_of_saturation_fails_nothing_and_grows_nothing(settings, served_models, table, tmp_path):
+def test_a_soak_at_70_percent_of_saturation_fails_nothing_and_grows_nothing(shared_server, table, tmp_path):
     if shutil.which("wrk") is None:
         pytest.fail("wrk is not installed (Debian: apt-get install wrk); the soak drives the service with it")
-    seconds = int(os.environ.get("SOAK_SECONDS", "60"))
+    seconds = int(os.environ.get("SOAK_SECONDS", "30"))
     ids = ",".join(f'"{c}"' for c in latest_rows(table, 500).index)
     script = WRK_SCRIPT % (ids, '{"customer_id":"', '"}')
-    process, url = start_server(settings, tmp_path, SERVING_REGISTRY_POLL_S="5")
-    port = urlparse(url).port
+    process, port = shared_server.process, urlparse(shared_server.url).port
     (tmp_path / "full.lua").write_text(script)
-    try:
-        saturation = wrk(port, tmp_path / "full.lua", 5, CONNECTIONS, SCORE)["requests_per_s"]
-        # each connection's pause for the target rate, corrected by two short trials at it (one
-        # left the soak at 50% of saturation once, on a busy machine)
-        target = SHARE_OF_SATURATION * saturation
-        delay_ms = 1000 * CONNECTIONS / target
-        for _ in range(2):
-            (tmp_path / "paced.lua").write_text(paced(script, delay_ms))
-            trial = wrk(port, tmp_path / "paced.lua", 5, CONNECTIONS, SCORE)["requests_per_s"]
-            delay_ms = max(0.0, delay_ms + 1000 * CONNECTIONS * (1 / target - 1 / trial))
+    saturation = wrk(port, tmp_path / "full.lua", 5, CONNECTIONS, SCORE)["requests_per_s"]
+    # each connection's pause for the target rate, corrected by two short trials at it (one
+    # left the soak at 50% of saturation once, on a busy machine)
+    target = SHARE_OF_SATURATION * saturation
+    delay_ms = 1000 * CONNECTIONS / target
+    for _ in range(2):
         (tmp_path / "paced.lua").write_text(paced(script, delay_ms))
+        trial = wrk(port, tmp_path / "paced.lua", 5, CONNECTIONS, SCORE)["requests_per_s"]
+        delay_ms = max(0.0, delay_ms + 1000 * CONNECTIONS * (1 / target - 1 / trial))
+    (tmp_path / "paced.lua").write_text(paced(script, delay_ms))
 
-        samples: list[Sample] = []
-        started, done = time.monotonic(), threading.Event()
+    samples: list[Sample] = []
+    started, done = time.monotonic(), threading.Event()
 
-        def watch() -> None:
-            while not done.wait(min(5.0, seconds / 20)):
-                samples.append(sample_workers(process, started))
+    def watch() -> None:
+        while not done.wait(min(5.0, seconds / 20)):
+            samples.append(sample_workers(process, started))
 
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
-            soak = wrk(port, tmp_path / "paced.lua", seconds, CONNECTIONS, SCORE)
-        finally:
-            done.set()
-            watcher.join()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        soak = wrk(port, tmp_path / "paced.lua", seconds, CONNECTIONS, SCORE)
     finally:
-        stop(process)
+        done.set()
+        watcher.join()
 
     assert soak["non_2xx"] == 0 and soak["socket_errors"] == 0
     assert 0.5 * saturation <= soak["requests_per_s"] <= 0.9 * saturation  # the load was what it claims
