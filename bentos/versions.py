@@ -107,7 +107,9 @@ class Versions:
                      self.error_since.isoformat(timespec="seconds"))
         self.last_error, self.error_since, self.failures, self.asked = None, None, 0, plan
         wanted = [version for version in (plan.champion, plan.challenger) if version]
-        if plan == self.live.plan or any(version in self.refused for version in wanted):
+        if refused := {version: self.refused[version] for version in wanted if version in self.refused}:
+            return {**self.live.describe(), "changed": False, "refused": refused}
+        if plan == self.live.plan:
             return {**self.live.describe(), "changed": False}
         try:
             live = self._assemble(plan, {version: self.live.loaded.get(version) or self._download(version) for version in wanted})

@@ -322,7 +322,11 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
         stage("canary", share=retrain.share, shadow=True)
         cli.start_canary(settings, family, registered.version, retrain.share, True)
         cycle.canary_started = True
-        service.reload(f"retrain {family} {cycle.id}: canary of {registered.version}")
+        answer = service.reload(f"retrain {family} {cycle.id}: canary of {registered.version}")
+        if why := refused_by_service(answer, family, registered.version):  # no evidence will come: do not wait for it
+            end_canary(client, family, cycle)
+            service.reload(f"retrain {family} {cycle.id}: the service refused {registered.version}")
+            return finish(client, cycle, "refused", f"the service refused version {registered.version}: {why}", parent)
 
         stage("evidence", needed=gates.min_predictions)
         got = wait_for_evidence(family, cycle.champion, registered.version, gates.min_predictions, service.metrics,
@@ -364,6 +368,14 @@ def guard_quality(settings: Settings, family: str, champion: str, candidate: str
     versions = {role: from_registry(family, version, settings.tracking_uri, cache)
                 for role, version in ((CHAMPION, champion), (CHALLENGER, candidate))}
     return compare(labelled_window(family, settings), versions)
+
+
+def refused_by_service(answer, family: str, version: str) -> str | None:
+    """Why the service's answer to a reload says it will not serve `version` (its load checks:
+    bentos/family.py `checked_scorer`), or None. An answer that is a string did not reach the service."""
+    if not isinstance(answer, dict):
+        return None
+    return (answer.get(family) or {}).get("refused", {}).get(str(version))
 
 
 def end_canary(client, family: str, cycle: Cycle) -> None:

@@ -165,3 +165,65 @@ def test_a_cycle_stopped_midway_leaves_the_champion_serving_and_no_challenger(ow
     assert LOCK_TAG not in client.get_registered_model("churn").tags
     assert CHALLENGER not in client.get_registered_model("churn").aliases
     assert audit.read(own.audit_log)[-1]["action"] == "retrain"
+
+
+def badly_calibrated(train):
+    """train_churn as it would be with a Platt fit gone wrong: the booster ranks as well as ever
+    (the guard's PR-AUC sees the booster alone), but every calibrated probability is NaN."""
+    def trained(*args, **kwargs):
+        model = train(*args, **kwargs)
+        model.metadata["calibration"] = {"method": "platt", "a": float("nan"), "b": float("nan")}
+        return model
+    return trained
+
+
+def test_a_candidate_that_passes_offline_but_the_service_cannot_serve_is_rolled_back_at_once(own, server, weak_champion, table,
+                                                                                             monkeypatch):
+    client = mlflow_client(own.tracking_uri)
+    client.set_registered_model_alias("churn", CHAMPION, weak_champion)
+    monkeypatch.setattr(models, "train_churn", badly_calibrated(models.train_churn))
+    headers = client_headers(own.secrets_dir)
+    service = Service(metrics=lambda: fetch_metrics(server), reload=lambda reason: ask_service_to_reload(server, reason, headers))
+    with LoadClient(server, latest_rows(table, 200).index.tolist(), threads=2, headers=headers) as load:
+        cycle = run_cycle(own, RetrainSettings(budget_min=0.2, max_trials=1, poll_s=1, evidence_timeout_min=3), GATES, "churn",
+                          service)
+    assert [s["stage"] for s in cycle["stages"]][-4:] == ["registered", "guard", "canary", "refused"], cycle["stages"]
+    assert cycle["outcome"] == "refused" and f"the service refused version {cycle['candidate']}" in cycle["reason"]
+    assert "scores [nan" in cycle["reason"]  # the service's own load check, in its words
+    plan = read_plan("churn", own.tracking_uri)
+    assert (plan.champion, plan.challenger) == (weak_champion, None)
+    assert load.failures == [] and {a[2] for a in load.answers} == {weak_champion}
+
+
+def test_a_cycle_killed_outright_is_cleaned_up_by_the_next_one_which_as_a_dry_run_moves_no_alias(own, server, weak_champion):
+    """SIGKILL runs no handler: the canary stays up and the lock stays taken until it expires. The
+    next cycle (a dry run here) ends that canary, counts the dead cycle failed, and moves no alias."""
+    client = mlflow_client(own.tracking_uri)
+    client.set_registered_model_alias("churn", CHAMPION, weak_champion)
+    quick_lock = {"RETRAIN_LOCK_TIMEOUT_MIN": "0.1"}  # 6 s, refreshed at every stage and poll while the cycle lives
+    process = retrain_cli(own, server, **quick_lock)
+
+    def waiting_for_evidence() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"the cycle ended before its canary (exit {process.returncode}): {process.stdout.read()[-2000:]}")
+        return (read_record(client, "churn") or {}).get("stage") == "evidence"
+
+    wait_for(waiting_for_evidence, "the cycle's canary", timeout_s=240)
+    process.kill()
+    process.communicate(timeout=30)
+    dead = read_record(client, "churn")
+    plan = read_plan("churn", own.tracking_uri)
+    assert (plan.champion, plan.challenger) == (weak_champion, dead["candidate"]) and dead["outcome"] is None
+    assert LOCK_TAG in client.get_registered_model("churn").tags  # the dead cycle's: it expires
+    failed_before = plan.cycle_counts["failed"]
+
+    time.sleep(7)
+    dry = retrain_cli(own, server, "--dry-run", **quick_lock)
+    output, _ = dry.communicate(timeout=240)
+    assert dry.returncode == 0, output  # the weak champion is beaten: the dry run stops where the canary would start
+    assert f"cycle {dead['id']} died at stage evidence" in output
+    plan = read_plan("churn", own.tracking_uri)
+    assert (plan.champion, plan.challenger) == (weak_champion, None)  # the dead canary ended; the dry run set none
+    assert plan.cycle_counts["failed"] == failed_before + 1 and plan.cycle["outcome"] == "dry_run"
+    assert client.get_model_version("churn", plan.cycle["candidate"]).aliases == []
+    assert LOCK_TAG not in client.get_registered_model("churn").tags

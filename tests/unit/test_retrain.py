@@ -107,6 +107,14 @@ def test_waiting_for_evidence_returns_once_the_challenger_has_enough_and_gives_u
         retrain.wait_for_evidence("churn", "1", "2", 200, lambda: metrics_text(10), 0.05, 0.01, lambda n: None)
 
 
+def test_the_services_refusal_of_the_candidate_is_read_from_its_reload_answer():
+    refused = {"churn": {"changed": False, "refused": {"7": "churn version 7 scores [nan, nan, nan] on rows of ..."}}}
+    assert retrain.refused_by_service(refused, "churn", "7").startswith("churn version 7 scores [nan")
+    assert retrain.refused_by_service(refused, "churn", "8") is None  # another version's refusal
+    assert retrain.refused_by_service({"churn": {"changed": True}}, "churn", "7") is None
+    assert retrain.refused_by_service("service not reloaded (ConnectError)", "churn", "7") is None  # no answer: wait
+
+
 def test_segment_has_no_labels_to_retrain_against():
     with pytest.raises(cli.RolloutError, match="segment has no labels"):
         retrain.run_cycle(None, retrain.RetrainSettings(), None, "segment", None)
