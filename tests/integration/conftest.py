@@ -64,10 +64,18 @@ def served_models(built, settings):
 def start_server(settings, tmp_path: Path, **env) -> tuple[subprocess.Popen, str]:
     """A real `bentoml serve` of the entry service on a free port, once /ready answers 200. The
     tests of what the service does serve with AUTH_MODE=off, set explicitly as a user would; the
-    authentication and rollout tests pass AUTH_MODE=on (the default of a plain serve)."""
+    authentication and rollout tests pass AUTH_MODE=on (the default of a plain serve).
+
+    Each server has a BentoML home of its own that shares the session's model store: a `bentoml
+    serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts, which would wipe the
+    metrics of a server still running on the same home."""
     env.setdefault("AUTH_MODE", "off")
     env.setdefault("PYTHONOPTIMIZE", "1")  # as `make serve` and the image run it: half the start-up
     port = free_port()
+    home = tmp_path / f"bentoml-{port}"
+    home.mkdir(parents=True)
+    (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+    env.setdefault("BENTOML_HOME", str(home))
     command = [str(Path(sys.executable).with_name("bentoml")), "serve", "bentos.service:FintechAPI",
                "--host", "127.0.0.1", "--port", str(port)]
     try:
