@@ -7,8 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= $(CURDIR)/data
 BENTOML_HOME ?= $(DATA_DIR)/bentoml
+NUMBA_CACHE_DIR ?= $(DATA_DIR)/numba_cache
 PORT ?= 3000
-export DATA_DIR BENTOML_HOME
+export DATA_DIR BENTOML_HOME NUMBA_CACHE_DIR
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
 .PHONY: help install crd-schemas oidc-provider lock image image-mlflow image-dashboard image-jobs data features train import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean

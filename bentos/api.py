@@ -30,7 +30,6 @@ from starlette.exceptions import HTTPException
 from bentos.auth import OFF_WARNING, OPEN, SCOPE_OF
 from bentos.config import API_PREFIX
 from bentos.metrics import exposition, metrics, summary
-from bentos.online import StoreUnavailable
 from bentos.schemas import (
     ChurnBatchRequest,
     ChurnBatchResponse,
@@ -43,7 +42,7 @@ from bentos.schemas import (
     ReloadRequest,
     SegmentResult,
 )
-from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION
+from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION, StoreUnavailable
 from core import audit
 from core.settings import get_settings
 

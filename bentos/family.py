@@ -17,6 +17,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,7 +26,6 @@ from bentos.canary import UnknownVersion
 from bentos.config import ServingSettings
 from bentos.loading import LoadedVersion, VersionRefused
 from bentos.metrics import metrics, record_batch, record_failure
-from bentos.online import FeastReader
 from bentos.scoring import UNKNOWN_VERSION, ModelInfo, OnlineFeatures, build_scorer
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet, Versions
@@ -34,6 +34,9 @@ from core.registry import CHALLENGER, CHAMPION, fail_fast
 from core.reports import latest_summary
 from core.settings import Settings
 from monitoring.inference_log import InferenceLog
+
+if TYPE_CHECKING:
+    from bentos.online import FeastReader
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +233,10 @@ class Server:
         self.families: dict[str, FamilyServer] = {}
 
     def start(self, settings: Settings, packed: dict[str, LoadedVersion]) -> None:
-        """Load each family from the version packed for it, and start its threads."""
+        """Load each family from the version packed for it, and start its threads. Feast is
+        imported here, in the worker, not by the process that only reads the service's definition."""
+        from bentos.online import FeastReader
+
         fail_fast(self.serving.registry_timeout_s)
         reader = FeastReader(settings, self.serving.store_timeout_s, self.serving.store_retry_s)
         self.families = {name: FamilyServer(name, self.serving, settings) for name in self.serving.served()}

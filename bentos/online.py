@@ -38,7 +38,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import RedisError
 
 from bentos.metrics import metrics, observe_many
-from bentos.scoring import OnlineFeatures
+from bentos.scoring import OnlineFeatures, StoreUnavailable
 from core.settings import Settings
 from core.store import open_store
 
@@ -56,10 +56,6 @@ EPOCH_SECONDS = ("CASE typeof(event_ts) WHEN 'integer' THEN event_ts "
 class ViewRead:
     view: object  # feast.FeatureView
     features: tuple[str, ...]
-
-
-class StoreUnavailable(Exception):
-    """The online store did not answer a read: down, unreachable, or slower than the timeout."""
 
 
 STORE_ERRORS = (RedisError, sqlite3.Error, OSError)

@@ -29,6 +29,7 @@ load: exact SHAP values (`explain`) still come from XGBoost.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import numba
@@ -43,7 +44,10 @@ class UnsupportedModel(ValueError):
     """A booster the compiled walk would not score as XGBoost does."""
 
 
-@numba.njit(nogil=True, cache=False)
+# Compiled once per machine rather than once per worker where NUMBA_CACHE_DIR names a folder
+# (the image, the Makefile and the tests set it): about 2.5 s of each worker's start. Without
+# it nothing is cached: numba fails at import when asked to cache where it cannot write.
+@numba.njit(nogil=True, cache=bool(os.environ.get("NUMBA_CACHE_DIR")))
 def _walk(matrix, roots, left, right, feature, threshold, default_left, leaf_value, mean_value, base_margin,
           contributions, with_contributions):
     # float32 sums, in tree order from the base margin, as XGBoost's predictor adds them
