@@ -50,7 +50,6 @@ from core.registry import (
 )
 from core.settings import Settings, get_settings
 from rollout.settings import GateSettings, get_gate_settings
-from training.registry import use_experiment
 
 log = logging.getLogger(__name__)
 EXIT_REFUSED, EXIT_ERROR, EXIT_NO_REGISTRY, EXIT_FAILED = 1, 2, 3, 4
@@ -192,6 +191,8 @@ def _fmt(value) -> str:
 def write_report(report: dict, reports_dir: Path, settings: Settings) -> tuple[Path, Path]:
     """JSON and Markdown under reports_dir, and the same logged to MLflow as a run."""
     import mlflow
+
+    from training.registry import use_experiment  # XGBoost and pandas: only the commands that need them pay
 
     reports_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{report['family']}-v{report['challenger']}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"

@@ -139,32 +139,12 @@ def retrain_cli(settings, url: str, *args: str, **env: str) -> subprocess.Popen:
                                  "RETRAIN_BUDGET_MIN": "0.2", "RETRAIN_MAX_TRIALS": "1", "RETRAIN_POLL_S": "1", **env})
 
 
-def test_a_cycle_stopped_midway_leaves_the_champion_serving_and_no_challenger(own, server, weak_champion):
-    """SIGTERM while it waits for evidence nobody sends (no load): the canary ends, the lock goes."""
-    client = mlflow_client(own.tracking_uri)
-    client.set_registered_model_alias("churn", CHAMPION, weak_champion)  # one a new candidate beats: the guard lets it by
-    process = retrain_cli(own, server)
-
-    def waiting_for_evidence() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"the cycle ended before its canary (exit {process.returncode}): {process.stdout.read()[-2000:]}")
-        return (read_record(client, "churn") or {}).get("stage") == "evidence"
-
-    wait_for(waiting_for_evidence, "the cycle's canary", timeout_s=240)
-    assert read_plan("churn", own.tracking_uri).challenger is not None
-    time.sleep(2)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode == 4, output
-    assert "Traceback" not in output
-    assert "the champion serves on" in output
-    plan = read_plan("churn", own.tracking_uri)
-    assert (plan.champion, plan.challenger, plan.share) == (weak_champion, None, 0.0)
-    assert plan.cycle["outcome"] == "failed" and "stopped by signal" in plan.cycle["reason"]
-    assert plan.cycle_counts["failed_in_a_row"] == 1
-    assert LOCK_TAG not in client.get_registered_model("churn").tags
-    assert CHALLENGER not in client.get_registered_model("churn").aliases
-    assert audit.read(own.audit_log)[-1]["action"] == "retrain"
+def serve_champion(settings, url: str, version: str) -> None:
+    """Make `version` the champion again, and wait until the service (polling every 2 s) serves it alone."""
+    mlflow_client(settings.tracking_uri).set_registered_model_alias("churn", CHAMPION, version)
+    served = lambda: [v["version"] for v in httpx.get(f"{url}/models/status", headers=client_headers(settings.secrets_dir),  # noqa: E731
+                                                      timeout=10).json()["churn"]["versions"]]
+    wait_for(lambda: served() == [version], f"version {version} served alone", timeout_s=30)
 
 
 def badly_calibrated(train):
@@ -180,7 +160,7 @@ def badly_calibrated(train):
 def test_a_candidate_that_passes_offline_but_the_service_cannot_serve_is_rolled_back_at_once(own, server, weak_champion, table,
                                                                                              monkeypatch):
     client = mlflow_client(own.tracking_uri)
-    client.set_registered_model_alias("churn", CHAMPION, weak_champion)
+    serve_champion(own, server, weak_champion)
     monkeypatch.setattr(models, "train_churn", badly_calibrated(models.train_churn))
     headers = client_headers(own.secrets_dir)
     service = Service(metrics=lambda: fetch_metrics(server), reload=lambda reason: ask_service_to_reload(server, reason, headers))
@@ -195,22 +175,27 @@ def test_a_candidate_that_passes_offline_but_the_service_cannot_serve_is_rolled_
     assert load.failures == [] and {a[2] for a in load.answers} == {weak_champion}
 
 
-def test_a_cycle_killed_outright_is_cleaned_up_by_the_next_one_which_as_a_dry_run_moves_no_alias(own, server, weak_champion):
-    """SIGKILL runs no handler: the canary stays up and the lock stays taken until it expires. The
-    next cycle (a dry run here) ends that canary, counts the dead cycle failed, and moves no alias."""
-    client = mlflow_client(own.tracking_uri)
-    client.set_registered_model_alias("churn", CHAMPION, weak_champion)
-    quick_lock = {"RETRAIN_LOCK_TIMEOUT_MIN": "0.1"}  # 6 s, refreshed at every stage and poll while the cycle lives
-    process = retrain_cli(own, server, **quick_lock)
-
+def started_canary(client, process: subprocess.Popen, not_of: str | None = None):
+    """A condition for wait_for: the CLI's cycle (not cycle `not_of`) waits for evidence."""
     def waiting_for_evidence() -> bool:
         if process.poll() is not None:
             pytest.fail(f"the cycle ended before its canary (exit {process.returncode}): {process.stdout.read()[-2000:]}")
-        return (read_record(client, "churn") or {}).get("stage") == "evidence"
+        record = read_record(client, "churn") or {}
+        return record.get("stage") == "evidence" and record.get("id") != not_of
+    return waiting_for_evidence
 
-    wait_for(waiting_for_evidence, "the cycle's canary", timeout_s=240)
-    process.kill()
-    process.communicate(timeout=30)
+
+def test_a_cycle_killed_outright_is_cleaned_up_by_the_next_one_and_a_stopped_one_cleans_up_after_itself(own, server, weak_champion):
+    """SIGKILL runs no handler: the canary stays up and the lock stays taken until it expires. The
+    next cycle ends that canary and counts the dead cycle failed; stopped by SIGTERM while it waits
+    for evidence nobody sends (no load), it ends its own canary and frees the lock."""
+    client = mlflow_client(own.tracking_uri)
+    serve_champion(own, server, weak_champion)  # one a new candidate beats: the guard lets it by
+    quick_lock = {"RETRAIN_LOCK_TIMEOUT_MIN": "0.1"}  # 6 s, refreshed at every stage and poll while the cycle lives
+    killed = retrain_cli(own, server, **quick_lock)
+    wait_for(started_canary(client, killed), "the first cycle's canary", timeout_s=240)
+    killed.kill()
+    killed.communicate(timeout=30)
     dead = read_record(client, "churn")
     plan = read_plan("churn", own.tracking_uri)
     assert (plan.champion, plan.challenger) == (weak_champion, dead["candidate"]) and dead["outcome"] is None
@@ -218,12 +203,21 @@ def test_a_cycle_killed_outright_is_cleaned_up_by_the_next_one_which_as_a_dry_ru
     failed_before = plan.cycle_counts["failed"]
 
     time.sleep(7)
-    dry = retrain_cli(own, server, "--dry-run", **quick_lock)
-    output, _ = dry.communicate(timeout=240)
-    assert dry.returncode == 0, output  # the weak champion is beaten: the dry run stops where the canary would start
-    assert f"cycle {dead['id']} died at stage evidence" in output
+    stopped = retrain_cli(own, server, **quick_lock)
+    wait_for(started_canary(client, stopped, not_of=dead["id"]), "the next cycle's canary", timeout_s=240)
     plan = read_plan("churn", own.tracking_uri)
-    assert (plan.champion, plan.challenger) == (weak_champion, None)  # the dead canary ended; the dry run set none
-    assert plan.cycle_counts["failed"] == failed_before + 1 and plan.cycle["outcome"] == "dry_run"
-    assert client.get_model_version("churn", plan.cycle["candidate"]).aliases == []
+    assert plan.cycle_counts["failed"] == failed_before + 1  # the dead one, counted by the next
+    assert plan.challenger not in (None, dead["candidate"])  # the dead canary ended; this one's began
+    time.sleep(2)
+    stopped.send_signal(signal.SIGTERM)
+    output, _ = stopped.communicate(timeout=60)
+    assert stopped.returncode == 4, output
+    assert f"cycle {dead['id']} died at stage evidence" in output
+    assert "Traceback" not in output and "the champion serves on" in output
+    plan = read_plan("churn", own.tracking_uri)
+    assert (plan.champion, plan.challenger, plan.share) == (weak_champion, None, 0.0)
+    assert plan.cycle["outcome"] == "failed" and "stopped by signal" in plan.cycle["reason"]
+    assert plan.cycle_counts["failed_in_a_row"] == 2  # the alert's condition (two in a row)
     assert LOCK_TAG not in client.get_registered_model("churn").tags
+    assert CHALLENGER not in client.get_registered_model("churn").aliases
+    assert audit.read(own.audit_log)[-1]["action"] == "retrain"
