@@ -136,7 +136,8 @@ def retrain_cli(settings, url: str, *args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "rollout", "retrain", "churn", "--service-url", url, *args],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "DATA_DIR": str(settings.data_dir), "MLFLOW_TRACKING_URI": settings.tracking_uri,
-                                 "RETRAIN_BUDGET_MIN": "0.2", "RETRAIN_MAX_TRIALS": "1", "RETRAIN_POLL_S": "1", **env})
+                                 "RETRAIN_BUDGET_MIN": "0.2", "RETRAIN_MAX_TRIALS": "1", "RETRAIN_POLL_S": "1",
+                                 "PYTHONOPTIMIZE": "1", **env})  # PYTHONOPTIMIZE: as the jobs image runs it
 
 
 def serve_champion(settings, url: str, version: str) -> None:
@@ -159,7 +160,6 @@ def badly_calibrated(train):
 
 def test_a_candidate_that_passes_offline_but_the_service_cannot_serve_is_rolled_back_at_once(own, server, weak_champion, table,
                                                                                              monkeypatch):
-    client = mlflow_client(own.tracking_uri)
     serve_champion(own, server, weak_champion)
     monkeypatch.setattr(models, "train_churn", badly_calibrated(models.train_churn))
     headers = client_headers(own.secrets_dir)

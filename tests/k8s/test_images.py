@@ -235,8 +235,11 @@ def test_the_jobs_image_copies_every_package_the_jobs_commands_import_and_no_oth
     # the Feast definitions, where core/settings.py looks for them: beside core/
     assert settings.Settings.model_fields["feature_repo"].default == settings.REPO_ROOT / FEATURE_REPO.name
     assert copied(JOBS_DOCKERFILE) == packages | {FEATURE_REPO.name, "requirements.lock", RUNTIME_LOCK}
-    [compiled] = [args.split() for args in arguments(JOBS_DOCKERFILE, "RUN") if "compileall" in args]
-    assert set(compiled[compiled.index("-q") + 1:]) == packages | {FEATURE_REPO.name}  # the root is read-only
+    # the root is read-only: the bytecode of python -O (the image's PYTHONOPTIMIZE), the project's, then the libraries'
+    compiled = [args.split() for args in arguments(JOBS_DOCKERFILE, "RUN") if "compileall" in args]
+    assert [c[:4] for c in compiled] == [["python", "-O", "-m", "compileall"]] * 2
+    assert set(compiled[0][compiled[0].index("-q") + 1:]) == packages | {FEATURE_REPO.name}
+    assert "purelib" in " ".join(compiled[1])
     ignore = [line for line in (JOBS_DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
               if line and not line.startswith("#")]
     assert ignore[0] == "*" and {line[1:] for line in ignore if line.startswith("!")} == copied(JOBS_DOCKERFILE)
@@ -249,7 +252,7 @@ def test_the_jobs_image_runs_as_its_cronjobs_run_it():
     assert not arguments(JOBS_DOCKERFILE, "ENTRYPOINT")  # each CronJob's command is what runs
     [env] = arguments(JOBS_DOCKERFILE, "ENV")
     assert dict(pair.split("=", 1) for pair in env.split()) == {"PYTHONPATH": workdir, "HOME": "/tmp",
-                                                                "PYTHONDONTWRITEBYTECODE": "1"}
+                                                                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONOPTIMIZE": "1"}
     for cronjob in cronjobs(objects):
         spec = job_pod_spec(cronjob)
         pod = spec["securityContext"]
