@@ -45,7 +45,7 @@ class UnsupportedModel(ValueError):
 
 
 # Compiled once per machine rather than once per worker where NUMBA_CACHE_DIR names a folder
-# (the image, the Makefile and the tests set it): about 2.5 s of each worker's start. Without
+# (the bento's environment and the Makefile set it): about 2.5 s of each worker's start. Without
 # it nothing is cached: numba fails at import when asked to cache where it cannot write.
 @numba.njit(nogil=True, cache=bool(os.environ.get("NUMBA_CACHE_DIR")))
 def _walk(matrix, roots, left, right, feature, threshold, default_left, leaf_value, mean_value, base_margin,
