@@ -81,13 +81,15 @@ def test_a_page_with_nothing_running_says_what_is_missing(page, tmp_path, monkey
         assert "no registry" in said and "make train" in said
 
 
-def test_the_dashboard_loads_no_model_code():
-    """Importing every dashboard module (and what the pages import) brings in no model library or
-    serving code: each score comes from the service."""
+def test_the_dashboard_and_the_rollout_cli_load_no_model_code():
+    """Importing every dashboard module (and what the pages import) and the rollout CLI brings in no
+    model library or serving code: each score comes from the service. Nor does MLflow's first
+    request, which loads its request-header plugins (Feast registers one)."""
     modules = ["dashboard.ui", "dashboard.sources", "dashboard.client", "dashboard.retention", "shap", "matplotlib.pyplot",
-               "rollout.promotion", "rollout.settings"]
+               "rollout.promotion", "rollout.settings", "rollout.cli"]
     code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
             "from core.registry import mlflow_client; mlflow_client('sqlite:///:memory:')\n"
+            "from mlflow.tracking.request_header.registry import resolve_request_headers; resolve_request_headers()\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'xgboost', 'bentos', 'bentoml', 'training', 'feast'}"
             " or m in {'mlflow.pyfunc', 'mlflow.xgboost', 'mlflow.sklearn'}))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
