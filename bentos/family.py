@@ -26,7 +26,7 @@ from bentos.canary import UnknownVersion
 from bentos.config import ServingSettings
 from bentos.loading import LoadedVersion, VersionRefused
 from bentos.metrics import metrics, record_batch, record_failure
-from bentos.scoring import UNKNOWN_VERSION, ModelInfo, OnlineFeatures, build_scorer
+from bentos.scoring import UNKNOWN_CUSTOMER, UNKNOWN_VERSION, ModelInfo, OnlineFeatures, build_scorer
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet, Versions
 from core.families import FAMILIES
@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 def score_as(live: LiveSet, role: str, requests: list[dict], inference_log: InferenceLog | None = None, method: str = "score",
              **kwargs) -> list[dict]:
     """Score with one role's version and log the predictions. A failing challenger hands its
-    requests to the champion (the failure is counted against it): a canary never costs a caller an answer."""
+    requests to the champion, and so do the rows of customers it does not know (its FeatureService
+    may read a view nobody materialized): each is counted against it, as an error or an unknown
+    customer, and a canary never costs a caller an answer."""
     scorer = live.scorers[role]
     started = time.perf_counter()
     try:
@@ -59,6 +61,9 @@ def score_as(live: LiveSet, role: str, requests: list[dict], inference_log: Infe
     record_batch(live.family, scorer.info.version, role, results, time.perf_counter() - started)
     if inference_log is not None:
         inference_log.append(scorer.info.version, role, scorer.features, requests, results)
+    if role == CHALLENGER and (unknown := [i for i, r in enumerate(results) if r.get("error") == UNKNOWN_CUSTOMER]):
+        for i, result in zip(unknown, score_as(live, CHAMPION, [requests[i] for i in unknown], inference_log, method, **kwargs)):
+            results[i] = result
     return results
 
 

@@ -14,6 +14,9 @@ A test holds the result equal to `get_online_features` on real SQLite and Redis 
 A service with on-demand feature views (fraud) goes through `get_online_features`, which runs
 their transformation on the request's values: the same code as in training.
 
+A store that answers but refuses one service's read (SQLite: no table for one of its views) raises
+FeaturesUnreadable for that service alone; the store is not taken for down.
+
 When the store does not answer (down, unreachable, slower than the timeout), a read raises
 StoreUnavailable naming the store; for `retry_s` after that, reads fail at once without trying, so
 an outage costs each batch nothing but its 503. The next read after that window tries the store
@@ -38,7 +41,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import RedisError
 
 from bentos.metrics import metrics, observe_many
-from bentos.scoring import OnlineFeatures, StoreUnavailable
+from bentos.scoring import FeaturesUnreadable, OnlineFeatures, StoreUnavailable
 from core.settings import Settings
 from core.store import open_store
 
@@ -116,6 +119,11 @@ class FeastReader:
                                    f"{self._down_since:%Y-%m-%d %H:%M:%S} UTC: {self._error}")
         try:
             features = self._read(feature_service, rows)
+        except sqlite3.Error as e:
+            if e.sqlite_errorcode == sqlite3.SQLITE_ERROR:  # the statement, not the database: "no such table"
+                raise FeaturesUnreadable(f"the online store ({self.where}) cannot serve {feature_service!r}: {e} "
+                                         "(a feature view applied but never materialized?)") from e
+            raise self._failed(e) from e
         except STORE_ERRORS as e:
             raise self._failed(e) from e
         self._down_since = None

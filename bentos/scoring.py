@@ -56,6 +56,11 @@ class StoreUnavailable(Exception):
     """The online store did not answer a read: down, unreachable, or slower than the timeout."""
 
 
+class FeaturesUnreadable(Exception):
+    """The online store answered, but refused the read of one FeatureService (SQLite: a view's table
+    is not there). Only the versions that read that service fail; the store is not down."""
+
+
 class FeatureReader(Protocol):
     def read(self, feature_service: str, rows: list[dict]) -> OnlineFeatures:
         """The service's features for each row, and whether the store knows each row's customer."""

@@ -28,6 +28,7 @@ class VersionEvidence:
     version: str
     predictions: int = 0  # rows the version was asked to score
     failures: int = 0  # rows it failed on (outcome "error")
+    unknown: int = 0  # rows of customers its features do not know (outcome "unknown_customer")
     latency_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count, live traffic
     shadow_latency_buckets: dict[float, float] = field(default_factory=dict)  # the same, shadow scoring
     score_bins: dict[str, float] = field(default_factory=dict)  # bin -> rows (not cumulative)
@@ -35,6 +36,10 @@ class VersionEvidence:
     @property
     def error_rate(self) -> float | None:
         return self.failures / self.predictions if self.predictions else None
+
+    @property
+    def unknown_rate(self) -> float | None:
+        return self.unknown / self.predictions if self.predictions else None
 
     @property
     def p99_ms(self) -> float | None:
@@ -45,7 +50,7 @@ class VersionEvidence:
 
     def summary(self) -> dict:
         return {"version": self.version, "predictions": self.predictions, "failures": self.failures,
-                "error_rate": self.error_rate, "p99_ms": self.p99_ms, "scored_rows": sum(self.score_bins.values())}
+                "error_rate": self.error_rate, "unknown_customers": self.unknown, "unknown_rate": self.unknown_rate, "p99_ms": self.p99_ms, "scored_rows": sum(self.score_bins.values())}
 
 
 def read_evidence(metrics_text: str, family: str, champion: str, challenger: str) -> dict[str, VersionEvidence]:
@@ -65,6 +70,7 @@ def read_evidence(metrics_text: str, family: str, champion: str, challenger: str
             if sample.name == "fintech_predictions_total":
                 e.predictions += int(sample.value)
                 e.failures += int(sample.value) if labels["outcome"] == "error" else 0
+                e.unknown += int(sample.value) if labels["outcome"] == "unknown_customer" else 0
             elif sample.name == "fintech_scoring_latency_seconds_bucket":
                 buckets = e.shadow_latency_buckets if labels["role"] == SHADOW else e.latency_buckets
                 buckets[float(labels["le"])] = buckets.get(float(labels["le"]), 0.0) + sample.value
@@ -118,6 +124,13 @@ def judge(evidence: dict[str, VersionEvidence], quality: dict | None, gates: Gat
     out.append(Gate("error_rate", challenger.error_rate <= base_rate + gates.max_error_rate_increase,
                     f"challenger error rate <= champion's + {gates.max_error_rate_increase}",
                     {"challenger": challenger.error_rate, "champion": champion.error_rate}))
+
+    # the split is by customer, so both versions see the same mix of ids: a challenger that knows
+    # fewer of them reads features nobody wrote (a view applied but never materialized online)
+    base_unknown = champion.unknown_rate or 0.0
+    out.append(Gate("unknown_customers", challenger.unknown_rate <= base_unknown + gates.max_unknown_rate_increase,
+                    f"challenger unknown-customer rate <= champion's + {gates.max_unknown_rate_increase}",
+                    {"challenger": challenger.unknown_rate, "champion": champion.unknown_rate}))
 
     c99, b99 = challenger.p99_ms, champion.p99_ms
     latency_ok = c99 is not None and (b99 is None or c99 <= b99 * gates.max_p99_ratio)

@@ -17,6 +17,8 @@ class GateSettings(BaseSettings):
     min_predictions: int = Field(200, ge=1, description="Challenger predictions needed before any verdict.")
     max_error_rate_increase: float = Field(0.01, ge=0, description=(
         "Challenger error rate may exceed the champion's by at most this (absolute: 0.01 = 1 point)."))
+    max_unknown_rate_increase: float = Field(0.01, ge=0, description=(
+        "Share of rows whose customer the challenger's features do not know, over the champion's, at most (absolute)."))
     max_p99_ratio: float = Field(1.5, gt=0, description="Challenger p99 scoring latency over the champion's, at most.")
     max_score_psi: float = Field(0.2, ge=0, description=(
         "Population stability index between the two versions' score distributions, at most (0.1: small shift, "

@@ -35,6 +35,22 @@ def latest_rows(table: pd.DataFrame, n: int, pushed: bool = False) -> pd.DataFra
     return latest.drop(target.index).sample(n, random_state=0).set_index("customer_id")
 
 
+def apply_unmaterialized_churn_service(feature_store, name: str = "churn_next") -> str:
+    """A FeatureService `name` over one new view of every churn feature, applied to the store's
+    registry and never materialized: what a team has that moved churn's features into a view of
+    their own and forgot `make materialize`. The offline store reads it like any other."""
+    from feast import FeatureService, FeatureView, Field
+    from feast.types import Float64
+
+    from core.feature_sets import CHURN_FEATURES
+
+    like = feature_store.get_feature_view("customer_spend_mix")
+    view = FeatureView(name=f"{name}_features", entities=[feature_store.get_entity("customer")], ttl=like.ttl,
+                       schema=[Field(name=f, dtype=Float64) for f in CHURN_FEATURES], source=like.batch_source, online=True)
+    feature_store.apply([view, FeatureService(name=name, features=[view])])
+    return name
+
+
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory):
     return get_settings(data_dir=tmp_path_factory.mktemp("pipeline"), n_customers=1500, fraud_sample=40_000, seed=11)

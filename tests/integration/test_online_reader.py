@@ -2,11 +2,16 @@
 store and a real Redis one: the same values for every feature, customer and store, so the
 faster read cannot bring skew."""
 
+import shutil
+import sqlite3
+
 import numpy as np
 import pytest
 
 from bentos.online import TS_SUFFIX, FeastReader
+from bentos.scoring import FeaturesUnreadable
 from core.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
+from tests.integration.conftest import apply_unmaterialized_churn_service
 from training import store
 
 STORED_SERVICES = ("churn_v1", "segment_v1")
@@ -70,3 +75,39 @@ def test_a_service_with_on_demand_views_is_computed_by_feast(reader, customers):
     features = reader.read("fraud_v1", [{"customer_id": customers[0], **transaction}, {"customer_id": "C_NOT_A_CUSTOMER", **transaction}])
     assert all(features.values[name][0] is not None for name in REQUEST_TIME_FEATURES)
     assert features.found.tolist() == [True, False]
+
+
+@pytest.fixture(scope="module")
+def own_registry(request, reader, settings, tmp_path_factory):
+    """The reader's kind of store with the session's Feast registry and SQLite store copied (a Redis
+    store stays the shared one): definitions applied to it are this module's alone."""
+    folder = tmp_path_factory.mktemp("reader") / "data"
+    shutil.copytree(settings.data_dir / "feast", folder / "feast")
+    kind = reader.store.config.online_store.type
+    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else settings.redis_url
+    return FeastReader(settings.model_copy(update={"data_dir": folder, "online_store": kind, "redis_url": redis_url}))
+
+
+@pytest.mark.integration
+def test_a_service_over_a_view_never_materialized_knows_no_customer_and_the_store_stays_up(own_registry, customers):
+    service = apply_unmaterialized_churn_service(own_registry.store)
+    rows = [{"customer_id": c} for c in customers[:10]]
+    unread = own_registry.read(service, rows)
+    assert unread.found.tolist() == [False] * 10 and all(np.isnan(v).all() for k, v in unread.values.items()
+                                                          if not k.endswith(TS_SUFFIX))
+    assert own_registry.read("churn_v1", rows).found.all()
+
+
+@pytest.mark.integration
+def test_a_view_whose_sqlite_table_is_missing_fails_its_service_alone(own_registry, customers):
+    """A registry applied from elsewhere than the online store it names: the store answers and says
+    the table is not there, which is not an outage (no fail-fast for the other services)."""
+    if own_registry.store.config.online_store.type != "sqlite":
+        pytest.skip("a Redis store has no tables: a view nobody wrote is one that knows no customer")
+    service = apply_unmaterialized_churn_service(own_registry.store, "churn_missing")
+    with sqlite3.connect(own_registry.store.config.online_store.path) as db:
+        db.execute("DROP TABLE fintech_churn_missing_features")
+    rows = [{"customer_id": c} for c in customers[:10]]
+    with pytest.raises(FeaturesUnreadable, match="cannot serve 'churn_missing': no such table: fintech_churn_missing_features"):
+        own_registry.read(service, rows)
+    assert own_registry.read("churn_v1", rows).found.all()

@@ -18,12 +18,13 @@ import pytest
 
 from core import audit
 from core.api_keys import client_headers, ensure_local_key
+from core.feature_sets import FEATURE_SERVICES
 from core.registry import CHALLENGER, CHAMPION, LOCK_TAG, mlflow_client, read_plan
 from loadtests.servers import ROOT, stop
 from rollout.cli import ask_service_to_reload, fetch_metrics
 from rollout.retrain import EXPERIMENT, RetrainSettings, Service, read_record, run_cycle
 from rollout.settings import GateSettings
-from tests.integration.conftest import LoadClient, latest_rows, start_server, wait_for
+from tests.integration.conftest import LoadClient, apply_unmaterialized_churn_service, latest_rows, start_server, wait_for
 from training import models, pipeline, registry, store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -173,6 +174,29 @@ def test_a_candidate_that_passes_offline_but_the_service_cannot_serve_is_rolled_
     plan = read_plan("churn", own.tracking_uri)
     assert (plan.champion, plan.challenger) == (weak_champion, None)
     assert load.failures == [] and {a[2] for a in load.answers} == {weak_champion}
+
+
+def test_a_candidate_that_passes_offline_but_knows_no_customer_online_is_rolled_back_by_the_gates(own, server, weak_champion,
+                                                                                                  table, monkeypatch):
+    """The candidate reads a FeatureService over a view applied but never materialized: training and
+    the guard read the offline store, the service's load checks pass (it serves the features), and
+    online every customer is unknown to it. The champion answers those customers and the gates,
+    comparing the two versions' unknown-customer rates, end the canary."""
+    serve_champion(own, server, weak_champion)
+    monkeypatch.setitem(FEATURE_SERVICES, "churn", apply_unmaterialized_churn_service(store.open_store(own)))
+    headers = client_headers(own.secrets_dir)
+    service = Service(metrics=lambda: fetch_metrics(server), reload=lambda reason: ask_service_to_reload(server, reason, headers))
+    with LoadClient(server, latest_rows(table, 200).index.tolist(), threads=2, headers=headers) as load:
+        cycle = run_cycle(own, RetrainSettings(budget_min=0.2, max_trials=1, poll_s=1, evidence_timeout_min=3), GATES, "churn",
+                          service)
+    assert [s["stage"] for s in cycle["stages"]][-5:] == ["guard", "canary", "evidence", "gates", "refused"], cycle["stages"]
+    assert cycle["outcome"] == "refused" and "unknown_customers" in cycle["reason"], cycle["reason"]
+    report = json.loads(Path(cycle["figures"]["promotion_report"][0]).read_text())
+    gate = next(g for g in report["gates"] if g["name"] == "unknown_customers")
+    assert gate["passed"] is False and gate["figures"]["challenger"] == 1.0 and gate["figures"]["champion"] == 0.0
+    plan = read_plan("churn", own.tracking_uri)
+    assert (plan.champion, plan.challenger) == (weak_champion, None)
+    assert load.failures == [] and {a[2] for a in load.answers} == {weak_champion}  # no caller met the candidate
 
 
 def started_canary(client, process: subprocess.Popen, not_of: str | None = None):

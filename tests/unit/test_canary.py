@@ -8,7 +8,7 @@ import pytest
 
 from bentos.canary import UnknownVersion, choose_role, resolve_pin
 from bentos.family import score_routed
-from bentos.scoring import UNKNOWN_VERSION, ModelInfo
+from bentos.scoring import UNKNOWN_CUSTOMER, UNKNOWN_VERSION, ModelInfo
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet
 from core.registry import CHALLENGER, CHAMPION, Plan
@@ -20,10 +20,11 @@ CUSTOMERS = [f"C{i:06d}" for i in range(10_000)]
 class FakeScorer:
     """Scores every customer `score`; remembers what it saw; may fail or block."""
 
-    def __init__(self, version: str, role: str, score: float, fail: bool = False, gate: threading.Event | None = None):
+    def __init__(self, version: str, role: str, score: float, fail: bool = False, gate: threading.Event | None = None,
+                 knows: set[str] | None = None):
         self.info = ModelInfo("churn", version, role, "churn_v1")
         self.features = ["days_since_last_txn"]
-        self.value, self.fail, self.gate, self.seen = score, fail, gate, []
+        self.value, self.fail, self.gate, self.seen, self.knows = score, fail, gate, [], knows
 
     def score(self, requests, reasons=True, keep_features=False):
         if self.gate is not None:
@@ -31,7 +32,9 @@ class FakeScorer:
         if self.fail:
             raise RuntimeError("broken model")
         self.seen.extend(r["customer_id"] for r in requests)
-        return [{"customer_id": r["customer_id"], "churn_probability": self.value, "risk_level": "low",
+        return [{"customer_id": r["customer_id"], "error": UNKNOWN_CUSTOMER, "model": self.info.as_dict()}
+                if self.knows is not None and r["customer_id"] not in self.knows else
+                {"customer_id": r["customer_id"], "churn_probability": self.value, "risk_level": "low",
                  "model": self.info.as_dict(), **({FEATURES_KEY: np.array([3.0])} if keep_features else {})} for r in requests]
 
 
@@ -93,6 +96,30 @@ def test_a_failing_challenger_hands_its_requests_to_the_champion():
     live = live_set(share=100, challenger=FakeScorer("2", CHALLENGER, 0.9, fail=True))
     results = score_routed(live, [{"customer_id": c} for c in CUSTOMERS[:20]])
     assert {r["model"]["version"] for r in results} == {"1"}
+
+
+def test_the_customers_a_challenger_does_not_know_are_answered_by_the_champion_and_counted_against_it():
+    requests = [{"customer_id": c} for c in CUSTOMERS[:20]]
+    knows_half = FakeScorer("2", CHALLENGER, 0.9, knows=set(CUSTOMERS[:10]))
+    champion_knows_some = {CHAMPION: FakeScorer("1", CHAMPION, 0.1, knows=set(CUSTOMERS[:15]))}
+    live = live_set(share=100, challenger=knows_half)
+    live.scorers.update(champion_knows_some)
+    before = outcomes("2", CHALLENGER)
+    results = score_routed(live, requests)
+    assert [r["model"]["version"] for r in results[:10]] == ["2"] * 10 and [r["churn_probability"] for r in results[:10]] == [0.9] * 10
+    assert [r["model"]["version"] for r in results[10:15]] == ["1"] * 5 and all("error" not in r for r in results[10:15])
+    assert [r["error"] for r in results[15:]] == [UNKNOWN_CUSTOMER] * 5  # unknown to both: the champion says so
+    assert live.scorers[CHAMPION].seen == CUSTOMERS[10:20]
+    after = outcomes("2", CHALLENGER)
+    assert (after["ok"] - before["ok"], after["unknown_customer"] - before["unknown_customer"]) == (10, 10)
+
+
+def outcomes(version: str, role: str) -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    return {outcome: REGISTRY.get_sample_value("fintech_predictions_total", {"model": "churn", "version": version, "role": role,
+                                                                             "outcome": outcome}) or 0.0
+            for outcome in ("ok", "unknown_customer")}
 
 
 def test_shadow_mode_never_changes_a_response(tmp_path):

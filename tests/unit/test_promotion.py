@@ -18,12 +18,18 @@ def scores(rng, n: int, shift: float = 0.0) -> list[dict]:
     return [{"customer_id": f"C{i}", "churn_probability": float(p)} for i, p in enumerate(rng.beta(1 + shift * 8, 12, n))]
 
 
-def evidence_for(champion: str, challenger: str, good_rows: int, shift: float = 0.0, failing_rows: int = 0):
-    """Record both versions' batches (as the model services do) and read the exposition back."""
+def unknown(n: int, start: int = 0) -> list[dict]:
+    return [{"customer_id": f"C{i}", "error": "unknown_customer"} for i in range(start, start + n)]
+
+
+def evidence_for(champion: str, challenger: str, good_rows: int, shift: float = 0.0, failing_rows: int = 0,
+                 unknown_rows: tuple[int, int] = (0, 0)):
+    """Record both versions' batches (as the model services do) and read the exposition back;
+    `unknown_rows`: rows of unknown customers in the champion's and the challenger's batches."""
     rng = np.random.default_rng(int(champion))
     for _ in range(4):
-        record_batch("churn", champion, CHAMPION, scores(rng, 250), 0.010)
-        record_batch("churn", challenger, CHALLENGER, scores(rng, good_rows // 4, shift), 0.011)
+        record_batch("churn", champion, CHAMPION, scores(rng, 250) + unknown(unknown_rows[0] // 4), 0.010)
+        record_batch("churn", challenger, CHALLENGER, scores(rng, good_rows // 4, shift) + unknown(unknown_rows[1] // 4), 0.011)
     if failing_rows:
         record_failure("churn", challenger, CHALLENGER, failing_rows)
     return read_evidence(generate_latest().decode(), "churn", champion, challenger)
@@ -31,7 +37,7 @@ def evidence_for(champion: str, challenger: str, good_rows: int, shift: float = 
 
 def test_a_challenger_like_the_champion_passes_every_gate():
     gates = judge(evidence_for("101", "102", good_rows=1000), QUALITY_OK, GATES)
-    assert [g.name for g in gates] == ["evidence", "error_rate", "p99_latency", "score_shift", "quality"]
+    assert [g.name for g in gates] == ["evidence", "error_rate", "unknown_customers", "p99_latency", "score_shift", "quality"]
     assert decide(gates) == (True, [])
 
 
@@ -39,6 +45,17 @@ def test_a_challenger_that_errors_is_refused_on_the_error_rate():
     evidence = evidence_for("201", "202", good_rows=1000, failing_rows=100)
     assert evidence[CHALLENGER].failures == 100 and evidence[CHALLENGER].predictions == 1100
     assert decide(judge(evidence, QUALITY_OK, GATES)) == (False, ["error_rate"])
+
+
+def test_a_challenger_that_knows_fewer_customers_is_refused_and_one_that_knows_as_many_is_not():
+    """Unknown customers are part of any traffic: what counts is how many more the challenger meets."""
+    as_many = evidence_for("601", "602", good_rows=1000, unknown_rows=(40, 40))
+    assert as_many[CHAMPION].unknown == 40 and as_many[CHALLENGER].unknown_rate == pytest.approx(40 / 1040)
+    assert decide(judge(as_many, QUALITY_OK, GATES)) == (True, [])
+    fewer = evidence_for("603", "604", good_rows=1000, unknown_rows=(40, 200))
+    gates = judge(fewer, QUALITY_OK, GATES)
+    assert decide(gates) == (False, ["unknown_customers"])
+    assert next(g for g in gates if g.name == "unknown_customers").figures == {"challenger": 200 / 1200, "champion": 40 / 1040}
 
 
 def test_a_challenger_whose_scores_moved_is_refused_on_the_shift():
