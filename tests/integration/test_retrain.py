@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -176,23 +177,32 @@ def test_a_candidate_that_passes_offline_but_the_service_cannot_serve_is_rolled_
     assert load.failures == [] and {a[2] for a in load.answers} == {weak_champion}
 
 
-def test_a_candidate_that_passes_offline_but_knows_no_customer_online_is_rolled_back_by_the_gates(own, server, weak_champion,
-                                                                                                  table, monkeypatch):
-    """The candidate reads a FeatureService over a view applied but never materialized: training and
-    the guard read the offline store, the service's load checks pass (it serves the features), and
-    online every customer is unknown to it. The champion answers those customers and the gates,
-    comparing the two versions' unknown-customer rates, end the canary."""
+@pytest.mark.parametrize("its_view", ["never materialized", "without a table"])
+def test_a_candidate_that_passes_offline_but_fails_online_is_rolled_back_by_the_gates(own, server, weak_champion, table,
+                                                                                      monkeypatch, its_view):
+    """The candidate reads a FeatureService over a view of its own: training and the guard read the
+    offline store, and the service's load checks pass (it serves the features). Online, a view
+    never materialized knows no customer, and one whose SQLite table is missing (a registry
+    applied elsewhere than the store it names) fails every read. Either way the champion answers
+    those customers, and the gates, comparing the two versions' unknown-customer and error rates,
+    end the canary."""
     serve_champion(own, server, weak_champion)
-    monkeypatch.setitem(FEATURE_SERVICES, "churn", apply_unmaterialized_churn_service(store.open_store(own)))
+    feature_store = store.open_store(own)
+    service_name = apply_unmaterialized_churn_service(feature_store, "churn_next" if its_view == "never materialized" else "churn_lost")
+    if its_view == "without a table":
+        with sqlite3.connect(feature_store.config.online_store.path) as db:
+            db.execute(f"DROP TABLE fintech_{service_name}_features")
+    monkeypatch.setitem(FEATURE_SERVICES, "churn", service_name)
     headers = client_headers(own.secrets_dir)
     service = Service(metrics=lambda: fetch_metrics(server), reload=lambda reason: ask_service_to_reload(server, reason, headers))
     with LoadClient(server, latest_rows(table, 200).index.tolist(), threads=2, headers=headers) as load:
         cycle = run_cycle(own, RetrainSettings(budget_min=0.2, max_trials=1, poll_s=1, evidence_timeout_min=3), GATES, "churn",
                           service)
     assert [s["stage"] for s in cycle["stages"]][-5:] == ["guard", "canary", "evidence", "gates", "refused"], cycle["stages"]
-    assert cycle["outcome"] == "refused" and "unknown_customers" in cycle["reason"], cycle["reason"]
+    gate_name = "unknown_customers" if its_view == "never materialized" else "error_rate"
+    assert cycle["outcome"] == "refused" and gate_name in cycle["reason"], cycle["reason"]
     report = json.loads(Path(cycle["figures"]["promotion_report"][0]).read_text())
-    gate = next(g for g in report["gates"] if g["name"] == "unknown_customers")
+    gate = next(g for g in report["gates"] if g["name"] == gate_name)
     assert gate["passed"] is False and gate["figures"]["challenger"] == 1.0 and gate["figures"]["champion"] == 0.0
     plan = read_plan("churn", own.tracking_uri)
     assert (plan.champion, plan.challenger) == (weak_champion, None)
