@@ -150,6 +150,13 @@ DRIFT_UI_PORT ?= 8000
 drift-ui: install ## Browse the drift reports over time in Evidently's UI on $(DRIFT_UI_PORT)
 	$(BIN)/evidently ui --workspace $(DATA_DIR)/evidently --host 127.0.0.1 --port $(DRIFT_UI_PORT)
 
+RATE ?= 1000
+stream: install ## Replay FILE (default: the generator's later period) on the Redis stream at RATE events/s, stamped now (needs redis-server; STREAM_REDIS_URL)
+	$(BIN)/python -m streaming produce $(FILE) --rate $(RATE)
+
+consume: install ## The stream consumer: contract check, each customer's windows, fresh features pushed to the online store; /metrics on :9108
+	$(BIN)/python -O -m streaming consume
+
 LOAD_USERS ?= 50
 LOAD_TIME ?= 60s
 loadtest: install ## Mixed locust traffic against a running service on $(PORT); CSV + HTML in loadtests/results/

@@ -85,19 +85,21 @@ def _parse_column(frame: pd.DataFrame, column: str, kind: str) -> pd.Series:
     return parsed
 
 
-def validate(frame: pd.DataFrame, known_customers: set[str] | None = None) -> ContractResult:
-    """Split a transactions frame into accepted rows (canonical types) and rejected rows with reasons."""
-    missing = [c for c in TRANSACTION_COLUMNS if c not in frame.columns]
+def validate(frame: pd.DataFrame, known_customers: set[str] | None = None, labelled: bool = True) -> ContractResult:
+    """Split a transactions frame into accepted rows (canonical types) and rejected rows with reasons.
+    `labelled=False`: live events, which carry no `is_fraud` yet."""
+    contract = {c: v for c, v in TRANSACTION_COLUMNS.items() if labelled or v[0] != "label"}
+    missing = [c for c in contract if c not in frame.columns]
     if missing:
-        raise ContractError(f"missing column(s): {', '.join(missing)}; the contract needs {', '.join(TRANSACTION_COLUMNS)}")
+        raise ContractError(f"missing column(s): {', '.join(missing)}; the contract needs {', '.join(contract)}")
     frame = frame.reset_index(drop=True)
-    typed = pd.DataFrame({c: _parse_column(frame, c, kind) for c, (kind, _) in TRANSACTION_COLUMNS.items()})
+    typed = pd.DataFrame({c: _parse_column(frame, c, kind) for c, (kind, _) in contract.items()})
 
     checks: list[tuple[str, pd.Series]] = []
-    for column in TRANSACTION_COLUMNS:
+    for column in contract:
         unparsed = typed[column].isna() & frame[column].notna()
         checks.append((f"{column} is missing", typed[column].isna() & ~unparsed))
-        if TRANSACTION_COLUMNS[column][0] != "string":
+        if contract[column][0] != "string":
             checks.append((f"{column} does not parse", unparsed))
     amount = typed["amount"]
     checks += [
@@ -106,9 +108,10 @@ def validate(frame: pd.DataFrame, known_customers: set[str] | None = None) -> Co
         ("timestamp is before 1990", typed["timestamp"] < EARLIEST_TIMESTAMP),
         ("merchant_category is not in the contract", typed["merchant_category"].notna() & ~typed["merchant_category"].isin(MERCHANT_CATEGORIES)),
         ("channel is not in the contract", typed["channel"].notna() & ~typed["channel"].isin(CHANNELS)),
-        ("is_fraud is not 0 or 1", typed["is_fraud"].notna() & ~typed["is_fraud"].isin([0.0, 1.0])),
-        ("duplicate transaction_id", typed["transaction_id"].notna() & typed["transaction_id"].duplicated(keep="first")),
     ]
+    if labelled:
+        checks.append(("is_fraud is not 0 or 1", typed["is_fraud"].notna() & ~typed["is_fraud"].isin([0.0, 1.0])))
+    checks.append(("duplicate transaction_id", typed["transaction_id"].notna() & typed["transaction_id"].duplicated(keep="first")))
     if known_customers is not None:
         checks.append(("unknown customer_id", typed["customer_id"].notna() & ~typed["customer_id"].isin(known_customers)))
 
@@ -124,7 +127,8 @@ def validate(frame: pd.DataFrame, known_customers: set[str] | None = None) -> Co
     rejected = frame[bad].copy()
     rejected["reject_reason"] = reasons[bad].str.removeprefix("; ")
     accepted = typed[~bad].copy()
-    accepted["is_fraud"] = accepted["is_fraud"].astype(np.int8)
+    if labelled:
+        accepted["is_fraud"] = accepted["is_fraud"].astype(np.int8)
     accepted = accepted.sort_values(["customer_id", "timestamp"], kind="stable").reset_index(drop=True)
     return ContractResult(accepted, rejected.reset_index(drop=True), counts)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME
+from core import stream_features
 from core.movement import usual_movement
 from core.settings import Settings
 from training import contract, features, generate, models, registry, store
@@ -65,6 +66,11 @@ def build_features(settings: Settings, transactions: Path | None = None, custome
     table.to_parquet(settings.features_dir / "customer_features.parquet", index=False)
     labels.to_parquet(settings.features_dir / "churn_labels.parquet", index=False)
     timings["features_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    stream_table = stream_features.offline_table(tx)
+    stream_table.to_parquet(settings.features_dir / "stream_features.parquet", index=False)
+    timings["stream_features_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
     store.apply(settings)

@@ -15,12 +15,15 @@ FORBIDDEN = {
     "training": ("bentos", "rollout", "monitoring"),
     # a client of the public API: no model code, no model library, no store of its own
     "dashboard": ("bentoml", "bentos", "training", "monitoring", "rollout", "xgboost", "sklearn", "feast", "mlflow"),
+    # the stream consumer: the data contract, the feature definitions and the store, no model
+    "streaming": ("bentoml", "bentos", "training", "monitoring", "rollout", "dashboard", "xgboost", "sklearn", "mlflow"),
 }
 # the service's scorers, offline: the served reference (training) and windows without scores
 # (monitoring) are scored by the same code as the service
 OFFLINE_SCORING = ("bentos.frames", "bentos.loading")
 ALLOWED = {"bentos": ("monitoring.inference_log",), "monitoring": OFFLINE_SCORING, "training": OFFLINE_SCORING,
-           "dashboard": ("rollout.promotion", "rollout.settings")}  # the canary's evidence, read from /metrics
+           "dashboard": ("rollout.promotion", "rollout.settings"),  # the canary's evidence, read from /metrics
+           "streaming": ("training.contract",)}
 
 
 def imports(package: str) -> list[tuple[str, str]]:

@@ -1,0 +1,82 @@
+"""Streaming features of a customer: what the last hour and the last day of transactions say, as of
+one of them. One definition for both sides: the stream consumer (streaming/consumer.py) computes
+them as of each customer's newest transaction after every batch of events, and the pipeline
+computes them offline as of every transaction (`offline_table`), for training.
+
+    events = [Event(1_700_000_000.0, "T1", 12.5, "d1", "FR"), Event(1_700_000_600.0, "T2", 80.0, "d2", "FR")]
+    features_at(events, [1])   # [{"txn_count_1h": 2, "amount_sum_1h": 92.5, ..., "seconds_since_prev_txn": 600.0}]
+
+A customer's events are ordered by time, then transaction id (ties are broken the same way on both
+sides); the window of event i is the events before it in that order within the window's length,
+and i itself. Sums are exactly rounded (math.fsum), so they do not depend on which other events
+either side holds.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Iterable
+from typing import NamedTuple
+
+HOUR_S, DAY_S = 3600.0, 86_400.0
+
+STREAM_FEATURES = [
+    "txn_count_1h", "amount_sum_1h", "txn_count_24h", "amount_sum_24h",
+    "distinct_devices_24h", "distinct_countries_24h", "seconds_since_prev_txn", "amount_to_mean_24h",
+]
+
+
+class Event(NamedTuple):
+    time: float  # epoch seconds
+    transaction_id: str
+    amount: float
+    device_id: str
+    country: str
+
+
+def features_at(events: list[Event], rows: Iterable[int]) -> list[dict[str, float]]:
+    """The features as of each of `rows` (positions in `events`, which are in order). Every one
+    looks back a day at most: seconds_since_prev_txn is NaN when no other transaction came in the
+    day before (the stream keeps a day of each customer's events, not its whole history)."""
+    times = [e.time for e in events]
+    out = []
+    for i in rows:
+        now = times[i]
+        hour = events[bisect_right(times, now - HOUR_S, 0, i):i + 1]
+        day = events[bisect_right(times, now - DAY_S, 0, i):i + 1]
+        day_sum = math.fsum(e.amount for e in day)
+        out.append({
+            "txn_count_1h": float(len(hour)),
+            "amount_sum_1h": math.fsum(e.amount for e in hour),
+            "txn_count_24h": float(len(day)),
+            "amount_sum_24h": day_sum,
+            "distinct_devices_24h": float(len({e.device_id for e in day})),
+            "distinct_countries_24h": float(len({e.country for e in day})),
+            "seconds_since_prev_txn": now - times[i - 1] if len(day) > 1 else math.nan,
+            "amount_to_mean_24h": events[i].amount / (day_sum / len(day)),
+        })
+    return out
+
+
+def in_order(events: Iterable[Event]) -> list[Event]:
+    return sorted(events, key=lambda e: (e.time, e.transaction_id))
+
+
+def offline_table(transactions):
+    """The features as of every transaction (a DataFrame with the contract's columns): one row per
+    transaction, stamped with its event time. What the stream would have pushed after each event,
+    had every event come in order."""
+    import pandas as pd
+
+    frame = transactions.assign(time=transactions["timestamp"].astype("int64") / 1e9)
+    frame = frame.sort_values(["customer_id", "time", "transaction_id"], kind="stable")
+    columns = {name: [] for name in STREAM_FEATURES}
+    for _, rows in frame.groupby("customer_id", sort=False):
+        events = [Event(*e) for e in zip(rows["time"].tolist(), rows["transaction_id"].tolist(), rows["amount"].tolist(),
+                                          rows["device_id"].tolist(), rows["country"].tolist())]
+        for features in features_at(events, range(len(events))):
+            for name, value in features.items():
+                columns[name].append(value)
+    return pd.DataFrame({"customer_id": frame["customer_id"].to_numpy(), "transaction_id": frame["transaction_id"].to_numpy(),
+                         "event_timestamp": frame["timestamp"].to_numpy(), **columns})

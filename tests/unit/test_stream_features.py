@@ -1,0 +1,53 @@
+"""The streaming features of one customer, by hand on a small ledger, and the offline table built
+from the same function."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from core.stream_features import Event, features_at, in_order, offline_table
+
+T0 = 1_700_000_000.0
+LEDGER = [  # time, id, amount, device, country
+    Event(T0, "T1", 10.0, "d1", "FR"),
+    Event(T0 + 1800, "T2", 30.0, "d2", "FR"),  # 30 min later
+    Event(T0 + 7200, "T3", 20.0, "d1", "DE"),  # 2 h after the first: T1 out of the hour
+    Event(T0 + 7200, "T4", 40.0, "d3", "FR"),  # the same second as T3: after it, by id
+    Event(T0 + 86_400 + 1800, "T5", 100.0, "d1", "FR"),  # T1 and T2 out of the day
+]
+
+
+def test_each_window_holds_the_events_before_and_at_its_event_within_its_length():
+    first, second, third, fourth, fifth = features_at(LEDGER, range(5))
+    assert first["txn_count_1h"] == 1 and first["amount_sum_24h"] == 10.0 and math.isnan(first["seconds_since_prev_txn"])
+    assert first["amount_to_mean_24h"] == 1.0
+    assert (second["txn_count_1h"], second["amount_sum_1h"], second["seconds_since_prev_txn"]) == (2, 40.0, 1800.0)
+    assert (third["txn_count_1h"], third["amount_sum_1h"], third["txn_count_24h"]) == (1, 20.0, 3)
+    assert third["distinct_devices_24h"] == 2 and third["distinct_countries_24h"] == 2
+    assert (fourth["txn_count_1h"], fourth["seconds_since_prev_txn"], fourth["distinct_devices_24h"]) == (2, 0.0, 3)
+    assert fourth["amount_to_mean_24h"] == pytest.approx(40.0 / 25.0)
+    assert (fifth["txn_count_24h"], fifth["amount_sum_24h"], fifth["distinct_devices_24h"]) == (3, 160.0, 2)
+    assert fifth["txn_count_1h"] == 1 and fifth["seconds_since_prev_txn"] == 86_400 - 5400
+    alone = features_at([LEDGER[0], Event(T0 + 86_401, "T9", 1.0, "d1", "FR")], [1])[0]
+    assert math.isnan(alone["seconds_since_prev_txn"])  # the previous one is more than a day back
+
+
+def test_a_window_depends_only_on_the_events_it_holds_not_on_the_order_they_came_in():
+    shuffled = in_order([LEDGER[4], LEDGER[2], LEDGER[0], LEDGER[3], LEDGER[1]])
+    assert shuffled == LEDGER
+    assert features_at(shuffled, [4]) == features_at(LEDGER, [4])
+    assert features_at(LEDGER[2:], [2])[0]["amount_sum_24h"] == features_at(LEDGER, [4])[0]["amount_sum_24h"]  # fsum: exact
+
+
+def test_the_offline_table_is_the_same_function_as_of_every_transaction():
+    rows = [("C1", e) for e in LEDGER] + [("C2", Event(T0 + 60, "U1", 5.0, "x", "US"))]
+    transactions = pd.DataFrame({
+        "transaction_id": [e.transaction_id for _, e in rows], "customer_id": [c for c, _ in rows],
+        "timestamp": pd.to_datetime([e.time for _, e in rows], unit="s", utc=True), "amount": [e.amount for _, e in rows],
+        "device_id": [e.device_id for _, e in rows], "country": [e.country for _, e in rows]}).sample(frac=1, random_state=0)
+    table = offline_table(transactions)
+    mine = table[table["customer_id"] == "C1"].drop(columns=["customer_id", "transaction_id", "event_timestamp"])
+    pd.testing.assert_frame_equal(mine.reset_index(drop=True), pd.DataFrame(features_at(LEDGER, range(5))))
+    assert table["transaction_id"].tolist() == ["T1", "T2", "T3", "T4", "T5", "U1"]
+    assert table.loc[table["transaction_id"] == "U1", "txn_count_24h"].item() == 1
