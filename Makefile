@@ -112,13 +112,16 @@ soak: install ## The soak: 10 minutes at 70% of saturation (make test runs 30 s 
 test-fast: install ## Run the tests not marked slow or integration
 	$(BIN)/python -m pytest -m "not slow and not integration"
 
-bench: bench-offline bench-serving bench-drift ## Every benchmark; results under loadtests/results/
+bench: bench-offline bench-serving bench-drift bench-stream ## Every benchmark; results under loadtests/results/
 
 bench-offline: install ## Time every offline stage on the default data set (in a temporary folder)
 	$(BIN)/python -m loadtests.bench_features
 
 bench-serving: install ## Service vs naive design vs no-op, side by side (needs `make up` data and wrk)
 	$(BIN)/python -m loadtests.bench_serving
+
+bench-stream: install ## Stream freshness at 1,000 events/s beside fraud-detection traffic, and the consumer's maximum (builds its own data; needs redis-server)
+	$(BIN)/python -m loadtests.bench_stream
 
 MODEL ?= churn
 SHARE ?= 10
