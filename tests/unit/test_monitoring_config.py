@@ -1,5 +1,5 @@
 """The alert rules and the dashboard: valid, unit-tested with promtool, and speaking only of
-metrics the service exports."""
+metrics the service and the stream consumer export."""
 
 import json
 import re
@@ -25,9 +25,11 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 
 
 def exported_series() -> set[str]:
-    """Every series name the service's own metric objects expose."""
+    """Every series name the service's and the stream consumer's own metric objects expose."""
+    from streaming.cli import metrics as stream_metrics
+
     names = set()
-    for metric in vars(metrics()).values():
+    for metric in [*vars(metrics()).values(), *stream_metrics().values()]:
         kind = type(metric).__name__
         names |= {metric._name + suffix for suffix in SUFFIXES[kind]}
     return names
