@@ -130,7 +130,8 @@ def main(
         consumer = start(consumer_command, metrics_port, "/metrics", work / "consume.log", {**env, "STREAM_CONSUMER": "bench"})
         processes.append(consumer)
 
-        stream, client = StreamSettings(redis_url=env["STREAM_REDIS_URL"]), connect(env["STREAM_REDIS_URL"])
+        stream = StreamSettings(redis_url=env["STREAM_REDIS_URL"])
+        client = connect(stream)
         events = events_of(read_table(settings.data_dir / "raw" / "transactions_later.parquet"))
         needed = int(rate * seconds)
         fixed = (events * (needed // len(events) + 1))[:needed]  # the later period again if it is short

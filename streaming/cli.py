@@ -38,7 +38,7 @@ def _stream_or_exit(stream):
 
     from streaming.consumer import connect
 
-    client = connect(stream.redis_url)
+    client = connect(stream)
     try:
         client.ping()
     except redis.RedisError as e:

@@ -33,6 +33,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 from pydantic import Field
@@ -53,6 +54,7 @@ class StreamSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAM_", extra="ignore")
 
     redis_url: str = Field("redis://localhost:6379/0", description="The Redis server that holds the streams and the windows.")
+    redis_password_file: Path | None = Field(None, description="A file holding that server's password (kept out of the URL).")
     stream: str = Field("fintech:transactions", description="The stream of transactions.")
     dead_letters: str = Field("fintech:transactions:dead", description="Where bad and late events go, with their reason.")
     group: str = Field("stream-features", description="The consumer group.")
@@ -81,10 +83,11 @@ class BatchReport:
     freshness_s: list[float] = field(default_factory=list)  # per accepted event: pushed, minus its event time
 
 
-def connect(url: str):
+def connect(stream: StreamSettings):
     import redis
 
-    return redis.Redis.from_url(url, decode_responses=False)
+    password = stream.redis_password_file.read_text().strip() if stream.redis_password_file else None
+    return redis.Redis.from_url(stream.redis_url, password=password, decode_responses=False)
 
 
 def ensure_group(client, stream: StreamSettings) -> None:
@@ -121,7 +124,7 @@ class Consumer:
         from training.contract import validate
 
         self.stream, self.validate = stream, validate
-        self.client = client or connect(stream.redis_url)
+        self.client = client or connect(stream)
         ensure_group(self.client, stream)
         if push is None:
             from feast.data_source import PushMode

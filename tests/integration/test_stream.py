@@ -64,7 +64,7 @@ def consume_all(consumer: Consumer) -> list:
 
 def test_a_day_replayed_through_the_consumer_pushes_the_offline_values_at_the_same_instants(own, later, stream):
     day = first_days(later, 1)
-    client = connect(stream.redis_url)
+    client = connect(stream)
     consumer = Consumer(own, stream, client=client)  # Feast's own push, into the copied SQLite store
     produce(client, stream, events_of(day), rate=0, stamp_now=False)
     reports = consume_all(consumer)
@@ -83,7 +83,7 @@ def test_a_day_replayed_through_the_consumer_pushes_the_offline_values_at_the_sa
 
 
 def test_bad_late_and_repeated_events_are_kept_apart_with_their_reason_and_none_is_lost(own, later, stream):
-    client = connect(stream.redis_url)
+    client = connect(stream)
     consumer = Consumer(own, stream, client=client, push=lambda frame: None)
     good = events_of(first_days(later, 1).head(20))
     newest = max(pd.Timestamp(e["timestamp"]) for e in good if e["customer_id"] == good[0]["customer_id"])
@@ -109,14 +109,14 @@ def test_bad_late_and_repeated_events_are_kept_apart_with_their_reason_and_none_
 
 def consumer_cli(settings, stream: StreamSettings, *args: str) -> subprocess.Popen:
     env = {**os.environ, "DATA_DIR": str(settings.data_dir), "PYTHONOPTIMIZE": "1",
-           **{f"STREAM_{k.upper()}": str(v) for k, v in stream.model_dump().items()}}
+           **{f"STREAM_{k.upper()}": str(v) for k, v in stream.model_dump().items() if v is not None}}
     return subprocess.Popen([sys.executable, "-m", "streaming", "consume", "--metrics-port", "0", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_a_consumer_killed_mid_stream_and_started_again_loses_no_event_and_counts_none_twice(own, later, stream):
     days = first_days(later, 4)
-    client = connect(stream.redis_url)
+    client = connect(stream)
     ensure_group(client, stream)
     produce(client, stream, events_of(days), rate=0, stamp_now=False)
     first = consumer_cli(own, stream)

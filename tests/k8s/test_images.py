@@ -15,7 +15,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.k8s.test_manifests import DASHBOARD, cronjobs, invocations, job_pod_spec, named, render
+from tests.k8s.test_manifests import DASHBOARD, invocations, jobs_image_pods, named, render
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "k8s" / "images"
@@ -182,7 +182,7 @@ def test_the_dashboard_image_runs_as_its_manifest_runs_it():
 def jobs_imports() -> tuple[set[str], set[str]]:
     """The project's packages the CronJobs' commands load (`python -m <module>`: its __main__ and
     what it imports, followed), and the other libraries they and the Feast definitions import."""
-    modules = {module for cronjob in cronjobs(render("dev")) for container in job_pod_spec(cronjob)["containers"]
+    modules = {module for _, spec in jobs_image_pods(render("dev")) for container in spec["containers"]
                for module, _ in invocations(container)}
     local = {path.stem: path for path in FEATURE_REPO.glob("*.py")}
     project, external = imports_of([f"{module}.__main__" for module in sorted(modules)] + sorted(local), local)
@@ -231,7 +231,7 @@ def test_the_jobs_image_copies_every_package_the_jobs_commands_import_and_no_oth
     from core import settings
 
     packages, _ = jobs_imports()
-    assert packages == {"bentos", "core", "monitoring", "rollout", "training"}  # rollout loads versions by bentos.loading
+    assert packages == {"bentos", "core", "monitoring", "rollout", "streaming", "training"}  # rollout loads versions by bentos.loading
     # the Feast definitions, where core/settings.py looks for them: beside core/
     assert settings.Settings.model_fields["feature_repo"].default == settings.REPO_ROOT / FEATURE_REPO.name
     assert copied(JOBS_DOCKERFILE) == packages | {FEATURE_REPO.name, "requirements.lock", RUNTIME_LOCK}
@@ -253,10 +253,9 @@ def test_the_jobs_image_runs_as_its_cronjobs_run_it():
     [env] = arguments(JOBS_DOCKERFILE, "ENV")
     assert dict(pair.split("=", 1) for pair in env.split()) == {"PYTHONPATH": workdir, "HOME": "/tmp",
                                                                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONOPTIMIZE": "1"}
-    for cronjob in cronjobs(objects):
-        spec = job_pod_spec(cronjob)
+    for name, spec in jobs_image_pods(objects):
         pod = spec["securityContext"]
-        assert user == str(pod["runAsUser"]), cronjob["metadata"]["name"]
+        assert user == str(pod["runAsUser"]), name
         assert any(f"--uid {pod['runAsUser']} --gid {pod['runAsGroup']}" in args for args in arguments(JOBS_DOCKERFILE, "RUN"))
         for container in spec["containers"]:
             assert container["workingDir"] == workdir and container["command"], container["name"]

@@ -31,7 +31,8 @@ CUSTOM_GROUPS = ("argoproj.io/", "monitoring.coreos.com/")
 OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSION = "1.32"
 # HPA metric -> the service's counter a custom-metrics adapter turns into it (rate per pod)
-ADAPTER_METRICS = {"fintech_requests_per_second": "fintech_requests_total"}
+ADAPTER_METRICS = {"fintech_requests_per_second": "fintech_requests_total",
+                   "fintech_stream_lag": "fintech_stream_lag"}  # external: the consumer group's lag, as is
 FAMILIES = ("churn", "fraud", "segment")
 UNPRIVILEGED = 10000  # the least uid and gid a container runs as: above any the images or the nodes define
 API_KEYS_SECRET = "fintech-serving-api-keys"  # the hashes the service checks
@@ -274,17 +275,23 @@ def test_the_serving_pods_may_reach_the_openid_provider_only_where_one_is_named(
     assert not issuer or issuer.startswith("https://")
 
 
-def test_the_autoscaler_scales_on_cpu_and_a_metric_the_service_exports(objects):
+def test_the_autoscalers_scale_on_cpu_and_a_metric_their_workload_exports(objects):
+    """The serving workloads on their requests per pod; the stream consumer on the group's lag."""
     from tests.unit.test_monitoring_config import exported_series
 
     autoscalers = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
-    assert len(autoscalers) == len(serving_deployments(objects))  # one per serving workload
+    serving = [hpa for hpa in autoscalers if hpa["spec"]["scaleTargetRef"]["name"].startswith("fintech-serving")]
+    assert len(serving) == len(serving_deployments(objects))  # one per serving workload
+    [consumer] = [hpa for hpa in autoscalers if hpa not in serving]
+    assert consumer["spec"]["scaleTargetRef"]["name"] == "fintech-stream-consumer"
     for hpa in autoscalers:
         kinds = {m["type"] for m in hpa["spec"]["metrics"]}
-        assert kinds == {"Resource", "Pods"}
+        assert kinds == ({"Resource", "Pods"} if hpa in serving else {"Resource", "External"})
         for metric in hpa["spec"]["metrics"]:
             if metric["type"] == "Pods":
                 assert ADAPTER_METRICS[metric["pods"]["metric"]["name"]] in exported_series()
+            elif metric["type"] == "External":
+                assert ADAPTER_METRICS[metric["external"]["metric"]["name"]] in exported_series()
         assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
 
@@ -683,6 +690,16 @@ def job_pod_spec(cronjob: dict) -> dict:
     return cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
+def jobs_image_pods(objects: list[dict]) -> list[tuple[str, dict]]:
+    """(name, pod spec) of every workload of the jobs image: the CronJobs and the stream consumer."""
+    pods = [(c["metadata"]["name"], job_pod_spec(c)) for c in cronjobs(objects)]
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        if any(c["image"].split("@")[0].rsplit(":", 1)[0].endswith(f"/{JOBS_IMAGE}") for c in spec["containers"]):
+            pods.append((deployment["metadata"]["name"], spec))
+    return pods
+
+
 def invocations(container: dict) -> list[tuple[str, list[str]]]:
     """Each `python -m <module> <args>` the container runs, as (module, args): its command, or each
     simple command of the script a `sh -c` command runs (split at ; && || | &, keywords dropped)."""
@@ -787,16 +804,19 @@ def test_every_cronjob_runs_the_jobs_image_and_commands_its_clis_have(objects):
         for container in job_pod_spec(cronjob)["containers"]:
             image = container["image"].split("@")[0].rsplit(":", 1)[0]
             assert image.endswith(f"/{JOBS_IMAGE}"), (cronjob["metadata"]["name"], container["image"])
-            assert container["workingDir"] == "/app", cronjob["metadata"]["name"]  # the image's WORKDIR, PYTHONPATH
-            assert invocations(container), cronjob["metadata"]["name"]
+    for name, spec in jobs_image_pods(objects):
+        for container in spec["containers"]:
+            assert container["workingDir"] == "/app", name  # the image's WORKDIR, PYTHONPATH
+            assert invocations(container), name
             for module, args in invocations(container):
                 parsed(module, args)
+    assert "fintech-stream-consumer" in dict(jobs_image_pods(objects))
 
 
 def test_the_jobs_commands_are_entry_points_that_answer_from_the_repository_root():
-    commands = {(module, args[0]) for overlay in OVERLAYS for cronjob in cronjobs(render(overlay))
-                for container in job_pod_spec(cronjob)["containers"] for module, args in invocations(container)}
-    assert {("rollout", "retrain"), ("rollout", "retrain-if-drifted")} <= commands
+    commands = {(module, args[0]) for overlay in OVERLAYS for _, spec in jobs_image_pods(render(overlay))
+                for container in spec["containers"] for module, args in invocations(container)}
+    assert {("rollout", "retrain"), ("rollout", "retrain-if-drifted"), ("streaming", "consume")} <= commands
     for module, command in sorted(commands):
         done = subprocess.run([sys.executable, "-m", module, command, "--help"], cwd=ROOT, capture_output=True,
                               text=True, timeout=300)
