@@ -31,9 +31,10 @@ def test_feature_summary_counts_everything(built):
 def test_feast_registry_holds_the_repo(built, settings):
     fs = store.open_store(settings)
     assert {s.name for s in fs.list_feature_services()} == {"churn_v1", "fraud_v1", "segment_v1"}
-    assert {v.name for v in fs.list_feature_views()} == {"customer_activity", "customer_spend_mix", "customer_risk_profile"}
+    assert {v.name for v in fs.list_feature_views()} == {"customer_activity", "customer_spend_mix", "customer_risk_profile",
+                                                         "customer_stream"}
     assert [v.name for v in fs.list_on_demand_feature_views()] == ["transaction_context"]
-    assert "customer_activity_push" in {s.name for s in fs.list_data_sources()}
+    assert {"customer_activity_push", "customer_stream_push"} <= {s.name for s in fs.list_data_sources()}
     for obj in [*fs.list_feature_views(), *fs.list_feature_services(), *fs.list_on_demand_feature_views()]:
         assert obj.description and obj.owner, obj.name
 
