@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from bentos.auth import OFF_WARNING, OPEN, SCOPE_OF
 from bentos.config import API_PREFIX
-from bentos.metrics import exposition, metrics, summary
+from bentos.metrics import exposition, metrics, request_series, summary
 from bentos.schemas import (
     ChurnBatchRequest,
     ChurnBatchResponse,
@@ -48,7 +48,9 @@ from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 PIN_HEADER = "X-Model-Version"
-Pin = Header(None, alias=PIN_HEADER, max_length=32, description=(
+PIN_MAX_LENGTH = 32
+REQUEST_ID_PATTERN, REQUEST_ID_MAX_LENGTH = r"^[A-Za-z0-9_.:\-]+$", 64
+Pin = Header(None, alias=PIN_HEADER, max_length=PIN_MAX_LENGTH, description=(
     "Answer with this version: a registry version (7) or a role (champion, challenger). Default: the canary split."))
 ERRORS = {404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 # The scoring routes and the family that answers each, in the order the index lists them.
@@ -57,14 +59,19 @@ ROUTES = (("churn-score", "churn"), ("churn-batch", "churn"), ("segment", "segme
 
 
 async def caller(request: Request, response: Response, x_request_id: str | None = Header(
-        None, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$", description="Your id for this request; default a new one.")) -> dict:
+        None, max_length=REQUEST_ID_MAX_LENGTH, pattern=REQUEST_ID_PATTERN, description="Your id for this request; default a new one.")) -> dict:
     """What the inference log files this request's predictions under: the request's id (echoed in
     X-Request-ID) and the client that sent it (bentos/auth.py; empty with AUTH_MODE=off).
     (async: FastAPI would run a plain function in its thread pool, a hop per request.)"""
-    rid = x_request_id or uuid.uuid4().hex
-    response.headers["X-Request-ID"] = rid
-    client = request.scope.get("state", {}).get("client")
-    return {"request_id": rid, "client_id": client.client_id if client is not None else ""}
+    who = caller_of(request.scope, x_request_id)
+    response.headers["X-Request-ID"] = who["request_id"]
+    return who
+
+
+def caller_of(scope: dict, request_id: str | None) -> dict:
+    """The request's id (the client's, or a new one) and the client bentos/auth.py identified."""
+    client = scope.get("state", {}).get("client")
+    return {"request_id": request_id or uuid.uuid4().hex, "client_id": client.client_id if client is not None else ""}
 
 
 Caller = Annotated[dict, Depends(caller)]
@@ -221,7 +228,6 @@ def answered_by(result: dict) -> dict:
 def observed(route: str, family: str):
     """Count the request and time it, labelled by route and the version that answered: the
     handler fills the yielded dict from the scorer's result."""
-    m = metrics()
     started = time.perf_counter()
     status = 200
     labels = {"version": "none", "role": "none"}
@@ -238,8 +244,9 @@ def observed(route: str, family: str):
         log.exception("%s: scoring failed", route)
         raise ScoringFailed(f"{type(e).__name__}: {e}"[:300]) from e
     finally:
-        m.requests.labels(route, family, labels["version"], labels["role"], str(status)).inc()
-        m.latency.labels(route, family, labels["version"], labels["role"]).observe(time.perf_counter() - started)
+        count, latency = request_series(route, family, labels["version"], labels["role"], status)
+        count.inc()
+        latency.observe(time.perf_counter() - started)
 
 
 def create_app(server, auth_mode: str = "on") -> FastAPI:
@@ -250,7 +257,7 @@ def create_app(server, auth_mode: str = "on") -> FastAPI:
         description="Churn (with reason codes), fraud and segmentation models, scored from Feast online features.",
         version="1.0",
     )
-    _add_error_handlers(app, retry_after_s=max(1, math.ceil(server.serving.store_retry_s)))
+    _add_error_handlers(app, retry_after_s=retry_after(server.serving))
     app.add_middleware(BodyLimit, limit=server.serving.max_body_bytes)
     app.include_router(_service_routes(server, auth_mode))
     families = server.serving.served()
@@ -305,10 +312,24 @@ def _describe_credentials(app: FastAPI) -> None:
     app.openapi = document
 
 
+def client_error_response(e: ClientError) -> JSONResponse:
+    return JSONResponse({"error": e.error, "detail": e.detail, "fields": e.fields}, status_code=e.status)
+
+
+def scoring_failed_response(e: ScoringFailed, retry_after_s: int) -> JSONResponse:
+    return JSONResponse({"error": e.error, "detail": str(e), "fields": []}, status_code=503,
+                        headers={"Retry-After": str(retry_after_s)})
+
+
+def retry_after(serving) -> int:
+    """What a 503 tells the client to wait: the store's fail-fast window, in whole seconds."""
+    return max(1, math.ceil(serving.store_retry_s))
+
+
 def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(ClientError)
     async def client_error(_: Request, e: ClientError) -> JSONResponse:
-        return JSONResponse({"error": e.error, "detail": e.detail, "fields": e.fields}, status_code=e.status)
+        return client_error_response(e)
 
     @app.exception_handler(HTTPException)
     async def framework_error(_: Request, e: HTTPException) -> JSONResponse:
@@ -322,8 +343,7 @@ def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(ScoringFailed)
     async def scoring_failed(_: Request, e: ScoringFailed) -> JSONResponse:
-        return JSONResponse({"error": e.error, "detail": str(e), "fields": []}, status_code=503,
-                            headers={"Retry-After": str(retry_after_s)})
+        return scoring_failed_response(e, retry_after_s)
 
 
 def _service_routes(server, auth_mode: str) -> APIRouter:
@@ -393,12 +413,21 @@ async def score_one(server, route: str, family: str, request: dict) -> dict:
         return raise_for(result)
 
 
+def customer_request(body: CustomerRequest, pin: str | None, who: dict) -> dict:
+    """What churn-score and segment hand their family: the body, the pinned version, the caller."""
+    return {**body.model_dump(), "pin": pin, **who}
+
+
+def fraud_request(body: FraudRequest, pin: str | None, who: dict) -> dict:
+    return {"customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin, **who}
+
+
 def _churn_routes(router: APIRouter, server) -> None:
     max_ids = server.serving.max_batch_ids
 
     @router.post("/churn-score", response_model=ChurnScore, responses=ERRORS)
     async def churn_score(body: CustomerRequest, who: Caller, pin: str | None = Pin) -> dict:
-        return await score_one(server, "churn-score", "churn", {**body.model_dump(), "pin": pin, **who})
+        return await score_one(server, "churn-score", "churn", customer_request(body, pin, who))
 
     @router.post("/churn-batch", response_model=ChurnBatchResponse, responses=ERRORS)
     async def churn_batch(body: ChurnBatchRequest, who: Caller, pin: str | None = Pin) -> dict:
@@ -426,14 +455,13 @@ def _churn_routes(router: APIRouter, server) -> None:
 def _segment_route(router: APIRouter, server) -> None:
     @router.post("/segment", response_model=SegmentResult, responses=ERRORS)
     async def segment_customer(body: CustomerRequest, who: Caller, pin: str | None = Pin) -> dict:
-        return await score_one(server, "segment", "segment", {**body.model_dump(), "pin": pin, **who})
+        return await score_one(server, "segment", "segment", customer_request(body, pin, who))
 
 
 def _fraud_route(router: APIRouter, server) -> None:
     @router.post("/fraud-detection", response_model=FraudScore, responses=ERRORS)
     async def fraud_detection(body: FraudRequest, who: Caller, pin: str | None = Pin) -> dict:
-        return await score_one(server, "fraud-detection", "fraud", {
-            "customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin, **who})
+        return await score_one(server, "fraud-detection", "fraud", fraud_request(body, pin, who))
 
 
 def _explain_route(router: APIRouter, server) -> None:

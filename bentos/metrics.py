@@ -83,6 +83,14 @@ def metrics() -> Metrics:
     )
 
 
+@lru_cache(maxsize=4096)
+def request_series(route: str, family: str, version: str, role: str, status: int) -> tuple:
+    """The request counter and latency histogram of one route, answering version and status: found
+    once, not by `labels()` (a lock and a lookup) on every request."""
+    m = metrics()
+    return m.requests.labels(route, family, version, role, str(status)), m.latency.labels(route, family, version, role)
+
+
 def observe_many(histogram, values) -> None:
     """`histogram.observe(v)` for every v, with one increment per bucket instead of one per value.
 

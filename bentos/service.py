@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from bentos.api import Admission, create_app
 from bentos.auth import Authenticate, AuthSettings, check_mode
 from bentos.config import freeze_heap, get_serving_settings, service_options
+from bentos.fastpath import FastPath
 from bentos.family import Server
 from bentos.loading import from_bento
 from core.settings import get_settings
@@ -49,7 +50,9 @@ class FintechAPI:
         server.stop()
 
 
-# in front of BentoML's routing: what is shed costs next to nothing (bentos/api.py); then who calls (bentos/auth.py)
+# in front of BentoML's routing: what is shed costs next to nothing (bentos/api.py); then who calls
+# (bentos/auth.py); then the single-customer scoring routes, answered there (bentos/fastpath.py)
 FintechAPI.add_asgi_middleware(Admission, limit=SERVING.max_in_progress, max_header_bytes=SERVING.max_header_bytes)
 if AUTH.mode == "on":
     FintechAPI.add_asgi_middleware(Authenticate, settings=AUTH)
+FintechAPI.add_asgi_middleware(FastPath, server=server)

@@ -16,6 +16,7 @@ import bentoml
 
 from bentos.api import Admission, create_app
 from bentos.config import freeze_heap, get_serving_settings, service_options
+from bentos.fastpath import FastPath
 from bentos.family import Server
 from bentos.loading import from_bento
 from core.settings import get_settings
@@ -42,3 +43,4 @@ class CannedAPI:
 
 
 CannedAPI.add_asgi_middleware(Admission, limit=SERVING.max_in_progress)
+CannedAPI.add_asgi_middleware(FastPath, server=server)

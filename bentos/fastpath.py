@@ -1,0 +1,194 @@
+"""The single-customer scoring routes (churn-score, segment, fraud-detection), answered before
+BentoML's router and FastAPI see the request.
+
+    FintechAPI.add_asgi_middleware(FastPath, server=server)   # bentos/service.py, after authentication
+
+A well-formed request (a JSON body that its pydantic schema accepts, a valid X-Request-ID and
+X-Model-Version) is validated, scored and answered here, through the same functions the FastAPI
+routes call: the same request to the family (bentos/api.py: customer_request, fraud_request), the
+same metrics and error translation (score_one), the same error responses. Anything else — another
+route or method, another content type, a body too large, malformed or refused by its schema, a
+header the routes would refuse — goes on, body and all, to BentoML's stack and the FastAPI app,
+which answer it exactly as before: the fast path never decides what is invalid. Tests hold both
+paths to the same status, body and headers (tests/unit/test_fastpath.py).
+
+It sits behind BentoML's timeout and tracing middlewares and behind Admission and Authenticate
+(bentos/service.py), so shedding, authentication, rate limits, the 504 and tracing apply as before.
+
+Why: on two cores, BentoML's router, its request context and FastAPI's routing, dependencies and
+validation cost more per request than reading the features and scoring them: behind them,
+churn-score answered about half of what a no-op route behind them did (README, Measured figures).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from pydantic import BaseModel
+from pydantic_core import to_json
+
+from bentos.api import (
+    PIN_MAX_LENGTH,
+    REQUEST_ID_MAX_LENGTH,
+    REQUEST_ID_PATTERN,
+    ClientError,
+    ScoringFailed,
+    caller_of,
+    client_error_response,
+    customer_request,
+    fraud_request,
+    retry_after,
+    score_one,
+    scoring_failed_response,
+)
+from bentos.config import API_PREFIX
+from bentos.schemas import ChurnScore, CustomerRequest, FeatureSources, FraudRequest, FraudScore, SegmentResult
+
+REQUEST_ID = re.compile(REQUEST_ID_PATTERN.removeprefix("^").removesuffix("$"))  # matched whole, as pydantic does
+
+
+# The response bodies, field by field in the response models' order (bentos/schemas.py), built
+# from the scorers' results without validating them again: a test holds each equal, byte for byte,
+# to what the model's own serialiser (FastAPI's response_model) makes of the same result.
+STORE_NOTE = FeatureSources.model_fields["store"].default
+
+
+def _model(m: dict) -> dict:
+    return {"name": m["name"], "version": m["version"], "role": m["role"], "feature_service": m["feature_service"]}
+
+
+def _sources(s: dict) -> dict:
+    return {"request": s["request"], "default": s["default"], "store": STORE_NOTE}
+
+
+def _reasons(reasons: list[dict]) -> list[dict]:
+    return [{"feature": r["feature"], "shap_value": r["shap_value"], "feature_value": r["feature_value"],
+             "direction": r["direction"]} for r in reasons]
+
+
+def churn_body(r: dict) -> dict:
+    return {"customer_id": r["customer_id"], "churn_probability": r["churn_probability"], "risk_level": r["risk_level"],
+            "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
+            "reasons": _reasons(r.get("reasons", []))}
+
+
+def segment_body(r: dict) -> dict:
+    return {"customer_id": r["customer_id"], "segment_id": r["segment_id"], "segment_name": r["segment_name"],
+            "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"])}
+
+
+def fraud_body(r: dict) -> dict:
+    return {"customer_id": r["customer_id"], "fraud_probability": r["fraud_probability"], "is_fraud": r["is_fraud"],
+            "threshold": r["threshold"], "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
+            "reasons": _reasons(r["reasons"])}
+
+
+@dataclass(frozen=True)
+class Route:
+    route: str
+    family: str
+    body: type[BaseModel]  # the request's schema
+    request: Callable[[BaseModel, str | None, dict], dict]  # what the family is asked
+    response: type[BaseModel]  # the route's response model
+    answer: Callable[[dict], dict]  # the response body of a result
+
+
+ROUTES = (
+    Route("churn-score", "churn", CustomerRequest, customer_request, ChurnScore, churn_body),
+    Route("segment", "segment", CustomerRequest, customer_request, SegmentResult, segment_body),
+    Route("fraud-detection", "fraud", FraudRequest, fraud_request, FraudScore, fraud_body),
+)
+
+
+class FastPath:
+    """ASGI middleware answering the served families' single-customer routes; see the module."""
+
+    def __init__(self, app, server):
+        self.app, self.server = app, server
+        self.routes = {f"{API_PREFIX}/{r.route}": r for r in ROUTES if r.family in server.serving.served()}
+        self.max_body_bytes = server.serving.max_body_bytes
+        self.retry_after_s = retry_after(server.serving)
+
+    async def __call__(self, scope, receive, send):
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        headers = route and plain_headers(scope["headers"], self.max_body_bytes)
+        if headers is None:
+            return await self.app(scope, receive, send)
+        messages, body = await read_body(receive, self.max_body_bytes)
+        request = body and parse(route, body, headers.get(b"x-model-version"), headers.get(b"x-request-id"), scope)
+        if not request:
+            return await self.app(scope, replay(messages, receive), send)
+        try:
+            result = await score_one(self.server, route.route, route.family, request)
+        except ClientError as e:
+            return await client_error_response(e)(scope, receive, send)
+        except ScoringFailed as e:
+            return await scoring_failed_response(e, self.retry_after_s)(scope, receive, send)
+        content = to_json(route.answer(result))
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-length", b"%d" % len(content)), (b"content-type", b"application/json"),
+            (b"x-request-id", request["request_id"].encode())]})
+        await send({"type": "http.response.body", "body": content})
+
+
+def plain_headers(raw: list[tuple[bytes, bytes]], max_body_bytes: int) -> dict[bytes, bytes] | None:
+    """The headers the routes read (the first of each, as Starlette takes it), when they are ones
+    the FastAPI route would accept as they are; None to leave the request to it."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in raw:
+        headers.setdefault(name, value)
+    if headers.get(b"content-type", b"").partition(b";")[0].strip().lower() != b"application/json":
+        return None
+    length = headers.get(b"content-length")
+    if length is not None and not (length.isdigit() and int(length) <= max_body_bytes):
+        return None
+    pin, request_id = headers.get(b"x-model-version"), headers.get(b"x-request-id")
+    if pin is not None and len(pin) > PIN_MAX_LENGTH:
+        return None
+    if request_id is not None and not (len(request_id) <= REQUEST_ID_MAX_LENGTH and REQUEST_ID.fullmatch(request_id.decode("latin-1"))):
+        return None
+    return headers
+
+
+async def read_body(receive, limit: int) -> tuple[list[dict], bytes | None]:
+    """The messages received, and the whole body; no body when it grew past `limit` or the
+    client left (the FastAPI app then answers from the same messages)."""
+    messages, size = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, None
+        size += len(message.get("body", b""))
+        if size > limit:
+            return messages, None
+        if not message.get("more_body", False):
+            break
+    return messages, b"".join(m.get("body", b"") for m in messages)
+
+
+def parse(route: Route, body: bytes, pin: bytes | None, request_id: bytes | None, scope: dict) -> dict | None:
+    """The family's request, or None when the body is not one the route's schema accepts."""
+    try:
+        validated = route.body.model_validate(json.loads(body))  # as FastAPI decodes and validates a JSON body
+    except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError, as is JSON's decode error
+        return None
+    return route.request(validated, latin1(pin), caller_of(scope, latin1(request_id)))
+
+
+def latin1(value: bytes | None) -> str | None:
+    """A header's value as Starlette decodes it."""
+    return None if value is None else value.decode("latin-1")
+
+
+def replay(messages: list[dict], receive):
+    """`receive` that hands out `messages` again first."""
+    pending = list(messages)
+
+    async def again() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return again

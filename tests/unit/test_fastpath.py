@@ -1,0 +1,166 @@
+"""The scoring routes' fast path (bentos/fastpath.py) answers exactly as the FastAPI routes do:
+the same status, body and headers for good requests and bad ones, and it hands everything it does
+not take whole to the FastAPI app."""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
+
+from bentos.api import create_app
+from bentos.config import API_PREFIX, ServingSettings
+from bentos.family import Server
+from bentos.fastpath import ROUTES, FastPath
+from bentos.scoring import UNKNOWN_VERSION, FraudScorer, ModelInfo, StoreUnavailable
+from monitoring.inference_log import FEATURES_KEY
+from tests.unit.test_scoring import FakeReader, booster, churn  # noqa: F401 (fixtures)
+
+TRANSACTION = {"amount": 120.5, "merchant_category": "groceries", "channel": "online", "country": "GB", "device_id": "d1"}
+SEGMENT = {"segment_id": 2, "segment_name": "steady savers", "feature_sources": {"request": [], "default": ["spend_30d"]},
+           "model": {"name": "segment", "version": "4", "role": "champion", "feature_service": "segment_v1"}}
+
+
+class Family:
+    """Answers like a family of this process: a real scorer over the fake reader, pins included."""
+
+    def __init__(self, score):
+        self.score_one, self.asked = score, []
+
+    async def score(self, request):
+        self.asked.append(request)
+        if request["pin"] not in (None, "champion"):
+            return {"customer_id": request["customer_id"], "error": UNKNOWN_VERSION, "detail": f"no version {request['pin']!r}"}
+        if request["customer_id"] == "DOWN":
+            raise StoreUnavailable("the online store (redis at 10.0.0.9:6379) did not answer: ConnectionError: refused")
+        return self.score_one(request)
+
+
+@pytest.fixture
+def server(churn, booster):  # noqa: F811
+    fraud = FraudScorer(booster, {"features": churn.features, "threshold": 0.5}, ModelInfo("fraud", "2", "champion", "fraud_v1"),
+                        FakeReader(), top_n=2)
+    server = Server(ServingSettings(store_retry_s=2))
+    server.families = {
+        "churn": Family(lambda r: churn.score([r], keep_features=True)[0]),
+        "fraud": Family(lambda r: fraud.score([r], keep_features=True)[0]),
+        "segment": Family(lambda r: {"customer_id": r["customer_id"], **SEGMENT} if r["customer_id"] in "AB" else
+                          {"customer_id": r["customer_id"], "error": "unknown_customer", "model": SEGMENT["model"]}),
+    }
+    return server
+
+
+class Counted:
+    """The FastAPI app, counting the requests that reach it."""
+
+    def __init__(self, app):
+        self.app, self.calls = app, 0
+
+    async def __call__(self, scope, receive, send):
+        self.calls += scope["type"] == "http"
+        await self.app(scope, receive, send)
+
+
+def exchange(client: TestClient, route: str, **request) -> tuple:
+    response = client.post(f"{API_PREFIX}/{route}", **request)
+    headers = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "content-length")}
+    request_id = response.headers.get("x-request-id")
+    echoed = request_id if request_id == request.get("headers", {}).get("x-request-id") else (request_id and len(request_id))
+    return response.status_code, response.content, headers, echoed
+
+
+GOOD = [
+    ("churn-score", {"json": {"customer_id": "A"}}),
+    ("churn-score", {"json": {"customer_id": "B", "features": {"days_since_last_txn": 3}}}),
+    ("churn-score", {"json": {"customer_id": "A"}, "headers": {"x-request-id": "batch-7:row.12", "x-model-version": "champion"}}),
+    ("churn-score", {"content": b'{"customer_id": "A"}', "headers": {"content-type": "application/json; charset=utf-8"}}),
+    ("churn-score", {"json": {"customer_id": "NOBODY"}}),  # 404
+    ("churn-score", {"json": {"customer_id": "A"}, "headers": {"x-model-version": "9"}}),  # 422 unknown version
+    ("churn-score", {"json": {"customer_id": "A", "features": {"no_such_feature": 1}}}),  # 422 invalid feature
+    ("churn-score", {"json": {"customer_id": "DOWN"}}),  # 503 with Retry-After
+    ("fraud-detection", {"json": {"customer_id": "A", "transaction": TRANSACTION}}),
+    ("fraud-detection", {"json": {"customer_id": "B", "transaction": {**TRANSACTION, "timestamp": "2026-11-30T10:00:00"}}}),
+    ("segment", {"json": {"customer_id": "B"}}),
+    ("segment", {"json": {"customer_id": "Z"}}),  # 404
+]
+LEFT_TO_FASTAPI = [
+    ("churn-score", {"content": b'{"customer_id": "A"', "headers": {"content-type": "application/json"}}),
+    ("churn-score", {"content": b'{"customer_id": "\xff\xfe"}', "headers": {"content-type": "application/json"}}),
+    ("churn-score", {"content": b"[" * 5000, "headers": {"content-type": "application/json"}}),
+    ("churn-score", {"content": b"", "headers": {"content-type": "application/json"}}),
+    ("churn-score", {"json": []}),
+    ("churn-score", {"json": {"customer_id": 7}}),
+    ("churn-score", {"json": {"customer_id": "A", "extra": 1}}),
+    ("churn-score", {"json": {"customer_id": "A", "features": {"spend_30d": "NaN"}}}),
+    ("churn-score", {"json": {}}),
+    ("churn-score", {"content": b'{"customer_id": "A"}', "headers": {"content-type": "text/plain"}}),
+    ("churn-score", {"content": b'{"customer_id": "A"}', "headers": {"content-type": "application/vnd.bank+json"}}),
+    ("churn-score", {"json": {"customer_id": "A"}, "headers": {"x-request-id": "has space"}}),
+    ("churn-score", {"json": {"customer_id": "A"}, "headers": {"x-request-id": "r" * 65}}),
+    ("churn-score", {"json": {"customer_id": "A"}, "headers": {"x-model-version": "v" * 33}}),
+    ("churn-score", {"json": {"customer_id": "C" * 2000}}),  # over the 1,000-byte limit below: 413
+    ("fraud-detection", {"json": {"customer_id": "A", "transaction": {**TRANSACTION, "amount": -1}}}),
+    ("fraud-detection", {"json": {"customer_id": "A", "transaction": {**TRANSACTION, "country": "gb"}}}),
+    ("segment", {"json": {"customer_id": ""}}),
+]
+
+
+@pytest.mark.parametrize(("route", "request_"), GOOD + LEFT_TO_FASTAPI)
+def test_the_fast_path_answers_as_the_fastapi_route_does(server, route, request_):
+    server.serving = server.serving.model_copy(update={"max_body_bytes": 1000})
+    assert exchange(TestClient(FastPath(create_app(server), server)), route, **request_) == \
+        exchange(TestClient(create_app(server)), route, **request_)
+
+
+@pytest.mark.parametrize(("route", "request_", "taken"), [(*r, True) for r in GOOD] + [(*r, False) for r in LEFT_TO_FASTAPI])
+def test_a_well_formed_request_is_answered_by_the_fast_path_and_any_other_by_fastapi(server, route, request_, taken):
+    server.serving = server.serving.model_copy(update={"max_body_bytes": 1000})
+    app = Counted(create_app(server))
+    TestClient(FastPath(app, server)).post(f"{API_PREFIX}/{route}", **request_)
+    assert app.calls == (0 if taken else 1)
+
+
+def test_a_body_sent_in_pieces_is_read_whole_and_scored(server):
+    def pieces():
+        yield from (b'{"customer_', b'id": ', b'"A"}')
+
+    client = TestClient(FastPath(create_app(server), server))
+    response = client.post(f"{API_PREFIX}/churn-score", content=pieces(), headers={"content-type": "application/json"})
+    assert response.status_code == 200 and response.json()["customer_id"] == "A"
+
+
+def test_the_family_is_asked_with_the_callers_id_pin_and_request_id(server):
+    client = TestClient(FastPath(create_app(server), server))
+    client.post(f"{API_PREFIX}/churn-score", json={"customer_id": "A"}, headers={"x-request-id": "r-1", "x-model-version": "champion"})
+    client.post(f"{API_PREFIX}/fraud-detection", json={"customer_id": "A", "transaction": {**TRANSACTION, "timestamp": "2026-11-30T10:00:00Z"}})
+    churn, fraud = server.families["churn"].asked[0], server.families["fraud"].asked[0]
+    assert churn == {"customer_id": "A", "features": None, "pin": "champion", "request_id": "r-1", "client_id": ""}
+    assert fraud["request_data"] == {**TRANSACTION, "transaction_time": 1796032800} and len(fraud["request_id"]) == 32
+
+
+def test_a_process_serving_one_family_takes_only_its_routes(server):
+    server.serving = server.serving.model_copy(update={"families": "fraud"})
+    app = Counted(create_app(server))
+    client = TestClient(FastPath(app, server))
+    assert client.post(f"{API_PREFIX}/churn-score", json={"customer_id": "A"}).status_code == 404 and app.calls == 1
+    assert client.post(f"{API_PREFIX}/fraud-detection", json={"customer_id": "A", "transaction": TRANSACTION}).status_code == 200
+    assert app.calls == 1
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.route)
+def test_each_answer_is_byte_for_byte_what_the_response_model_makes_of_the_result(server, route):
+    """The fast path builds its bodies without validating them again (bentos/fastpath.py)."""
+    import asyncio
+
+    from pydantic_core import to_json
+
+    body = {"customer_id": "B", "features": {"spend_30d": 5.5}} if route.body.__name__ == "CustomerRequest" else \
+        {"customer_id": "B", "transaction": TRANSACTION}
+    request = route.request(route.body.model_validate(body), None, {"request_id": "r", "client_id": ""})
+    result = asyncio.run(server.families[route.family].score(request))
+    adapter = TypeAdapter(route.response)
+    if route.family != "segment":
+        assert FEATURES_KEY in result and any(r["feature_value"] is None for r in result["reasons"]) is False
+        result["reasons"][0]["feature_value"] = None  # a default the store had no value for
+    assert to_json(route.answer(result)) == adapter.dump_json(adapter.validate_python(result), by_alias=True)
+    assert json.loads(to_json(route.answer(result)))["customer_id"] == "B"
