@@ -21,9 +21,10 @@ class FamilySettings(BaseSettings):
     """Batching of one model family's single-customer requests, and its canary defaults."""
 
     max_batch_size: int = Field(256, ge=1, description="Most requests scored in one batch.")
-    max_wait_ms: float = Field(0.0, ge=0, le=1000, description=(
-        "How long the first request of a batch may wait for others. 0: none; a batch holds what arrived "
-        "while the previous one was scored (bentos/batching.py)."))
+    max_wait_ms: float = Field(1.0, ge=0, le=1000, description=(
+        "How long the first request of a batch may wait for others, when requests arrive closer together than "
+        "this; a request to an idle service never waits. 0: never; a batch then holds what arrived while the "
+        "previous one was scored (bentos/batching.py)."))
     challenger_share: float = Field(0.0, ge=0, le=100, description=(
         "Percent of customers the `challenger` version answers, when the registry names one. The registered "
         "model's tag serving.challenger_share, set by `make canary` and reset by promote/rollback, wins over this."))

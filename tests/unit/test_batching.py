@@ -51,17 +51,35 @@ def test_a_lone_request_does_not_wait_for_company():
     assert asyncio.run(main()) < 0.01 and scorer.batches == [1]
 
 
-def test_a_wait_window_gathers_requests_that_arrive_within_it():
+def test_requests_arriving_closer_together_than_the_window_wait_for_company():
     scorer = Scorer()
 
     async def main():
         batcher = Batcher(scorer, max_batch_size=256, max_wait_ms=50)
-        first = asyncio.ensure_future(batcher.submit({"customer_id": "C1"}))
+        first = await batcher.submit({"customer_id": "C1"})  # the first of all: nothing to expect, at once
         await asyncio.sleep(0.01)
-        second = await batcher.submit({"customer_id": "C2"})
-        return await first, second
-    first, second = asyncio.run(main())
-    assert scorer.batches == [2] and (first["customer_id"], second["customer_id"]) == ("C1", "C2")
+        second = asyncio.ensure_future(batcher.submit({"customer_id": "C2"}))  # 10 ms after it: company expected
+        await asyncio.sleep(0.01)
+        third = await batcher.submit({"customer_id": "C3"})
+        return first, await second, third
+    first, second, third = asyncio.run(main())
+    assert scorer.batches == [1, 2]
+    assert [r["customer_id"] for r in (first, second, third)] == ["C1", "C2", "C3"]
+
+
+def test_requests_arriving_further_apart_than_the_window_never_wait():
+    scorer = Scorer()
+
+    async def main():
+        batcher = Batcher(scorer, max_batch_size=256, max_wait_ms=50)
+        waits = []
+        for i in range(4):
+            started = asyncio.get_running_loop().time()
+            await batcher.submit({"customer_id": f"C{i}"})
+            waits.append(asyncio.get_running_loop().time() - started)
+            await asyncio.sleep(0.08)
+        return waits
+    assert max(asyncio.run(main())) < 0.03 and scorer.batches == [1, 1, 1, 1]
 
 
 def test_a_failing_batch_fails_every_request_in_it():
