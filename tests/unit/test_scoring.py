@@ -157,3 +157,34 @@ def test_the_redis_read_encodes_its_commands_as_hiredis_does():
     keys = [b"\x02\x00\x00\x00customer_id\x00C0000001fintech", b"k" * 300, b""]
     assert pack_hmgets(keys, fields) == b"".join(hiredis.pack_command((b"HMGET", key, *fields)) for key in keys)
     assert pack_hmgets([], fields) == b""
+
+
+def sqlite_view(rows: list[tuple[bytes, str, bytes | None]]):
+    """A table as Feast's SQLite online store keeps a view: a row per customer and feature."""
+    import sqlite3
+
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE t (entity_key BLOB, feature_name TEXT, value BLOB, event_ts timestamp, "
+                       "PRIMARY KEY (entity_key, feature_name))")
+    connection.executemany("INSERT INTO t VALUES (?, ?, ?, 1700000000)", rows)
+    return connection
+
+
+def test_a_views_float_features_are_read_a_customer_a_row_and_decoded_at_once():
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from bentos.online import float_rows
+
+    def double(x):
+        return Value(double_val=x).SerializeToString()
+
+    connection = sqlite_view([(b"A", "spend", double(3.5)), (b"A", "count", double(2.0)), (b"A", "seen", Value(string_val="x,y").SerializeToString()),
+                              (b"B", "count", double(0.0)), (b"B", "spend", double(-1.0)), (b"B", "seen", b"")])
+    values, seconds = float_rows(connection, "t", ("count", "spend"), [b"B", b"nobody", b"A"])
+    np.testing.assert_array_equal(values["count"], [0.0, np.nan, 2.0])  # the string feature it does not read is left alone
+    np.testing.assert_array_equal(values["spend"], [-1.0, np.nan, 3.5])
+    assert seconds.tolist() == [1700000000, 0, 1700000000]
+    # a value that is not a Float64, or a customer without one of the features: read row by row instead
+    assert float_rows(connection, "t", ("count", "seen"), [b"A", b"B"]) is None
+    connection.execute("DELETE FROM t WHERE entity_key = x'42' AND feature_name = 'spend'")
+    assert float_rows(connection, "t", ("count", "spend"), [b"A", b"B"]) is None
