@@ -367,8 +367,11 @@ def python_value(value: Value | None):
     return None if kind is None or kind == "null_val" else getattr(value, kind)
 
 
+@lru_cache(maxsize=4096)
 def timestamp_seconds(blob: bytes | None) -> int:
-    """A view's event time as Feast's Redis store keeps it (a serialised Timestamp); 0 for none."""
+    """A view's event time as Feast's Redis store keeps it (a serialised Timestamp); 0 for none.
+    Kept for the next read: one materialization stamps every customer of a view alike, so a batch
+    holds a few distinct times."""
     return Timestamp.FromString(blob).seconds if blob else 0
 
 

@@ -20,12 +20,13 @@ The targets, each on 2 worker processes, the same machine, store, model and load
       the caller costs; and, in process, the middleware's cost per request with an API key and
       with a verified bearer token (loadtests/bench_auth.py).
 Every server is started first and stays up. Then, per target: a 5 s warm-up, a wait until the
-server has written the warm-up's inference log, the latency of a lone request on the idle server
-(sequential requests), and p50/p99 at a fixed offered rate (an open-loop generator that times each
-request from when it was due, so a stall is not hidden). Then the throughput at saturation (wrk,
-closed loop) in rounds: each round runs every target in turn, in a rotated order, so that the
-machine's slow and fast stretches (the same code moved by 30% between runs here) fall on all of
-them; each target's figure is its median round, and each ratio the median of its per-round ratios.
+server has written the warm-up's inference log, and the latency of a lone request on the idle
+server (sequential requests). Then rounds: each round takes every target in turn, in a rotated
+order, first at a fixed offered rate (an open-loop generator that times each request from when it
+was due, so a stall is not hidden: p50/p99), then at saturation (wrk, closed loop), so that the
+machine's slow and fast stretches (the same code moved by 30% between runs here, and a no-op's p99
+at the fixed rate reached 125 ms in one of them) fall on all of them. Each target's figures are its
+median rounds, and each ratio the median of its per-round ratios; every round is in the results.
 After each of (a)'s rounds, churn-batch calls with 1,000 customers. Before the servers, it times the feature read itself both
 ways (feature_reads). Results go to loadtests/results/serving.{json,md} (serving-redis.* when
 ONLINE_STORE=redis).
@@ -332,15 +333,15 @@ def main(
             # (a p99 of 16-24 ms over the first 15 s at 300 req/s, 8-9 ms over the next)
             settled_s = settle(port) if name in LOGGED else 0.0
             results[name] = {"settled_s": settled_s, "idle": idle_latency(port, ids, headers=extra["headers"]),
-                             "fixed_rate": asyncio.run(_open_loop(port, ids, rate, 15, headers=extra["headers"])),
-                             "rounds": []}
+                             "fixed_rate_rounds": [], "rounds": []}
             print(f"{name}: {json.dumps(results[name])}", flush=True)
         names = list(servers)
         batch_times: list[float] = []
         for r in range(rounds):  # each round in another order, so no target always follows the same one
             for name in names[r % len(names):] + names[:r % len(names)]:
-                port = servers[name][1]
-                results[name]["rounds"].append(wrk(port, targets[name][2]["script"], seconds, connections))
+                port, extra = servers[name][1], targets[name][2]
+                results[name]["fixed_rate_rounds"].append(asyncio.run(_open_loop(port, ids, rate, seconds, headers=extra["headers"])))
+                results[name]["rounds"].append(wrk(port, extra["script"], seconds, connections))
                 if name in LOGGED:  # its burst written before the next target's round
                     settle(port)
                 print(f"round {r + 1} {name}: {json.dumps(results[name]['rounds'][-1])}", flush=True)
@@ -348,6 +349,7 @@ def main(
                     batch_times += churn_batch_times(port, ids, calls=BATCH_CALLS // rounds)
         for name in names:
             results[name]["saturation"] = median_round(results[name]["rounds"])
+            results[name]["fixed_rate"] = median_fixed_rate(results[name]["fixed_rate_rounds"])
         if "a_service" in servers:
             results["a_service"]["churn_batch_1000"] = {
                 "customers": 1000, "calls": len(batch_times), "median_ms": round(statistics.median(batch_times), 1),
@@ -397,6 +399,12 @@ def median_round(rounds: list[dict]) -> dict:
     return {**middle, "non_2xx": sum(r["non_2xx"] for r in rounds), "socket_errors": sum(r["socket_errors"] for r in rounds)}
 
 
+def median_fixed_rate(rounds: list[dict]) -> dict:
+    """The fixed-rate round of median p99 (its p50 with it), and the failures of all."""
+    middle = sorted(rounds, key=lambda r: r["p99_ms"])[len(rounds) // 2]
+    return {**middle, "failures": sum(r["failures"] for r in rounds), "requests": sum(r["requests"] for r in rounds)}
+
+
 def _start_target(command: list[str], ready: str | None, port: int, customer: str, log: Path, env: dict) -> subprocess.Popen:
     if ready is None:  # the naive app has no health route: its own scoring route must answer
         process = subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **env})
@@ -439,17 +447,20 @@ def render(r: dict) -> str:
         "# Serving benchmark", "",
         f"One run, {cfg['cpus']} CPUs, {cfg['workers']} workers per server, {cfg['online_store']} online store, every server "
         f"up for the whole run. Saturation: wrk -t2 -c{cfg['connections']} for {cfg['seconds']} s per target, "
-        f"{cfg['rounds']} rounds, each round every target in turn; the round of median throughput is shown. An open-loop "
-        f"generator at {cfg['fixed_rate']:.0f} req/s for 15 s. POST churn-score with ids drawn from {cfg['customers']:,} customers.", "",
+        f"{cfg['rounds']} rounds, each round every target in turn, each first at a fixed {cfg['fixed_rate']:.0f} req/s "
+        f"(an open-loop generator) for {cfg['seconds']} s; the round of median throughput, and of median p99 at the fixed rate, "
+        f"is shown. POST churn-score with ids drawn from {cfg['customers']:,} customers.", "",
         "| target | req/s at saturation | each round | p50 ms | p99 ms | non-2xx | idle p50 ms | p50 ms at fixed rate "
-        "| p99 ms at fixed rate | failures |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| p99 ms at fixed rate | each round | failures |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for key, label in NAMES.items():
         s, f, idle = r[key]["saturation"], r[key]["fixed_rate"], r[key]["idle"]
         each = ", ".join(f"{x['requests_per_s']:.0f}" for x in r[key]["rounds"])
+        each_fixed = ", ".join(f"{x['p99_ms']}" for x in r[key]["fixed_rate_rounds"])
         lines.append(f"| {label} | {s['requests_per_s']:.0f} | {each} | {s['p50_ms']} | {s['p99_ms']} | "
-                     f"{s['non_2xx'] + s['socket_errors']} | {idle['p50_ms']} | {f['p50_ms']} | {f['p99_ms']} | {f['failures']} |")
+                     f"{s['non_2xx'] + s['socket_errors']} | {idle['p50_ms']} | {f['p50_ms']} | {f['p99_ms']} | {each_fixed} | "
+                     f"{f['failures']} |")
     batch = r["a_service"]["churn_batch_1000"]
     ratios = r["ratios"]
     lines += ["", f"churn-batch of {batch['customers']:,} customers: median {batch['median_ms']} ms, p90 {batch['p90_ms']} ms "
