@@ -6,7 +6,9 @@ Each scoring route validates its body (pydantic, bentos/schemas.py) and hands th
 family in this process, which batches it with the requests arriving at the same time
 (bentos/batching.py) and scores it. Only the routes of the families the server holds exist; the
 others answer 404. Every client error is a JSON 4xx naming the field; nothing a client sends
-produces a 500.
+produces a 500. In the service, churn-score, segment and fraud-detection are answered before this
+app by bentos/fastpath.py, through the functions below, whenever a request is clean; this app
+answers the rest of them, and every other route.
 """
 
 from __future__ import annotations
