@@ -348,8 +348,8 @@ def main(
                 if name == "a_service":  # churn-batch in every round too, so its calls meet the machine's stretches as well
                     batch_times += churn_batch_times(port, ids, calls=BATCH_CALLS // rounds)
         for name in names:
-            results[name]["saturation"] = median_round(results[name]["rounds"])
-            results[name]["fixed_rate"] = median_fixed_rate(results[name]["fixed_rate_rounds"])
+            results[name]["saturation"] = median_of(results[name]["rounds"], "requests_per_s", ("non_2xx", "socket_errors"))
+            results[name]["fixed_rate"] = median_of(results[name]["fixed_rate_rounds"], "p99_ms", ("failures", "requests"))
         if "a_service" in servers:
             results["a_service"]["churn_batch_1000"] = {
                 "customers": 1000, "calls": len(batch_times), "median_ms": round(statistics.median(batch_times), 1),
@@ -393,16 +393,10 @@ def main(
     print(render(results))
 
 
-def median_round(rounds: list[dict]) -> dict:
-    """The saturation round of median throughput (its latencies with it), and the failures of all."""
-    middle = sorted(rounds, key=lambda r: r["requests_per_s"])[len(rounds) // 2]
-    return {**middle, "non_2xx": sum(r["non_2xx"] for r in rounds), "socket_errors": sum(r["socket_errors"] for r in rounds)}
-
-
-def median_fixed_rate(rounds: list[dict]) -> dict:
-    """The fixed-rate round of median p99 (its p50 with it), and the failures of all."""
-    middle = sorted(rounds, key=lambda r: r["p99_ms"])[len(rounds) // 2]
-    return {**middle, "failures": sum(r["failures"] for r in rounds), "requests": sum(r["requests"] for r in rounds)}
+def median_of(rounds: list[dict], by: str, summed: tuple[str, ...]) -> dict:
+    """The round of median `by` (its other figures with it), with the `summed` counts of all rounds."""
+    middle = sorted(rounds, key=lambda r: r[by])[len(rounds) // 2]
+    return {**middle, **{count: sum(r[count] for r in rounds) for count in summed}}
 
 
 def _start_target(command: list[str], ready: str | None, port: int, customer: str, log: Path, env: dict) -> subprocess.Popen:
@@ -466,7 +460,7 @@ def render(r: dict) -> str:
     lines += ["", f"churn-batch of {batch['customers']:,} customers: median {batch['median_ms']} ms, p90 {batch['p90_ms']} ms "
               f"over {batch['calls']} calls.", "",
               "(a) against each target, round by round (median first): " + "; ".join(
-                  f"{NAMES[k][:3]} {statistics.median(v)} ({', '.join(map(str, v))})"
+                  f"({k[0]}) {statistics.median(v)} ({', '.join(map(str, v))})"
                   for k, v in ((t, r["ratios_per_round"][f"a_over_{t[0]}"]) for t in TARGETS if t != "a_service")) + ".", "",
               f"Medians: (a)/(b) = {ratios['a_over_b_throughput']}, (a)/(c) = {ratios['a_over_c_throughput']}, "
               f"(a)/(g) = {ratios['a_over_g_throughput']}, (a)/(d) = {ratios['a_over_d_throughput']}, "

@@ -133,9 +133,9 @@ def test_the_family_is_asked_with_the_callers_id_pin_and_request_id(server):
     client = TestClient(FastPath(create_app(server), server))
     client.post(f"{API_PREFIX}/churn-score", json={"customer_id": "A"}, headers={"x-request-id": "r-1", "x-model-version": "champion"})
     client.post(f"{API_PREFIX}/fraud-detection", json={"customer_id": "A", "transaction": {**TRANSACTION, "timestamp": "2026-11-30T10:00:00Z"}})
-    churn, fraud = server.families["churn"].asked[0], server.families["fraud"].asked[0]
-    assert churn == {"customer_id": "A", "features": None, "pin": "champion", "request_id": "r-1", "client_id": ""}
-    assert fraud["request_data"] == {**TRANSACTION, "transaction_time": 1796032800} and len(fraud["request_id"]) == 32
+    churn_asked, fraud_asked = server.families["churn"].asked[0], server.families["fraud"].asked[0]
+    assert churn_asked == {"customer_id": "A", "features": None, "pin": "champion", "request_id": "r-1", "client_id": ""}
+    assert fraud_asked["request_data"] == {**TRANSACTION, "transaction_time": 1796032800} and len(fraud_asked["request_id"]) == 32
 
 
 def test_a_process_serving_one_family_takes_only_its_routes(server):
