@@ -186,5 +186,9 @@ def test_a_views_float_features_are_read_a_customer_a_row_and_decoded_at_once():
     assert seconds.tolist() == [1700000000, 0, 1700000000]
     # a value that is not a Float64, or a customer without one of the features: read row by row instead
     assert float_rows(connection, "t", ("count", "seen"), [b"A", b"B"]) is None
+    nine_bytes_not_a_double = Value(string_val="abcdefg").SerializeToString()
+    connection.execute("UPDATE t SET value = ? WHERE entity_key = x'41' AND feature_name = 'count'", [nine_bytes_not_a_double])
+    assert float_rows(connection, "t", ("count", "spend"), [b"A", b"B"]) is None
+    connection.execute("UPDATE t SET value = ? WHERE entity_key = x'41' AND feature_name = 'count'", [double(2.0)])
     connection.execute("DELETE FROM t WHERE entity_key = x'42' AND feature_name = 'spend'")
     assert float_rows(connection, "t", ("count", "spend"), [b"A", b"B"]) is None
