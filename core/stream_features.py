@@ -1,7 +1,9 @@
 """Streaming features of a customer: what the last hour and the last day of transactions say, as of
 one of them. One definition for both sides: the stream consumer (streaming/consumer.py) computes
 them as of each customer's newest transaction after every batch of events, and the pipeline
-computes them offline as of every transaction (`offline_table`), for training.
+computes them offline as of every transaction (`offline_table`), for training. What a transaction
+being scored reads from them (`before`) is one definition too: an on-demand feature view runs it
+on both sides.
 
     events = [Event(1_700_000_000.0, "T1", 12.5, "d1", "FR"), Event(1_700_000_600.0, "T2", 80.0, "d2", "FR")]
     features_at(events, [1])   # [{"txn_count_1h": 2, "amount_sum_1h": 92.5, ..., "seconds_since_prev_txn": 600.0}]
@@ -24,6 +26,13 @@ HOUR_S, DAY_S = 3600.0, 86_400.0
 STREAM_FEATURES = [
     "txn_count_1h", "amount_sum_1h", "txn_count_24h", "amount_sum_24h",
     "distinct_devices_24h", "distinct_countries_24h", "seconds_since_prev_txn", "amount_to_mean_24h",
+    "last_txn_time",  # the event time the windows end at (epoch seconds): what a later reader measures from
+]
+# What a transaction being scored learns from its customer's stream features (`before`): the
+# windows as they stood at the customer's previous transaction, and how long ago that was.
+BEFORE_FEATURES = [
+    "seconds_since_last_txn", "prev_txn_count_1h", "prev_amount_sum_1h", "prev_txn_count_24h",
+    "prev_distinct_devices_24h", "prev_distinct_countries_24h", "amount_to_prev_mean_24h",
 ]
 
 
@@ -55,7 +64,40 @@ def features_at(events: list[Event], rows: Iterable[int]) -> list[dict[str, floa
             "distinct_countries_24h": float(len({e.country for e in day})),
             "seconds_since_prev_txn": now - times[i - 1] if len(day) > 1 else math.nan,
             "amount_to_mean_24h": events[i].amount / (day_sum / len(day)),
+            "last_txn_time": now,
         })
+    return out
+
+
+def _known(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def before(inputs: dict[str, list]) -> dict[str, list]:
+    """BEFORE_FEATURES of transactions being scored, from their customers' stream features and
+    their own `amount` and `transaction_time` (dicts of equal-length lists; the on-demand view
+    `transaction_recent_activity` runs it online and for training sets).
+
+    A transaction is scored before the stream brings it, so the windows end at the customer's
+    previous transaction: they count only when that one came strictly before this one and at most
+    a day before it (otherwise every output is NaN). The online store keeps a customer's row
+    however old it is; this rule, not the view's TTL, is what makes an old row say nothing, the
+    same way on both sides."""
+    out: dict[str, list] = {name: [] for name in BEFORE_FEATURES}
+    for i, amount in enumerate(inputs["amount"]):
+        gap = float(inputs["transaction_time"][i]) - _known(inputs["last_txn_time"][i])
+        if not 0.0 < gap <= DAY_S:  # NaN (no row) fails this too
+            for values in out.values():
+                values.append(math.nan)
+            continue
+        count_24h, sum_24h = _known(inputs["txn_count_24h"][i]), _known(inputs["amount_sum_24h"][i])
+        out["seconds_since_last_txn"].append(gap)
+        out["prev_txn_count_1h"].append(_known(inputs["txn_count_1h"][i]))
+        out["prev_amount_sum_1h"].append(_known(inputs["amount_sum_1h"][i]))
+        out["prev_txn_count_24h"].append(count_24h)
+        out["prev_distinct_devices_24h"].append(_known(inputs["distinct_devices_24h"][i]))
+        out["prev_distinct_countries_24h"].append(_known(inputs["distinct_countries_24h"][i]))
+        out["amount_to_prev_mean_24h"].append(float(amount) / (sum_24h / count_24h) if sum_24h > 0 else math.nan)
     return out
 
 
@@ -80,3 +122,15 @@ def offline_table(transactions):
                 columns[name].append(value)
     return pd.DataFrame({"customer_id": frame["customer_id"].to_numpy(), "transaction_id": frame["transaction_id"].to_numpy(),
                          "event_timestamp": frame["timestamp"].to_numpy(), **columns})
+
+
+def nothing_known(table):
+    """One row per customer of `table` (an offline_table) at the Unix epoch with every feature
+    missing: before its first transaction the stream knows nothing of a customer. The view's
+    offline source carries them because Feast's file offline store drops a training row whose
+    customer has rows but none as old as it, instead of leaving its features missing."""
+    import pandas as pd
+
+    customers = table["customer_id"].drop_duplicates().to_numpy()
+    return pd.DataFrame({"customer_id": customers, "transaction_id": "", "event_timestamp": pd.Timestamp(0, tz="UTC"),
+                         **{name: math.nan for name in STREAM_FEATURES}})

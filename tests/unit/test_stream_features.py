@@ -1,12 +1,12 @@
-"""The streaming features of one customer, by hand on a small ledger, and the offline table built
-from the same function."""
+"""The streaming features of one customer, by hand on a small ledger, the offline table built
+from the same function, and what a transaction being scored reads of them."""
 
 import math
 
 import pandas as pd
 import pytest
 
-from core.stream_features import Event, features_at, in_order, offline_table
+from core.stream_features import BEFORE_FEATURES, STREAM_FEATURES, Event, before, features_at, in_order, offline_table
 
 T0 = 1_700_000_000.0
 LEDGER = [  # time, id, amount, device, country
@@ -51,3 +51,33 @@ def test_the_offline_table_is_the_same_function_as_of_every_transaction():
     pd.testing.assert_frame_equal(mine.reset_index(drop=True), pd.DataFrame(features_at(LEDGER, range(5))))
     assert table["transaction_id"].tolist() == ["T1", "T2", "T3", "T4", "T5", "U1"]
     assert table.loc[table["transaction_id"] == "U1", "txn_count_24h"].item() == 1
+
+
+def stream_row(features: dict) -> dict:
+    """One stored stream row as an on-demand view gets it: each feature a one-element list."""
+    return {name: [value] for name, value in features.items()}
+
+
+def test_a_scored_transaction_reads_the_windows_of_the_previous_one_and_the_time_since_it():
+    third = features_at(LEDGER, [2])[0]  # as the stream left it after T3, two hours in
+    seen = before({**stream_row(third), "amount": [50.0], "transaction_time": [T0 + 7200 + 600]})
+    assert seen["seconds_since_last_txn"] == [600.0]
+    assert (seen["prev_txn_count_1h"], seen["prev_amount_sum_1h"], seen["prev_txn_count_24h"]) == ([1.0], [20.0], [3.0])
+    assert (seen["prev_distinct_devices_24h"], seen["prev_distinct_countries_24h"]) == ([2.0], [2.0])
+    assert seen["amount_to_prev_mean_24h"] == [pytest.approx(50.0 / (60.0 / 3))]
+    assert set(seen) == set(BEFORE_FEATURES)
+
+
+@pytest.mark.parametrize("after_s", [0.0, -60.0, 86_400.5])
+def test_a_stream_row_not_strictly_before_the_transaction_or_more_than_a_day_old_says_nothing(after_s):
+    third = features_at(LEDGER, [2])[0]
+    seen = before({**stream_row(third), "amount": [50.0], "transaction_time": [third["last_txn_time"] + after_s]})
+    assert all(math.isnan(values[0]) for values in seen.values())
+
+
+def test_a_customer_the_stream_has_not_seen_has_every_recent_activity_feature_missing():
+    nothing = {name: [None] for name in STREAM_FEATURES}
+    seen = before({**nothing, "amount": [50.0], "transaction_time": [T0]})
+    assert all(math.isnan(values[0]) for values in seen.values())
+    exactly_a_day = before({**stream_row(features_at(LEDGER, [0])[0]), "amount": [5.0], "transaction_time": [T0 + 86_400]})
+    assert exactly_a_day["seconds_since_last_txn"] == [86_400.0] and exactly_a_day["amount_to_prev_mean_24h"] == [0.5]
