@@ -7,6 +7,7 @@ from __future__ import annotations
 from core.families import FAMILIES
 from core.realtime import OUTPUT_FEATURES
 from core.schema import CHANNELS, MERCHANT_CATEGORIES
+from core.stream_features import BEFORE_FEATURES
 
 WINDOWS = (7, 30, 90, 180)
 
@@ -34,6 +35,7 @@ CHURN_FEATURES = ACTIVITY_FEATURES + SPEND_MIX_FEATURES + [
 ]
 FRAUD_CUSTOMER_FEATURES = RISK_FEATURES + ["txn_count_7d", "txn_count_30d", "avg_amount_30d", "days_since_last_txn"]
 FRAUD_FEATURES = FRAUD_CUSTOMER_FEATURES + OUTPUT_FEATURES
+FRAUD_V2_FEATURES = FRAUD_FEATURES + BEFORE_FEATURES  # v1's and the stream's view of the hour and day before
 SEGMENT_FEATURES = [
     "days_since_last_txn", "txn_count_90d", "spend_90d", "avg_amount_90d",
     "share_groceries_90d", "share_dining_90d", "share_travel_90d", "share_online_retail_90d",
@@ -48,3 +50,7 @@ GROWS_WITH_TIME = {
 }
 
 FEATURE_SERVICES = {name: family.feature_service for name, family in FAMILIES.items()}
+# Every FeatureService's features, in the order a model trained on it reads them
+SERVICE_FEATURES = {
+    "churn_v1": CHURN_FEATURES, "fraud_v1": FRAUD_FEATURES, "fraud_v2": FRAUD_V2_FEATURES, "segment_v1": SEGMENT_FEATURES,
+}

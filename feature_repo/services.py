@@ -4,6 +4,7 @@ from common import OWNER
 from customer import customer_activity, customer_risk_profile, customer_spend_mix
 from feast import FeatureService
 from fraud import transaction_context
+from stream import transaction_recent_activity
 
 from core.feature_sets import CHURN_FEATURES, FRAUD_CUSTOMER_FEATURES, SEGMENT_FEATURES
 
@@ -32,6 +33,15 @@ fraud_v1 = FeatureService(
     description="Features of fraud model v1: customer norms and the transaction's request-time features.",
     owner=OWNER,
     tags={"model": "fraud", "version": "1"},
+)
+
+fraud_v2 = FeatureService(
+    name="fraud_v2",
+    features=_views_for(FRAUD_CUSTOMER_FEATURES) + [transaction_context, transaction_recent_activity],
+    description="Features of fraud model v2: v1's, and what the transaction stream says of the customer's last "
+                "hour and day before this transaction.",
+    owner=OWNER,
+    tags={"model": "fraud", "version": "2"},
 )
 
 segment_v1 = FeatureService(
