@@ -159,19 +159,21 @@ def train_churn(frame: pd.DataFrame, seed: int = 42, params: dict | None = None)
     )
 
 
-def train_fraud(frame: pd.DataFrame, seed: int = 42, params: dict | None = None) -> TrainedModel:
-    """frame: one row per transaction with FRAUD_FEATURES, `event_timestamp` and `is_fraud`, split
-    by fraud_split. params: XGBoost parameters over the defaults (a retraining search's choice)."""
+def train_fraud(frame: pd.DataFrame, seed: int = 42, params: dict | None = None,
+                features: list[str] = FRAUD_FEATURES) -> TrainedModel:
+    """frame: one row per transaction with `features` (default: fraud_v1's), `event_timestamp` and
+    `is_fraud`, split by fraud_split. params: XGBoost parameters over the defaults (a retraining
+    search's choice)."""
     train, valid, test = fraud_split(frame)
-    model = _xgb(FRAUD_FEATURES, FRAUD_INCREASING, seed, **{"scale_pos_weight": 5.0, **(params or {})})
-    model.fit(train[FRAUD_FEATURES], train["is_fraud"])
+    model = _xgb(features, FRAUD_INCREASING, seed, **{"scale_pos_weight": 5.0, **(params or {})})
+    model.fit(train[features], train["is_fraud"])
 
-    valid_p = model.predict_proba(valid[FRAUD_FEATURES])[:, 1]
+    valid_p = model.predict_proba(valid[features])[:, 1]
     precision, recall, thresholds = precision_recall_curve(valid["is_fraud"], valid_p)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     threshold = float(thresholds[np.argmax(f1[:-1])])
 
-    test_p = model.predict_proba(test[FRAUD_FEATURES])[:, 1]
+    test_p = model.predict_proba(test[features])[:, 1]
     y = test["is_fraud"].to_numpy()
     flagged = test_p >= threshold
     metrics = {
@@ -184,7 +186,7 @@ def train_fraud(frame: pd.DataFrame, seed: int = 42, params: dict | None = None)
         "train_rows": len(train), "valid_rows": len(valid), "test_rows": len(test),
     }
     return TrainedModel(
-        name="fraud", model=model, features=FRAUD_FEATURES, params=model.get_params(), metrics=metrics,
+        name="fraud", model=model, features=list(features), params=model.get_params(), metrics=metrics,
         metadata={"threshold": threshold, "threshold_rule": "maximum F1 on the validation period"},
         artifacts={"precision_recall": precision_recall_table(y, test_p)},
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME
+from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME, SERVICE_FEATURES
 from core import stream_features
 from core.movement import usual_movement
 from core.settings import Settings
@@ -69,6 +69,7 @@ def build_features(settings: Settings, transactions: Path | None = None, custome
 
     started = time.perf_counter()
     stream_table = stream_features.offline_table(tx)
+    stream_table = pd.concat([stream_features.nothing_known(stream_table), stream_table], ignore_index=True)
     stream_table.to_parquet(settings.features_dir / "stream_features.parquet", index=False)
     timings["stream_features_s"] = time.perf_counter() - started
 
@@ -106,36 +107,52 @@ def churn_training_set(feature_store, settings: Settings) -> pd.DataFrame:
     return _active(frame)
 
 
-def fraud_training_set(feature_store, settings: Settings) -> pd.DataFrame:
+def fraud_training_set(feature_store, settings: Settings, *feature_services: str) -> pd.DataFrame:
+    """A sample of labelled transactions (settings.fraud_sample, the same ones whatever the services)
+    with the features of `feature_services` (default: fraud's current one)."""
     tx = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
     first_snapshot = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["event_timestamp"]).min().iloc[0]
     tx = tx[tx["timestamp"] >= first_snapshot]
-    return transactions_with_features(feature_store, tx.sample(min(settings.fraud_sample, len(tx)), random_state=settings.seed))
+    return transactions_with_features(feature_store, tx.sample(min(settings.fraud_sample, len(tx)), random_state=settings.seed),
+                                      *feature_services)
 
 
-def transactions_with_features(feature_store, tx: pd.DataFrame) -> pd.DataFrame:
-    """Each transaction with fraud's features as the service had them when it came: the customer's
-    latest snapshot before it, and the features computed from the transaction itself."""
+# A transaction is scored before it is stored anywhere: its features are read as of just before it
+# (the stream's row of the transaction itself, stamped with its time, is not there yet).
+JUST_BEFORE = pd.Timedelta(microseconds=1)
+
+
+def transactions_with_features(feature_store, tx: pd.DataFrame, *feature_services: str) -> pd.DataFrame:
+    """Each transaction with the features of `feature_services` (default: fraud's current one) as
+    the service had them when it came: the customer's latest snapshot and stream row before it,
+    and the features computed from the transaction itself. `event_timestamp` is the transaction's
+    time less JUST_BEFORE."""
     entity_df = pd.DataFrame({
-        "customer_id": tx["customer_id"].to_numpy(), "event_timestamp": tx["timestamp"].to_numpy(),
+        "customer_id": tx["customer_id"].to_numpy(), "event_timestamp": (tx["timestamp"] - JUST_BEFORE).to_numpy(),
         "amount": tx["amount"].to_numpy(), "merchant_category": tx["merchant_category"].to_numpy(),
         "channel": tx["channel"].to_numpy(), "country": tx["country"].to_numpy(), "device_id": tx["device_id"].to_numpy(),
         "transaction_time": (tx["timestamp"].astype("int64") // 10**9).to_numpy(), "is_fraud": tx["is_fraud"].to_numpy(),
     })
-    return store.historical_features(feature_store, entity_df, FEATURE_SERVICES["fraud"])
+    frame = store.historical_features(feature_store, entity_df, *(feature_services or [FEATURE_SERVICES["fraud"]]))
+    if len(frame) < len(entity_df):
+        log.warning("the offline store returned %s of %s transactions: Feast's file offline store leaves out a row whose "
+                    "customer has feature rows but none within the view's TTL before it (a customer whose first "
+                    "snapshot comes after the transaction)", f"{len(frame):,}", f"{len(entity_df):,}")
+    return frame
 
 
 def served_population(feature_store, settings: Settings, family: str, rows: int = SERVED_REFERENCE_ROWS,
-                      seed: int | None = None) -> pd.DataFrame:
+                      seed: int | None = None, feature_service: str | None = None) -> pd.DataFrame:
     """What the service will see, for the served reference stored with each version: every customer
     of the latest snapshot as the online store holds them (churn, segment; all of them, not only
-    the active ones training learns from), or the transactions of the last snapshot period (fraud),
-    each up to `rows`."""
+    the active ones training learns from), or the transactions of the last snapshot period with
+    `feature_service`'s features (fraud; default its current service), each up to `rows`."""
     seed = settings.seed if seed is None else seed
     if family == "fraud":
         tx = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
         recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=settings.snapshot_every_days)]
-        return transactions_with_features(feature_store, recent.sample(min(rows, len(recent)), random_state=seed))
+        return transactions_with_features(feature_store, recent.sample(min(rows, len(recent)), random_state=seed),
+                                          *([feature_service] if feature_service else []))
     table = pd.read_parquet(settings.features_dir / "customer_features.parquet")
     latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
     return latest.sample(min(rows, len(latest)), random_state=seed).reset_index(drop=True)
@@ -162,6 +179,19 @@ def segment_training_set(feature_store, settings: Settings) -> pd.DataFrame:
     return _active(frame)
 
 
+def register_version(feature_store, settings: Settings, trained: models.TrainedModel, frame: pd.DataFrame,
+                     feature_service: str) -> registry.Registered:
+    """Register a trained model as a new version with what every version carries: the served
+    reference drift reports compare with, and each feature's usual movement between periods."""
+    registered = registry.log_and_register(trained, frame, feature_service, settings.tracking_uri, settings.artifact_root)
+    registry.log_served_reference(registered, served_population(feature_store, settings, trained.name,
+                                                                feature_service=feature_service), settings.tracking_uri)
+    compared = [f for f in trained.features if f not in GROWS_WITH_TIME]
+    movement = usual_movement(history_by_period(settings, trained.name, frame), compared, "period")
+    registry.log_drift_thresholds(registered, movement, settings.tracking_uri)
+    return registered
+
+
 def train_all(settings: Settings, progress: bool = True) -> dict:
     """Train churn, fraud and segment from Feast training sets and register them in MLflow."""
     from tqdm import tqdm
@@ -178,15 +208,48 @@ def train_all(settings: Settings, progress: bool = True) -> dict:
         started = time.perf_counter()
         frame = build(feature_store, settings)
         trained = train(frame)
-        registered = registry.log_and_register(trained, frame, FEATURE_SERVICES[name], settings.tracking_uri,
-                                                settings.artifact_root)
-        registry.log_served_reference(registered, served_population(feature_store, settings, name), settings.tracking_uri)
-        compared = [f for f in trained.features if f not in GROWS_WITH_TIME]
-        movement = usual_movement(history_by_period(settings, name, frame), compared, "period")
-        registry.log_drift_thresholds(registered, movement, settings.tracking_uri)
+        registered = register_version(feature_store, settings, trained, frame, FEATURE_SERVICES[name])
         results[name] = {"metrics": trained.metrics, "registered": asdict(registered),
                          "seconds": round(time.perf_counter() - started, 1)}
         log.info("%s v%s: %s", name, registered.version,
                  ", ".join(f"{k}={v:.4g}" for k, v in trained.metrics.items() if k.startswith(("test_", "k", "silhouette"))))
     (settings.data_dir / "training_summary.json").write_text(json.dumps(results, indent=2, default=str))
     return results
+
+
+def train_fraud_candidate(settings: Settings, feature_service: str) -> dict:
+    """A fraud model on another FeatureService (fraud_v2): trained on the same sampled transactions
+    as train_all's, registered as a new version with no alias, and set beside the champion on the
+    same out-of-time test transactions. Serving it is the canary's decision (make canary)."""
+    from sklearn.metrics import average_precision_score
+
+    from bentos.loading import from_registry
+    from core.registry import CHAMPION, mlflow_client
+
+    if feature_service not in SERVICE_FEATURES:
+        raise ValueError(f"unknown feature service {feature_service!r}; known: {', '.join(SERVICE_FEATURES)}")
+    started = time.perf_counter()
+    champion_version = str(mlflow_client(settings.tracking_uri).get_model_version_by_alias("fraud", CHAMPION).version)
+    champion = from_registry("fraud", champion_version, settings.tracking_uri, settings.data_dir / "model_cache")
+    feature_store = store.open_store(settings)
+    frame = fraud_training_set(feature_store, settings, feature_service, champion.metadata["feature_service"])
+    trained = models.train_fraud(frame, settings.seed, features=SERVICE_FEATURES[feature_service])
+    registered = register_version(feature_store, settings, trained, frame, feature_service)
+
+    _, _, test = models.fraud_split(frame)
+    features = champion.metadata["features"]
+    champion_pr_auc = average_precision_score(test["is_fraud"], champion.model.inplace_predict(test[features].to_numpy(dtype=float)))
+    result = {
+        "candidate": {"version": registered.version, "feature_service": feature_service, "aliases": registered.aliases,
+                      "test_pr_auc": trained.metrics["test_pr_auc"], "test_roc_auc": trained.metrics["test_roc_auc"]},
+        "champion": {"version": champion_version, "feature_service": champion.metadata["feature_service"],
+                     "test_pr_auc": float(champion_pr_auc)},
+        "test": {"rows": len(test), "frauds": int(test["is_fraud"].sum()),
+                 "from": str(test["event_timestamp"].min()), "to": str(test["event_timestamp"].max())},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (settings.data_dir / f"candidate_{feature_service}.json").write_text(json.dumps(result, indent=2))
+    log.info("fraud v%s (%s): test PR-AUC %.4f; champion v%s (%s) on the same %s transactions: %.4f", registered.version,
+             feature_service, trained.metrics["test_pr_auc"], champion_version, champion.metadata["feature_service"],
+             f"{len(test):,}", champion_pr_auc)
+    return result

@@ -51,10 +51,14 @@ def materialize(store, features: pd.DataFrame) -> None:
     store.materialize(start_date=start, end_date=end)
 
 
-def historical_features(store, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
-    """Point-in-time join of a FeatureService onto entity rows (customer_id, event_timestamp, ...)."""
-    service = store.get_feature_service(feature_service)
-    return store.get_historical_features(entity_df=entity_df, features=service).to_df()
+def historical_features(store, entity_df: pd.DataFrame, *feature_services: str) -> pd.DataFrame:
+    """Point-in-time join of one FeatureService, or of the features of several (each once), onto
+    entity rows (customer_id, event_timestamp, and any request fields)."""
+    services = [store.get_feature_service(name) for name in feature_services]
+    if len(services) == 1:
+        return store.get_historical_features(entity_df=entity_df, features=services[0]).to_df()
+    refs = [f"{p.name_to_use()}:{f.name}" for service in services for p in service.feature_view_projections for f in p.features]
+    return store.get_historical_features(entity_df=entity_df, features=list(dict.fromkeys(refs))).to_df()
 
 
 def online_features(store, feature_service: str, customer_ids: list[str], extra: dict[str, list] | None = None) -> pd.DataFrame:
