@@ -12,7 +12,7 @@ PORT ?= 3000
 export DATA_DIR BENTOML_HOME NUMBA_CACHE_DIR
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
 
-.PHONY: help install crd-schemas oidc-provider lock image image-mlflow image-dashboard image-jobs data features train import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
+.PHONY: help install crd-schemas oidc-provider lock image image-mlflow image-dashboard image-jobs data features train train-candidate import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,10 @@ features: install ## Validate transactions, compute features, feast apply + mate
 
 train: install ## Train churn, fraud and segment models into the MLflow registry
 	$(BIN)/python -m training train
+
+SERVICE ?= fraud_v2
+train-candidate: install ## Train fraud on SERVICE (default fraud_v2: with the stream's features) as a new version with no alias; prints its PR-AUC beside the champion's
+	$(BIN)/python -m training candidate $(SERVICE)
 
 import-models: install ## Copy the registry's champion versions into the BentoML model store
 	$(BIN)/python -m rollout.import_models

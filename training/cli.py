@@ -4,6 +4,7 @@
     python -m training features [--transactions my.csv]
     python -m training train
     python -m training all                      # the three in a row
+    python -m training candidate fraud_v2       # fraud on fraud_v2, a new version with no alias
 
 Options default to the settings (environment variables DATA_DIR, MLFLOW_TRACKING_URI, ...).
 """
@@ -81,6 +82,25 @@ def train(data_dir: DataDir = None, online_store: OnlineStore = None) -> None:
     for name, result in results.items():
         r = result["registered"]
         typer.echo(f"{name}: version {r['version']} aliases={r['aliases']} in {settings.tracking_uri}")
+
+
+@app.command()
+def candidate(
+    feature_service: Annotated[str, typer.Argument(help="The FeatureService the new fraud version reads.")] = "fraud_v2",
+    data_dir: DataDir = None,
+    online_store: OnlineStore = None,
+) -> None:
+    """Train fraud on another FeatureService and register it as a new version with no alias, beside
+    the champion's PR-AUC on the same out-of-time transactions (written to DATA_DIR/candidate_<service>.json)."""
+    from training.pipeline import train_fraud_candidate
+
+    settings = get_settings(data_dir=data_dir, online_store=online_store)
+    try:
+        result = train_fraud_candidate(settings, feature_service)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command(name="all")
