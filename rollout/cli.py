@@ -152,13 +152,11 @@ def evaluate(settings: Settings, gates: GateSettings, family: str, metrics_text:
     if plan.challenger is None:
         raise RolloutError(f"{family} has no challenger: start a canary first (make canary MODEL={family})")
     evidence = read_evidence(metrics_text, family, plan.champion, plan.challenger)
-    quality = None
-    window = labelled_window(family, settings)
-    if window is not None:
-        cache = settings.data_dir / "model_cache"
-        versions = {role: from_registry(family, v, settings.tracking_uri, cache)
-                    for role, v in ((CHAMPION, plan.champion), (CHALLENGER, plan.challenger))}
-        quality = compare(window, versions)
+    cache = settings.data_dir / "model_cache"
+    versions = {role: from_registry(family, v, settings.tracking_uri, cache)
+                for role, v in ((CHAMPION, plan.champion), (CHALLENGER, plan.challenger))}
+    window = labelled_window(family, settings, [v.metadata["feature_service"] for v in versions.values()])
+    quality = None if window is None else compare(window, versions)
     checked = judge(evidence, quality, gates)
     promote, failed = decide(checked)
     return {

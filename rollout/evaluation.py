@@ -4,12 +4,13 @@
 * fraud: the most recent fifth of a sample of labelled transactions, features joined point in time;
 * segment: no labels, so no quality figure.
 
-    window = labelled_window("churn", settings)
+    window = labelled_window("fraud", settings, ["fraud_v1", "fraud_v2"])   # the services the versions read
     compare(window, {"champion": model_v1, "challenger": model_v2})
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,9 @@ class LabelledWindow:
     description: str
 
 
-def labelled_window(family: str, settings: Settings) -> LabelledWindow | None:
+def labelled_window(family: str, settings: Settings, feature_services: Iterable[str] = ()) -> LabelledWindow | None:
+    """feature_services: the ones the compared versions read (fraud: the window carries all their
+    features; default fraud's current one)."""
     if family == "churn":
         features = pd.read_parquet(settings.features_dir / "customer_features.parquet")
         labels = pd.read_parquet(settings.features_dir / "churn_labels.parquet")
@@ -42,7 +45,8 @@ def labelled_window(family: str, settings: Settings) -> LabelledWindow | None:
         from training import pipeline, store
 
         sample = settings.model_copy(update={"fraud_sample": min(settings.fraud_sample, FRAUD_SAMPLE)})
-        frame = pipeline.fraud_training_set(store.open_store(sample), sample).sort_values("event_timestamp")
+        frame = pipeline.fraud_training_set(store.open_store(sample), sample, *dict.fromkeys(feature_services))
+        frame = frame.sort_values("event_timestamp")
         frame = frame[frame["event_timestamp"] >= frame["event_timestamp"].quantile(0.8)].reset_index(drop=True)
         return LabelledWindow(family, frame, f"{len(frame):,} labelled transactions from "
                                              f"{frame['event_timestamp'].min():%Y-%m-%d} on")

@@ -42,8 +42,7 @@ import pandas as pd
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME
-from core.movement import usual_movement
+from core.feature_sets import FEATURE_SERVICES
 from core.registry import CHALLENGER, CHAMPION, CYCLE_COUNTERS, CYCLE_TAG, LOCK_TAG, mlflow_client
 from core.settings import Settings
 
@@ -296,15 +295,9 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
 
         train = models.train_churn if family == "churn" else models.train_fraud
         trained = train(frame, settings.seed, params)
-        registered = registry.log_and_register(trained, frame, FEATURE_SERVICES[family], settings.tracking_uri,
-                                               settings.artifact_root)
+        # with what train_all stores with every version, so drift reports can judge this one too
+        registered = pipeline.register_version(feature_store, settings, trained, frame, FEATURE_SERVICES[family])
         client.set_tag(registered.run_id, "mlflow.parentRunId", parent.info.run_id)
-        # what train_all stores with every version, so drift reports can judge this one too
-        registry.log_served_reference(registered, pipeline.served_population(feature_store, settings, family),
-                                      settings.tracking_uri)
-        compared = [f for f in trained.features if f not in GROWS_WITH_TIME]
-        registry.log_drift_thresholds(registered, usual_movement(pipeline.history_by_period(settings, family, frame), compared,
-                                                                 "period"), settings.tracking_uri)
         cycle.candidate = registered.version
         stage("registered", version=registered.version, test_pr_auc=trained.metrics["test_pr_auc"])
 
@@ -367,7 +360,7 @@ def guard_quality(settings: Settings, family: str, champion: str, candidate: str
     cache = settings.data_dir / "model_cache"
     versions = {role: from_registry(family, version, settings.tracking_uri, cache)
                 for role, version in ((CHAMPION, champion), (CHALLENGER, candidate))}
-    return compare(labelled_window(family, settings), versions)
+    return compare(labelled_window(family, settings, [v.metadata["feature_service"] for v in versions.values()]), versions)
 
 
 def refused_by_service(answer, family: str, version: str) -> str | None:
