@@ -2,6 +2,10 @@
 (SQLite, then Redis), a real MLflow registry (SQLite backend) and a real redis-server."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import mlflow
@@ -11,10 +15,13 @@ import pytest
 import xgboost as xgb
 from mlflow import MlflowClient
 
-from core.feature_sets import CHURN_FEATURES, SEGMENT_FEATURES
+from bentos.loading import from_registry
+from core.feature_sets import CHURN_FEATURES, FRAUD_V2_FEATURES, SEGMENT_FEATURES
 from core.realtime import OUTPUT_FEATURES, transaction_features
+from core.registry import mlflow_client
+from loadtests.servers import ROOT
 from training import store
-from training.pipeline import train_all
+from training.pipeline import train_all, train_fraud_candidate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,10 +37,10 @@ def test_feature_summary_counts_everything(built):
 
 def test_feast_registry_holds_the_repo(built, settings):
     fs = store.open_store(settings)
-    assert {s.name for s in fs.list_feature_services()} == {"churn_v1", "fraud_v1", "segment_v1"}
+    assert {s.name for s in fs.list_feature_services()} == {"churn_v1", "fraud_v1", "fraud_v2", "segment_v1"}
     assert {v.name for v in fs.list_feature_views()} == {"customer_activity", "customer_spend_mix", "customer_risk_profile",
                                                          "customer_stream"}
-    assert [v.name for v in fs.list_on_demand_feature_views()] == ["transaction_context"]
+    assert {v.name for v in fs.list_on_demand_feature_views()} == {"transaction_context", "transaction_recent_activity"}
     assert {"customer_activity_push", "customer_stream_push"} <= {s.name for s in fs.list_data_sources()}
     for obj in [*fs.list_feature_views(), *fs.list_feature_services(), *fs.list_on_demand_feature_views()]:
         assert obj.description and obj.owner, obj.name
@@ -150,3 +157,36 @@ def test_push_writes_fresh_aggregates_online(built, settings, table):
     fs.push("customer_activity_push", fresh, to=PushMode.ONLINE)
     got = fs.get_online_features(features=["customer_activity:txn_count_7d"], entity_rows=[{"customer_id": customer}]).to_dict()
     assert got["txn_count_7d"] == [999.0]
+
+
+def test_a_fraud_candidate_on_fraud_v2_is_a_new_version_with_no_alias_measured_on_the_champions_test_rows(
+        built, settings, tmp_path):
+    """On a copy of the data folder (the registry's versions and aliases are the copy's alone)."""
+    shutil.copytree(settings.data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("inference_log", "reports", "logs"))
+    own = settings.model_copy(update={"data_dir": tmp_path / "data"})
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        result = train_fraud_candidate(own, "fraud_v2")
+    finally:  # registering pointed mlflow, and MLFLOW_TRACKING_URI (mlflow sets it), at the copy
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+    client = mlflow_client(own.tracking_uri)
+    version = client.get_model_version("fraud", result["candidate"]["version"])
+    assert result["candidate"]["aliases"] == [] and version.aliases == []
+    assert str(client.get_model_version_by_alias("fraud", "champion").version) == result["champion"]["version"] == "1"
+    run = client.get_run(version.run_id)
+    assert run.data.tags["feature_service"] == "fraud_v2"
+    assert "served_reference.parquet" in {a.path for a in client.list_artifacts(version.run_id)}
+    model = from_registry("fraud", version.version, own.tracking_uri, tmp_path / "cache").metadata
+    assert model["features"] == FRAUD_V2_FEATURES and model["feature_service"] == "fraud_v2"
+    # the same transactions as the champion's training: its figure here is its own test figure
+    _, first = built
+    assert result["champion"]["test_pr_auc"] == pytest.approx(first["fraud"]["metrics"]["test_pr_auc"], abs=1e-9)
+    assert result["test"]["rows"] == first["fraud"]["metrics"]["test_rows"]
+    assert json.loads((own.data_dir / "candidate_fraud_v2.json").read_text()) == result
+
+    refused = subprocess.run([sys.executable, "-m", "training", "candidate", "fraud_v9", "--data-dir", str(own.data_dir)],
+                             cwd=ROOT, capture_output=True, text=True, check=False)
+    assert refused.returncode == 2 and "unknown feature service 'fraud_v9'" in refused.stderr

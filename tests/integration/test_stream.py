@@ -12,7 +12,8 @@ import uuid
 import pandas as pd
 import pytest
 
-from core.stream_features import STREAM_FEATURES, offline_table
+from core.store import open_store
+from core.stream_features import BEFORE_FEATURES, STREAM_FEATURES, offline_table
 from loadtests.servers import ROOT
 from streaming.consumer import Consumer, StreamSettings, connect, ensure_group
 from streaming.producer import events_of, produce
@@ -48,8 +49,6 @@ def first_days(later: pd.DataFrame, days: float) -> pd.DataFrame:
 
 
 def online_stream_features(settings, customers: list[str]) -> pd.DataFrame:
-    from core.store import open_store
-
     read = open_store(settings).get_online_features(features=[f"customer_stream:{f}" for f in STREAM_FEATURES],
                                                     entity_rows=[{"customer_id": c} for c in customers]).to_df()
     return read.set_index("customer_id")[STREAM_FEATURES]
@@ -140,3 +139,31 @@ def test_a_consumer_killed_mid_stream_and_started_again_loses_no_event_and_count
     pd.testing.assert_frame_equal(online_stream_features(own, sample), newest.loc[sample, STREAM_FEATURES], check_names=False)
     print(f"killed with {left_pending} events pending; started again, it consumed the rest; {len(days)} events, "
           f"{days['customer_id'].nunique()} customers, every window and pushed value as offline")
+
+
+def test_fraud_v2_reads_online_what_its_training_set_read_offline_for_the_same_transaction(settings, own, stream):
+    """The stream replayed up to an instant of the history; then each customer's next transaction
+    read through fraud_v2 online, as the service reads it, and through the training set's join."""
+    from training.pipeline import transactions_with_features
+
+    history = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
+    instant = history["timestamp"].max() - pd.Timedelta(days=5)
+    # every window a next transaction within a day can read starts at most two days before the instant
+    replayed = history[(history["timestamp"] >= instant - pd.Timedelta(days=2)) & (history["timestamp"] < instant)]
+    upcoming = history[(history["timestamp"] >= instant) & (history["timestamp"] < instant + pd.Timedelta(days=1))]
+    scored = upcoming.sort_values(["timestamp", "transaction_id"]).drop_duplicates("customer_id").sort_values("customer_id")
+    client = connect(stream)
+    produce(client, stream, events_of(replayed), rate=0, stamp_now=False)
+    consume_all(Consumer(own, stream, client=client))
+
+    feature_store = open_store(own)
+    request = ["amount", "merchant_category", "channel", "country", "device_id"]
+    rows = [{"customer_id": r.customer_id, **{k: getattr(r, k) for k in request}, "transaction_time": r.timestamp.value // 10**9}
+            for r in scored.itertuples()]
+    online = feature_store.get_online_features(features=feature_store.get_feature_service("fraud_v2"), entity_rows=rows).to_df()
+    offline = transactions_with_features(feature_store, scored, "fraud_v2").sort_values("customer_id")
+    assert len(online) == len(offline) == len(scored)
+    pd.testing.assert_frame_equal(online[BEFORE_FEATURES].astype(float).reset_index(drop=True),
+                                  offline[BEFORE_FEATURES].reset_index(drop=True))
+    seen = offline["seconds_since_last_txn"].notna()
+    assert seen.sum() >= 20 and (~seen).sum() >= 20  # both kinds: a previous transaction within the day, and none
