@@ -68,7 +68,7 @@ class FeastReader:
     """One store read per batch of rows, for one FeatureService."""
 
     def __init__(self, settings: Settings, timeout_s: float | None = None, retry_s: float = 0.0):
-        self.store = open_store(settings, redis_timeout_s=timeout_s)
+        self.store = open_store(settings, redis_timeout_s=timeout_s, online_only=True)
         self.where = f"redis at {settings.redis_url.split(',')[0]}" if settings.online_store == "redis" else \
             f"sqlite under {settings.data_dir}"
         self.retry_s = retry_s

@@ -23,17 +23,23 @@ def yaml_path(settings: Settings) -> Path:
     return settings.feature_repo / name
 
 
-def store_config(settings: Settings, redis_timeout_s: float | None = None):
+def store_config(settings: Settings, redis_timeout_s: float | None = None, online_only: bool = False):
     """feature_store.yaml with this data folder's values in place of its variables, as a RepoConfig.
 
     With redis_timeout_s, the Redis client gives up connecting or waiting for a reply after that
     long (redis-py's socket timeouts, passed through Feast's connection string) instead of waiting
-    for ever; a timeout REDIS_URL already names is kept."""
+    for ever; a timeout REDIS_URL already names is kept.
+
+    online_only: for a process that reads and pushes online only (the service, the stream
+    consumer). Its offline store is then Feast's file store, which it never uses either: the
+    yaml's DuckDB one would import ibis and DuckDB (3.7 s here), which the bento does not carry."""
     import yaml
     from feast.repo_config import RepoConfig
 
-    text = Template(yaml_path(settings).read_text()).substitute(store_environment(settings))
-    config = RepoConfig(**yaml.safe_load(text))
+    values = yaml.safe_load(Template(yaml_path(settings).read_text()).substitute(store_environment(settings)))
+    if online_only:
+        values["offline_store"] = {"type": "file"}
+    config = RepoConfig(**values)
     config.repo_path = settings.feature_repo
     if redis_timeout_s is not None and settings.online_store == "redis":
         options = config.online_store.connection_string
@@ -44,8 +50,8 @@ def store_config(settings: Settings, redis_timeout_s: float | None = None):
     return config
 
 
-def open_store(settings: Settings, redis_timeout_s: float | None = None):
-    """A FeatureStore on this data folder and the chosen online store."""
+def open_store(settings: Settings, redis_timeout_s: float | None = None, online_only: bool = False):
+    """A FeatureStore on this data folder and the chosen online store (see store_config)."""
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(settings.feature_repo), config=store_config(settings, redis_timeout_s))
+    return FeatureStore(repo_path=str(settings.feature_repo), config=store_config(settings, redis_timeout_s, online_only))

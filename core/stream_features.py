@@ -123,14 +123,3 @@ def offline_table(transactions):
     return pd.DataFrame({"customer_id": frame["customer_id"].to_numpy(), "transaction_id": frame["transaction_id"].to_numpy(),
                          "event_timestamp": frame["timestamp"].to_numpy(), **columns})
 
-
-def nothing_known(table):
-    """One row per customer of `table` (an offline_table) at the Unix epoch with every feature
-    missing: before its first transaction the stream knows nothing of a customer. The view's
-    offline source carries them because Feast's file offline store drops a training row whose
-    customer has rows but none as old as it, instead of leaving its features missing."""
-    import pandas as pd
-
-    customers = table["customer_id"].drop_duplicates().to_numpy()
-    return pd.DataFrame({"customer_id": customers, "transaction_id": "", "event_timestamp": pd.Timestamp(0, tz="UTC"),
-                         **{name: math.nan for name in STREAM_FEATURES}})

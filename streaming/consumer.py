@@ -131,7 +131,7 @@ class Consumer:
 
             from core.store import open_store
 
-            feature_store = open_store(settings)
+            feature_store = open_store(settings, online_only=True)
             push = lambda frame: feature_store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
         self.push = push
         self._own_pending = True  # after a restart, this consumer's unacknowledged entries come first

@@ -69,7 +69,6 @@ def build_features(settings: Settings, transactions: Path | None = None, custome
 
     started = time.perf_counter()
     stream_table = stream_features.offline_table(tx)
-    stream_table = pd.concat([stream_features.nothing_known(stream_table), stream_table], ignore_index=True)
     stream_table.to_parquet(settings.features_dir / "stream_features.parquet", index=False)
     timings["stream_features_s"] = time.perf_counter() - started
 
@@ -133,12 +132,7 @@ def transactions_with_features(feature_store, tx: pd.DataFrame, *feature_service
         "channel": tx["channel"].to_numpy(), "country": tx["country"].to_numpy(), "device_id": tx["device_id"].to_numpy(),
         "transaction_time": (tx["timestamp"].astype("int64") // 10**9).to_numpy(), "is_fraud": tx["is_fraud"].to_numpy(),
     })
-    frame = store.historical_features(feature_store, entity_df, *(feature_services or [FEATURE_SERVICES["fraud"]]))
-    if len(frame) < len(entity_df):
-        log.warning("the offline store returned %s of %s transactions: Feast's file offline store leaves out a row whose "
-                    "customer has feature rows but none within the view's TTL before it (a customer whose first "
-                    "snapshot comes after the transaction)", f"{len(frame):,}", f"{len(entity_df):,}")
-    return frame
+    return store.historical_features(feature_store, entity_df, *(feature_services or [FEATURE_SERVICES["fraud"]]))
 
 
 def served_population(feature_store, settings: Settings, family: str, rows: int = SERVED_REFERENCE_ROWS,

@@ -51,14 +51,23 @@ def materialize(store, features: pd.DataFrame) -> None:
     store.materialize(start_date=start, end_date=end)
 
 
+ROW = "__entity_row"
+
+
 def historical_features(store, entity_df: pd.DataFrame, *feature_services: str) -> pd.DataFrame:
     """Point-in-time join of one FeatureService, or of the features of several (each once), onto
-    entity rows (customer_id, event_timestamp, and any request fields)."""
+    entity rows (customer_id, event_timestamp, and any request fields): every entity row once, with
+    missing features where a view has no row before it, ordered by event_timestamp, then as given
+    (the offline store's own order is not fixed, and training should not depend on it)."""
     services = [store.get_feature_service(name) for name in feature_services]
     if len(services) == 1:
-        return store.get_historical_features(entity_df=entity_df, features=services[0]).to_df()
-    refs = [f"{p.name_to_use()}:{f.name}" for service in services for p in service.feature_view_projections for f in p.features]
-    return store.get_historical_features(entity_df=entity_df, features=list(dict.fromkeys(refs))).to_df()
+        features = services[0]
+    else:
+        features = list(dict.fromkeys(f"{p.name_to_use()}:{f.name}" for service in services
+                                      for p in service.feature_view_projections for f in p.features))
+    frame = store.get_historical_features(entity_df=entity_df.assign(**{ROW: range(len(entity_df))}), features=features).to_df()
+    frame["event_timestamp"] = frame["event_timestamp"].astype("datetime64[ns, UTC]")
+    return frame.sort_values(["event_timestamp", ROW], kind="stable").drop(columns=ROW).reset_index(drop=True)
 
 
 def online_features(store, feature_service: str, customer_ids: list[str], extra: dict[str, list] | None = None) -> pd.DataFrame:

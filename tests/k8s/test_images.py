@@ -12,6 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -46,7 +47,7 @@ def pip_installs(dockerfile: Path) -> list[list[str]]:
 
 def pins(dockerfile: Path) -> dict[str, str]:
     return {canonicalize_name(name): version for words in pip_installs(dockerfile) for word in words
-            if (m := re.fullmatch(r"([A-Za-z0-9_.\-]+)==(\S+)", word)) for name, version in [m.groups()]}
+            if (m := re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[[\w,]+\])?==(\S+)", word)) for name, version in [m.groups()]}
 
 
 def locked(lock: str = "requirements.lock") -> dict[str, str]:
@@ -200,7 +201,7 @@ def copied(dockerfile: Path) -> set[str]:
     return {source.rstrip("/") for args in arguments(dockerfile, "COPY") for source in args.split()[:-1]}
 
 
-def test_the_jobs_image_installs_the_bentos_runtime_pins_and_optuna_held_to_the_lock():
+def test_the_jobs_image_installs_the_bentos_runtime_pins_the_offline_store_and_optuna_held_to_the_lock():
     [install] = pip_installs(JOBS_DOCKERFILE)
     assert install[install.index("-c") + 1] == "requirements.lock"  # every dependency at its locked version too
     assert install[install.index("-r") + 1] == RUNTIME_LOCK
@@ -209,6 +210,9 @@ def test_the_jobs_image_installs_the_bentos_runtime_pins_and_optuna_held_to_the_
     assert len(runtime) > 100 and {name: lock.get(name) for name in runtime} == runtime  # the bento's pins are the lock's
     extra = pins(JOBS_DOCKERFILE)
     assert "optuna" in extra and "optuna" not in runtime  # rollout/retrain.py's search; not in the bento
+    # training sets: feature_store.yaml's offline store (Feast's DuckDB one, through ibis); not in the bento
+    assert yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())["offline_store"]["type"] == "duckdb"
+    assert "ibis-framework" in extra and not {"ibis-framework", "duckdb"} & set(runtime)
     declared = declared_extras()
     for name, version in extra.items():
         if name in lock:

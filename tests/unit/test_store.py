@@ -1,6 +1,9 @@
 """The feature store's configuration from the settings (core/store.py)."""
 
-from core.settings import get_settings
+import subprocess
+import sys
+
+from core.settings import REPO_ROOT as ROOT, get_settings
 from core.store import store_config
 
 
@@ -12,3 +15,13 @@ def test_the_redis_password_comes_from_its_file_and_the_timeouts_are_added(tmp_p
         "fintech-redis:6379,password=s3cret,socket_timeout=0.5,socket_connect_timeout=0.5")
     plain = get_settings(data_dir=tmp_path, online_store="redis", redis_url="localhost:6390")
     assert store_config(plain).online_store.connection_string == "localhost:6390"
+
+
+def test_the_pipeline_joins_on_duckdb_and_an_online_only_process_never_imports_it(tmp_path):
+    assert store_config(get_settings(data_dir=tmp_path)).offline_store.type == "duckdb"
+    # in a process of its own: this one may have imported DuckDB already
+    script = ("import sys; from core.settings import get_settings; from core.store import store_config; "
+              f"config = store_config(get_settings(data_dir={str(tmp_path)!r}, online_store='redis'), online_only=True); "
+              "print(config.offline_store.type, config.online_store.type, 'duckdb' in sys.modules, 'ibis' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["file", "redis", "False", "False"]
