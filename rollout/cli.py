@@ -126,9 +126,13 @@ def start_canary(settings: Settings, family: str, version: str | None, share: fl
     if version == champion:
         raise RolloutError(f"version {version} is already the {family} champion")
     client.get_model_version(family, version)  # raises when there is no such version
-    client.set_registered_model_alias(family, CHALLENGER, version)
+    # The alias last: a service polling between these writes sees no challenger, or this one with its
+    # own share and shadow; never this version under the last canary's share.
+    if CHALLENGER in client.get_registered_model(family).aliases:
+        client.delete_registered_model_alias(family, CHALLENGER)
     client.set_registered_model_tag(family, SHARE_TAG, str(share))
     client.set_registered_model_tag(family, SHADOW_TAG, str(shadow).lower())
+    client.set_registered_model_alias(family, CHALLENGER, version)
     log.info("%s: version %s is the challenger for %.1f%% of customers (shadow %s); champion %s",
              family, version, share, shadow, champion)
     return {"family": family, "champion": champion, "challenger": version, "share": share, "shadow": shadow}
