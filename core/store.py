@@ -23,7 +23,8 @@ def yaml_path(settings: Settings) -> Path:
     return settings.feature_repo / name
 
 
-def store_config(settings: Settings, redis_timeout_s: float | None = None, online_only: bool = False):
+def store_config(settings: Settings, redis_timeout_s: float | None = None, online_only: bool = False,
+                 offline_store: str | None = None):
     """feature_store.yaml with this data folder's values in place of its variables, as a RepoConfig.
 
     With redis_timeout_s, the Redis client gives up connecting or waiting for a reply after that
@@ -32,13 +33,14 @@ def store_config(settings: Settings, redis_timeout_s: float | None = None, onlin
 
     online_only: for a process that reads and pushes online only (the service, the stream
     consumer). Its offline store is then Feast's file store, which it never uses either: the
-    yaml's DuckDB one would import ibis and DuckDB (3.7 s here), which the bento does not carry."""
+    yaml's DuckDB one would import ibis and DuckDB (3.7 s here), which the bento does not carry.
+    offline_store: another offline store type than the yaml's (the offline benchmark compares two)."""
     import yaml
     from feast.repo_config import RepoConfig
 
     values = yaml.safe_load(Template(yaml_path(settings).read_text()).substitute(store_environment(settings)))
-    if online_only:
-        values["offline_store"] = {"type": "file"}
+    if online_only or offline_store:
+        values["offline_store"] = {"type": "file" if online_only else offline_store}
     config = RepoConfig(**values)
     config.repo_path = settings.feature_repo
     if redis_timeout_s is not None and settings.online_store == "redis":

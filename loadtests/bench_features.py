@@ -2,7 +2,9 @@
 
 Times every stage in one run on one machine and, side by side, the vectorised feature code
 against a plain pandas groupby of 11 of the same features (the yardstick: what the obvious
-implementation costs per feature here, now). Writes loadtests/results/offline_pipeline.json and .md.
+implementation costs per feature here, now). Then fraud on fraud_v2 as a candidate beside the
+champion, and fraud's training set on Feast's two offline stores (loadtests/bench_offline_store.py).
+Writes loadtests/results/offline_pipeline.json and .md.
 
     python -m loadtests.bench_features [--customers 10000]
 """
@@ -20,8 +22,9 @@ import pandas as pd
 import typer
 
 from core.settings import get_settings
+from loadtests import bench_offline_store
 from training import contract, features, store
-from training.pipeline import build_features, make_data, train_all
+from training.pipeline import build_features, make_data, train_all, train_fraud_candidate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FEATURE_TARGET_S = 60.0
@@ -68,6 +71,8 @@ def main(customers: Annotated[int, typer.Option(help="Customers to generate.")] 
         trained = timed(stages, "train_all_s", train_all, settings, progress=False)
         for name, result in trained.items():
             stages[f"train_{name}_s"] = result["seconds"]
+        candidate = timed(stages, "train_candidate_fraud_v2_s", train_fraud_candidate, settings, "fraud_v2")
+        offline_stores = bench_offline_store.compare(settings.data_dir)
         fs = store.open_store(settings)
         ids = table.loc[table["event_timestamp"] == table["event_timestamp"].max(), "customer_id"].head(256).tolist()
         store.online_features(fs, "churn_v1", ids[:1])
@@ -85,6 +90,8 @@ def main(customers: Annotated[int, typer.Option(help="Customers to generate.")] 
             "pandas_groupby": round(stages["features_pandas_groupby_11_of_them_s"] / 11, 3),
         },
         "models": {name: {k: round(v, 4) for k, v in r["metrics"].items()} for name, r in trained.items()},
+        "fraud_v2_candidate": candidate,
+        "fraud_training_set_by_offline_store": offline_stores,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "offline_pipeline.json").write_text(json.dumps(result, indent=2))
@@ -96,6 +103,19 @@ def main(customers: Annotated[int, typer.Option(help="Customers to generate.")] 
               f"(target < {FEATURE_TARGET_S:.0f} s).",
               f"Seconds per feature over all snapshots: vectorised {result['seconds_per_feature']['vectorised']}, "
               f"plain pandas groupby {result['seconds_per_feature']['pandas_groupby']} (11 of the features, same run)."]
+    lines += ["", (f"Fraud on fraud_v2 (v1's features and the stream's), registered with no alias: out-of-time PR-AUC "
+                   f"{candidate['candidate']['test_pr_auc']:.4f} against the champion's (fraud_v1) "
+                   f"{candidate['champion']['test_pr_auc']:.4f} on the same {candidate['test']['rows']:,} transactions "
+                   f"({candidate['test']['frauds']:,} frauds)."),
+              "", (f"Fraud's training set ({settings.fraud_sample:,} sampled transactions) by offline store, each run a "
+                   f"process of its own under a {offline_stores['memory_limit_gb']:.0f} GB address-space limit:"), "",
+              "| offline store: services | rows | seconds | peak RSS GB |", "|---|---:|---:|---:|"]
+    for name, run in offline_stores["runs"].items():
+        lines.append(f"| {name} | {run['rows']:,} | {run['seconds']} | {run['peak_rss_gb']} |" if "failed" not in run
+                     else f"| {name} | failed: {run['failed']} | | |")
+    if agreement := offline_stores["fraud_v1_file_vs_duckdb"]:
+        lines += ["", (f"fraud_v1, file against DuckDB: {agreement['matched']:,} rows matched, {agreement['differing']} "
+                       f"differing ({agreement['rows_a']:,} and {agreement['rows_b']:,} rows).")]
     (RESULTS / "offline_pipeline.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(result, indent=2))
 
