@@ -57,8 +57,10 @@ def _encode(tx: pd.DataFrame) -> _Encoded:
     tx = tx.sort_values([ENTITY, "timestamp"], kind="stable")
     cust, customers = pd.factorize(tx[ENTITY], sort=True)
     ts = tx["timestamp"].to_numpy(dtype="datetime64[s]").astype(np.int64)
-    country, countries = pd.factorize(tx["country"])
-    device, devices = pd.factorize(tx["device_id"])
+    # codes in sorted order, not in order of appearance: a customer's features must not depend on
+    # which other customers' transactions are in the same frame (a partition holds only some)
+    country, countries = pd.factorize(tx["country"], sort=True)
+    device, devices = pd.factorize(tx["device_id"], sort=True)
     gap = np.diff(ts, prepend=ts[0]).astype(float) / DAY
     gap[np.r_[True, cust[1:] != cust[:-1]]] = np.nan
     seconds_of_day = ts % DAY
@@ -223,7 +225,7 @@ def _snapshot(e: _Encoded, snapshot: pd.Timestamp) -> pd.DataFrame:
 
     pair_cust, pair_country, pair_count = _distinct(e.cust[y], e.country[y])
     f["distinct_countries_365d"] = np.bincount(pair_cust, minlength=n).astype(float)
-    # home country: the one used most in the year (ties: the first in code order)
+    # home country: the one used most in the year (ties: the first in alphabetical order)
     order = np.lexsort((-pair_count, pair_cust))
     first_of_customer = np.r_[True, pair_cust[order][1:] != pair_cust[order][:-1]]
     home = np.full(n, -1)
