@@ -10,7 +10,8 @@ BENTOML_HOME ?= $(DATA_DIR)/bentoml
 NUMBA_CACHE_DIR ?= $(DATA_DIR)/numba_cache
 PORT ?= 3000
 export DATA_DIR BENTOML_HOME NUMBA_CACHE_DIR
-# Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED.
+# Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED,
+# ENGINE (local or ray), PARTITIONS, RAY_ADDRESS.
 
 .PHONY: help install crd-schemas oidc-provider lock image image-mlflow image-dashboard image-jobs data features train train-candidate import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
 
@@ -50,7 +51,7 @@ lock: | $(BIN)/activate ## Re-resolve requirements.lock (everything) and require
 data: install ## Generate synthetic customers and transactions under $(DATA_DIR)/raw
 	$(BIN)/python -m training data
 
-features: install ## Validate transactions, compute features, feast apply + materialize
+features: install ## Validate transactions, compute features (ENGINE=local or ray, a partition of customers at a time), feast apply + materialize
 	$(BIN)/python -m training features
 
 train: install ## Train churn, fraud and segment models into the MLflow registry

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     churn_horizon_days: int = Field(60, description="A customer churns when inactive for this many days after a snapshot.")
     snapshot_every_days: int = 30
     min_history_days: int = Field(90, description="First snapshot comes this long after the first transaction.")
+    engine: Literal["local", "ray"] = Field("local", description=(
+        "Where the features of each partition of customers are computed: in this process, or as Ray tasks "
+        "(a local Ray, or the cluster RAY_ADDRESS names)."))
+    partitions: int = Field(16, ge=1, description="Partitions the transactions are split into, by a hash of the customer id.")
 
     # training
     fraud_sample: int = Field(200_000, description="Transactions sampled for the fraud training set.")

@@ -63,3 +63,14 @@ def pytest_configure(config):
     import tempfile
 
     os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoml-test-")
+
+
+@pytest.fixture
+def local_ray(monkeypatch):
+    """The Ray engine's Ray: a local one with 2 CPUs (never a cluster RAY_ADDRESS names), shut down after the test."""
+    monkeypatch.setenv("RAY_NUM_CPUS", "2")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    yield
+    import ray
+
+    ray.shutdown()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,11 @@ from training.contract import ContractError
 from training.store import FeatureStoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline pipeline: data, features, models.")
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
 
 DataDir = Annotated[Path | None, typer.Option(help="Data folder (env DATA_DIR, default ./data).")]
 OnlineStore = Annotated[str | None, typer.Option(help="Feast online store: sqlite or redis (env ONLINE_STORE).")]
@@ -59,11 +65,16 @@ def features(
     transactions: Annotated[Path | None, typer.Option(help="Your transactions file (.parquet or .csv) (default DATA_DIR/raw/transactions.parquet).")] = None,
     customers_file: Annotated[Path | None, typer.Option(help="Customers file; transactions of other customers are rejected.")] = None,
     online_store: OnlineStore = None,
+    engine: Annotated[Engine | None, typer.Option(help=(
+        "Where each partition's features are computed: local (this process) or ray (a local Ray with this "
+        "machine's cores, or the cluster RAY_ADDRESS names) (env ENGINE, default local).")
+    )] = None,
+    partitions: Annotated[int | None, typer.Option(min=1, help="Partitions of customers (env PARTITIONS, default 16).")] = None,
 ) -> None:
     """Validate transactions, compute point-in-time features, apply and materialize Feast."""
     from training.pipeline import build_features
 
-    settings = get_settings(data_dir=data_dir, online_store=online_store)
+    settings = get_settings(data_dir=data_dir, online_store=online_store, engine=engine and engine.value, partitions=partitions)
     try:
         summary = build_features(settings, transactions, customers_file)
     except (ContractError, FeatureStoreError) as e:

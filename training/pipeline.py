@@ -24,7 +24,7 @@ from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME, SERVICE_FEATURE
 from core import stream_features
 from core.movement import usual_movement
 from core.settings import Settings
-from training import contract, features, generate, models, registry, store
+from training import contract, features, generate, models, partitions, registry, store
 
 log = logging.getLogger(__name__)
 SERVED_REFERENCE_ROWS = 20_000
@@ -60,7 +60,9 @@ def build_features(settings: Settings, transactions: Path | None = None, custome
     started = time.perf_counter()
     tx = checked.accepted
     snapshots = features.snapshot_dates(tx, settings.snapshot_every_days, settings.min_history_days)
-    table = features.compute_features(tx, snapshots, progress=progress)
+    parts = partitions.write(tx, settings.data_dir / "clean" / "transactions_by_customer", settings.partitions)
+    table = partitions.read_features(partitions.features_by_partition(
+        parts, snapshots, settings.features_dir / "customer_features_by_partition", settings.engine, progress))
     labels = features.churn_labels(tx, table, settings.churn_horizon_days)
     settings.features_dir.mkdir(parents=True, exist_ok=True)
     table.to_parquet(settings.features_dir / "customer_features.parquet", index=False)

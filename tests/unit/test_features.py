@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_tx
+from training import partitions
 from training.features import (
     ACTIVITY_FEATURES,
     NUMERIC_FEATURES,
@@ -56,15 +57,27 @@ def test_customer_without_recent_activity_has_zero_windows(tiny_tx):
     assert b["days_since_last_txn"] == pytest.approx(121 - 9 / 24)
 
 
-def test_transactions_after_a_snapshot_never_change_it(tiny_tx):
-    before = compute_features(tiny_tx, [SNAPSHOT])
+@pytest.mark.parametrize("engine", ["one process", "local", pytest.param("ray", marks=[pytest.mark.integration, pytest.mark.slow])])
+def test_transactions_after_a_snapshot_never_change_it(tiny_tx, engine, tmp_path, request):
+    if engine == "ray":
+        request.getfixturevalue("local_ray")
+
+    def features_at_snapshot(tx, folder):
+        if engine == "one process":
+            return compute_features(tx, [SNAPSHOT])
+        parts = partitions.write(tx, tmp_path / folder / "tx", 2)
+        return partitions.read_features(partitions.features_by_partition(parts, [SNAPSHOT], tmp_path / folder / "features",
+                                                                         engine, progress=False))
+
+    before = features_at_snapshot(tiny_tx, "before")
     later = make_tx([
         ("A", "2026-04-01 00:00", 999.0, "electronics", "online", "US", "dZ"),  # exactly at the snapshot
         ("A", "2026-05-01 00:00", 5.0, "groceries", "pos", "GB", "dA"),
         ("B", "2026-04-02 00:00", 7.0, "groceries", "pos", "GB", "dC"),
     ]).assign(transaction_id=["X1", "X2", "X3"])
-    after = compute_features(pd.concat([tiny_tx, later], ignore_index=True), [SNAPSHOT])
+    after = features_at_snapshot(pd.concat([tiny_tx, later], ignore_index=True), "after")
     pd.testing.assert_frame_equal(before, after)
+    assert len(before) == 2
 
 
 def test_snapshots_end_the_day_after_the_last_transaction(tiny_tx):

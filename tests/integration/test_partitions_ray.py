@@ -1,0 +1,47 @@
+"""The Ray engine (training/partitions.py) on a real local Ray with 2 CPUs: the same features as the
+local engine, and a partition task killed mid-run is retried with nothing lost or counted twice."""
+
+import os
+
+import pandas as pd
+import pytest
+
+from training import features, partitions
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def parts(small_raw, tmp_path_factory):
+    raw, _ = small_raw
+    tx = pd.read_parquet(raw / "transactions.parquet")
+    return tx, partitions.write(tx, tmp_path_factory.mktemp("tx"), 6), features.snapshot_dates(tx, 30, 90)
+
+
+def test_the_ray_engine_gives_the_local_engines_features_row_for_row(parts, tmp_path, local_ray):
+    tx, paths, snapshots = parts
+    local = partitions.features_by_partition(paths, snapshots, tmp_path / "local", "local", progress=False)
+    ray = partitions.features_by_partition(paths, snapshots, tmp_path / "ray", "ray", progress=False)
+    assert [p.name for p in ray] == [p.name for p in local]
+    for a, b in zip(local, ray):
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+    assert len(partitions.read_features(ray)) > len(tx["customer_id"].unique())
+
+
+def test_a_partition_task_killed_mid_run_is_retried_and_nothing_is_lost_or_doubled(parts, tmp_path, local_ray):
+    tx, paths, snapshots = parts
+    victim = pd.read_parquet(paths[2])["customer_id"].iloc[0]
+    killed = tmp_path / "killed"
+
+    def dies_once(frame, snaps):  # the worker process ends, as a node lost or an OOM kill would end it
+        if victim in set(frame["customer_id"]) and not killed.exists():
+            killed.touch()
+            os._exit(1)
+        return features.compute_features(frame, snaps)
+
+    got = partitions.read_features(partitions.features_by_partition(paths, snapshots, tmp_path / "ray", "ray",
+                                                                    progress=False, compute=dies_once))
+    assert killed.exists()  # the task did die once
+    pd.testing.assert_frame_equal(got, features.compute_features(tx, snapshots))
+    assert not got.duplicated(["customer_id", "event_timestamp"]).any()
+    assert not list((tmp_path / "ray").glob(".*partial"))
