@@ -2,8 +2,9 @@
 
 Times every stage in one run on one machine and, side by side, the vectorised feature code
 against a plain pandas groupby of 11 of the same features (the yardstick: what the obvious
-implementation costs per feature here, now). Then fraud on fraud_v2 as a candidate beside the
-champion, and fraud's training set on Feast's two offline stores (loadtests/bench_offline_store.py).
+implementation costs per feature here, now), and the features by partition of customers on both
+engines (training/partitions.py). Then fraud on fraud_v2 as a candidate beside the champion, and
+fraud's training set on Feast's two offline stores (loadtests/bench_offline_store.py).
 Writes loadtests/results/offline_pipeline.json and .md.
 
     python -m loadtests.bench_features [--customers 10000]
@@ -23,7 +24,7 @@ import typer
 
 from core.settings import get_settings
 from loadtests import bench_offline_store
-from training import contract, features, store
+from training import contract, features, partitions, store
 from training.pipeline import build_features, make_data, train_all, train_fraud_candidate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,6 +66,12 @@ def main(customers: Annotated[int, typer.Option(help="Customers to generate.")] 
         snapshots = features.snapshot_dates(tx, settings.snapshot_every_days, settings.min_history_days)
         table = timed(stages, "features_vectorised_s", features.compute_features, tx, snapshots)
         timed(stages, "features_pandas_groupby_11_of_them_s", pandas_groupby_features, tx, snapshots)
+        parts = timed(stages, "partition_transactions_s", partitions.write, tx, Path(tmp) / "by_customer", settings.partitions)
+        same_table = {}
+        for engine in partitions.ENGINES:  # ray: a local Ray with this machine's cores, its start included
+            paths = timed(stages, f"features_by_partition_{engine}_s", partitions.features_by_partition, parts, snapshots,
+                          Path(tmp) / f"features_{engine}", engine, progress=False)
+            same_table[engine] = partitions.read_features(paths).equals(table)
         timed(stages, "labels_s", features.churn_labels, tx, table, settings.churn_horizon_days)
         feature_summary = build_features(settings, progress=False)
         stages["feast_apply_and_materialize_s"] = feature_summary["feast_apply_materialize_s"]
@@ -89,6 +96,8 @@ def main(customers: Annotated[int, typer.Option(help="Customers to generate.")] 
             "vectorised": round(stages["features_vectorised_s"] / len(features.NUMERIC_FEATURES + features.PROFILE_FEATURES), 3),
             "pandas_groupby": round(stages["features_pandas_groupby_11_of_them_s"] / 11, 3),
         },
+        "partitions": settings.partitions,
+        "partitioned_table_equals_one_piece": same_table,
         "models": {name: {k: round(v, 4) for k, v in r["metrics"].items()} for name, r in trained.items()},
         "fraud_v2_candidate": candidate,
         "fraud_training_set_by_offline_store": offline_stores,
@@ -102,7 +111,9 @@ def main(customers: Annotated[int, typer.Option(help="Customers to generate.")] 
     lines += ["", f"Transactions to features (validate + features + labels): {result['transactions_to_features_s']} s "
               f"(target < {FEATURE_TARGET_S:.0f} s).",
               f"Seconds per feature over all snapshots: vectorised {result['seconds_per_feature']['vectorised']}, "
-              f"plain pandas groupby {result['seconds_per_feature']['pandas_groupby']} (11 of the features, same run)."]
+              f"plain pandas groupby {result['seconds_per_feature']['pandas_groupby']} (11 of the features, same run).",
+              (f"By {settings.partitions} partitions of customers (partition, then features): the table equals the "
+               f"one-piece table on every engine: {same_table}.")]
     lines += ["", (f"Fraud on fraud_v2 (v1's features and the stream's), registered with no alias: out-of-time PR-AUC "
                    f"{candidate['candidate']['test_pr_auc']:.4f} against the champion's (fraud_v1) "
                    f"{candidate['champion']['test_pr_auc']:.4f} on the same {candidate['test']['rows']:,} transactions "

@@ -103,11 +103,13 @@ def _group_quantile(cust: np.ndarray, values: np.ndarray, n: int, q: float) -> n
     sorted_values = values[order]
     counts = np.bincount(cust, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = starts + (np.maximum(counts, 1) - 1) * q
-    lo, hi = np.floor(pos).astype(int), np.ceil(pos).astype(int)
+    # the position within the group, then the group's start: a fraction taken after adding the start
+    # would carry the rounding of a large number, and so depend on the groups before this one
+    within = (np.maximum(counts, 1) - 1) * q
+    lo, hi = starts + np.floor(within).astype(int), starts + np.ceil(within).astype(int)
     out = np.full(n, np.nan)
     has = counts > 0
-    lo, hi, frac = lo[has], hi[has], (pos - np.floor(pos))[has]
+    lo, hi, frac = lo[has], hi[has], (within - np.floor(within))[has]
     out[has] = sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac
     return out
 

@@ -24,7 +24,7 @@ def test_the_ray_engine_gives_the_local_engines_features_row_for_row(parts, tmp_
     ray = partitions.features_by_partition(paths, snapshots, tmp_path / "ray", "ray", progress=False)
     assert [p.name for p in ray] == [p.name for p in local]
     for a, b in zip(local, ray):
-        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True)
     assert len(partitions.read_features(ray)) > len(tx["customer_id"].unique())
 
 
@@ -42,6 +42,6 @@ def test_a_partition_task_killed_mid_run_is_retried_and_nothing_is_lost_or_doubl
     got = partitions.read_features(partitions.features_by_partition(paths, snapshots, tmp_path / "ray", "ray",
                                                                     progress=False, compute=dies_once))
     assert killed.exists()  # the task did die once
-    pd.testing.assert_frame_equal(got, features.compute_features(tx, snapshots))
+    pd.testing.assert_frame_equal(got, features.compute_features(tx, snapshots), check_exact=True)
     assert not got.duplicated(["customer_id", "event_timestamp"]).any()
     assert not list((tmp_path / "ray").glob(".*partial"))

@@ -37,7 +37,7 @@ def test_the_local_engine_gives_the_features_of_one_process_row_for_row(tx, tmp_
     snapshots = features.snapshot_dates(tx, 30, 90)
     paths = partitions.features_by_partition(partitions.write(tx, tmp_path / "tx", 5), snapshots, tmp_path / "features",
                                              "local", progress=False)
-    pd.testing.assert_frame_equal(partitions.read_features(paths), features.compute_features(tx, snapshots))
+    pd.testing.assert_frame_equal(partitions.read_features(paths), features.compute_features(tx, snapshots), check_exact=True)
 
 
 def test_an_unknown_engine_is_refused_by_name(tmp_path):
