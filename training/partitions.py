@@ -5,8 +5,8 @@ modulo the partition count: the same id lands in the same partition in every run
 so a customer's transactions are never split and anything computed per customer (the features of
 training/features.py are) can run on one partition without the others.
 
-    paths = write(transactions, folder / "transactions", partitions=16)
-    tables = features_by_partition(paths, snapshots, folder / "features", engine="ray")
+    parts = write(transactions, folder / "transactions", partitions=16)
+    table = read_features(features_by_partition(parts, snapshots, folder / "features", engine="ray"))
 
 `engine="local"` runs the partitions one after the other in this process; `engine="ray"` runs each
 as a Ray task, on a local Ray started with this machine's cores, or on the cluster `RAY_ADDRESS`
@@ -79,6 +79,8 @@ def features_by_partition(parts: list[Path], snapshots: list[pd.Timestamp], out_
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob("part-*.parquet"), *out_dir.glob(".part-*.partial")]:  # an earlier run's, or a killed task's
+        stale.unlink()
     outs = [out_dir / part.name for part in parts]
     started, transactions = time.perf_counter(), 0
     bar = tqdm(total=len(parts), desc=f"features ({engine})", unit="partition", disable=not progress)

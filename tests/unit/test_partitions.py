@@ -43,3 +43,13 @@ def test_the_local_engine_gives_the_features_of_one_process_row_for_row(tx, tmp_
 def test_an_unknown_engine_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="unknown engine 'spark'; known: local, ray"):
         partitions.features_by_partition([], [], tmp_path, "spark")
+
+
+def test_an_earlier_runs_parts_and_a_killed_tasks_partial_file_are_cleared(tx, tmp_path):
+    out = tmp_path / "features"
+    out.mkdir()
+    (out / "part-00009.parquet").write_bytes(b"from a run with more partitions")
+    (out / ".part-00000.parquet.123.partial").write_bytes(b"half written")
+    paths = partitions.features_by_partition(partitions.write(tx.head(2000), tmp_path / "tx", 2),
+                                             [pd.Timestamp("2026-01-01", tz="UTC")], out, "local", progress=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths) == ["part-00000.parquet", "part-00001.parquet"]
