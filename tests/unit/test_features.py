@@ -104,3 +104,17 @@ def test_features_are_finite(small_raw):
     tx = pd.read_parquet(out / "transactions.parquet")
     table = compute_features(tx, snapshot_dates(tx, 30, 90))
     assert np.isfinite(table[NUMERIC_FEATURES].to_numpy()).all()
+
+
+def test_a_customers_features_do_not_depend_on_the_other_customers_in_the_frame():
+    # B uses FR and GB equally: its home country is a tie, which must not go to whichever country
+    # the other customers in the frame happened to show first (a partition holds only some of them)
+    b = make_tx([
+        ("B", "2026-03-01 10:00", 40.0, "groceries", "pos", "FR", "dB"),
+        ("B", "2026-03-05 10:00", 60.0, "dining", "pos", "GB", "dB"),
+    ]).assign(transaction_id=["B1", "B2"])
+    a = make_tx([("A", "2026-03-02 10:00", 10.0, "groceries", "pos", "GB", "dA")]).assign(transaction_id=["A1"])
+    alone = features_of(b, "B")
+    beside = features_of(pd.concat([a, b], ignore_index=True), "B")
+    pd.testing.assert_series_equal(alone, beside, check_exact=True)
+    assert alone["home_country"] == "FR"  # the tie goes to the first alphabetically
