@@ -52,8 +52,10 @@ def store_config(settings: Settings, redis_timeout_s: float | None = None, onlin
     return config
 
 
-def open_store(settings: Settings, redis_timeout_s: float | None = None, online_only: bool = False):
+def open_store(settings: Settings, redis_timeout_s: float | None = None, online_only: bool = False,
+               offline_store: str | None = None):
     """A FeatureStore on this data folder and the chosen online store (see store_config)."""
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(settings.feature_repo), config=store_config(settings, redis_timeout_s, online_only))
+    config = store_config(settings, redis_timeout_s, online_only, offline_store)
+    return FeatureStore(repo_path=str(settings.feature_repo), config=config)

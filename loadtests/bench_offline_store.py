@@ -37,14 +37,12 @@ def one(data_dir: Path, offline_store: str, services: list[str],
         out: Annotated[Path, typer.Option(help="Where the training set goes (Parquet).")]) -> None:
     """One training set: fraud's sampled transactions with `services`' features from `offline_store`,
     written to `out`; prints its rows, seconds and this process's peak RSS as JSON."""
-    from feast import FeatureStore
-
     from core.settings import get_settings
-    from core.store import store_config
+    from core.store import open_store
     from training.pipeline import fraud_training_set
 
     settings = get_settings(data_dir=data_dir)
-    feature_store = FeatureStore(repo_path=str(settings.feature_repo), config=store_config(settings, offline_store=offline_store))
+    feature_store = open_store(settings, offline_store=offline_store)
     started = time.perf_counter()
     frame = fraud_training_set(feature_store, settings, *services)
     seconds = time.perf_counter() - started

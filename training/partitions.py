@@ -61,14 +61,14 @@ def write(tx: pd.DataFrame, folder: Path, partitions: int) -> list[Path]:
 
 
 def _features_of_part(part: Path, snapshots: list[pd.Timestamp], out: Path,
-                      compute: Callable[[pd.DataFrame, list[pd.Timestamp]], pd.DataFrame]) -> tuple[int, int]:
-    """One partition's feature rows to `out`, written whole or not at all; (transactions, rows)."""
+                      compute: Callable[[pd.DataFrame, list[pd.Timestamp]], pd.DataFrame]) -> int:
+    """One partition's feature rows to `out`, written whole or not at all; its transactions, counted."""
     tx = pd.read_parquet(part)
     table = compute(tx, snapshots) if len(tx) else pd.DataFrame()
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     table.to_parquet(partial, index=False)
     os.replace(partial, out)
-    return len(tx), len(table)
+    return len(tx)
 
 
 def features_by_partition(parts: list[Path], snapshots: list[pd.Timestamp], out_dir: Path, engine: str = "local",
@@ -85,9 +85,9 @@ def features_by_partition(parts: list[Path], snapshots: list[pd.Timestamp], out_
     started, transactions = time.perf_counter(), 0
     bar = tqdm(total=len(parts), desc=f"features ({engine})", unit="partition", disable=not progress)
 
-    def done(counted: tuple[int, int]) -> None:
+    def done(counted: int) -> None:
         nonlocal transactions
-        transactions += counted[0]
+        transactions += counted
         bar.update()
         bar.set_postfix_str(f"{transactions / (time.perf_counter() - started):,.0f} transactions/s")
 
