@@ -1,9 +1,14 @@
 """Transactions split by customer and the features computed a partition at a time, in this process
 (training/partitions.py; the Ray engine: tests/integration/test_partitions_ray.py)."""
 
+import os
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
+from core.settings import REPO_ROOT as ROOT
 from training import features, partitions
 
 
@@ -53,3 +58,10 @@ def test_an_earlier_runs_parts_and_a_killed_tasks_partial_file_are_cleared(tx, t
     paths = partitions.features_by_partition(partitions.write(tx.head(2000), tmp_path / "tx", 2),
                                              [pd.Timestamp("2026-01-01", tz="UTC")], out, "local", progress=False)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths) == ["part-00000.parquet", "part-00001.parquet"]
+
+
+@pytest.mark.parametrize("variable, value", [("ENGINE", "spark"), ("PARTITIONS", "0")])
+def test_a_bad_engine_or_partition_count_in_the_environment_is_named_by_the_cli(variable, value, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "training", "features", "--data-dir", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, check=False, env={**os.environ, variable: value})
+    assert done.returncode == 2 and f"error: {variable}:" in done.stderr and "Traceback" not in done.stderr
