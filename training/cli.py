@@ -19,11 +19,24 @@ from typing import Annotated
 
 import typer
 
-from core.settings import get_settings
+from core import settings as core_settings
 from training.contract import ContractError
 from training.store import FeatureStoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline pipeline: data, features, models.")
+
+def get_settings(**overrides):
+    """The settings, or exit 2 naming each environment variable (or option) whose value does not fit."""
+    from pydantic import ValidationError
+
+    try:
+        return core_settings.get_settings(**overrides)
+    except ValidationError as e:
+        for error in e.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            typer.secho(f"error: {name}: {error['msg']} (got {error.get('input')!r})", fg="red", err=True)
+        raise typer.Exit(2) from e
+
 
 class Engine(str, Enum):
     local = "local"
