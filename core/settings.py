@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         return self.data_dir / "features"
 
     @property
+    def transactions_by_customer_dir(self) -> Path:
+        """The accepted transactions, one Parquet file per partition of customers (training/partitions.py)."""
+        return self.data_dir / "clean" / "transactions_by_customer"
+
+    @property
     def transactions_path(self) -> Path:
         return self.raw_dir / "transactions.parquet"
 

@@ -26,6 +26,7 @@ import pandas as pd
 from core.realtime import names_seen
 from core.schema import MERCHANT_CATEGORIES
 from training.generate import LATER_TRANSACTIONS
+from training.partitions import read_transactions
 
 REQUEST_COLUMNS = ["customer_id", "amount", "merchant_category", "channel", "country", "device_id", "timestamp"]
 # transaction column -> the profile's list of what the customer used before
@@ -49,7 +50,7 @@ def replay_transactions(data_dir: Path, days: int = 30, rows: int = 50_000, seed
         tx = pd.read_parquet(later, columns=REQUEST_COLUMNS)
         return _requests(tx.sample(min(rows, len(tx)), random_state=seed).sort_values("timestamp", kind="stable"))
     rng = np.random.default_rng(seed)
-    tx = pd.read_parquet(data_dir / "clean" / "transactions.parquet", columns=REQUEST_COLUMNS)
+    tx = read_transactions(data_dir / "clean" / "transactions_by_customer", columns=REQUEST_COLUMNS)
     recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=days)]
     recent = recent.sample(min(rows, len(recent)), random_state=seed).sort_values("timestamp", kind="stable")
     profiles = pd.read_parquet(data_dir / "features" / "customer_features.parquet",

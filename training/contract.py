@@ -8,21 +8,32 @@ in a rejects file, and counted; they are never dropped silently.
     result.accepted        # clean rows in canonical types
     result.rejected        # the bad rows, as read, with a `reject_reason` column
     result.reason_counts   # {"amount is negative or zero": 3, ...}
+
+A file of any size is checked batch by batch with :func:`check_file`: accepted rows go to a callback
+(the pipeline's partition writer), rejected rows are appended to the rejects file, and only the
+transaction ids are held whole, as 8-byte hashes, for the one check that spans the file (a
+duplicate id may come a hundred million rows after the first).
+
+    checked = check_file(Path("transactions.parquet"), rejects_path, accept=writer.append)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from core.schema import CHANNELS, MERCHANT_CATEGORIES, TRANSACTION_COLUMNS
 
 # A text column in which fewer than this share of values parse is of the wrong type, not dirty.
 MIN_PARSEABLE_SHARE = 0.5
 EARLIEST_TIMESTAMP = pd.Timestamp("1990-01-01", tz="UTC")
+BATCH_ROWS = 1_000_000  # rows read and checked at a time by check_file
 
 
 class ContractError(ValueError):
@@ -41,16 +52,45 @@ class ContractResult:
         return "\n".join(lines)
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read Parquet or CSV by extension; CSV is read as text and typed by :func:`validate`."""
+def _kind(path: Path) -> str:
     if not path.exists():
         raise ContractError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
+        return "parquet"
     if suffix in (".csv", ".txt"):
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        return "csv"
     raise ContractError(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
+
+
+CSV_OPTIONS = {"dtype": str, "keep_default_na": False, "na_values": [""]}
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read Parquet or CSV by extension; CSV is read as text and typed by :func:`validate`."""
+    if _kind(path) == "parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path, **CSV_OPTIONS)
+
+
+def read_batches(path: Path, rows: int = BATCH_ROWS, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """The file `rows` at a time, in file order, typed as :func:`read_table` types them; at least
+    one frame (an empty one for a file with no rows)."""
+    kind, empty = _kind(path), True
+    if kind == "parquet":
+        batches = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns))
+    else:
+        batches = pd.read_csv(path, usecols=columns, chunksize=rows, **CSV_OPTIONS)
+    for batch in batches:
+        empty = False
+        yield batch
+    if empty:
+        yield read_table(path) if columns is None else read_table(path)[columns]
+
+
+def rows_in(path: Path) -> int | None:
+    """The file's row count when its metadata says it (Parquet), else None."""
+    return pq.ParquetFile(path).metadata.num_rows if _kind(path) == "parquet" else None
 
 
 def _parse_column(frame: pd.DataFrame, column: str, kind: str) -> pd.Series:
@@ -85,9 +125,12 @@ def _parse_column(frame: pd.DataFrame, column: str, kind: str) -> pd.Series:
     return parsed
 
 
-def validate(frame: pd.DataFrame, known_customers: set[str] | None = None, labelled: bool = True) -> ContractResult:
+def validate(frame: pd.DataFrame, known_customers: set[str] | None = None, labelled: bool = True,
+             duplicate: np.ndarray | None = None) -> ContractResult:
     """Split a transactions frame into accepted rows (canonical types) and rejected rows with reasons.
-    `labelled=False`: live events, which carry no `is_fraud` yet."""
+    `labelled=False`: live events, which carry no `is_fraud` yet. `duplicate`: which rows repeat an
+    id seen earlier (a boolean per row), when the frame is a batch of a larger file; by default the
+    frame's own repeats."""
     contract = {c: v for c, v in TRANSACTION_COLUMNS.items() if labelled or v[0] != "label"}
     missing = [c for c in contract if c not in frame.columns]
     if missing:
@@ -111,7 +154,8 @@ def validate(frame: pd.DataFrame, known_customers: set[str] | None = None, label
     ]
     if labelled:
         checks.append(("is_fraud is not 0 or 1", typed["is_fraud"].notna() & ~typed["is_fraud"].isin([0.0, 1.0])))
-    checks.append(("duplicate transaction_id", typed["transaction_id"].notna() & typed["transaction_id"].duplicated(keep="first")))
+    repeated = typed["transaction_id"].duplicated(keep="first") if duplicate is None else pd.Series(duplicate, index=frame.index)
+    checks.append(("duplicate transaction_id", typed["transaction_id"].notna() & repeated))
     if known_customers is not None:
         checks.append(("unknown customer_id", typed["customer_id"].notna() & ~typed["customer_id"].isin(known_customers)))
 
@@ -142,3 +186,74 @@ def write_rejects(result: ContractResult, path: Path) -> None:
     """Keep the rejected rows, as read, with their reasons (CSV, for people to read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     result.rejected.to_csv(path, index=False)
+
+
+def duplicate_rows(path: Path, rows: int = BATCH_ROWS) -> np.ndarray:
+    """Row numbers (0-based, in file order, sorted) of the rows whose transaction_id already came
+    earlier in the file; missing ids are never duplicates. The ids are held as 64-bit hashes (0.8 GB
+    for 100 M rows); only rows whose hash is shared are read again and compared by value."""
+    hashes, present = [], []
+    for batch in read_batches(path, rows, columns=["transaction_id"]):
+        ids = batch["transaction_id"]
+        present.append((ids.notna() & (ids.astype(str) != "")).to_numpy())
+        hashes.append(pd.util.hash_array(ids.to_numpy(dtype=object)))
+    row = np.flatnonzero(np.concatenate(present))
+    hashed = np.concatenate(hashes)[row]
+    order = np.argsort(hashed, kind="stable")
+    shared = np.flatnonzero(hashed[order][1:] == hashed[order][:-1])
+    if not shared.size:
+        return np.array([], dtype=np.int64)
+    candidates = np.unique(row[order[np.r_[shared, shared + 1]]])
+    values, start = [], 0
+    for batch in read_batches(path, rows, columns=["transaction_id"]):
+        wanted = candidates[(candidates >= start) & (candidates < start + len(batch))]
+        values.extend(batch["transaction_id"].to_numpy(dtype=object)[wanted - start])
+        start += len(batch)
+    return candidates[pd.Series(values, dtype=object).duplicated(keep="first").to_numpy()]
+
+
+@dataclass
+class CheckedFile:
+    """What check_file saw: counts, reasons and the accepted rows' time span."""
+
+    accepted_rows: int = 0
+    rejected_rows: int = 0
+    reason_counts: dict[str, int] = field(default_factory=dict)
+    first: pd.Timestamp | None = None  # the earliest accepted timestamp
+    last: pd.Timestamp | None = None
+
+    def add(self, result: ContractResult) -> None:
+        self.accepted_rows += len(result.accepted)
+        self.rejected_rows += len(result.rejected)
+        for reason, count in result.reason_counts.items():
+            self.reason_counts[reason] = self.reason_counts.get(reason, 0) + count
+        if len(result.accepted):
+            stamps = result.accepted["timestamp"]
+            self.first = min(stamps.min(), self.first) if self.first is not None else stamps.min()
+            self.last = max(stamps.max(), self.last) if self.last is not None else stamps.max()
+
+    def summary(self) -> str:
+        lines = [f"accepted {self.accepted_rows:,} rows, rejected {self.rejected_rows:,}"]
+        lines += [f"  {count:,} × {reason}" for reason, count in sorted(self.reason_counts.items())]
+        return "\n".join(lines)
+
+
+def check_file(path: Path, rejects_path: Path, accept: Callable[[pd.DataFrame], None],
+               known_customers: set[str] | None = None, rows: int = BATCH_ROWS, progress: bool = True) -> CheckedFile:
+    """Validate a transactions file of any size `rows` at a time: each batch's accepted rows go to
+    `accept`, its rejected rows (as read, with their reasons) are appended to `rejects_path` (CSV,
+    written even when empty), and the same rules hold as for the whole file in one frame."""
+    duplicates = duplicate_rows(path, rows)
+    checked, start = CheckedFile(), 0
+    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=rows_in(path), desc="checking transactions", unit="row", unit_scale=True, disable=not progress)
+    for batch in read_batches(path, rows):
+        here = duplicates[(duplicates >= start) & (duplicates < start + len(batch))] - start
+        result = validate(batch, known_customers, duplicate=np.isin(np.arange(len(batch)), here))
+        result.rejected.to_csv(rejects_path, mode="a" if start else "w", header=not start, index=False)
+        accept(result.accepted)
+        checked.add(result)
+        start += len(batch)
+        bar.update(len(batch))
+    bar.close()
+    return checked

@@ -85,8 +85,13 @@ def _encode(tx: pd.DataFrame) -> _Encoded:
 def snapshot_dates(tx: pd.DataFrame, every_days: int, min_history_days: int) -> list[pd.Timestamp]:
     """Snapshots every `every_days` from `min_history_days` after the first transaction up to the
     day after the last one (that last snapshot is the one served online)."""
-    first = tx["timestamp"].min().normalize()
-    end = tx["timestamp"].max().normalize() + pd.Timedelta(days=1)
+    return snapshot_dates_between(tx["timestamp"].min(), tx["timestamp"].max(), every_days, min_history_days)
+
+
+def snapshot_dates_between(first: pd.Timestamp, last: pd.Timestamp, every_days: int, min_history_days: int) -> list[pd.Timestamp]:
+    """snapshot_dates for transactions from `first` to `last`."""
+    first = first.normalize()
+    end = last.normalize() + pd.Timedelta(days=1)
     dates = list(pd.date_range(first + pd.Timedelta(days=min_history_days), end, freq=f"{every_days}D"))
     if not dates or dates[-1] != end:
         dates.append(end)
@@ -257,11 +262,13 @@ def compute_features(tx: pd.DataFrame, snapshots: list[pd.Timestamp], progress: 
     return table
 
 
-def churn_labels(tx: pd.DataFrame, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+def churn_labels(tx: pd.DataFrame, features: pd.DataFrame, horizon_days: int,
+                 data_end: pd.Timestamp | None = None) -> pd.DataFrame:
     """`churned` = 1 when the customer makes no transaction in the `horizon_days` after the snapshot.
 
-    Only snapshots whose whole horizon lies inside the data are labelled."""
-    data_end = tx["timestamp"].max()
+    Only snapshots whose whole horizon lies inside the data (up to `data_end`, by default the last
+    transaction of `tx`; give the whole data's when `tx` is a part of it) are labelled."""
+    data_end = tx["timestamp"].max() if data_end is None else data_end
     horizon = pd.Timedelta(days=horizon_days)
     rows = features[[ENTITY, TIMESTAMP]]
     rows = rows[rows[TIMESTAMP] + horizon <= data_end]

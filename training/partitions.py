@@ -5,18 +5,24 @@ modulo the partition count: the same id lands in the same partition in every run
 so a customer's transactions are never split and anything computed per customer (the features of
 training/features.py are) can run on one partition without the others.
 
-    parts = write(transactions, folder / "transactions", partitions=16)
-    table = read_features(features_by_partition(parts, snapshots, folder / "features", engine="ray"))
+    writer = PartitionWriter(folder / "transactions", partitions=16)
+    writer.append(batch)                      # as many times as there are batches
+    parts = writer.close()
+    outs = by_partition(parts, {"features": folder / "features"}, job, engine="ray")
+    concatenate(outs["features"], folder / "customer_features.parquet")
 
-`engine="local"` runs the partitions one after the other in this process; `engine="ray"` runs each
-as a Ray task, on a local Ray started with this machine's cores, or on the cluster `RAY_ADDRESS`
+`job(transactions)` returns the partition's tables by name (features, labels, ...), each written to
+its own folder under the partition's name. `engine="local"` runs the partitions one after the other
+in this process; `engine="ray"` runs each as a Ray task, on a local Ray started with this machine's cores, or on the cluster `RAY_ADDRESS`
 names. Plain tasks rather than Ray Data: the unit of work is a whole partition (a customer's
-history must stay together), which is what a task is, and each writes its own file. A task writes
+history must stay together), which is what a task is, and each writes its own files. A task writes
 to a temporary name and renames it when done, so a task killed and retried leaves one whole file.
+Nothing here holds more than one batch or one partition at a time.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -25,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from training.features import ENTITY, TIMESTAMP, compute_features
@@ -45,45 +53,83 @@ def part_name(number: int) -> str:
     return f"part-{number:05d}.parquet"
 
 
+class PartitionWriter:
+    """Transactions appended batch by batch to one Parquet file per partition under `folder` (its
+    old parts removed), each row in its customer's partition, in the order appended. Every
+    partition gets a file, empty when no customer hashes to it."""
+
+    def __init__(self, folder: Path, partitions: int):
+        self.paths = [folder / part_name(p) for p in range(partitions)]
+        self._writers: list[pq.ParquetWriter] = []
+        self._schema: pa.Schema | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("part-*.parquet"):
+            old.unlink()
+
+    def append(self, tx: pd.DataFrame) -> None:
+        if not len(tx):
+            return
+        table = pa.Table.from_pandas(tx, schema=self._schema, preserve_index=False)
+        if self._schema is None:
+            self._schema = table.schema
+            self._writers = [pq.ParquetWriter(path, self._schema) for path in self.paths]
+        number = partition_of(tx[ENTITY], len(self.paths))
+        table = table.take(np.argsort(number, kind="stable"))
+        bounds = np.searchsorted(np.sort(number), np.arange(len(self.paths) + 1))
+        for p in np.flatnonzero(np.diff(bounds)):
+            self._writers[p].write_table(table.slice(bounds[p], bounds[p + 1] - bounds[p]))
+
+    def close(self) -> list[Path]:
+        """The partitions' paths, in partition order."""
+        if not self._writers:
+            raise ValueError("no transactions were appended")
+        for writer in self._writers:
+            writer.close()
+        return self.paths
+
+
 def write(tx: pd.DataFrame, folder: Path, partitions: int) -> list[Path]:
-    """`tx` as `partitions` Parquet files under `folder` (its old parts removed), each a set of whole
-    customers ordered by customer and time. A partition no customer hashes to is an empty file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("part-*.parquet"):
-        old.unlink()
-    number = partition_of(tx[ENTITY], partitions)
-    paths = []
-    for p in range(partitions):
-        path = folder / part_name(p)
-        tx[number == p].sort_values([ENTITY, "timestamp"], kind="stable").to_parquet(path, index=False)
-        paths.append(path)
-    return paths
+    """`tx` as `partitions` Parquet files under `folder`, at once (PartitionWriter for more than fits in memory)."""
+    writer = PartitionWriter(folder, partitions)
+    writer.append(tx)
+    return writer.close()
 
 
-def _features_of_part(part: Path, snapshots: list[pd.Timestamp], out: Path,
-                      compute: Callable[[pd.DataFrame, list[pd.Timestamp]], pd.DataFrame]) -> int:
-    """One partition's feature rows to `out`, written whole or not at all; its transactions, counted."""
+def read_transactions(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every partition's transactions as one frame, ordered by customer then time (the order the
+    contract's one-frame check gives); for data that fits in memory."""
+    tx = pd.read_parquet(folder, columns=columns)  # every part-*.parquet in it
+    return tx.sort_values([ENTITY, "timestamp"], kind="stable").reset_index(drop=True)
+
+
+Job = Callable[[pd.DataFrame], dict[str, pd.DataFrame]]
+
+
+def _run_part(part: Path, outs: dict[str, Path], job: Job) -> int:
+    """One partition's tables, each written whole or not at all; its transaction count. A partition
+    with no transactions gets empty files."""
     tx = pd.read_parquet(part)
-    table = compute(tx, snapshots) if len(tx) else pd.DataFrame()
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    table.to_parquet(partial, index=False)
-    os.replace(partial, out)
+    tables = job(tx) if len(tx) else {}
+    for name, out in outs.items():
+        partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+        tables.get(name, pd.DataFrame()).to_parquet(partial, index=False)
+        os.replace(partial, out)
     return len(tx)
 
 
-def features_by_partition(parts: list[Path], snapshots: list[pd.Timestamp], out_dir: Path, engine: str = "local",
-                          progress: bool = True, compute=compute_features, max_retries: int = 3) -> list[Path]:
-    """compute(partition's transactions, snapshots) for every partition, written to out_dir under the
-    partition's own name; the paths, in the order of `parts`. `compute` is training/features.py's
-    unless a caller (a test) gives another."""
+def by_partition(parts: list[Path], out_dirs: dict[str, Path], job: Job, engine: str = "local", progress: bool = True,
+                 max_retries: int = 3, desc: str = "partitions") -> dict[str, list[Path]]:
+    """job(partition's transactions) for every partition; each table it returns by name goes to
+    out_dirs[name] under the partition's own name. The paths by name, in the order of `parts`."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("part-*.parquet"), *out_dir.glob(".part-*.partial")]:  # an earlier run's, or a killed task's
-        stale.unlink()
-    outs = [out_dir / part.name for part in parts]
+    for out_dir in out_dirs.values():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*out_dir.glob("part-*.parquet"), *out_dir.glob(".part-*.partial")]:  # an earlier run's, or a killed task's
+            stale.unlink()
+    outs = [{name: out_dir / part.name for name, out_dir in out_dirs.items()} for part in parts]
     started, transactions = time.perf_counter(), 0
-    bar = tqdm(total=len(parts), desc=f"features ({engine})", unit="partition", disable=not progress)
+    bar = tqdm(total=len(parts), desc=f"{desc} ({engine})", unit="partition", disable=not progress)
 
     def done(counted: int) -> None:
         nonlocal transactions
@@ -93,20 +139,61 @@ def features_by_partition(parts: list[Path], snapshots: list[pd.Timestamp], out_
 
     if engine == "local":
         for part, out in zip(parts, outs):
-            done(_features_of_part(part, snapshots, out, compute))
+            done(_run_part(part, out, job))
     else:
         import ray
 
         _ray_started()
-        task = ray.remote(max_retries=max_retries)(_features_of_part)
-        pending = [task.remote(part, snapshots, out, compute) for part, out in zip(parts, outs)]
+        task = ray.remote(max_retries=max_retries)(_run_part)
+        pending = [task.remote(part, out, job) for part, out in zip(parts, outs)]
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
             done(ray.get(finished[0]))
     bar.close()
-    log.info("features of %s partitions (%s transactions) in %.1f s on the %s engine", len(parts), f"{transactions:,}",
+    log.info("%s of %s partitions (%s transactions) in %.1f s on the %s engine", desc, len(parts), f"{transactions:,}",
              time.perf_counter() - started, engine)
-    return outs
+    return {name: [out[name] for out in outs] for name in out_dirs}
+
+
+def _features_only(tx: pd.DataFrame, snapshots: list[pd.Timestamp], compute) -> dict[str, pd.DataFrame]:
+    return {"features": compute(tx, snapshots)}
+
+
+def features_by_partition(parts: list[Path], snapshots: list[pd.Timestamp], out_dir: Path, engine: str = "local",
+                          progress: bool = True, compute=compute_features, max_retries: int = 3) -> list[Path]:
+    """compute(partition's transactions, snapshots) for every partition, written to out_dir under the
+    partition's own name; the paths, in the order of `parts`. `compute` is training/features.py's
+    unless a caller (a test) gives another."""
+    job = functools.partial(_features_only, snapshots=snapshots, compute=compute)
+    return by_partition(parts, {"features": out_dir}, job, engine, progress, max_retries, desc="features")["features"]
+
+
+def concatenate(paths: list[Path], out: Path) -> int:
+    """The partitions' files as one Parquet file, row group by row group (never a whole table in
+    memory), in partition order; its row count. Empty partitions are skipped."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    writer, rows = None, 0
+    try:
+        for path in paths:
+            source = pq.ParquetFile(path)
+            if not source.metadata.num_rows:
+                continue
+            for group in range(source.num_row_groups):
+                table = source.read_row_group(group)
+                if writer is None:
+                    writer = pq.ParquetWriter(partial, table.schema)
+                elif not table.schema.equals(writer.schema, check_metadata=False):
+                    table = table.cast(writer.schema)  # a column all missing in this partition (null type)
+                writer.write_table(table)
+                rows += len(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError(f"{out.name}: every partition is empty")
+    os.replace(partial, out)
+    return rows
 
 
 def _ray_started() -> None:

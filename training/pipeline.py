@@ -4,14 +4,20 @@ Each stage reads what the previous one wrote under settings.data_dir:
 
     raw/transactions.parquet, raw/customers.parquet         (data, or your own file)
     rejects/transactions_rejects.csv                         (features: rows that broke the contract)
-    clean/transactions.parquet                               (features: accepted rows)
-    features/customer_features.parquet, churn_labels.parquet (features)
+    clean/transactions_by_customer/part-NNNNN.parquet        (features: accepted rows, by customer hash)
+    features/*_by_partition/part-NNNNN.parquet               (features: each partition's tables)
+    features/customer_features.parquet, churn_labels.parquet,
+             stream_features.parquet                         (features: the partitions' tables, concatenated)
     feast/registry.db, feast/online_store.db                 (features: feast apply + materialize)
     mlflow.db, mlruns/                                       (train, unless MLFLOW_TRACKING_URI is set)
+
+The features stage holds one batch of the file, or one partition, at a time (training/partitions.py),
+so its memory does not grow with the number of customers.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -38,58 +44,65 @@ def make_data(settings: Settings, drift_months: int = 0, progress: bool = True, 
     return summary
 
 
+def offline_tables(tx: pd.DataFrame, snapshots: list[pd.Timestamp], data_end: pd.Timestamp,
+                   horizon_days: int) -> dict[str, pd.DataFrame]:
+    """One partition's tables: features as of each snapshot, churn labels (horizons ending by
+    `data_end`, the whole data's last transaction) and the stream features as of each transaction."""
+    table = features.compute_features(tx, snapshots)
+    return {"features": table, "labels": features.churn_labels(tx, table, horizon_days, data_end),
+            "stream": stream_features.offline_table(tx)}
+
+
+TABLES = {"features": "customer_features", "labels": "churn_labels", "stream": "stream_features"}
+
+
 def build_features(settings: Settings, transactions: Path | None = None, customers: Path | None = None,
                    progress: bool = True) -> dict:
-    """Validate the transactions, compute features and labels, apply and materialize Feast."""
+    """Validate the transactions into partitions, compute each partition's features, labels and
+    stream features, apply Feast and materialize the latest snapshot."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     transactions = transactions or settings.transactions_path
     customers = customers or (settings.customers_path if settings.customers_path.exists() else None)
     known = set(contract.read_table(customers)["customer_id"].astype(str)) if customers else None
-    checked = contract.load_transactions(transactions, known_customers=known)
     rejects_path = settings.data_dir / "rejects" / "transactions_rejects.csv"
-    contract.write_rejects(checked, rejects_path)
+    writer = partitions.PartitionWriter(settings.transactions_by_customer_dir, settings.partitions)
+    checked = contract.check_file(transactions, rejects_path, writer.append, known, progress=progress)
     log.info("%s: %s", transactions, checked.summary().replace("\n", "; "))
-    if checked.accepted.empty:
+    if not checked.accepted_rows:
         raise contract.ContractError(f"{transactions}: no row follows the contract; see {rejects_path}")
-    clean_path = settings.data_dir / "clean" / "transactions.parquet"
-    clean_path.parent.mkdir(parents=True, exist_ok=True)
-    checked.accepted.to_parquet(clean_path, index=False)
+    parts = writer.close()
     timings["validate_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    tx = checked.accepted
-    snapshots = features.snapshot_dates(tx, settings.snapshot_every_days, settings.min_history_days)
-    parts = partitions.write(tx, settings.data_dir / "clean" / "transactions_by_customer", settings.partitions)
-    table = partitions.read_features(partitions.features_by_partition(
-        parts, snapshots, settings.features_dir / "customer_features_by_partition", settings.engine, progress))
-    labels = features.churn_labels(tx, table, settings.churn_horizon_days)
-    settings.features_dir.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(settings.features_dir / "customer_features.parquet", index=False)
-    labels.to_parquet(settings.features_dir / "churn_labels.parquet", index=False)
+    snapshots = features.snapshot_dates_between(checked.first, checked.last, settings.snapshot_every_days,
+                                                settings.min_history_days)
+    job = functools.partial(offline_tables, snapshots=snapshots, data_end=checked.last,
+                            horizon_days=settings.churn_horizon_days)
+    outs = partitions.by_partition(parts, {name: settings.features_dir / f"{table}_by_partition" for name, table in TABLES.items()},
+                                   job, settings.engine, progress, desc="features")
+    rows = {name: partitions.concatenate(outs[name], settings.features_dir / f"{table}.parquet") for name, table in TABLES.items()}
     timings["features_s"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    stream_table = stream_features.offline_table(tx)
-    stream_table.to_parquet(settings.features_dir / "stream_features.parquet", index=False)
-    timings["stream_features_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
     store.apply(settings)
     feature_store = store.open_store(settings)
-    store.materialize(feature_store, table)
+    store.materialize(feature_store, snapshots[0], snapshots[-1])
     timings["feast_apply_materialize_s"] = time.perf_counter() - started
 
     summary = {
         "transactions_file": str(transactions),
-        "accepted_rows": len(checked.accepted),
-        "rejected_rows": len(checked.rejected),
+        "accepted_rows": checked.accepted_rows,
+        "rejected_rows": checked.rejected_rows,
         "reject_reasons": checked.reason_counts,
         "rejects_file": str(rejects_path),
+        "partitions": len(parts),
+        "engine": settings.engine,
         "snapshots": [str(s.date()) for s in snapshots],
-        "feature_rows": len(table),
+        "feature_rows": rows["features"],
         "features": len(features.NUMERIC_FEATURES) + len(features.PROFILE_FEATURES),
-        "labelled_rows": len(labels),
+        "labelled_rows": rows["labels"],
+        "stream_rows": rows["stream"],
         "online_store": settings.online_store,
         **{k: round(v, 2) for k, v in timings.items()},
     }
@@ -103,7 +116,7 @@ def _active(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def churn_training_set(feature_store, settings: Settings) -> pd.DataFrame:
-    labels = pd.read_parquet(settings.features_dir / "churn_labels.parquet")
+    labels = pd.read_parquet(settings.features_dir / "churn_labels.parquet").sort_values(["event_timestamp", "customer_id"])
     frame = store.historical_features(feature_store, labels, FEATURE_SERVICES["churn"])
     return _active(frame)
 
@@ -111,7 +124,7 @@ def churn_training_set(feature_store, settings: Settings) -> pd.DataFrame:
 def fraud_training_set(feature_store, settings: Settings, *feature_services: str) -> pd.DataFrame:
     """A sample of labelled transactions (settings.fraud_sample, the same ones whatever the services)
     with the features of `feature_services` (default: fraud's current one)."""
-    tx = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
+    tx = partitions.read_transactions(settings.transactions_by_customer_dir)
     first_snapshot = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["event_timestamp"]).min().iloc[0]
     tx = tx[tx["timestamp"] >= first_snapshot]
     return transactions_with_features(feature_store, tx.sample(min(settings.fraud_sample, len(tx)), random_state=settings.seed),
@@ -145,12 +158,12 @@ def served_population(feature_store, settings: Settings, family: str, rows: int 
     `feature_service`'s features (fraud; default its current service), each up to `rows`."""
     seed = settings.seed if seed is None else seed
     if family == "fraud":
-        tx = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
+        tx = partitions.read_transactions(settings.transactions_by_customer_dir)
         recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=settings.snapshot_every_days)]
         return transactions_with_features(feature_store, recent.sample(min(rows, len(recent)), random_state=seed),
                                           *([feature_service] if feature_service else []))
     table = pd.read_parquet(settings.features_dir / "customer_features.parquet")
-    latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
+    latest = table[table["event_timestamp"] == table["event_timestamp"].max()].sort_values("customer_id")
     return latest.sample(min(rows, len(latest)), random_state=seed).reset_index(drop=True)
 
 
@@ -170,7 +183,7 @@ def history_by_period(settings: Settings, family: str, training_set: pd.DataFram
 
 def segment_training_set(feature_store, settings: Settings) -> pd.DataFrame:
     table = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["customer_id", "event_timestamp"])
-    latest = table[table["event_timestamp"] == table["event_timestamp"].max()]
+    latest = table[table["event_timestamp"] == table["event_timestamp"].max()].sort_values("customer_id")
     frame = store.historical_features(feature_store, latest.reset_index(drop=True), FEATURE_SERVICES["segment"])
     return _active(frame)
 

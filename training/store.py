@@ -44,11 +44,10 @@ def apply(settings: Settings) -> None:
     log.info("feast apply: %s", " / ".join(line for line in done.stdout.splitlines() if line.startswith("Created")) or "no changes")
 
 
-def materialize(store, features: pd.DataFrame) -> None:
-    """Load the latest feature row of every customer into the online store."""
-    start = features["event_timestamp"].min().to_pydatetime()
-    end = (features["event_timestamp"].max() + pd.Timedelta(seconds=1)).to_pydatetime()
-    store.materialize(start_date=start, end_date=end)
+def materialize(store, first: pd.Timestamp, last: pd.Timestamp) -> None:
+    """Load every customer's latest feature row stamped from `first` to `last` (the first and
+    last snapshots) into the online store."""
+    store.materialize(start_date=first.to_pydatetime(), end_date=(last + pd.Timedelta(seconds=1)).to_pydatetime())
 
 
 ROW = "__entity_row"

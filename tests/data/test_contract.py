@@ -9,7 +9,7 @@ import pytest
 
 from core.schema import TRANSACTION_COLUMNS
 from tests.conftest import make_tx
-from training.contract import ContractError, load_transactions, validate, write_rejects
+from training.contract import ContractError, check_file, duplicate_rows, load_transactions, validate, write_rejects
 
 GOOD = ("A", "2026-03-02 12:00", 50.0, "dining", "online", "GB", "dA")
 
@@ -93,3 +93,42 @@ def test_the_cli_names_the_missing_column_and_exits_2_without_a_traceback(tmp_pa
                            "--transactions", str(bad)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "missing column(s): channel" in done.stderr and "Traceback" not in done.stderr
+
+
+def bad_and_duplicated_rows() -> pd.DataFrame:
+    """A row for each reason, spread among good rows, and two ids that come again far down the file."""
+    frame = good_rows(3 * len(REASONS) + 6).astype({"amount": float, "is_fraud": "int64", "customer_id": object})
+    frame["customer_id"] = [f"C{i % 5}" for i in range(len(frame))]
+    frame["timestamp"] = pd.Timestamp("2026-03-02", tz="UTC") + pd.to_timedelta(frame.index % 7, unit="D")
+    for i, (column, value) in enumerate(REASONS.values()):
+        frame.loc[3 * i + 1, column] = value
+    frame.loc[len(frame) - 1, "transaction_id"] = frame.loc[0, "transaction_id"]
+    frame.loc[len(frame) - 2, "transaction_id"] = frame.loc[4, "transaction_id"]
+    frame.loc[[5, 6], "transaction_id"] = None  # missing twice: a missing id, not a duplicate
+    return frame
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_file_checked_a_few_rows_at_a_time_gives_what_one_frame_gives(suffix, tmp_path):
+    frame = bad_and_duplicated_rows()
+    path = tmp_path / f"transactions{suffix}"
+    frame.to_parquet(path) if suffix == ".parquet" else frame.to_csv(path, index=False)
+    whole = load_transactions(path)
+    batches = []
+    checked = check_file(path, tmp_path / "rejects.csv", batches.append, rows=4, progress=False)
+    assert len(batches) == -(-len(frame) // 4)
+    accepted = pd.concat(batches).sort_values(["customer_id", "timestamp"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(accepted, whole.accepted, check_exact=True)
+    assert checked.reason_counts == whole.reason_counts and checked.reason_counts["duplicate transaction_id"] == 2
+    assert "transaction_id is missing" in checked.reason_counts
+    assert (checked.accepted_rows, checked.rejected_rows) == (len(whole.accepted), len(whole.rejected))
+    assert (checked.first, checked.last) == (whole.accepted["timestamp"].min(), whole.accepted["timestamp"].max())
+    write_rejects(whole, tmp_path / "rejects_whole.csv")
+    assert (tmp_path / "rejects.csv").read_text() == (tmp_path / "rejects_whole.csv").read_text()
+
+
+def test_only_the_later_rows_of_a_repeated_id_are_duplicates_whichever_batch_they_fall_in(tmp_path):
+    frame = good_rows(10)
+    frame["transaction_id"] = ["t0", "t1", "t2", "t0", "", "t3", "t1", "", "t0", "t9"]
+    frame.to_parquet(tmp_path / "t.parquet")
+    assert duplicate_rows(tmp_path / "t.parquet", rows=3).tolist() == [3, 6, 8]

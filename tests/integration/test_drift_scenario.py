@@ -28,6 +28,7 @@ from rollout.retrain import read_record
 from tests.integration.conftest import start_server
 from training import store
 from training.features import compute_features
+from training.partitions import read_transactions
 from training.generate import DRIFT_FEATURES_MOVED, Period, add_months, generate_chunk
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,7 +40,7 @@ def later_features(settings, drifted: bool) -> pd.DataFrame:
     base = Period(settings.start_date, add_months(settings.start_date, settings.months))
     later = Period(base.end, add_months(base.end, 2))
     _, tx = generate_chunk(settings.seed, 0, settings.n_customers, base, later, drifted)
-    history = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
+    history = read_transactions(settings.transactions_by_customer_dir)
     return compute_features(pd.concat([history, tx], ignore_index=True), [pd.Timestamp(later.end, tz="UTC")])
 
 

@@ -98,7 +98,7 @@ def on_own_redis(settings, served_models, table, tmp_path_factory):
     redis = RedisServer(tmp_path).start()
     redis_settings = settings.model_copy(update={"online_store": "redis", "redis_url": redis.url})
     store.apply(redis_settings)
-    store.materialize(store.open_store(redis_settings), table)
+    store.materialize(store.open_store(redis_settings), table["event_timestamp"].min(), table["event_timestamp"].max())
     redis.save()
     log_dir = tmp_path / "inference_log"
     process, url = start_server(settings, tmp_path, ONLINE_STORE="redis", REDIS_URL=redis.url, SERVING_REGISTRY_POLL_S="0",

@@ -23,7 +23,7 @@ def reader(request, built, settings, table):
         return FeastReader(settings)
     redis_settings = settings.model_copy(update={"online_store": "redis", "redis_url": request.getfixturevalue("redis_url")})
     store.apply(redis_settings)
-    store.materialize(store.open_store(redis_settings), table)
+    store.materialize(store.open_store(redis_settings), table["event_timestamp"].min(), table["event_timestamp"].max())
     return FeastReader(redis_settings)
 
 

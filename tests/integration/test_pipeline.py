@@ -135,7 +135,7 @@ def test_redis_online_store_reads_equal_sqlite(built, settings, table, redis_url
     redis_settings = settings.model_copy(update={"online_store": "redis", "redis_url": redis_url})
     store.apply(redis_settings)
     redis_store = store.open_store(redis_settings)
-    store.materialize(redis_store, table)
+    store.materialize(redis_store, table["event_timestamp"].min(), table["event_timestamp"].max())
     customers = latest_rows(table, 40).index.tolist()
     for service in ("churn_v1", "segment_v1"):
         from_redis = store.online_features(redis_store, service, customers).set_index("customer_id").sort_index()

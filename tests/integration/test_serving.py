@@ -31,7 +31,7 @@ def sqlite_url(shared_server):
 def redis_served_url(settings, served_models, table, redis_url, tmp_path_factory):
     redis_settings = settings.model_copy(update={"online_store": "redis", "redis_url": redis_url})
     store.apply(redis_settings)
-    store.materialize(store.open_store(redis_settings), table)
+    store.materialize(store.open_store(redis_settings), table["event_timestamp"].min(), table["event_timestamp"].max())
     process, url = start_server(settings, tmp_path_factory.mktemp("serve"), ONLINE_STORE="redis", REDIS_URL=redis_url)
     yield url
     stop(process)

@@ -17,6 +17,7 @@ from core.stream_features import BEFORE_FEATURES, STREAM_FEATURES, offline_table
 from loadtests.servers import ROOT
 from streaming.consumer import Consumer, StreamSettings, connect, ensure_group
 from streaming.producer import events_of, produce
+from training.partitions import read_transactions
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -146,7 +147,7 @@ def test_fraud_v2_reads_online_what_its_training_set_read_offline_for_the_same_t
     read through fraud_v2 online, as the service reads it, and through the training set's join."""
     from training.pipeline import transactions_with_features
 
-    history = pd.read_parquet(settings.data_dir / "clean" / "transactions.parquet")
+    history = read_transactions(settings.transactions_by_customer_dir)
     instant = history["timestamp"].max() - pd.Timedelta(days=5)
     # every window a next transaction within a day can read starts at most two days before the instant
     replayed = history[(history["timestamp"] >= instant - pd.Timedelta(days=2)) & (history["timestamp"] < instant)]

@@ -1,6 +1,7 @@
 """Transactions split by customer and the features computed a partition at a time, in this process
 (training/partitions.py; the Ray engine: tests/integration/test_partitions_ray.py)."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -65,3 +66,45 @@ def test_a_bad_engine_or_partition_count_in_the_environment_is_named_by_the_cli(
     done = subprocess.run([sys.executable, "-m", "training", "features", "--data-dir", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, check=False, env={**os.environ, variable: value})
     assert done.returncode == 2 and f"error: {variable}:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_transactions_appended_batch_by_batch_land_as_when_written_at_once(tx, tmp_path):
+    at_once = partitions.write(tx, tmp_path / "once", 4)
+    writer = partitions.PartitionWriter(tmp_path / "batches", 4)
+    for start in range(0, len(tx), 7_000):
+        writer.append(tx.iloc[start:start + 7_000])
+    for a, b in zip(at_once, writer.close(), strict=True):
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True)
+    pd.testing.assert_frame_equal(partitions.read_transactions(tmp_path / "batches"),
+                                  tx.sort_values(["customer_id", "timestamp"], kind="stable").reset_index(drop=True))
+
+
+def test_partition_files_concatenate_into_one_with_every_row_once(tmp_path):
+    frames = [pd.DataFrame({"customer_id": ["a", "b"], "note": ["x", "y"]}), pd.DataFrame(),
+              pd.DataFrame({"customer_id": ["c"], "note": [None]})]  # an empty partition; a column all missing
+    paths = [tmp_path / f"part-{i:05d}.parquet" for i in range(3)]
+    for frame, path in zip(frames, paths):
+        frame.to_parquet(path, index=False)
+    assert partitions.concatenate(paths, tmp_path / "all.parquet") == 3
+    got = pd.read_parquet(tmp_path / "all.parquet")
+    assert got["customer_id"].tolist() == ["a", "b", "c"] and got["note"].tolist() == ["x", "y", None]
+
+
+def test_each_partitions_features_labels_and_stream_rows_are_the_whole_datas(tx, tmp_path):
+    """The pipeline's job on 3 partitions: together, exactly what one process computes from all of it."""
+    from core.stream_features import offline_table
+    from training.pipeline import TABLES, offline_tables
+
+    tx = tx[tx["customer_id"].isin(tx["customer_id"].unique()[:150])]
+    snapshots = features.snapshot_dates(tx, 30, 90)
+    job = functools.partial(offline_tables, snapshots=snapshots, data_end=tx["timestamp"].max(), horizon_days=60)
+    outs = partitions.by_partition(partitions.write(tx, tmp_path / "tx", 3), {n: tmp_path / n for n in TABLES}, job,
+                                   progress=False)
+    whole = features.compute_features(tx, snapshots)
+    expected = {"features": whole, "labels": features.churn_labels(tx, whole, 60), "stream": offline_table(tx)}
+    for name, keys in [("features", ["event_timestamp", "customer_id"]), ("labels", ["event_timestamp", "customer_id"]),
+                       ("stream", ["customer_id", "event_timestamp", "transaction_id"])]:
+        assert partitions.concatenate(outs[name], tmp_path / f"{name}.parquet") == len(expected[name])
+        got = pd.read_parquet(tmp_path / f"{name}.parquet").sort_values(keys, kind="stable").reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, expected[name].sort_values(keys, kind="stable").reset_index(drop=True),
+                                      check_exact=True)

@@ -8,6 +8,7 @@ from loadtests.replay import SEEN, replay_transactions
 from tests.conftest import make_tx
 from training.features import compute_features
 from training.generate import LATER_TRANSACTIONS
+from training.partitions import write
 
 SNAPSHOTS = [pd.Timestamp("2026-03-01", tz="UTC"), pd.Timestamp("2026-04-01", tz="UTC")]
 NEW = {"device_id": "is_new_device", "country": "is_new_country", "merchant_category": "is_new_category"}
@@ -25,9 +26,8 @@ def data_dir(tmp_path):
         ("B", "2026-03-10 09:00", 80.0, "retail", "pos", "DE", "dD"),      # a new device only
         ("C", "2026-03-15 09:00", 60.0, "fuel", "pos", "ES", "dE"),        # no profile before it
     ])
-    (tmp_path / "clean").mkdir()
     (tmp_path / "features").mkdir()
-    tx.to_parquet(tmp_path / "clean" / "transactions.parquet")
+    write(tx, tmp_path / "clean" / "transactions_by_customer", 2)
     compute_features(tx, SNAPSHOTS).to_parquet(tmp_path / "features" / "customer_features.parquet")
     return tmp_path
 
