@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME, SERVICE_FEATURES
 from core import stream_features
+from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME, SERVICE_FEATURES
 from core.movement import usual_movement
 from core.settings import Settings
 from training import contract, features, generate, models, partitions, registry, store

@@ -28,8 +28,8 @@ from rollout.retrain import read_record
 from tests.integration.conftest import start_server
 from training import store
 from training.features import compute_features
-from training.partitions import read_transactions
 from training.generate import DRIFT_FEATURES_MOVED, Period, add_months, generate_chunk
+from training.partitions import read_transactions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 VIEWS = ("customer_activity", "customer_spend_mix", "customer_risk_profile")

@@ -17,8 +17,8 @@ from core.stream_features import BEFORE_FEATURES, STREAM_FEATURES, offline_table
 from loadtests.servers import ROOT
 from streaming.consumer import Consumer, StreamSettings, connect, ensure_group
 from streaming.producer import events_of, produce
-from training.partitions import read_transactions
 from tests.integration.conftest import wait_for
+from training.partitions import read_transactions
 
 pytestmark = pytest.mark.integration
 
