@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,25 +32,10 @@ import typer
 
 from core.histograms import quantile
 from core.settings import get_settings
-from loadtests.servers import ROOT, free_port, start, stop
+from loadtests.servers import ROOT, free_port, redis_server, start, stop
 
 RESULTS = ROOT / "loadtests" / "results"
 BIN = Path(sys.executable).parent
-
-
-def redis_server(workdir: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    process = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
-    import redis
-
-    for _ in range(100):
-        try:
-            redis.Redis(port=port).ping()
-            return process, port
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def consumer_metrics(port: int) -> dict:

@@ -1,0 +1,205 @@
+"""The features stage at bank scale: a year of a million customers' transactions (about 100 M)
+through `python -m training features`, as a user runs it, into Feast with a Redis online store.
+
+The transactions are generated first under --data-dir (reused when a run of the same size is already
+there; generation is not part of the pipeline's time). The run's memory is the sum of the resident
+memory of its whole process tree (the CLI, and Ray's processes when --engine ray), sampled every
+half second: an upper bound, as pages shared between processes count once per process. Redis is the
+store, not the pipeline; its peak is written beside.
+
+    python -m loadtests.bench_offline_scale                         # 1 M customers (make bench-offline-scale)
+    python -m loadtests.bench_offline_scale --customers 2000 --out /tmp/scale.json   # a quick look
+
+Writes loadtests/results/offline_scale.{json,md} (or --out), with the stages' times and an estimate
+for 10 M customers on a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import psutil
+import typer
+
+from loadtests.servers import ROOT, redis_server, stop
+
+RESULTS = ROOT / "loadtests" / "results"
+SAMPLE_S = 0.5
+
+
+class PeakMemory:
+    """The largest summed resident memory of a process and its descendants, sampled in a thread."""
+
+    def __init__(self, pid: int):
+        self.root, self.peak, self.timeline = psutil.Process(pid), 0, []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._started = time.monotonic()
+
+    def _sample(self) -> None:
+        while not self._done.wait(SAMPLE_S):
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            total = 0
+            for process in processes:
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak = max(self.peak, total)
+            self.timeline.append((round(time.monotonic() - self._started, 1), round(total / 2**30, 2)))
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def generated(data_dir: Path, customers: int, months: int, seed: int) -> dict:
+    """Generate the data under data_dir/raw unless a generation of the same size is there."""
+    marker = data_dir / "raw" / "generated.json"
+    wanted = {"customers": customers, "months": months, "seed": seed}
+    if marker.exists() and {k: v for k, v in json.loads(marker.read_text()).items() if k in wanted} == wanted:
+        return json.loads(marker.read_text())
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "training", "data", "--data-dir", str(data_dir), "--customers", str(customers),
+                    "--months", str(months), "--seed", str(seed), "--later-days", "0"], cwd=ROOT, check=True)
+    done = {**wanted, "generate_s": round(time.perf_counter() - started, 1)}
+    marker.write_text(json.dumps(done))
+    return done
+
+
+def estimate(summary: dict, cpus: int, customers: int, target_customers: int, workers: int, worker_cpus: int) -> dict:
+    """The features stage for `target_customers` on `workers` Ray workers of `worker_cpus` cores, from
+    this run's per-partition cost: partitions grow with the customers (the same size each), the
+    per-partition work is spread over every worker core, while the check (one pass in one process)
+    and the materialization (one writer to Redis) grow with the data as they are."""
+    scale = target_customers / customers
+    core_seconds = summary["features_s"] * cpus  # the partitions kept every core here busy
+    return {
+        "customers": target_customers,
+        "partitions": round(summary["partitions"] * scale),
+        "workers": workers,
+        "cores_per_worker": worker_cpus,
+        "validate_s": round(summary["validate_s"] * scale),
+        "features_s": round(core_seconds * scale / (workers * worker_cpus)),
+        "feast_apply_materialize_s": round(summary["feast_apply_materialize_s"] * scale),
+        "assumptions": [
+            f"partitions of the same size as here ({summary['accepted_rows'] / summary['partitions']:,.0f} transactions), "
+            f"{round(summary['partitions'] * scale)} of them, so memory per task stays as measured",
+            "the features stage here kept both cores busy, so its core-seconds spread over every worker core",
+            "the data folder is shared storage as fast as this machine's disk",
+            "the check and the materialization run in one process each, as today, and grow linearly",
+        ],
+    }
+
+
+def main(
+    customers: Annotated[int, typer.Option(help="Customers to generate (about 100 transactions a year each).")] = 1_000_000,
+    months: Annotated[int, typer.Option(help="Months of transactions.")] = 12,
+    engine: Annotated[str, typer.Option(help="ENGINE of the features stage: local or ray.")] = "ray",
+    partitions: Annotated[int, typer.Option(help="PARTITIONS of the features stage.")] = 64,
+    data_dir: Annotated[Path, typer.Option(help="Where the data and the run's outputs go.")] = ROOT / "data" / "scale",
+    out: Annotated[Path, typer.Option(help="The results' JSON (a .md beside it).")] = RESULTS / "offline_scale.json",
+    seed: int = 42,
+) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    generation = generated(data_dir, customers, months, seed)
+    cpus = os.cpu_count() or 1
+    redis, port = redis_server(data_dir)
+    env = {**os.environ, "DATA_DIR": str(data_dir), "ONLINE_STORE": "redis", "REDIS_URL": f"127.0.0.1:{port}",
+           "ENGINE": engine, "PARTITIONS": str(partitions), "RAY_NUM_CPUS": str(cpus)}
+    log = data_dir / "features.log"
+    try:
+        started = time.perf_counter()
+        with log.open("w") as output:
+            process = subprocess.Popen([sys.executable, "-m", "training", "features"], cwd=ROOT, env=env,
+                                       stdout=output, stderr=subprocess.STDOUT)
+            with PeakMemory(process.pid) as memory:
+                code = process.wait()
+        total_s = time.perf_counter() - started
+        if code:
+            raise SystemExit(f"the features stage failed ({code}); its log, {log}, ends:\n{log.read_text()[-3000:]}")
+        import redis as redis_client
+
+        client = redis_client.Redis(port=port)
+        redis_memory = client.info("memory")["used_memory_peak"]
+        online_keys = client.dbsize()
+    finally:
+        stop(redis)
+    summary = json.loads((data_dir / "features" / "summary.json").read_text())
+    results = {
+        "machine": {"cpus": cpus, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "python": platform.python_version()},
+        "data": {"customers": customers, "months": months, "transactions": summary["accepted_rows"] + summary["rejected_rows"],
+                 "accepted": summary["accepted_rows"], "rejected": summary["rejected_rows"],
+                 "feature_rows": summary["feature_rows"], "labelled_rows": summary["labelled_rows"],
+                 "stream_rows": summary["stream_rows"], "snapshots": len(summary["snapshots"])},
+        "engine": engine,
+        "partitions": partitions,
+        "generate_s": generation.get("generate_s"),
+        "stages_s": {k: summary[k] for k in ("validate_s", "features_s", "feast_apply_materialize_s")},
+        "total_s": round(total_s, 1),
+        "peak_rss_gb": round(memory.peak / 2**30, 2),
+        "target_peak_rss_gb": 12,
+        "redis_peak_memory_gb": round(redis_memory / 2**30, 2),
+        "online_keys": online_keys,
+        "memory_timeline_gb": memory.timeline[::max(1, len(memory.timeline) // 60)],
+        "estimate_10m_customers": [estimate(summary, cpus, customers, 10_000_000, workers, 8) for workers in (4, 16)],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(r: dict) -> str:
+    d, s = r["data"], r["stages_s"]
+    lines = [
+        "# Features stage at scale",
+        "",
+        f"{d['customers']:,} synthetic customers × {d['months']} months: **{d['transactions']:,} transactions** "
+        f"(generated in {r['generate_s']} s, not counted) → `python -m training features` with ENGINE={r['engine']}, "
+        f"PARTITIONS={r['partitions']} → Feast, Redis online store. {r['machine']['cpus']} cores, "
+        f"{r['machine']['memory_gb']} GB.",
+        "",
+        "| Stage | Seconds |",
+        "|---|---|",
+        f"| Check the file, a batch at a time, into partitions | {s['validate_s']} |",
+        f"| Features, labels and stream rows by partition, concatenated | {s['features_s']} |",
+        f"| feast apply + materialize the latest snapshot into Redis | {s['feast_apply_materialize_s']} |",
+        f"| **Whole run** (process start to exit) | **{r['total_s']}** |",
+        "",
+        f"Peak memory of the run (summed RSS of its process tree): **{r['peak_rss_gb']} GB** "
+        f"(target under {r['target_peak_rss_gb']} GB). Redis peak: {r['redis_peak_memory_gb']} GB, "
+        f"{r['online_keys']:,} keys.",
+        f"Rows: {d['feature_rows']:,} feature rows over {d['snapshots']} snapshots, {d['labelled_rows']:,} labelled, "
+        f"{d['stream_rows']:,} stream rows; {d['rejected']:,} transactions rejected.",
+        "",
+        "## Estimate for 10 M customers on a Ray cluster",
+        "",
+        "| Workers × cores | Partitions | Check (s) | Features (s) | Materialize (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for e in r["estimate_10m_customers"]:
+        lines.append(f"| {e['workers']} × {e['cores_per_worker']} | {e['partitions']} | {e['validate_s']} | "
+                     f"{e['features_s']} | {e['feast_apply_materialize_s']} |")
+    lines += ["", "Assumptions:", *[f"- {a}" for a in r["estimate_10m_customers"][0]["assumptions"]], ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    typer.run(main)
