@@ -4,7 +4,9 @@ service's real routes, sized, hardened, pinned, given their credentials as read-
 scaled on a metric the service exports; the dashboard reaches the services it is pointed at and,
 by the NetworkPolicies, nothing else; every scheduled job runs a command the project's CLIs have,
 in the jobs image, and the retraining cycles ask a Service of their family's pods, which they
-may reach, at times that never overlap."""
+may reach, at times that never overlap; in prod, the features job also runs on a KubeRay cluster
+of its own, whose pods are hardened like the others, share the data volume at DATA_DIR and talk to
+each other, the submitter and Redis only."""
 
 import copy
 import importlib
@@ -27,7 +29,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-CUSTOM_GROUPS = ("argoproj.io/", "monitoring.coreos.com/")
+CUSTOM_GROUPS = ("argoproj.io/", "monitoring.coreos.com/", "ray.io/")
+# Custom resources whose CRD schemas k8s/crd-schemas does not have: no npm package (nor a PyPI one)
+# carries KubeRay's ray.io/v1 schemas. Their pod templates are validated as the Kubernetes API's.
+UNSCHEMED_GROUPS = ("ray.io/",)
+WORKLOADS = ("Deployment", "StatefulSet", "CronJob", "RayJob")
 OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSION = "1.32"
 # HPA metric -> the service's counter a custom-metrics adapter turns into it (rate per pod)
@@ -56,13 +62,33 @@ def objects(request) -> list[dict]:
     return render(request.param)
 
 
-def pod_specs(objects: list[dict], kinds=("Deployment", "StatefulSet", "CronJob")) -> list[dict]:
-    specs = []
+def ray_pods(rayjob: dict) -> dict[str, dict]:
+    """A RayJob's pod templates by role: "head", each worker group by its name, "submitter"."""
+    cluster = rayjob["spec"].get("rayClusterSpec", {})
+    found = {"head": cluster["headGroupSpec"]["template"]} if cluster else {}
+    found |= {group["groupName"]: group["template"] for group in cluster.get("workerGroupSpecs", [])}
+    if "submitterPodTemplate" in rayjob["spec"]:
+        found["submitter"] = rayjob["spec"]["submitterPodTemplate"]
+    return found
+
+
+def pod_templates(objects: list[dict], kinds=WORKLOADS) -> list[tuple[str, dict]]:
+    """(name, pod template) of every pod the workloads of `kinds` start: a Deployment's, a
+    StatefulSet's or a CronJob's under its own name, a RayJob's as <rayjob>-<role> (ray_pods)."""
+    found = []
     for o in objects:
-        if o["kind"] in kinds:
-            template = o["spec"]["jobTemplate"]["spec"]["template"] if o["kind"] == "CronJob" else o["spec"]["template"]
-            specs.append(template["spec"])
-    return specs
+        if o["kind"] not in kinds:
+            continue
+        name, spec = o["metadata"]["name"], o["spec"]
+        if o["kind"] == "RayJob":
+            found += [(f"{name}-{role}", template) for role, template in ray_pods(o).items()]
+        else:
+            found.append((name, spec["jobTemplate"]["spec"]["template"] if o["kind"] == "CronJob" else spec["template"]))
+    return found
+
+
+def pod_specs(objects: list[dict], kinds=WORKLOADS) -> list[dict]:
+    return [template["spec"] for _, template in pod_templates(objects, kinds)]
 
 
 def serving_deployments(objects: list[dict]) -> list[dict]:
@@ -99,6 +125,10 @@ def is_custom(obj: dict) -> bool:
     return obj["apiVersion"].startswith(CUSTOM_GROUPS)
 
 
+def has_crd_schema(obj: dict) -> bool:
+    return is_custom(obj) and not obj["apiVersion"].startswith(UNSCHEMED_GROUPS)
+
+
 def validate_custom(objects: list[dict]) -> subprocess.CompletedProcess:
     """Custom resources against their CRD schemas (k8s/crd-schemas, installed by `make crd-schemas`)."""
     node = shutil.which("node")
@@ -115,7 +145,7 @@ def test_every_object_is_valid_for_the_kubernetes_api(objects):
 
 
 def test_every_custom_resource_is_valid_for_its_crd(objects):
-    custom = [o for o in objects if is_custom(o)]
+    custom = [o for o in objects if has_crd_schema(o)]
     checked = validate_custom(custom)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.count("valid: ") == len(custom) >= 2
@@ -296,7 +326,10 @@ def test_the_autoscalers_scale_on_cpu_and_a_metric_their_workload_exports(object
 
 
 def test_long_running_pods_are_probed(objects):
-    for spec in pod_specs(objects, kinds=("Deployment", "StatefulSet")):
+    """The services, and the Ray nodes while their job runs (not its submitter, a Job's pod)."""
+    ray_nodes = [template["spec"] for o in objects if o["kind"] == "RayJob"
+                 for role, template in ray_pods(o).items() if role != "submitter"]
+    for spec in pod_specs(objects, kinds=("Deployment", "StatefulSet")) + ray_nodes:
         for container in spec["containers"]:
             assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container), container["name"]
             ports = container.get("ports", [])
@@ -312,13 +345,7 @@ def test_the_registry_server_runs_no_job_consumers(objects):
 
 
 def pod_labels(objects: list[dict]) -> list[dict]:
-    labels = []
-    for o in objects:
-        if o["kind"] in ("Deployment", "StatefulSet"):
-            labels.append(o["spec"]["template"]["metadata"]["labels"])
-        elif o["kind"] == "CronJob":
-            labels.append(o["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"])
-    return labels
+    return [template["metadata"]["labels"] for _, template in pod_templates(objects)]
 
 
 def test_every_selector_matches_pods_and_every_pod_has_a_network_policy(objects):
@@ -427,14 +454,9 @@ def test_prod_routes_the_public_paths_and_neither_metrics_nor_admin():
 # --- the dashboard, and who may talk to whom ------------------------------------------------------
 
 def pods(objects: list[dict]) -> list[dict]:
-    """Every pod template of the overlay: its workload's name, its labels and its containers."""
-    found = []
-    for o in objects:
-        if o["kind"] in ("Deployment", "StatefulSet", "CronJob"):
-            template = o["spec"]["jobTemplate"]["spec"]["template"] if o["kind"] == "CronJob" else o["spec"]["template"]
-            found.append({"name": o["metadata"]["name"], "labels": template["metadata"]["labels"],
-                          "containers": template["spec"]["containers"]})
-    return found
+    """Every pod template of the overlay: its name (pod_templates), its labels and its containers."""
+    return [{"name": name, "labels": template["metadata"]["labels"], "containers": template["spec"]["containers"]}
+            for name, template in pod_templates(objects)]
 
 
 def pod_port(pod: dict, port: int | str) -> int | None:
@@ -937,3 +959,209 @@ def test_no_two_cycles_of_a_family_overlap_and_each_starts_after_the_features_an
             if command == "retrain-if-drifted":  # the report of the day, finished
                 since_report = min((run[0] - start) % WEEK for start in starts(drift["spec"]["schedule"]))
                 assert drift_deadline <= since_report < 24 * 60, (cronjob["metadata"]["name"], run)
+
+
+# --- the features job on a KubeRay cluster (prod: k8s/components/ray) -----------------------------
+
+RAYJOB = "fintech-features-ray"
+GIB = 2**30
+QUANTITY_UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+KUBERAY_OPERATOR = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}
+
+
+def quantity(text: str | int) -> float:
+    """A Kubernetes quantity ("4", "500m", "16Gi") as a number."""
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(text)).groups()
+    return float(number) * QUANTITY_UNITS[unit]
+
+
+def the_rayjob(objects: list[dict]) -> dict:
+    return named(objects, "RayJob", RAYJOB)
+
+
+def ray_pod(objects: list[dict], role: str) -> dict:
+    """The pods() entry of one of the RayJob's pods: "head", "features" (the workers), "submitter"."""
+    [pod] = [p for p in pods(objects) if p["name"] == f"{RAYJOB}-{role}"]
+    return pod
+
+
+def jobs_image_ray() -> tuple[set[str], str]:
+    """The extras and the version of the ray the jobs image installs (k8s/images/jobs/Dockerfile)."""
+    extras, version = re.search(r"\bray(?:\[([\w,]+)\])?==([\w.]+)", (K8S / "images" / "jobs" / "Dockerfile").read_text()).groups()
+    return set((extras or "").split(",")) - {""}, version
+
+
+def as_pod_template(name: str, template: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
+
+
+def test_prod_runs_the_features_job_on_a_ray_cluster_of_its_own_and_dev_does_not():
+    prod, dev = render("prod"), render("dev")
+    assert not [o for o in dev if o["apiVersion"].startswith("ray.io/")]
+    assert "fintech-ray" not in json.dumps(dev)  # nor its policies, nor Redis's rule for its head
+    [rayjob] = [o for o in prod if o["apiVersion"].startswith("ray.io/")]
+    assert rayjob["kind"] == "RayJob" and rayjob["metadata"]["name"] == RAYJOB
+    assert set(ray_pods(rayjob)) == {"head", "features", "submitter"}
+    assert {f"{RAYJOB}-{role}" for role in ray_pods(rayjob)} <= {name for name, _ in pod_templates(prod)}  # every pod check sees them
+    spec = rayjob["spec"]
+    assert spec["rayClusterSpec"] and "clusterSelector" not in spec  # a cluster made for the run...
+    assert spec["shutdownAfterJobFinishes"] is True and 0 < spec["ttlSecondsAfterFinished"] <= 3600  # ...and deleted after it
+    assert spec["activeDeadlineSeconds"] > 0 and spec.get("suspend") is not True
+
+
+def test_the_ray_pods_are_valid_for_the_kubernetes_api():
+    """KubeRay's CRDs take these templates as the API's PodTemplateSpec. The RayJob's own fields have
+    no schema here (UNSCHEMED_GROUPS): see the expected failure below."""
+    templates = pod_templates([the_rayjob(render("prod"))])
+    assert len(templates) == 3
+    for name, template in templates:
+        kubernetes_validate.validate(as_pod_template(name, template), KUBERNETES_VERSION, strict=True)
+
+
+def test_the_ray_pod_validation_can_fail():
+    head = ray_pods(the_rayjob(render("prod")))["head"]
+    head["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True  # misspelt
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(as_pod_template("head", head), KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="no KubeRay ray.io/v1 CRD schemas in k8s/crd-schemas: no npm (nor PyPI) package carries them")
+def test_the_rayjob_is_valid_for_kuberays_crd():
+    checked = validate_custom([the_rayjob(render("prod"))])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_hardening_checks_see_the_ray_pods():
+    objects = render("prod")
+    test_every_container_is_sized_pinned_and_hardened(objects)
+    test_every_container_runs_as_an_unprivileged_user_and_says_when_to_pull(objects)
+    [worker] = ray_pods(the_rayjob(objects))["features"]["spec"]["containers"]
+    worker["securityContext"]["readOnlyRootFilesystem"] = False
+    with pytest.raises(AssertionError):
+        test_every_container_is_sized_pinned_and_hardened(objects)
+
+
+def test_the_rayjob_runs_the_features_command_with_the_ray_engine_in_the_jobs_image():
+    from core.settings import Settings
+
+    objects = render("prod")
+    rayjob = the_rayjob(objects)
+    words = shlex.split(rayjob["spec"]["entrypoint"])
+    assert words[:2] == ["python", "-m"]
+    command, params = parsed(words[2], words[3:])
+    assert (words[2], command, params["engine"]) == ("training", "features", "ray")
+    assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == jobs_image_ray()[1]
+    for role, template in ray_pods(rayjob).items():
+        for container in template["spec"]["containers"]:
+            assert container["image"].split("@")[0].rsplit(":", 1)[0].endswith(f"/{JOBS_IMAGE}"), role
+            assert container["workingDir"] == "/app", role  # the image's WORKDIR, PYTHONPATH
+            assert "command" not in container and "args" not in container, role  # KubeRay's: ray start, ray job submit
+    # the driver runs on the head (Ray's job supervisor), with the head's environment
+    [head] = ray_pods(rayjob)["head"]["spec"]["containers"]
+    with mock.patch.dict(os.environ, container_env(objects, head), clear=True):
+        driver = Settings()
+    assert driver.engine == "ray" and driver.partitions == int(env_of(head)["PARTITIONS"]) > 1
+
+
+def test_the_jobs_image_has_rays_dashboard_for_the_job_api_and_the_health_route():
+    """Without ray[default], `ray start --head` runs no dashboard: no job API for the submitter and
+    the operator (8265), no /api/healthz for the probes on the dashboard agent."""
+    extras, _ = jobs_image_ray()
+    assert "default" in extras, extras
+
+
+def test_the_rayjobs_entry_point_answers_help_from_the_repository_root():
+    words = shlex.split(the_rayjob(render("prod"))["spec"]["entrypoint"])
+    assert words[0] == "python"
+    done = subprocess.run([sys.executable, *words[1:], "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
+    assert "--engine" in done.stdout, done.stdout[:1000]
+
+
+def test_every_ray_node_mounts_the_data_volume_at_data_dir_and_a_writable_tmp():
+    """The driver on the head writes the partitions, the tasks on the workers read them and write
+    their features beside them, by the same paths: the volume the service and the other jobs use,
+    mounted at DATA_DIR on every node. Ray writes /tmp/ray, and the root is read-only."""
+    objects = render("prod")
+    data_dir = settings(objects)["DATA_DIR"]
+    serving = serving_deployments(objects)[0]["spec"]["template"]["spec"]
+    [serving_data] = [v for v in serving["volumes"] if v["name"] == "data"]
+    claim = serving_data["persistentVolumeClaim"]["claimName"]
+    assert named(objects, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+    for role, template in ray_pods(the_rayjob(objects)).items():
+        spec = template["spec"]
+        [container] = spec["containers"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        [tmp] = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert "emptyDir" in volumes[tmp["name"]], role
+        if role == "submitter":
+            assert claim not in json.dumps(spec)  # it only submits
+            continue
+        assert container_env(objects, container)["DATA_DIR"] == data_dir, role
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == data_dir]
+        assert not mount.get("readOnly") and "subPath" not in mount, (role, mount)
+        assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim, role
+
+
+def test_the_ray_workers_have_4_gib_a_cpu_and_the_head_runs_no_task():
+    """A task holds one partition of customers' transactions: ~1.5 GB at 100 M transactions in 64."""
+    cluster = the_rayjob(render("prod"))["spec"]["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # its CPUs: GCS, dashboard, driver
+    assert cluster["enableInTreeAutoscaling"] is False  # so the head needs no API token
+    assert cluster["workerGroupSpecs"]
+    for group in cluster["workerGroupSpecs"]:
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], group["groupName"]
+        [container] = group["template"]["spec"]["containers"]
+        limits = container["resources"]["limits"]
+        assert container["resources"]["requests"] == limits, group["groupName"]  # Ray starts with the limits
+        assert quantity(limits["memory"]) >= 4 * GIB * quantity(limits["cpu"]), group["groupName"]
+        # tasks take paths and return counts: the data goes through the volume, not the object store
+        assert int(group["rayStartParams"]["object-store-memory"]) <= GIB, group["groupName"]
+
+
+def test_the_ray_pods_talk_to_each_other_the_submitter_to_the_job_api_and_the_head_to_redis():
+    objects = render("prod")
+    head, workers, submitter = (ray_pod(objects, role) for role in ("head", "features", "submitter"))
+    redis = next(p for p in pods(objects) if p["name"] == "fintech-redis")
+    # head and workers on any port: besides the fixed ones, Ray's processes listen on ports picked at start
+    for source, destination in itertools.product((head, workers), repeat=2):
+        for port in (6379, 8265, 10001, 52365, 40123):
+            assert connects(objects, source, destination, port), (source["name"], destination["name"], port)
+    assert connects(objects, submitter, head, pod_port(head, "dashboard"))
+    assert not connects(objects, submitter, head, 6379) and not connects(objects, submitter, workers, 52365)
+    assert connects(objects, head, redis, 6379) and not connects(objects, workers, redis, 6379)
+    others = [p for p in pods(objects) if not p["name"].startswith(f"{RAYJOB}-")]
+    for pod in (head, workers, submitter):
+        reached = {(other["name"], p["containerPort"]) for other in others for c in other["containers"]
+                   for p in c.get("ports", []) if connects(objects, pod, other, p["containerPort"])}
+        assert reached == ({("fintech-redis", 6379)} if pod is head else set()), pod["name"]  # not the service, nor MLflow
+        for other in others:
+            for port in (6379, 8265, 10001, 52365):
+                assert not connects(objects, other, pod, port), (other["name"], pod["name"], port)
+
+
+def test_outside_the_namespace_the_ray_pods_are_reached_by_the_kuberay_operator_and_reach_dns_only():
+    """The operator polls the job's status on the head's job API; the workers find the head by the
+    name of its Service. No address range either way."""
+    objects = render("prod")
+    ray = [ray_pod(objects, role) for role in ("head", "features", "submitter")]
+    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"
+                and any(selects(o["spec"]["podSelector"], pod["labels"]) for pod in ray)]
+    for pod in ray:
+        assert [p for p in policies if selects(p["spec"]["podSelector"], pod["labels"])
+                and {"Ingress", "Egress"} <= set(p["spec"]["policyTypes"])], pod["name"]  # isolated both ways
+    ingress = [rule for policy in policies for rule in policy["spec"].get("ingress", [])]
+    egress = [rule for policy in policies for rule in policy["spec"].get("egress", [])]
+    for rule, peers in [(rule, "from") for rule in ingress] + [(rule, "to") for rule in egress]:
+        assert rule.get(peers), rule  # a rule without peers admits every address
+        assert not [peer for peer in rule[peers] if "ipBlock" in peer], rule
+    outside = [(peer, rule.get("ports")) for rule in ingress for peer in rule["from"] if "namespaceSelector" in peer]
+    assert outside == [(KUBERAY_OPERATOR, [{"port": "dashboard", "protocol": "TCP"}])]
+    for rule in egress:
+        for peer in rule["to"]:
+            if "namespaceSelector" in peer:
+                assert peer == dns and {p["port"] for p in rule["ports"]} == {53}, rule
