@@ -53,7 +53,11 @@ class Settings(BaseSettings):
     partitions: int = Field(16, ge=1, description="Partitions the transactions are split into, by a hash of the customer id.")
 
     # training
-    fraud_sample: int = Field(200_000, description="Transactions sampled for the fraud training set.")
+    fraud_sample: int = Field(200_000, ge=1, description=(
+        "Transactions sampled for the fraud training set (seeded, stratified on fraud; training/sampling.py)."))
+    training_customers: int = Field(100_000, ge=1, description=(
+        "Customers the churn and segment training sets are drawn from when there are more (seeded, churn "
+        "stratified on whether the customer ever churned)."))
     segment_k_min: int = 3
     segment_k_max: int = 8
 

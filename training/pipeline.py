@@ -24,13 +24,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow.dataset as ds
 
 from core import stream_features
 from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME, SERVICE_FEATURES
 from core.movement import usual_movement
 from core.settings import Settings
-from training import contract, features, generate, models, partitions, registry, store
+from training import contract, features, generate, models, partitions, registry, sampling, store
 
 log = logging.getLogger(__name__)
 SERVED_REFERENCE_ROWS = 20_000
@@ -115,20 +117,42 @@ def _active(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["txn_count_90d"] > 0].reset_index(drop=True)
 
 
+def _snapshot_times(settings: Settings) -> pd.Series:
+    return pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["event_timestamp"])["event_timestamp"]
+
+
+def _latest_snapshot(settings: Settings, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every customer's row of the latest snapshot (only those rows are read), ordered by customer."""
+    latest = _snapshot_times(settings).max()
+    table = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=columns,
+                            filters=[("event_timestamp", "==", latest)])
+    return table.sort_values("customer_id", kind="stable").reset_index(drop=True)
+
+
 def churn_training_set(feature_store, settings: Settings) -> pd.DataFrame:
-    labels = pd.read_parquet(settings.features_dir / "churn_labels.parquet").sort_values(["event_timestamp", "customer_id"])
-    frame = store.historical_features(feature_store, labels, FEATURE_SERVICES["churn"])
-    return _active(frame)
+    """The labelled snapshots of settings.training_customers customers (all when there are fewer),
+    stratified on whether the customer ever churned; the sample is in the frame's attrs["sample"]."""
+    labels = pd.read_parquet(settings.features_dir / "churn_labels.parquet")
+    ever = labels.groupby("customer_id", sort=True)["churned"].max()
+    chosen = ever.index[sampling.stratified(ever.index, ever.to_numpy(), settings.training_customers, settings.seed)]
+    labels = labels[labels["customer_id"].isin(chosen)].sort_values(["event_timestamp", "customer_id"])
+    frame = _active(store.historical_features(feature_store, labels, FEATURE_SERVICES["churn"]))
+    frame.attrs["sample"] = {"sample_customers": len(chosen), "population_customers": len(ever), "sample_seed": settings.seed}
+    return frame
 
 
 def fraud_training_set(feature_store, settings: Settings, *feature_services: str) -> pd.DataFrame:
-    """A sample of labelled transactions (settings.fraud_sample, the same ones whatever the services)
-    with the features of `feature_services` (default: fraud's current one)."""
-    tx = partitions.read_transactions(settings.transactions_by_customer_dir)
-    first_snapshot = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["event_timestamp"]).min().iloc[0]
-    tx = tx[tx["timestamp"] >= first_snapshot]
-    return transactions_with_features(feature_store, tx.sample(min(settings.fraud_sample, len(tx)), random_state=settings.seed),
-                                      *feature_services)
+    """settings.fraud_sample transactions from the first snapshot on (the same ones whatever the
+    services, the partitions or the engine), stratified on fraud, with the features of
+    `feature_services` (default: fraud's current one); the sample is in attrs["sample"]."""
+    parts = sorted(settings.transactions_by_customer_dir.glob("part-*.parquet"))
+    tx, population = sampling.sample_partitions(parts, "transaction_id", "is_fraud", settings.fraud_sample, settings.seed,
+                                                since=_snapshot_times(settings).min())
+    tx = tx.sort_values(["customer_id", "timestamp"], kind="stable")
+    frame = transactions_with_features(feature_store, tx, *feature_services)
+    frame.attrs["sample"] = {"sample_transactions": len(tx), "population_transactions": sum(population.values()),
+                             "sample_seed": settings.seed}
+    return frame
 
 
 # A transaction is scored before it is stored anywhere: its features are read as of just before it
@@ -158,34 +182,40 @@ def served_population(feature_store, settings: Settings, family: str, rows: int 
     `feature_service`'s features (fraud; default its current service), each up to `rows`."""
     seed = settings.seed if seed is None else seed
     if family == "fraud":
-        tx = partitions.read_transactions(settings.transactions_by_customer_dir)
-        recent = tx[tx["timestamp"] >= tx["timestamp"].max() - pd.Timedelta(days=settings.snapshot_every_days)]
+        folder = settings.transactions_by_customer_dir
+        last = max(batch.column(0).to_pandas().max() for batch in ds.dataset(folder).to_batches(columns=["timestamp"]))
+        recent = pd.read_parquet(folder, filters=[("timestamp", ">=", last - pd.Timedelta(days=settings.snapshot_every_days))])
+        recent = recent.sort_values(["customer_id", "timestamp"], kind="stable").reset_index(drop=True)
         return transactions_with_features(feature_store, recent.sample(min(rows, len(recent)), random_state=seed),
                                           *([feature_service] if feature_service else []))
-    table = pd.read_parquet(settings.features_dir / "customer_features.parquet")
-    latest = table[table["event_timestamp"] == table["event_timestamp"].max()].sort_values("customer_id")
+    latest = _latest_snapshot(settings)
     return latest.sample(min(rows, len(latest)), random_state=seed).reset_index(drop=True)
 
 
 def history_by_period(settings: Settings, family: str, training_set: pd.DataFrame) -> pd.DataFrame:
     """What the service saw period after period, with a `period` column, for each feature's usual
-    movement: every customer of each snapshot (churn, segment), or the fraud training set's
-    transactions by the snapshot the service would have scored them against."""
+    movement: every customer of each snapshot (churn, segment; settings.training_customers of them
+    when there are more), or the fraud training set's transactions by the snapshot the service
+    would have scored them against."""
     path = settings.features_dir / "customer_features.parquet"
     if family != "fraud":
-        table = pd.read_parquet(path)
+        ids = pd.read_parquet(path, columns=["customer_id"])["customer_id"]
+        chosen = sampling.customers_sample(ids, settings.training_customers, settings.seed)
+        table = pd.read_parquet(path, filters=None if chosen is None else [("customer_id", "in", list(chosen))])
         return table.assign(period=table["event_timestamp"])
-    stamps = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"]  # the snapshot dates only
-    snapshots = pd.Series(stamps.unique()).sort_values().reset_index(drop=True)
+    snapshots = pd.Series(_snapshot_times(settings).unique()).sort_values().reset_index(drop=True)
     scored_at = snapshots.searchsorted(pd.to_datetime(training_set["event_timestamp"], utc=True), side="right") - 1
     return training_set.assign(period=snapshots.to_numpy()[scored_at])
 
 
 def segment_training_set(feature_store, settings: Settings) -> pd.DataFrame:
-    table = pd.read_parquet(settings.features_dir / "customer_features.parquet", columns=["customer_id", "event_timestamp"])
-    latest = table[table["event_timestamp"] == table["event_timestamp"].max()].sort_values("customer_id")
-    frame = store.historical_features(feature_store, latest.reset_index(drop=True), FEATURE_SERVICES["segment"])
-    return _active(frame)
+    """The latest snapshot of settings.training_customers customers (all when there are fewer)."""
+    latest = _latest_snapshot(settings, columns=["customer_id", "event_timestamp"])
+    chosen = sampling.stratified(latest["customer_id"], np.zeros(len(latest)), settings.training_customers, settings.seed)
+    frame = _active(store.historical_features(feature_store, latest[chosen].reset_index(drop=True), FEATURE_SERVICES["segment"]))
+    frame.attrs["sample"] = {"sample_customers": int(chosen.sum()), "population_customers": len(latest),
+                             "sample_seed": settings.seed}
+    return frame
 
 
 def register_version(feature_store, settings: Settings, trained: models.TrainedModel, frame: pd.DataFrame,
@@ -217,6 +247,7 @@ def train_all(settings: Settings, progress: bool = True) -> dict:
         started = time.perf_counter()
         frame = build(feature_store, settings)
         trained = train(frame)
+        trained.params.update(frame.attrs.get("sample", {}))  # logged with the version: what it was trained on
         registered = register_version(feature_store, settings, trained, frame, FEATURE_SERVICES[name])
         results[name] = {"metrics": trained.metrics, "registered": asdict(registered),
                          "seconds": round(time.perf_counter() - started, 1)}
