@@ -46,22 +46,31 @@ def make_data(settings: Settings, drift_months: int = 0, progress: bool = True, 
     return summary
 
 
-def offline_tables(tx: pd.DataFrame, snapshots: list[pd.Timestamp], data_end: pd.Timestamp,
-                   horizon_days: int) -> dict[str, pd.DataFrame]:
+def offline_tables(tx: pd.DataFrame, snapshots: list[pd.Timestamp], data_end: pd.Timestamp, horizon_days: int,
+                   online: Settings | None = None) -> dict[str, pd.DataFrame]:
     """One partition's tables: features as of each snapshot, churn labels (horizons ending by
-    `data_end`, the whole data's last transaction) and the stream features as of each transaction."""
+    `data_end`, the whole data's last transaction) and the stream features as of each transaction.
+    With `online` (the settings of an applied store), its customers' latest rows are also written to
+    the online store, as materializing from the first to the last snapshot would write them."""
     table = features.compute_features(tx, snapshots)
-    return {"features": table, "labels": features.churn_labels(tx, table, horizon_days, data_end),
-            "stream": stream_features.offline_table(tx)}
+    tables = {"features": table, "labels": features.churn_labels(tx, table, horizon_days, data_end),
+              "stream": stream_features.offline_table(tx)}
+    if online is not None:
+        feature_store = store.open_store(online, online_only=True)
+        store.write_latest(feature_store, {TABLES[name]: tables[name] for name in ("features", "stream")},
+                           snapshots[0], snapshots[-1])
+    return tables
 
 
 TABLES = {"features": "customer_features", "labels": "churn_labels", "stream": "stream_features"}
+STAGES = ("validate_s", "feast_apply_s", "features_and_online_s", "concatenate_s")  # build_features' timings
 
 
 def build_features(settings: Settings, transactions: Path | None = None, customers: Path | None = None,
                    progress: bool = True) -> dict:
-    """Validate the transactions into partitions, compute each partition's features, labels and
-    stream features, apply Feast and materialize the latest snapshot."""
+    """Validate the transactions into partitions, apply Feast, compute each partition's features,
+    labels and stream features and write its customers' latest rows to the online store, then
+    concatenate the partitions' tables for training."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     transactions = transactions or settings.transactions_path
@@ -77,20 +86,21 @@ def build_features(settings: Settings, transactions: Path | None = None, custome
     timings["validate_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    store.apply(settings)  # first: each partition writes its customers' latest rows to the online store
+    timings["feast_apply_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
     snapshots = features.snapshot_dates_between(checked.first, checked.last, settings.snapshot_every_days,
                                                 settings.min_history_days)
     job = functools.partial(offline_tables, snapshots=snapshots, data_end=checked.last,
-                            horizon_days=settings.churn_horizon_days)
+                            horizon_days=settings.churn_horizon_days, online=settings)
     outs = partitions.by_partition(parts, {name: settings.features_dir / f"{table}_by_partition" for name, table in TABLES.items()},
                                    job, settings.engine, progress, desc="features")
-    rows = {name: partitions.concatenate(outs[name], settings.features_dir / f"{table}.parquet") for name, table in TABLES.items()}
-    timings["features_s"] = time.perf_counter() - started
+    timings["features_and_online_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    store.apply(settings)
-    feature_store = store.open_store(settings)
-    store.materialize(feature_store, snapshots[0], snapshots[-1])
-    timings["feast_apply_materialize_s"] = time.perf_counter() - started
+    rows = {name: partitions.concatenate(outs[name], settings.features_dir / f"{table}.parquet") for name, table in TABLES.items()}
+    timings["concatenate_s"] = time.perf_counter() - started
 
     summary = {
         "transactions_file": str(transactions),

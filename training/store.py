@@ -17,7 +17,7 @@ import pandas as pd
 from core.settings import Settings
 from core.store import open_store, store_environment, yaml_path
 
-__all__ = ["FeatureStoreError", "apply", "historical_features", "materialize", "online_features", "open_store"]
+__all__ = ["FeatureStoreError", "apply", "historical_features", "materialize", "online_features", "open_store", "write_latest"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,27 @@ def materialize(store, first: pd.Timestamp, last: pd.Timestamp) -> None:
     """Load every customer's latest feature row stamped from `first` to `last` (the first and
     last snapshots) into the online store."""
     store.materialize(start_date=first.to_pydatetime(), end_date=(last + pd.Timedelta(seconds=1)).to_pydatetime())
+
+
+def write_latest(store, tables: dict[str, pd.DataFrame], first: pd.Timestamp, last: pd.Timestamp) -> int:
+    """What materialize(first, last) loads, from tables in hand (one partition's): for each feature
+    view whose source file is one of `tables` (by the file's name, e.g. "customer_features"), every
+    customer's latest row stamped from `first` to `last` (ties: the last transaction id, as the stream
+    consumer orders them), written to the online store. The rows written, summed over the views."""
+    from pathlib import Path
+
+    written = 0
+    for view in store.list_feature_views():
+        table = tables.get(Path(view.batch_source.path).stem)
+        if table is None or table.empty:
+            continue
+        stamps = table["event_timestamp"]
+        rows = table[(stamps >= first) & (stamps < last + pd.Timedelta(seconds=1))]
+        order = [c for c in ("customer_id", "event_timestamp", "transaction_id") if c in rows.columns]
+        latest = rows.sort_values(order, kind="stable").drop_duplicates("customer_id", keep="last")
+        store.write_to_online_store(view.name, latest[["customer_id", "event_timestamp", *(f.name for f in view.features)]])
+        written += len(latest)
+    return written
 
 
 ROW = "__entity_row"

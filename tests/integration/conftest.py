@@ -66,7 +66,9 @@ def built(settings):
 
 @pytest.fixture(scope="session")
 def table(built, settings):
-    return pd.read_parquet(settings.features_dir / "customer_features.parquet")
+    """The feature table by snapshot, then customer (the file holds it partition by partition)."""
+    table = pd.read_parquet(settings.features_dir / "customer_features.parquet")
+    return table.sort_values(["event_timestamp", "customer_id"], ignore_index=True)
 
 
 @pytest.fixture(scope="session")
