@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self
 
 import psutil
 import typer
@@ -60,7 +60,7 @@ class PeakMemory:
             self.peak = max(self.peak, total)
             self.timeline.append((round(time.monotonic() - self._started, 1), round(total / 2**30, 2)))
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -143,14 +143,16 @@ def test_feasts_materialize_into_redis_reads_as_the_partitions_online_writes_int
     assert store.online_features(redis_store, "churn_v1", latest_rows(table, 40).index.tolist()).notna().all().all()
     customers = sorted(table["customer_id"].unique())
     stream = [f"customer_stream:{name}" for name in STREAM_FEATURES]
+
+    def read(feature_store, service):
+        if isinstance(service, str):
+            frame = store.online_features(feature_store, service, customers)
+        else:
+            frame = pd.DataFrame(feature_store.get_online_features(features=service, entity_rows=[{"customer_id": c} for c in customers]).to_dict())
+        return frame.set_index("customer_id").sort_index()[sorted(frame.columns.drop("customer_id"))]
+
     for service in ("churn_v1", "segment_v1", stream):
-        def read(feature_store):
-            if isinstance(service, str):
-                frame = store.online_features(feature_store, service, customers)
-            else:
-                frame = pd.DataFrame(feature_store.get_online_features(features=service, entity_rows=[{"customer_id": c} for c in customers]).to_dict())
-            return frame.set_index("customer_id").sort_index()[lambda f: sorted(f.columns)]
-        from_redis, from_sqlite = read(redis_store), read(sqlite_store)
+        from_redis, from_sqlite = read(redis_store, service), read(sqlite_store, service)
         assert len(from_redis) == len(customers) and from_redis.notna().any(axis=1).mean() > 0.9
         pd.testing.assert_frame_equal(from_redis, from_sqlite)
 

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from core.settings import REPO_ROOT as ROOT, get_settings
 from core.store import store_config
 
@@ -25,3 +27,17 @@ def test_the_pipeline_joins_on_duckdb_and_an_online_only_process_never_imports_i
               "print(config.offline_store.type, config.online_store.type, 'duckdb' in sys.modules, 'ibis' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["file", "redis", "False", "False"]
+
+
+def test_ray_is_chosen_by_name_and_takes_the_cpus_ray_counts_and_the_defaults_stay_local_and_duckdb(tmp_path):
+    settings = get_settings(data_dir=tmp_path)
+    default = store_config(settings)
+    assert (default.batch_engine.type, default.offline_store.type) == ("local", "duckdb")
+    ray = store_config(settings, offline_store="ray", batch_engine="ray")
+    assert (ray.batch_engine.type, ray.offline_store.type) == ("ray.engine", "ray")
+    # num_cpus None: Ray counts the CPUs it may use (a container's limit), not os.cpu_count()
+    assert ray.batch_engine.ray_conf == ray.offline_store.ray_conf == {"num_cpus": None}
+    assert ray.offline_store.storage_path == str(tmp_path.resolve() / "feast" / "ray")  # Feast requires one
+    assert store_config(settings, batch_engine="local").batch_engine.type == "local"
+    with pytest.raises(ValueError, match="unknown batch engine 'spark'"):
+        store_config(settings, batch_engine="spark")
