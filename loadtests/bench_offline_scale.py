@@ -2,10 +2,10 @@
 through `python -m training features`, as a user runs it, into Feast with a Redis online store.
 
 The transactions are generated first under --data-dir (reused when a run of the same size is already
-there; generation is not part of the pipeline's time). The run's memory is the sum of the resident
-memory of its whole process tree (the CLI, and Ray's processes when --engine ray), sampled every
-half second: an upper bound, as pages shared between processes count once per process. Redis is the
-store, not the pipeline; its peak is written beside.
+there; generation is not part of the pipeline's time). The run's memory is summed over its whole
+process tree (the CLI, and Ray's processes when --engine ray), sampled every half second
+(loadtests/memory.py): RSS, the upper bound the target is set on, and PSS. Redis is the store, not
+the pipeline; its peak is written beside.
 
     python -m loadtests.bench_offline_scale                         # 1 M customers (make bench-offline-scale)
     python -m loadtests.bench_offline_scale --customers 2000 --out /tmp/scale.json   # a quick look
@@ -21,52 +21,18 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated
 
 import psutil
 import typer
 
+from loadtests.memory import TreeMemory
 from loadtests.servers import ROOT, redis_server, stop
 from training.pipeline import STAGES
 
 RESULTS = ROOT / "loadtests" / "results"
-SAMPLE_S = 0.5
-
-
-class PeakMemory:
-    """The largest summed resident memory of a process and its descendants, sampled in a thread."""
-
-    def __init__(self, pid: int):
-        self.root, self.peak, self.timeline = psutil.Process(pid), 0, []
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._started = time.monotonic()
-
-    def _sample(self) -> None:
-        while not self._done.wait(SAMPLE_S):
-            try:
-                processes = [self.root, *self.root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            total = 0
-            for process in processes:
-                try:
-                    total += process.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
-            self.peak = max(self.peak, total)
-            self.timeline.append((round(time.monotonic() - self._started, 1), round(total / 2**30, 2)))
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
 
 
 def generated(data_dir: Path, customers: int, months: int, seed: int) -> dict:
@@ -130,7 +96,7 @@ def main(
         with log.open("w") as output:
             process = subprocess.Popen([sys.executable, "-m", "training", "features"], cwd=ROOT, env=env,
                                        stdout=output, stderr=subprocess.STDOUT)
-            with PeakMemory(process.pid) as memory:
+            with TreeMemory(process.pid) as memory:
                 code = process.wait()
         total_s = time.perf_counter() - started
         if code:
@@ -155,7 +121,8 @@ def main(
         "generate_s": generation.get("generate_s"),
         "stages_s": {k: summary[k] for k in STAGES},
         "total_s": round(total_s, 1),
-        "peak_rss_gb": round(memory.peak / 2**30, 2),
+        "peak_rss_gb": round(memory.peak_rss / 2**30, 2),
+        "peak_pss_gb": round(memory.peak_pss / 2**30, 2),
         "target_peak_rss_gb": 12,
         "redis_peak_memory_gb": round(redis_memory / 2**30, 2),
         "online_keys": online_keys,
@@ -186,8 +153,9 @@ def markdown(r: dict) -> str:
         f"| Concatenate the partitions' tables for training | {s['concatenate_s']} |",
         f"| **Whole run** (process start to exit) | **{r['total_s']}** |",
         "",
-        f"Peak memory of the run (summed RSS of its process tree): **{r['peak_rss_gb']} GB** "
-        f"(target under {r['target_peak_rss_gb']} GB). Redis peak: {r['redis_peak_memory_gb']} GB, "
+        f"Peak memory of the run, summed over its process tree: **RSS {r['peak_rss_gb']} GB** "
+        f"(target under {r['target_peak_rss_gb']} GB; an upper bound, shared pages counted once per process), "
+        f"PSS {r['peak_pss_gb']} GB. Redis peak: {r['redis_peak_memory_gb']} GB, "
         f"{r['online_keys']:,} keys.",
         f"Rows: {d['feature_rows']:,} feature rows over {d['snapshots']} snapshots, {d['labelled_rows']:,} labelled, "
         f"{d['stream_rows']:,} stream rows; {d['rejected']:,} transactions rejected.",
