@@ -11,9 +11,9 @@ NUMBA_CACHE_DIR ?= $(DATA_DIR)/numba_cache
 PORT ?= 3000
 export DATA_DIR BENTOML_HOME NUMBA_CACHE_DIR
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED,
-# ENGINE (local or ray), PARTITIONS, RAY_ADDRESS.
+# ENGINE (local or ray), PARTITIONS, RAY_ADDRESS, TRAINING_CUSTOMERS, FRAUD_SAMPLE.
 
-.PHONY: help install crd-schemas oidc-provider lock image image-mlflow image-dashboard image-jobs data features train train-candidate import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
+.PHONY: help install crd-schemas oidc-provider lock image image-mlflow image-dashboard image-jobs data features train train-candidate import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-offline-scale bench-feast-ray bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,7 +51,7 @@ lock: | $(BIN)/activate ## Re-resolve requirements.lock (everything) and require
 data: install ## Generate synthetic customers and transactions under $(DATA_DIR)/raw
 	$(BIN)/python -m training data
 
-features: install ## Validate transactions, compute features (ENGINE=local or ray, a partition of customers at a time), feast apply + materialize
+features: install ## Validate transactions into partitions of customers, feast apply, each partition's features (ENGINE=local or ray) with its latest rows written online
 	$(BIN)/python -m training features
 
 train: install ## Train churn, fraud and segment models into the MLflow registry
@@ -121,6 +121,14 @@ bench: bench-offline bench-serving bench-drift bench-stream ## Every benchmark; 
 
 bench-offline: install ## Time every offline stage on the default data set (in a temporary folder)
 	$(BIN)/python -m loadtests.bench_features
+
+SCALE_DIR ?= $(DATA_DIR)/scale
+SCALE_CUSTOMERS ?= 1000000
+bench-offline-scale: install ## The features stage at bank scale: SCALE_CUSTOMERS (1 M) × 12 months (~100 M transactions, generated once under SCALE_DIR) → Ray, 64 partitions → Redis; peak memory and time per stage (needs redis-server, ~25 GB of disk)
+	$(BIN)/python -m loadtests.bench_offline_scale --customers $(SCALE_CUSTOMERS) --data-dir $(SCALE_DIR)
+
+bench-feast-ray: install ## Feast's Ray compute engine and Ray offline store against the local engine, DuckDB and the per-partition online writes, on the data of SCALE_DIR (after bench-offline-scale; needs redis-server)
+	$(BIN)/python -m loadtests.bench_feast_ray compare --data-dir $(SCALE_DIR)
 
 bench-serving: install ## Service vs naive design vs no-op, side by side (needs `make up` data and wrk)
 	$(BIN)/python -m loadtests.bench_serving

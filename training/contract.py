@@ -188,15 +188,18 @@ def write_rejects(result: ContractResult, path: Path) -> None:
     result.rejected.to_csv(path, index=False)
 
 
-def duplicate_rows(path: Path, rows: int = BATCH_ROWS) -> np.ndarray:
+def duplicate_rows(path: Path, rows: int = BATCH_ROWS, progress: bool = False) -> np.ndarray:
     """Row numbers (0-based, in file order, sorted) of the rows whose transaction_id already came
     earlier in the file; missing ids are never duplicates. The ids are held as 64-bit hashes (0.8 GB
     for 100 M rows); only rows whose hash is shared are read again and compared by value."""
     hashes, present = [], []
+    bar = tqdm(total=rows_in(path), desc="transaction ids", unit="row", unit_scale=True, disable=not progress)
     for batch in read_batches(path, rows, columns=["transaction_id"]):
+        bar.update(len(batch))
         ids = batch["transaction_id"]
         present.append((ids.notna() & (ids.astype(str) != "")).to_numpy())
         hashes.append(pd.util.hash_array(ids.to_numpy(dtype=object)))
+    bar.close()
     row = np.flatnonzero(np.concatenate(present))
     hashed = np.concatenate(hashes)[row]
     order = np.argsort(hashed, kind="stable")
@@ -243,7 +246,7 @@ def check_file(path: Path, rejects_path: Path, accept: Callable[[pd.DataFrame], 
     """Validate a transactions file of any size `rows` at a time: each batch's accepted rows go to
     `accept`, its rejected rows (as read, with their reasons) are appended to `rejects_path` (CSV,
     written even when empty), and the same rules hold as for the whole file in one frame."""
-    duplicates = duplicate_rows(path, rows)
+    duplicates = duplicate_rows(path, rows, progress)
     checked, start = CheckedFile(), 0
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=rows_in(path), desc="checking transactions", unit="row", unit_scale=True, disable=not progress)
