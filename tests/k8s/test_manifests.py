@@ -999,7 +999,7 @@ def as_pod_template(name: str, template: dict) -> dict:
 def test_prod_runs_the_features_job_on_a_ray_cluster_of_its_own_and_dev_does_not():
     prod, dev = render("prod"), render("dev")
     assert not [o for o in dev if o["apiVersion"].startswith("ray.io/")]
-    assert "fintech-ray" not in json.dumps(dev)  # nor its policies, nor Redis's rule for its head
+    assert "fintech-ray" not in json.dumps(dev)  # nor its policies, nor Redis's rule for its pods
     [rayjob] = [o for o in prod if o["apiVersion"].startswith("ray.io/")]
     assert rayjob["kind"] == "RayJob" and rayjob["metadata"]["name"] == RAYJOB
     assert set(ray_pods(rayjob)) == {"head", "features", "submitter"}
@@ -1121,7 +1121,7 @@ def test_the_ray_workers_have_4_gib_a_cpu_and_the_head_runs_no_task():
         assert int(group["rayStartParams"]["object-store-memory"]) <= GIB, group["groupName"]
 
 
-def test_the_ray_pods_talk_to_each_other_the_submitter_to_the_job_api_and_the_head_to_redis():
+def test_the_ray_pods_talk_to_each_other_and_to_redis_and_the_submitter_to_the_job_api():
     objects = render("prod")
     head, workers, submitter = (ray_pod(objects, role) for role in ("head", "features", "submitter"))
     redis = next(p for p in pods(objects) if p["name"] == "fintech-redis")
@@ -1131,12 +1131,13 @@ def test_the_ray_pods_talk_to_each_other_the_submitter_to_the_job_api_and_the_he
             assert connects(objects, source, destination, port), (source["name"], destination["name"], port)
     assert connects(objects, submitter, head, pod_port(head, "dashboard"))
     assert not connects(objects, submitter, head, 6379) and not connects(objects, submitter, workers, 52365)
-    assert connects(objects, head, redis, 6379) and not connects(objects, workers, redis, 6379)
+    assert connects(objects, head, redis, 6379) and connects(objects, workers, redis, 6379)  # each task writes online
+    assert not connects(objects, submitter, redis, 6379)
     others = [p for p in pods(objects) if not p["name"].startswith(f"{RAYJOB}-")]
     for pod in (head, workers, submitter):
         reached = {(other["name"], p["containerPort"]) for other in others for c in other["containers"]
                    for p in c.get("ports", []) if connects(objects, pod, other, p["containerPort"])}
-        assert reached == ({("fintech-redis", 6379)} if pod is head else set()), pod["name"]  # not the service, nor MLflow
+        assert reached == (set() if pod is submitter else {("fintech-redis", 6379)}), pod["name"]  # not the service, nor MLflow
         for other in others:
             for port in (6379, 8265, 10001, 52365):
                 assert not connects(objects, other, pod, port), (other["name"], pod["name"], port)
