@@ -118,3 +118,15 @@ def test_a_customers_features_do_not_depend_on_the_other_customers_in_the_frame(
     beside = features_of(pd.concat([a, b], ignore_index=True), "B")
     pd.testing.assert_series_equal(alone, beside, check_exact=True)
     assert alone["home_country"] == "FR"  # the tie goes to the first alphabetically
+
+
+def test_a_partition_whose_customers_stopped_early_is_labelled_up_to_the_whole_datas_end():
+    """A partition holds some customers only: the horizons that fit are those that end by the last
+    transaction of all the data, not by the partition's own last one."""
+    quiet = make_tx([("Q", f"2026-01-{d:02d} 12:00", 20.0, "groceries", "pos", "GB", "dQ") for d in range(1, 29)])
+    snapshots = [pd.Timestamp("2026-01-15", tz="UTC"), pd.Timestamp("2026-02-01", tz="UTC")]
+    table = compute_features(quiet, snapshots)
+    whole_end = pd.Timestamp("2026-06-30", tz="UTC")  # another partition's customers went on until then
+    labels = churn_labels(quiet, table, horizon_days=60, data_end=whole_end)
+    assert labels["event_timestamp"].tolist() == snapshots and labels["churned"].tolist() == [0, 1]
+    assert churn_labels(quiet, table, horizon_days=60).empty  # by its own end, no horizon fits
