@@ -138,9 +138,10 @@ def _feature_store(settings, variant: Variant):
 
 def _write_partition(settings, features: Path, first: pd.Timestamp, last: pd.Timestamp) -> int:
     from training import store
+    from training.pipeline import TABLES
 
-    tables = {"customer_features": pd.read_parquet(features),
-              "stream_features": pd.read_parquet(features.parent.parent / "stream_features_by_partition" / features.name)}
+    folder = features.parent.parent  # the data folder's features/
+    tables = {TABLES[name]: pd.read_parquet(folder / f"{TABLES[name]}_by_partition" / features.name) for name in ("features", "stream")}
     return store.write_latest(store.open_store(settings, online_only=True), tables, first, last)
 
 

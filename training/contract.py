@@ -251,8 +251,9 @@ def check_file(path: Path, rejects_path: Path, accept: Callable[[pd.DataFrame], 
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=rows_in(path), desc="checking transactions", unit="row", unit_scale=True, disable=not progress)
     for batch in read_batches(path, rows):
-        here = duplicates[(duplicates >= start) & (duplicates < start + len(batch))] - start
-        result = validate(batch, known_customers, duplicate=np.isin(np.arange(len(batch)), here))
+        repeated = np.zeros(len(batch), dtype=bool)
+        repeated[duplicates[(duplicates >= start) & (duplicates < start + len(batch))] - start] = True
+        result = validate(batch, known_customers, duplicate=repeated)
         result.rejected.to_csv(rejects_path, mode="a" if start else "w", header=not start, index=False)
         accept(result.accepted)
         checked.add(result)

@@ -75,7 +75,7 @@ class PartitionWriter:
             self._writers = [pq.ParquetWriter(path, self._schema) for path in self.paths]
         number = partition_of(tx[ENTITY], len(self.paths))
         table = table.take(np.argsort(number, kind="stable"))
-        bounds = np.searchsorted(np.sort(number), np.arange(len(self.paths) + 1))
+        bounds = np.r_[0, np.cumsum(np.bincount(number, minlength=len(self.paths)))]
         for p in np.flatnonzero(np.diff(bounds)):
             self._writers[p].write_table(table.slice(bounds[p], bounds[p + 1] - bounds[p]))
 

@@ -82,6 +82,4 @@ def customers_sample(ids, n: int, seed: int) -> np.ndarray | None:
     """The n customers of `ids` (repeats allowed) with the smallest keys, or None when there are
     no more than n: everyone."""
     unique = pd.unique(np.asarray(ids, dtype=object))
-    if len(unique) <= n:
-        return None
-    return unique[np.argsort(keys(unique, seed), kind="stable")[:n]]
+    return None if len(unique) <= n else unique[stratified(unique, np.zeros(len(unique)), n, seed)]
