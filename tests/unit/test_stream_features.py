@@ -3,6 +3,7 @@ from the same function, and what a transaction being scored reads of them."""
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -52,6 +53,34 @@ def test_the_offline_table_is_the_same_function_as_of_every_transaction():
     assert table["transaction_id"].tolist() == ["T1", "T2", "T3", "T4", "T5", "U1"]
     assert table.loc[table["transaction_id"] == "U1", "txn_count_24h"].item() == 1
 
+
+
+def test_the_offline_table_equals_the_function_event_by_event_on_crowded_and_quiet_customers():
+    """The table computes windows of one or two events for all rows at once; bursts (several events
+    a minute, ties in time, amounts whose sums round) must come out exactly as features_at's."""
+    rng = np.random.default_rng(7)
+    events = []
+    for customer in range(60):
+        burst = customer % 3 == 0
+        gaps = rng.exponential(120.0 if burst else 30_000.0, size=40).round(0 if customer % 2 else 3)
+        times = T0 + np.cumsum(gaps)
+        events += [(f"C{customer}", Event(t, f"T{customer}-{i}", float(rng.choice([0.1, 0.2, 0.3, 1e-3, 7.77, 1e6])),
+                                          f"d{rng.integers(3)}", rng.choice(["FR", "DE"]))) for i, t in enumerate(times)]
+    edges = [T0, T0 + 3600, T0 + 7200, T0 + 86_400, T0 + 86_400, T0 + 90_000]  # exactly an hour, exactly a day
+    events += [("E", Event(t, f"E{i}", 1.5 * (i + 1), "d", "FR")) for i, t in enumerate(edges)]
+    transactions = pd.DataFrame({
+        "transaction_id": [e.transaction_id for _, e in events], "customer_id": [c for c, _ in events],
+        "timestamp": pd.to_datetime([e.time for _, e in events], unit="s", utc=True), "amount": [e.amount for _, e in events],
+        "device_id": [e.device_id for _, e in events], "country": [e.country for _, e in events]}).sample(frac=1, random_state=1)
+    table = offline_table(transactions)
+
+    expected = []
+    for customer, rows in transactions.assign(time=transactions["timestamp"].astype("int64") / 1e9).groupby("customer_id"):
+        ledger = in_order(Event(*e) for e in rows[["time", "transaction_id", "amount", "device_id", "country"]].itertuples(index=False))
+        expected += [{"customer_id": customer, **f} for f in features_at(ledger, range(len(ledger)))]
+    assert (table["txn_count_24h"] > 2).sum() > 200 and (table["txn_count_24h"] < 3).sum() > 200  # both ways taken
+    pd.testing.assert_frame_equal(table.drop(columns=["transaction_id", "event_timestamp"]).reset_index(drop=True),
+                                  pd.DataFrame(expected), check_exact=True)
 
 def stream_row(features: dict) -> dict:
     """One stored stream row as an on-demand view gets it: each feature a one-element list."""
