@@ -139,10 +139,13 @@ def validate(frame: pd.DataFrame, known_customers: set[str] | None = None, label
     typed = pd.DataFrame({c: _parse_column(frame, c, kind) for c, (kind, _) in contract.items()})
 
     checks: list[tuple[str, pd.Series]] = []
-    for column in contract:
-        unparsed = typed[column].isna() & frame[column].notna()
-        checks.append((f"{column} is missing", typed[column].isna() & ~unparsed))
-        if contract[column][0] != "string":
+    for column, (kind, _) in contract.items():
+        absent = typed[column].isna()  # for text, a blank value too
+        if kind == "string":
+            checks.append((f"{column} is missing", absent))
+        else:
+            unparsed = absent & frame[column].notna()
+            checks.append((f"{column} is missing", absent & ~unparsed))
             checks.append((f"{column} does not parse", unparsed))
     amount = typed["amount"]
     checks += [

@@ -69,6 +69,17 @@ def test_every_bad_row_is_kept_with_its_reason_and_counted():
     assert -5.0 in result.rejected["amount"].tolist()
 
 
+
+@pytest.mark.parametrize("column", [c for c, (kind, _) in TRANSACTION_COLUMNS.items() if kind == "string"])
+def test_a_blank_text_value_in_a_parquet_file_is_missing(column, tmp_path):
+    """A CSV reads a blank cell as missing; Parquet keeps the empty string, which says no more."""
+    frame = good_rows(3)
+    frame.loc[1, column] = ""
+    frame.to_parquet(tmp_path / "t.parquet")
+    result = load_transactions(tmp_path / "t.parquet")
+    assert result.reason_counts == {f"{column} is missing": 1}
+    assert len(result.accepted) == 2 and result.accepted[column].notna().all()
+
 def test_transactions_of_unknown_customers_are_rejected_when_the_customers_are_known():
     result = validate(make_tx([GOOD, ("B", *GOOD[1:])]), known_customers={"A"})
     assert result.reason_counts == {"unknown customer_id": 1} and result.accepted["customer_id"].tolist() == ["A"]
