@@ -122,7 +122,13 @@ def _group_quantile(cust: np.ndarray, values: np.ndarray, n: int, q: float) -> n
 def _distinct(cust: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct (customer, code) pairs: their customers, codes, and occurrence counts."""
     width = int(code.max()) + 1 if len(code) else 1
-    pairs, counts = np.unique(cust.astype(np.int64) * width + code, return_counts=True)
+    pairs = cust.astype(np.int64) * width + code
+    if len(pairs) and pairs.max() < 8 * len(pairs) + 2**20:  # few possible pairs (days, weeks): count them all, no sort
+        counts = np.bincount(pairs)
+        pairs = np.flatnonzero(counts)
+        counts = counts[pairs]
+    else:
+        pairs, counts = np.unique(pairs, return_counts=True)
     return pairs // width, pairs % width, counts
 
 
