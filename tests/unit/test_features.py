@@ -130,3 +130,17 @@ def test_a_partition_whose_customers_stopped_early_is_labelled_up_to_the_whole_d
     labels = churn_labels(quiet, table, horizon_days=60, data_end=whole_end)
     assert labels["event_timestamp"].tolist() == snapshots and labels["churned"].tolist() == [0, 1]
     assert churn_labels(quiet, table, horizon_days=60).empty  # by its own end, no horizon fits
+
+
+@pytest.mark.parametrize("largest_code", [30, 10**9])  # counted all at once, or sorted
+def test_distinct_pairs_are_counted_in_customer_then_code_order(largest_code):
+    from training.features import _distinct
+
+    rng = np.random.default_rng(3)
+    cust = rng.integers(0, 50, size=2_000)
+    code = rng.choice(rng.integers(0, largest_code + 1, size=40), size=2_000)
+    pairs = pd.Series(1, index=pd.MultiIndex.from_arrays([cust, code])).groupby(level=[0, 1]).sum()
+    got_cust, got_code, got_counts = _distinct(cust, code)
+    assert got_cust.tolist() == pairs.index.get_level_values(0).tolist()
+    assert got_code.tolist() == pairs.index.get_level_values(1).tolist()
+    assert got_counts.tolist() == pairs.tolist()
