@@ -9,17 +9,18 @@ in a rejects file, and counted; they are never dropped silently.
     result.rejected        # the bad rows, as read, with a `reject_reason` column
     result.reason_counts   # {"amount is negative or zero": 3, ...}
 
-A file of any size is checked batch by batch with :func:`check_file`: accepted rows go to a callback
-(the pipeline's partition writer), rejected rows are appended to the rejects file, and only the
-transaction ids are held whole, as 8-byte hashes, for the one check that spans the file (a
-duplicate id may come a hundred million rows after the first).
+A file of any size is checked batch by batch (training/partitions.py does it, in this process or
+as Ray tasks): only the transaction ids are held whole, as 8-byte hashes, for the one check that
+spans the file (a duplicate id may come a hundred million rows after the first).
 
-    checked = check_file(Path("transactions.parquet"), rejects_path, accept=writer.append)
+    duplicates = duplicate_rows(Path("transactions.parquet"))
+    for start, batch in ...:                                  # read_batches, or row_group_spans
+        result = check_batch(batch, start, duplicates, ids)   # as the whole file's check would split it
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from core.schema import CHANNELS, MERCHANT_CATEGORIES, TRANSACTION_COLUMNS
 # A text column in which fewer than this share of values parse is of the wrong type, not dirty.
 MIN_PARSEABLE_SHARE = 0.5
 EARLIEST_TIMESTAMP = pd.Timestamp("1990-01-01", tz="UTC")
-BATCH_ROWS = 1_000_000  # rows read and checked at a time by check_file
+BATCH_ROWS = 1_000_000  # rows read and checked at a time
 
 
 class ContractError(ValueError):
@@ -86,6 +87,30 @@ def read_batches(path: Path, rows: int = BATCH_ROWS, columns: list[str] | None =
         yield batch
     if empty:
         yield read_table(path) if columns is None else read_table(path)[columns]
+
+
+def row_group_spans(path: Path, rows: int = BATCH_ROWS) -> list[tuple[int, list[int]]] | None:
+    """A Parquet file cut into runs of whole row groups of about `rows` rows (a run holds one row group
+    at least): each run's first row number and row groups, so that each can be read on its own
+    (`read_row_groups`). None for a CSV, which can only be read from its start."""
+    if _kind(path) != "parquet":
+        return None
+    metadata = pq.ParquetFile(path).metadata
+    spans: list[tuple[int, list[int]]] = []
+    start, size = 0, 0
+    for group in range(metadata.num_row_groups):
+        if not spans or size >= rows:
+            spans.append((start, []))
+            size = 0
+        spans[-1][1].append(group)
+        size += metadata.row_group(group).num_rows
+        start += metadata.row_group(group).num_rows
+    return spans
+
+
+def read_row_groups(path: Path, groups: list[int]) -> pd.DataFrame:
+    """Row groups of a Parquet file, typed as :func:`read_batches` types them."""
+    return pq.ParquetFile(path).read_row_groups(groups).to_pandas()
 
 
 def rows_in(path: Path) -> int | None:
@@ -220,7 +245,7 @@ def duplicate_rows(path: Path, rows: int = BATCH_ROWS, progress: bool = False) -
 
 @dataclass
 class CheckedFile:
-    """What check_file saw: counts, reasons and the accepted rows' time span."""
+    """What checking a file saw: counts, reasons and the accepted rows' time span."""
 
     accepted_rows: int = 0
     rejected_rows: int = 0
@@ -228,15 +253,21 @@ class CheckedFile:
     first: pd.Timestamp | None = None  # the earliest accepted timestamp
     last: pd.Timestamp | None = None
 
-    def add(self, result: ContractResult) -> None:
-        self.accepted_rows += len(result.accepted)
-        self.rejected_rows += len(result.rejected)
-        for reason, count in result.reason_counts.items():
+    @classmethod
+    def of(cls, result: ContractResult) -> CheckedFile:
+        stamps = result.accepted["timestamp"]
+        return cls(len(result.accepted), len(result.rejected), dict(result.reason_counts),
+                   stamps.min() if len(stamps) else None, stamps.max() if len(stamps) else None)
+
+    def merge(self, other: CheckedFile) -> None:
+        """Add what another part of the file saw (in any order)."""
+        self.accepted_rows += other.accepted_rows
+        self.rejected_rows += other.rejected_rows
+        for reason, count in other.reason_counts.items():
             self.reason_counts[reason] = self.reason_counts.get(reason, 0) + count
-        if len(result.accepted):
-            stamps = result.accepted["timestamp"]
-            self.first = min(stamps.min(), self.first) if self.first is not None else stamps.min()
-            self.last = max(stamps.max(), self.last) if self.last is not None else stamps.max()
+        if other.first is not None:
+            self.first = min(other.first, self.first) if self.first is not None else other.first
+            self.last = max(other.last, self.last) if self.last is not None else other.last
 
     def summary(self) -> str:
         lines = [f"accepted {self.accepted_rows:,} rows, rejected {self.rejected_rows:,}"]
@@ -244,23 +275,10 @@ class CheckedFile:
         return "\n".join(lines)
 
 
-def check_file(path: Path, rejects_path: Path, accept: Callable[[pd.DataFrame], None],
-               known_customers: set[str] | None = None, rows: int = BATCH_ROWS, progress: bool = True) -> CheckedFile:
-    """Validate a transactions file of any size `rows` at a time: each batch's accepted rows go to
-    `accept`, its rejected rows (as read, with their reasons) are appended to `rejects_path` (CSV,
-    written even when empty), and the same rules hold as for the whole file in one frame."""
-    duplicates = duplicate_rows(path, rows, progress)
-    checked, start = CheckedFile(), 0
-    rejects_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=rows_in(path), desc="checking transactions", unit="row", unit_scale=True, disable=not progress)
-    for batch in read_batches(path, rows):
-        repeated = np.zeros(len(batch), dtype=bool)
-        repeated[duplicates[(duplicates >= start) & (duplicates < start + len(batch))] - start] = True
-        result = validate(batch, known_customers, duplicate=repeated)
-        result.rejected.to_csv(rejects_path, mode="a" if start else "w", header=not start, index=False)
-        accept(result.accepted)
-        checked.add(result)
-        start += len(batch)
-        bar.update(len(batch))
-    bar.close()
-    return checked
+def check_batch(batch: pd.DataFrame, start: int, duplicates: np.ndarray,
+                known_customers: set[str] | None = None) -> ContractResult:
+    """The rows of a file from row number `start` on, checked as the whole file's check would check
+    them: `duplicates` are the file's repeated rows (duplicate_rows), wherever they fall."""
+    repeated = np.zeros(len(batch), dtype=bool)
+    repeated[duplicates[(duplicates >= start) & (duplicates < start + len(batch))] - start] = True
+    return validate(batch, known_customers, duplicate=repeated)

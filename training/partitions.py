@@ -5,16 +5,18 @@ modulo the partition count: the same id lands in the same partition in every run
 so a customer's transactions are never split and anything computed per customer (the features of
 training/features.py are) can run on one partition without the others.
 
-    writer = PartitionWriter(folder / "transactions", partitions=16)
-    writer.append(batch)                      # as many times as there are batches
-    parts = writer.close()
+    checked, parts = check_into_partitions(raw_file, folder / "transactions", 16, rejects_csv, engine="ray")
     outs = by_partition(parts, {"features": folder / "features"}, job, engine="ray")
     concatenate(outs["features"], folder / "customer_features.parquet")
 
+A partition is a folder of Parquet files, one per batch of the raw file that reached it
+(part-00003.parquet/batch-00012.parquet), so the file's batches can be checked side by side, each
+writing its own files; it reads as one table (`read_part`) in batch order.
+
 `job(transactions)` returns the partition's tables by name (features, labels, ...), each written to
 its own folder under the partition's name. `engine="local"` runs the partitions one after the other
-in this process; `engine="ray"` runs each as a Ray task, on a local Ray started with this machine's cores, or on the cluster `RAY_ADDRESS`
-names. Plain tasks rather than Ray Data: the unit of work is a whole partition (a customer's
+in this process; `engine="ray"` runs each as a Ray task, on a local Ray started with this machine's
+cores, or on the cluster `RAY_ADDRESS` names (the check, likewise, a batch per task). Plain tasks rather than Ray Data: the unit of work is a whole partition (a customer's
 history must stay together), which is what a task is, and each writes its own files. A task writes
 to a temporary name and renames it when done, so a task killed and retried leaves one whole file.
 Nothing here holds more than one batch or one partition at a time.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from training import contract
 from training.features import ENTITY, TIMESTAMP, compute_features
 
 log = logging.getLogger(__name__)
@@ -53,53 +57,124 @@ def part_name(number: int) -> str:
     return f"part-{number:05d}.parquet"
 
 
-class PartitionWriter:
-    """Transactions appended batch by batch to one Parquet file per partition under `folder` (its
-    old parts removed), each row in its customer's partition, in the order appended. Every
-    partition gets a file, empty when no customer hashes to it."""
+def cleared(folder: Path, partitions: int) -> list[Path]:
+    """`partitions` empty partition folders under `folder` (an earlier run's removed), in order."""
+    for old in folder.glob("part-*"):
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    parts = [folder / part_name(p) for p in range(partitions)]
+    for part in parts:
+        part.mkdir(parents=True)
+    return parts
 
-    def __init__(self, folder: Path, partitions: int):
-        self.paths = [folder / part_name(p) for p in range(partitions)]
-        self._writers: list[pq.ParquetWriter] = []
-        self._schema: pa.Schema | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("part-*.parquet"):
-            old.unlink()
 
-    def append(self, tx: pd.DataFrame) -> None:
-        if not len(tx):
-            return
-        table = pa.Table.from_pandas(tx, schema=self._schema, preserve_index=False)
-        if self._schema is None:
-            self._schema = table.schema
-            self._writers = [pq.ParquetWriter(path, self._schema) for path in self.paths]
-        number = partition_of(tx[ENTITY], len(self.paths))
-        table = table.take(np.argsort(number, kind="stable"))
-        bounds = np.r_[0, np.cumsum(np.bincount(number, minlength=len(self.paths)))]
-        for p in np.flatnonzero(np.diff(bounds)):
-            self._writers[p].write_table(table.slice(bounds[p], bounds[p + 1] - bounds[p]))
-
-    def close(self) -> list[Path]:
-        """The partitions' paths, in partition order."""
-        if not self._writers:
-            raise ValueError("no transactions were appended")
-        for writer in self._writers:
-            writer.close()
-        return self.paths
+def write_batch(tx: pd.DataFrame, parts: list[Path], batch: int) -> None:
+    """A batch of transactions into the partitions' folders, each row in its customer's partition,
+    as one file per partition named by the batch number (so a partition reads in batch order).
+    Each file is written whole or not at all, and writing the same batch again replaces it."""
+    if not len(tx):
+        return
+    number = partition_of(tx[ENTITY], len(parts))
+    table = pa.Table.from_pandas(tx, preserve_index=False).take(np.argsort(number, kind="stable"))
+    bounds = np.r_[0, np.cumsum(np.bincount(number, minlength=len(parts)))]
+    for p in np.flatnonzero(np.diff(bounds)):
+        out = parts[p] / f"batch-{batch:05d}.parquet"
+        partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+        pq.write_table(table.slice(bounds[p], bounds[p + 1] - bounds[p]), partial)
+        os.replace(partial, out)
 
 
 def write(tx: pd.DataFrame, folder: Path, partitions: int) -> list[Path]:
-    """`tx` as `partitions` Parquet files under `folder`, at once (PartitionWriter for more than fits in memory)."""
-    writer = PartitionWriter(folder, partitions)
-    writer.append(tx)
-    return writer.close()
+    """`tx` as `partitions` partitions under `folder`, at once (check_into_partitions for more than
+    fits in memory)."""
+    parts = cleared(folder, partitions)
+    write_batch(tx, parts, 0)
+    return parts
+
+
+def read_part(part: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """One partition's transactions (an empty frame for a partition no customer hashes to)."""
+    return pd.read_parquet(part, columns=columns) if any(part.glob("batch-*.parquet")) else pd.DataFrame(columns=columns)
 
 
 def read_transactions(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Every partition's transactions as one frame, ordered by customer then time (the order the
     contract's one-frame check gives); for data that fits in memory."""
-    tx = pd.read_parquet(folder, columns=columns)  # every part-*.parquet in it
+    tx = pd.read_parquet(folder, columns=columns)  # every partition's every batch
     return tx.sort_values([ENTITY, "timestamp"], kind="stable").reset_index(drop=True)
+
+
+def _check_and_write(batch: pd.DataFrame, start: int, number: int, duplicates: np.ndarray, known: set[str] | None,
+                     parts: list[Path], rejects: Path) -> contract.CheckedFile:
+    """Batch `number` of the file (its rows from row `start` on): accepted rows into the partitions,
+    rejected ones into the rejects folder as batch-<number>.csv."""
+    result = contract.check_batch(batch, start, duplicates, known)
+    write_batch(result.accepted, parts, number)
+    out = rejects / f"batch-{number:05d}.csv"
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    result.rejected.to_csv(partial, index=False)
+    os.replace(partial, out)
+    return contract.CheckedFile.of(result)
+
+
+def _check_row_groups(path: Path, start: int, groups: list[int], number: int, duplicates: np.ndarray,
+                      known: set[str] | None, parts: list[Path], rejects: Path) -> tuple[contract.CheckedFile, int]:
+    batch = contract.read_row_groups(path, groups)
+    return _check_and_write(batch, start, number, duplicates, known, parts, rejects), len(batch)
+
+
+def check_into_partitions(path: Path, folder: Path, partitions: int, rejects_path: Path, known: set[str] | None = None,
+                          engine: str = "local", progress: bool = True, rows: int = contract.BATCH_ROWS,
+                          max_retries: int = 3) -> tuple[contract.CheckedFile, list[Path]]:
+    """Check a transactions file of any size against the contract, `rows` at a time, into
+    `partitions` partitions under `folder`, its rejected rows (as read, with their reasons) into
+    `rejects_path` (CSV, in file order, written even when empty): what the file's check in one frame
+    would accept and reject. With engine="ray", a Parquet file's batches (runs of row groups) are
+    checked as Ray tasks side by side; a CSV, which can only be read from its start, is checked in
+    this process whatever the engine. The ids' duplicate pass runs first, here, over the whole file."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    duplicates = contract.duplicate_rows(path, rows, progress)
+    parts = cleared(folder, partitions)
+    rejects = rejects_path.with_name(f".{rejects_path.stem}.batches")
+    if rejects.exists():
+        shutil.rmtree(rejects)
+    rejects.mkdir(parents=True)
+    spans = contract.row_group_spans(path, rows) if engine == "ray" else None
+    checked = contract.CheckedFile()
+    bar = tqdm(total=contract.rows_in(path), desc=f"checking transactions ({engine if spans else 'local'})", unit="row",
+               unit_scale=True, disable=not progress)
+    if spans:
+        import ray
+
+        _ray_started()
+        task = ray.remote(max_retries=max_retries)(_check_row_groups)
+        shared = ray.put(duplicates), ray.put(known)
+        pending = [task.remote(path, start, groups, number, *shared, parts, rejects) for number, (start, groups) in enumerate(spans)]
+        while pending:
+            finished, pending = ray.wait(pending, num_returns=1)
+            seen, counted = ray.get(finished[0])
+            checked.merge(seen)
+            bar.update(counted)
+    else:
+        start = 0
+        for number, batch in enumerate(contract.read_batches(path, rows)):
+            checked.merge(_check_and_write(batch, start, number, duplicates, known, parts, rejects))
+            start += len(batch)
+            bar.update(len(batch))
+    bar.close()
+    _join_csv(sorted(rejects.glob("batch-*.csv")), rejects_path)
+    shutil.rmtree(rejects)
+    return checked, parts
+
+
+def _join_csv(pieces: list[Path], out: Path) -> None:
+    """CSV files with the same header as one, the header once."""
+    with out.open("wb") as joined:
+        for i, piece in enumerate(pieces):
+            with piece.open("rb") as lines:
+                if i:
+                    lines.readline()
+                shutil.copyfileobj(lines, joined)
 
 
 Job = Callable[[pd.DataFrame], dict[str, pd.DataFrame]]
@@ -108,7 +183,7 @@ Job = Callable[[pd.DataFrame], dict[str, pd.DataFrame]]
 def _run_part(part: Path, outs: dict[str, Path], job: Job) -> int:
     """One partition's tables, each written whole or not at all; its transaction count. A partition
     with no transactions gets empty files."""
-    tx = pd.read_parquet(part)
+    tx = read_part(part)
     tables = job(tx) if len(tx) else {}
     for name, out in outs.items():
         partial = out.with_name(f".{out.name}.{os.getpid()}.partial")

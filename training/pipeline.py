@@ -4,7 +4,8 @@ Each stage reads what the previous one wrote under settings.data_dir:
 
     raw/transactions.parquet, raw/customers.parquet         (data, or your own file)
     rejects/transactions_rejects.csv                         (features: rows that broke the contract)
-    clean/transactions_by_customer/part-NNNNN.parquet        (features: accepted rows, by customer hash)
+    clean/transactions_by_customer/part-NNNNN.parquet/       (features: accepted rows, by customer hash;
+                            batch-NNNNN.parquet             a file per batch of the raw file)
     features/*_by_partition/part-NNNNN.parquet               (features: each partition's tables)
     features/customer_features.parquet, churn_labels.parquet,
              stream_features.parquet                         (features: the partitions' tables, concatenated)
@@ -78,12 +79,11 @@ def build_features(settings: Settings, transactions: Path | None = None, custome
     customers = customers or (settings.customers_path if settings.customers_path.exists() else None)
     known = set(contract.read_table(customers)["customer_id"].astype(str)) if customers else None
     rejects_path = settings.data_dir / "rejects" / "transactions_rejects.csv"
-    writer = partitions.PartitionWriter(settings.transactions_by_customer_dir, settings.partitions)
-    checked = contract.check_file(transactions, rejects_path, writer.append, known, progress=progress)
+    checked, parts = partitions.check_into_partitions(transactions, settings.transactions_by_customer_dir, settings.partitions,
+                                                      rejects_path, known, settings.engine, progress)
     log.info("%s: %s", transactions, checked.summary().replace("\n", "; "))
     if not checked.accepted_rows:
         raise contract.ContractError(f"{transactions}: no row follows the contract; see {rejects_path}")
-    parts = writer.close()
     timings["validate_s"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from training.partitions import read_part
+
 
 def keys(ids, seed: int) -> np.ndarray:
     """Each id's sample key for `seed` (uniform over uint64)."""
@@ -58,7 +60,7 @@ def sample_partitions(parts: list[Path], id_column: str, stratum: str, n: int, s
     smallest: dict = {}  # stratum -> the smallest keys seen so far (at most n)
     counts: dict = {}
     for part in parts:
-        frame = eligible(pd.read_parquet(part, columns=[id_column, stratum, time_column]))
+        frame = eligible(read_part(part, columns=[id_column, stratum, time_column]))
         key = keys(frame[id_column], seed)
         for value, members in frame.groupby(stratum, sort=False).indices.items():
             counts[value] = counts.get(value, 0) + len(members)
@@ -69,7 +71,10 @@ def sample_partitions(parts: list[Path], id_column: str, stratum: str, n: int, s
     threshold = {value: smallest[value][quota[value] - 1] for value in quota if quota[value]}
     chosen = []
     for part in parts:
-        frame = eligible(pd.read_parquet(part))
+        frame = read_part(part)
+        if frame.empty:  # a partition no customer hashes to
+            continue
+        frame = eligible(frame)
         key, keep = keys(frame[id_column], seed), np.zeros(len(frame), dtype=bool)
         for value, members in frame.groupby(stratum, sort=False).indices.items():
             if value in threshold:

@@ -38,6 +38,7 @@ def apply(settings: Settings) -> None:
         env={**os.environ, **store_environment(settings), "PYTHONOPTIMIZE": "1"},
         capture_output=True,
         text=True,
+        check=False,
     )
     if done.returncode != 0:
         raise FeatureStoreError(f"feast apply failed:\n{done.stderr.strip()[-2000:]}")

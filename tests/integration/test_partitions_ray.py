@@ -45,3 +45,18 @@ def test_a_partition_task_killed_mid_run_is_retried_and_nothing_is_lost_or_doubl
     pd.testing.assert_frame_equal(got, features.compute_features(tx, snapshots), check_exact=True)
     assert not got.duplicated(["customer_id", "event_timestamp"]).any()
     assert not list((tmp_path / "ray").glob(".*partial"))
+
+
+def test_the_ray_check_of_a_parquet_file_gives_the_local_checks_partitions_and_rejects(tmp_path, local_ray):
+    from tests.data.test_contract import bad_and_duplicated_rows
+    from training import contract
+
+    path = tmp_path / "transactions.parquet"
+    bad_and_duplicated_rows().to_parquet(path, row_group_size=4)  # batches of two row groups, side by side
+    assert [start for start, _ in contract.row_group_spans(path, rows=8)][:3] == [0, 8, 16]
+    runs = {engine: partitions.check_into_partitions(path, tmp_path / engine, 3, tmp_path / f"{engine}.csv", engine=engine,
+                                                     rows=8, progress=False) for engine in ("local", "ray")}
+    assert runs["ray"][0] == runs["local"][0] and runs["ray"][0].rejected_rows > 5
+    for a, b in zip(runs["local"][1], runs["ray"][1], strict=True):
+        pd.testing.assert_frame_equal(partitions.read_part(a), partitions.read_part(b), check_exact=True)
+    assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text()

@@ -68,15 +68,24 @@ def test_a_bad_engine_or_partition_count_in_the_environment_is_named_by_the_cli(
     assert done.returncode == 2 and f"error: {variable}:" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_transactions_appended_batch_by_batch_land_as_when_written_at_once(tx, tmp_path):
+def test_transactions_written_batch_by_batch_land_as_when_written_at_once(tx, tmp_path):
     at_once = partitions.write(tx, tmp_path / "once", 4)
-    writer = partitions.PartitionWriter(tmp_path / "batches", 4)
-    for start in range(0, len(tx), 7_000):
-        writer.append(tx.iloc[start:start + 7_000])
-    for a, b in zip(at_once, writer.close(), strict=True):
-        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True)
+    parts = partitions.cleared(tmp_path / "batches", 4)
+    for batch, start in enumerate(range(0, len(tx), 7_000)):
+        partitions.write_batch(tx.iloc[start:start + 7_000], parts, batch)
+    partitions.write_batch(tx.iloc[7_000:14_000], parts, 1)  # a batch written again (a retried task) replaces itself
+    touched = sum(len(set(partitions.partition_of(tx["customer_id"].iloc[start:start + 7_000], 4)))
+                  for start in range(0, len(tx), 7_000))
+    assert len(list((tmp_path / "batches").glob("part-*/batch-*.parquet"))) == touched  # a file per batch and partition it reaches
+    for a, b in zip(at_once, parts, strict=True):
+        pd.testing.assert_frame_equal(partitions.read_part(a), partitions.read_part(b), check_exact=True)
     pd.testing.assert_frame_equal(partitions.read_transactions(tmp_path / "batches"),
                                   tx.sort_values(["customer_id", "timestamp"], kind="stable").reset_index(drop=True))
+
+
+def test_a_partition_no_customer_hashes_to_reads_as_empty(tx, tmp_path):
+    parts = partitions.write(tx.head(1), tmp_path, 3)
+    assert sorted(len(partitions.read_part(p)) for p in parts) == [0, 0, 1]
 
 
 def test_partition_files_concatenate_into_one_with_every_row_once(tmp_path):
