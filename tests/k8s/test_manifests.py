@@ -996,7 +996,9 @@ def as_pod_template(name: str, template: dict) -> dict:
     return {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
 
 
-def test_prod_runs_the_features_job_on_a_ray_cluster_of_its_own_and_dev_does_not():
+def test_prod_has_the_features_job_on_a_ray_cluster_of_its_own_on_demand_and_dev_does_not():
+    """The daily run is the local CronJob in both; prod's RayJob is applied suspended, so the two
+    never write the data folder at once unless someone resumes it in the CronJob's window."""
     prod, dev = render("prod"), render("dev")
     assert not [o for o in dev if o["apiVersion"].startswith("ray.io/")]
     assert "fintech-ray" not in json.dumps(dev)  # nor its policies, nor Redis's rule for its pods
@@ -1007,7 +1009,11 @@ def test_prod_runs_the_features_job_on_a_ray_cluster_of_its_own_and_dev_does_not
     spec = rayjob["spec"]
     assert spec["rayClusterSpec"] and "clusterSelector" not in spec  # a cluster made for the run...
     assert spec["shutdownAfterJobFinishes"] is True and 0 < spec["ttlSecondsAfterFinished"] <= 3600  # ...and deleted after it
-    assert spec["activeDeadlineSeconds"] > 0 and spec.get("suspend") is not True
+    assert spec["activeDeadlineSeconds"] > 0
+    assert spec["suspend"] is True  # a run starts when it is resumed
+    for objects in (prod, dev):
+        daily = named(objects, "CronJob", "fintech-features")
+        assert daily["spec"].get("suspend") is not True and daily["spec"]["concurrencyPolicy"] == "Forbid"
 
 
 def test_the_ray_pods_are_valid_for_the_kubernetes_api():
