@@ -34,9 +34,11 @@ def labelled_window(family: str, settings: Settings, feature_services: Iterable[
     """feature_services: the ones the compared versions read (fraud: the window carries all their
     features; default fraud's current one)."""
     if family == "churn":
-        features = pd.read_parquet(settings.features_dir / "customer_features.parquet")
-        labels = pd.read_parquet(settings.features_dir / "churn_labels.parquet")
-        latest = labels[labels["event_timestamp"] == labels["event_timestamp"].max()]
+        labels_path = settings.features_dir / "churn_labels.parquet"
+        snapshot = pd.read_parquet(labels_path, columns=["event_timestamp"])["event_timestamp"].max()
+        only = [("event_timestamp", "==", snapshot)]  # read that snapshot's rows alone, not every snapshot's
+        latest = pd.read_parquet(labels_path, filters=only)
+        features = pd.read_parquet(settings.features_dir / "customer_features.parquet", filters=only)
         frame = latest.merge(features, on=["customer_id", "event_timestamp"])
         frame = frame[frame["txn_count_90d"] > 0].reset_index(drop=True)
         return LabelledWindow(family, frame, f"churn outcomes of the {latest['event_timestamp'].max():%Y-%m-%d} snapshot, "
