@@ -51,25 +51,26 @@ def generated(data_dir: Path, customers: int, months: int, seed: int) -> dict:
 
 def estimate(summary: dict, cpus: int, customers: int, target_customers: int, workers: int, worker_cpus: int) -> dict:
     """The features stage for `target_customers` on `workers` Ray workers of `worker_cpus` cores, from
-    this run's per-partition cost: partitions grow with the customers (the same size each), the
-    per-partition work is spread over every worker core, while the check (one pass in one process)
-    and the materialization (one writer to Redis) grow with the data as they are."""
+    this run's costs: the check's batches and the partitions (the same size each, more of them) are
+    Ray tasks, whose core-seconds spread over every worker core; the duplicate-id pass and the
+    concatenation run in one process and grow with the data as they are."""
     scale = target_customers / customers
-    core_seconds = summary["features_and_online_s"] * cpus  # the partitions kept every core here busy
+    spread = scale * cpus / (workers * worker_cpus)  # these stages kept every core here busy
     return {
         "customers": target_customers,
         "partitions": round(summary["partitions"] * scale),
         "workers": workers,
         "cores_per_worker": worker_cpus,
-        "validate_s": round(summary["validate_s"] * scale),
-        "features_and_online_s": round(core_seconds * scale / (workers * worker_cpus)),
+        "duplicate_ids_s": round(summary["duplicate_ids_s"] * scale),
+        "validate_s": round(summary["validate_s"] * spread),
+        "features_and_online_s": round(summary["features_and_online_s"] * spread),
         "concatenate_s": round(summary["concatenate_s"] * scale),
         "assumptions": [
             f"partitions of the same size as here ({summary['accepted_rows'] / summary['partitions']:,.0f} transactions), "
             f"{round(summary['partitions'] * scale)} of them, so memory per task stays as measured",
-            "the features stage here kept both cores busy, so its core-seconds spread over every worker core",
+            "the check's batches and the partitions kept both cores busy here, so their core-seconds spread over every worker core",
             "the data folder is shared storage as fast as this machine's disk",
-            "the check and the concatenation run in one process each, as today, and grow linearly",
+            "the duplicate-id pass and the concatenation run in one process each, as today, and grow linearly",
             "Redis takes the workers' writes as fast as this machine's one Redis took two",
         ],
     }
@@ -147,7 +148,8 @@ def markdown(r: dict) -> str:
         "",
         "| Stage | Seconds |",
         "|---|---|",
-        f"| Check the file, a batch at a time, into partitions | {s['validate_s']} |",
+        f"| Duplicate ids: one pass over the ids, in the driver | {s['duplicate_ids_s']} |",
+        f"| Check the file's batches into partitions ({r['engine']} tasks) | {s['validate_s']} |",
         f"| feast apply | {s['feast_apply_s']} |",
         f"| Features, labels and stream rows by partition; each partition's latest rows into Redis | {s['features_and_online_s']} |",
         f"| Concatenate the partitions' tables for training | {s['concatenate_s']} |",
@@ -162,11 +164,11 @@ def markdown(r: dict) -> str:
         "",
         "## Estimate for 10 M customers on a Ray cluster",
         "",
-        "| Workers × cores | Partitions | Check (s) | Features + online (s) | Concatenate (s) |",
-        "|---|---|---|---|---|",
+        "| Workers × cores | Partitions | Duplicate ids (s) | Check (s) | Features + online (s) | Concatenate (s) |",
+        "|---|---|---|---|---|---|",
     ]
     for e in r["estimate_10m_customers"]:
-        lines.append(f"| {e['workers']} × {e['cores_per_worker']} | {e['partitions']} | {e['validate_s']} | "
+        lines.append(f"| {e['workers']} × {e['cores_per_worker']} | {e['partitions']} | {e['duplicate_ids_s']} | {e['validate_s']} | "
                      f"{e['features_and_online_s']} | {e['concatenate_s']} |")
     lines += ["", "Assumptions:", *[f"- {a}" for a in r["estimate_10m_customers"][0]["assumptions"]], ""]
     return "\n".join(lines)

@@ -124,16 +124,18 @@ def _check_row_groups(path: Path, start: int, groups: list[int], number: int, du
 
 def check_into_partitions(path: Path, folder: Path, partitions: int, rejects_path: Path, known: set[str] | None = None,
                           engine: str = "local", progress: bool = True, rows: int = contract.BATCH_ROWS,
-                          max_retries: int = 3) -> tuple[contract.CheckedFile, list[Path]]:
+                          max_retries: int = 3, duplicates: np.ndarray | None = None) -> tuple[contract.CheckedFile, list[Path]]:
     """Check a transactions file of any size against the contract, `rows` at a time, into
     `partitions` partitions under `folder`, its rejected rows (as read, with their reasons) into
     `rejects_path` (CSV, in file order, written even when empty): what the file's check in one frame
     would accept and reject. With engine="ray", a Parquet file's batches (runs of row groups) are
     checked as Ray tasks side by side; a CSV, which can only be read from its start, is checked in
-    this process whatever the engine. The ids' duplicate pass runs first, here, over the whole file."""
+    this process whatever the engine. The ids' duplicate pass runs first, here, over the whole file,
+    unless its result (contract.duplicate_rows) is given."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
-    duplicates = contract.duplicate_rows(path, rows, progress)
+    if duplicates is None:
+        duplicates = contract.duplicate_rows(path, rows, progress)
     parts = cleared(folder, partitions)
     rejects = rejects_path.with_name(f".{rejects_path.stem}.batches")
     if rejects.exists():

@@ -65,7 +65,7 @@ def offline_tables(tx: pd.DataFrame, snapshots: list[pd.Timestamp], data_end: pd
 
 
 TABLES = {"features": "customer_features", "labels": "churn_labels", "stream": "stream_features"}
-STAGES = ("validate_s", "feast_apply_s", "features_and_online_s", "concatenate_s")  # build_features' timings
+STAGES = ("duplicate_ids_s", "validate_s", "feast_apply_s", "features_and_online_s", "concatenate_s")  # build_features' timings
 
 
 def build_features(settings: Settings, transactions: Path | None = None, customers: Path | None = None,
@@ -79,8 +79,11 @@ def build_features(settings: Settings, transactions: Path | None = None, custome
     customers = customers or (settings.customers_path if settings.customers_path.exists() else None)
     known = set(contract.read_table(customers)["customer_id"].astype(str)) if customers else None
     rejects_path = settings.data_dir / "rejects" / "transactions_rejects.csv"
+    duplicates = contract.duplicate_rows(transactions, progress=progress)  # the one rule that spans the file, first
+    timings["duplicate_ids_s"] = time.perf_counter() - started
+    started = time.perf_counter()
     checked, parts = partitions.check_into_partitions(transactions, settings.transactions_by_customer_dir, settings.partitions,
-                                                      rejects_path, known, settings.engine, progress)
+                                                      rejects_path, known, settings.engine, progress, duplicates=duplicates)
     log.info("%s: %s", transactions, checked.summary().replace("\n", "; "))
     if not checked.accepted_rows:
         raise contract.ContractError(f"{transactions}: no row follows the contract; see {rejects_path}")
