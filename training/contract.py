@@ -150,6 +150,20 @@ def _parse_column(frame: pd.DataFrame, column: str, kind: str) -> pd.Series:
     return parsed
 
 
+def require_columns(columns, contract=TRANSACTION_COLUMNS) -> None:
+    """Refuse, naming them, the contract's columns that `columns` lack."""
+    missing = [c for c in contract if c not in set(columns)]
+    if missing:
+        raise ContractError(f"missing column(s): {', '.join(missing)}; the contract needs {', '.join(contract)}")
+
+
+def columns_of(path: Path) -> list[str]:
+    """A file's column names, from its schema (Parquet) or its header line (CSV)."""
+    if _kind(path) == "parquet":
+        return pq.ParquetFile(path).schema_arrow.names
+    return list(pd.read_csv(path, nrows=0, **CSV_OPTIONS).columns)
+
+
 def validate(frame: pd.DataFrame, known_customers: set[str] | None = None, labelled: bool = True,
              duplicate: np.ndarray | None = None) -> ContractResult:
     """Split a transactions frame into accepted rows (canonical types) and rejected rows with reasons.
@@ -157,9 +171,7 @@ def validate(frame: pd.DataFrame, known_customers: set[str] | None = None, label
     id seen earlier (a boolean per row), when the frame is a batch of a larger file; by default the
     frame's own repeats."""
     contract = {c: v for c, v in TRANSACTION_COLUMNS.items() if labelled or v[0] != "label"}
-    missing = [c for c in contract if c not in frame.columns]
-    if missing:
-        raise ContractError(f"missing column(s): {', '.join(missing)}; the contract needs {', '.join(contract)}")
+    require_columns(frame.columns, contract)
     frame = frame.reset_index(drop=True)
     typed = pd.DataFrame({c: _parse_column(frame, c, kind) for c, (kind, _) in contract.items()})
 
@@ -220,6 +232,7 @@ def duplicate_rows(path: Path, rows: int = BATCH_ROWS, progress: bool = False) -
     """Row numbers (0-based, in file order, sorted) of the rows whose transaction_id already came
     earlier in the file; missing ids are never duplicates. The ids are held as 64-bit hashes (0.8 GB
     for 100 M rows); only rows whose hash is shared are read again and compared by value."""
+    require_columns(columns_of(path))  # the first pass over a file: refuse one without the contract's columns
     hashes, present = [], []
     bar = tqdm(total=rows_in(path), desc="transaction ids", unit="row", unit_scale=True, disable=not progress)
     for batch in read_batches(path, rows, columns=["transaction_id"]):

@@ -98,13 +98,15 @@ def test_a_csv_is_typed_by_the_contract_and_its_rejects_are_written_with_reasons
     assert rejects["reject_reason"].tolist() == ["channel is not in the contract"]
 
 
-def test_the_cli_names_the_missing_column_and_exits_2_without_a_traceback(tmp_path):
-    bad = tmp_path / "transactions.csv"
-    good_rows().drop(columns=["channel"]).to_csv(bad, index=False)
+@pytest.mark.parametrize("column, suffix", [("channel", ".csv"), ("transaction_id", ".csv"), ("transaction_id", ".parquet")])
+def test_the_cli_names_the_missing_column_and_exits_2_without_a_traceback(column, suffix, tmp_path):
+    bad = tmp_path / f"transactions{suffix}"
+    frame = good_rows().drop(columns=[column])
+    frame.to_csv(bad, index=False) if suffix == ".csv" else frame.to_parquet(bad)
     done = subprocess.run([sys.executable, "-m", "training", "features", "--data-dir", str(tmp_path / "data"),
                            "--transactions", str(bad)], check=False, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert "missing column(s): channel" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"missing column(s): {column}" in done.stderr and "Traceback" not in done.stderr
 
 
 def bad_and_duplicated_rows() -> pd.DataFrame:
