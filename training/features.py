@@ -102,21 +102,25 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def _group_quantile(cust: np.ndarray, values: np.ndarray, n: int, q: float) -> np.ndarray:
-    """Per-group quantile (linear interpolation) for integer group codes; nan for empty groups."""
+def _group_quantiles(cust: np.ndarray, values: np.ndarray, n: int, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """Per-group quantiles (linear interpolation) for integer group codes, one array per q in `qs`
+    from one sort; nan for empty groups."""
     order = np.lexsort((values, cust))
     sorted_values = values[order]
     counts = np.bincount(cust, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    # the position within the group, then the group's start: a fraction taken after adding the start
-    # would carry the rounding of a large number, and so depend on the groups before this one
-    within = (np.maximum(counts, 1) - 1) * q
-    lo, hi = starts + np.floor(within).astype(int), starts + np.ceil(within).astype(int)
-    out = np.full(n, np.nan)
     has = counts > 0
-    lo, hi, frac = lo[has], hi[has], (within - np.floor(within))[has]
-    out[has] = sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac
-    return out
+    quantiles = []
+    for q in qs:
+        # the position within the group, then the group's start: a fraction taken after adding the start
+        # would carry the rounding of a large number, and so depend on the groups before this one
+        within = (np.maximum(counts, 1) - 1) * q
+        lo, hi = starts + np.floor(within).astype(int), starts + np.ceil(within).astype(int)
+        out = np.full(n, np.nan)
+        lo, hi, frac = lo[has], hi[has], (within - np.floor(within))[has]
+        out[has] = sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac
+        quantiles.append(out)
+    return quantiles
 
 
 def _distinct(cust: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,12 +141,11 @@ def _count_distinct(cust: np.ndarray, code: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(_distinct(cust, code)[0], minlength=n).astype(float)
 
 
-def _lists(cust: np.ndarray, code: np.ndarray, names: np.ndarray, n: int) -> list[str]:
-    """Per customer, the sorted distinct names seen, joined by LIST_SEPARATOR.
+def _lists(pair_cust: np.ndarray, pair_code: np.ndarray, names: np.ndarray, n: int) -> list[str]:
+    """Per customer, the sorted distinct names seen (from _distinct's pairs), joined by LIST_SEPARATOR.
 
     Plain strings rather than lists: Feast's file offline store pickles object columns to hash
     them, which made point-in-time joins a hundred times slower."""
-    pair_cust, pair_code, _ = _distinct(cust, code)
     bounds = np.searchsorted(pair_cust, np.arange(n + 1))
     labels = names[pair_code]
     return [LIST_SEPARATOR.join(sorted(labels[bounds[i]:bounds[i + 1]].tolist())) for i in range(n)]
@@ -161,10 +164,15 @@ def _snapshot(e: _Encoded, snapshot: pd.Timestamp) -> pd.DataFrame:
     def count(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         return np.bincount(e.cust[mask], None if weights is None else weights[mask], minlength=n).astype(float)
 
+    # transactions are in (customer, time) order: a customer's first and last before the snapshot
+    # are the two ends of its run of them
+    cust_before, ts_before = e.cust[before], e.ts[before]
+    new_customer = cust_before[1:] != cust_before[:-1]
+    starts, ends = np.r_[True, new_customer][:len(cust_before)], np.r_[new_customer, True][:len(cust_before)]
     last = np.full(n, -np.inf)
-    np.maximum.at(last, e.cust[before], e.ts[before])
+    last[cust_before[ends]] = ts_before[ends]
     first = np.full(n, np.inf)
-    np.minimum.at(first, e.cust[before], e.ts[before])
+    first[cust_before[starts]] = ts_before[starts]
     f["days_since_last_txn"] = (s - last) / DAY
     f["days_since_first_txn"] = (s - first) / DAY
 
@@ -209,17 +217,24 @@ def _snapshot(e: _Encoded, snapshot: pd.Timestamp) -> pd.DataFrame:
     f["recency_vs_gap"] = f["days_since_last_txn"] / np.maximum(f["gap_mean_90d"], 1.0)
 
     w90 = window[90]
+    # every category's (channel's) total at once: a bincount of (customer, code) pairs adds each
+    # pair's amounts in the same order as one bincount per code would
+    k = len(MERCHANT_CATEGORIES)
+    known = w90 & (e.category >= 0)
+    by_category = np.bincount(e.cust[known] * k + e.category[known], e.amount[known], minlength=n * k).reshape(n, k)
     for i, name in enumerate(MERCHANT_CATEGORIES):
-        f[f"share_{name}_90d"] = _ratio(count(w90 & (e.category == i), e.amount), f["spend_90d"])
+        f[f"share_{name}_90d"] = _ratio(by_category[:, i], f["spend_90d"])
+    k = len(CHANNELS)
+    known = w90 & (e.channel >= 0)
+    by_channel = np.bincount(e.cust[known] * k + e.channel[known], minlength=n * k).reshape(n, k).astype(float)
     for i, name in enumerate(CHANNELS):
-        f[f"share_{name}_90d"] = _ratio(count(w90 & (e.channel == i)), f["txn_count_90d"])
+        f[f"share_{name}_90d"] = _ratio(by_channel[:, i], f["txn_count_90d"])
     f["distinct_categories_90d"] = _count_distinct(e.cust[w90], e.category[w90], n)
     f["distinct_merchants_90d"] = _count_distinct(e.cust[w90], e.merchant[w90], n)
     f["weekend_share_90d"] = _ratio(count(w90 & e.weekend), f["txn_count_90d"])
 
-    f["median_amount_90d"] = np.nan_to_num(_group_quantile(e.cust[w90], e.amount[w90], n, 0.5))
-    f["p95_amount_90d"] = np.nan_to_num(_group_quantile(e.cust[w90], e.amount[w90], n, 0.95))
-    f["max_amount_90d"] = np.nan_to_num(_group_quantile(e.cust[w90], e.amount[w90], n, 1.0))
+    median, p95, largest = _group_quantiles(e.cust[w90], e.amount[w90], n, (0.5, 0.95, 1.0))
+    f["median_amount_90d"], f["p95_amount_90d"], f["max_amount_90d"] = map(np.nan_to_num, (median, p95, largest))
     mean_square = _ratio(count(w90, e.amount**2), f["txn_count_90d"])
     f["std_amount_90d"] = np.sqrt(np.maximum(mean_square - f["avg_amount_90d"] ** 2, 0.0))
     y = window[365]
@@ -244,17 +259,19 @@ def _snapshot(e: _Encoded, snapshot: pd.Timestamp) -> pd.DataFrame:
     home = np.full(n, -1)
     home[pair_cust[order][first_of_customer]] = pair_country[order][first_of_customer]
     f["foreign_share_90d"] = _ratio(count(w90 & (e.country != home[e.cust])), f["txn_count_90d"])
-    f["distinct_devices_365d"] = _count_distinct(e.cust[y], e.device[y], n)
+    device_cust, device_code, _ = _distinct(e.cust[y], e.device[y])
+    f["distinct_devices_365d"] = np.bincount(device_cust, minlength=n).astype(float)
 
     seen = count_year > 0
     table = pd.DataFrame({name: f[name][seen] for name in NUMERIC_FEATURES})
     table.insert(0, TIMESTAMP, snapshot)
     table.insert(0, ENTITY, e.customers[seen])
     table["home_country"] = np.where(home[seen] >= 0, e.countries[np.maximum(home[seen], 0)], "")
-    table["countries_seen"] = [v for v, keep in zip(_lists(e.cust[y], e.country[y], e.countries, n), seen) if keep]
-    table["devices_seen"] = [v for v, keep in zip(_lists(e.cust[y], e.device[y], e.devices, n), seen) if keep]
+    table["countries_seen"] = [v for v, keep in zip(_lists(pair_cust, pair_country, e.countries, n), seen) if keep]
+    table["devices_seen"] = [v for v, keep in zip(_lists(device_cust, device_code, e.devices, n), seen) if keep]
     categories = np.asarray(MERCHANT_CATEGORIES)
-    table["categories_seen"] = [v for v, keep in zip(_lists(e.cust[y], e.category[y], categories, n), seen) if keep]
+    category_cust, category_code, _ = _distinct(e.cust[y], e.category[y])
+    table["categories_seen"] = [v for v, keep in zip(_lists(category_cust, category_code, categories, n), seen) if keep]
     return table
 
 
