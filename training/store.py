@@ -66,7 +66,8 @@ def write_latest(store, tables: dict[str, pd.DataFrame], first: pd.Timestamp, la
         stamps = table["event_timestamp"]
         rows = table[(stamps >= first) & (stamps < last + pd.Timedelta(seconds=1))]
         order = [c for c in ("customer_id", "event_timestamp", "transaction_id") if c in rows.columns]
-        latest = rows.sort_values(order, kind="stable").drop_duplicates("customer_id", keep="last")
+        newest = rows["event_timestamp"] == rows.groupby("customer_id", sort=False)["event_timestamp"].transform("max")
+        latest = rows[newest].sort_values(order, kind="stable").drop_duplicates("customer_id", keep="last")  # sort the few left
         store.write_to_online_store(view.name, latest[["customer_id", "event_timestamp", *(f.name for f in view.features)]])
         written += len(latest)
     return written

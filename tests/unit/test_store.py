@@ -41,3 +41,26 @@ def test_ray_is_chosen_by_name_and_takes_the_cpus_ray_counts_and_the_defaults_st
     assert store_config(settings, batch_engine="local").batch_engine.type == "local"
     with pytest.raises(ValueError, match="unknown batch engine 'spark'"):
         store_config(settings, batch_engine="spark")
+
+
+def test_the_latest_row_written_online_is_each_customers_newest_and_of_two_at_once_the_later_id():
+    """What materialize would leave: per customer the newest row in the window; the stream's rows of
+    one second are ordered by transaction id, as the stream consumer orders them."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from training.store import write_latest
+
+    written = {}
+    view = SimpleNamespace(name="customer_stream", batch_source=SimpleNamespace(path="/data/features/stream_features.parquet"),
+                           features=[SimpleNamespace(name="txn_count_1h")])
+    fake = SimpleNamespace(list_feature_views=lambda: [view], write_to_online_store=lambda name, frame: written.update({name: frame}))
+    t = pd.Timestamp("2026-03-01 12:00", tz="UTC")
+    stream = pd.DataFrame({"customer_id": ["A", "A", "A", "B", "B"], "transaction_id": ["T2", "T9", "T1", "U1", "U2"],
+                           "event_timestamp": [t, t - pd.Timedelta(hours=1), t, t, t + pd.Timedelta(days=9)],
+                           "txn_count_1h": [2.0, 1.0, 3.0, 5.0, 6.0]})
+    assert write_latest(fake, {"stream_features": stream, "customer_features": stream.head(0)}, t - pd.Timedelta(days=1), t) == 2
+    got = written["customer_stream"]
+    assert got["customer_id"].tolist() == ["A", "B"] and got["txn_count_1h"].tolist() == [2.0, 5.0]  # A: T2 over T1; B: U2 is after the window
+    assert list(got.columns) == ["customer_id", "event_timestamp", "txn_count_1h"]
