@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from core.settings import REPO_ROOT as ROOT, get_settings
+from core.settings import REPO_ROOT as ROOT
+from core.settings import get_settings
 from core.store import store_config
 
 
