@@ -123,11 +123,11 @@ def offline_table(transactions):
     devices, countries = frame["device_id"].to_numpy(), frame["country"].to_numpy()
     # Each window's first event: a binary search within the customer's events, on (customer, time)
     # pairs held as complex numbers, which numpy orders by real part, then imaginary part.
-    customer = np.concatenate([[0], np.cumsum(customers[1:] != customers[:-1])]) if len(frame) else np.zeros(0, int)
-    keys = customer + 1j * times
+    run = np.concatenate([[0], np.cumsum(customers[1:] != customers[:-1])]) if len(frame) else np.zeros(0, int)  # per customer
+    keys = run + 1j * times
     rows = np.arange(len(frame))
-    hour = rows - np.searchsorted(keys, customer + 1j * (times - HOUR_S), side="right") + 1
-    day = rows - np.searchsorted(keys, customer + 1j * (times - DAY_S), side="right") + 1
+    hour = rows - np.searchsorted(keys, run + 1j * (times - HOUR_S), side="right") + 1
+    day = rows - np.searchsorted(keys, run + 1j * (times - DAY_S), side="right") + 1
 
     previous = np.roll(amounts, 1)
     pair = day == 2  # this event and the one before it

@@ -41,7 +41,7 @@ def labelled_window(family: str, settings: Settings, feature_services: Iterable[
         features = pd.read_parquet(settings.features_dir / "customer_features.parquet", filters=only)
         frame = latest.merge(features, on=["customer_id", "event_timestamp"])
         frame = frame[frame["txn_count_90d"] > 0].reset_index(drop=True)
-        return LabelledWindow(family, frame, f"churn outcomes of the {latest['event_timestamp'].max():%Y-%m-%d} snapshot, "
+        return LabelledWindow(family, frame, f"churn outcomes of the {snapshot:%Y-%m-%d} snapshot, "
                                              f"{len(frame):,} active customers")
     if family == "fraud":
         from training import pipeline, store

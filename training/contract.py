@@ -152,7 +152,8 @@ def _parse_column(frame: pd.DataFrame, column: str, kind: str) -> pd.Series:
 
 def require_columns(columns, contract=TRANSACTION_COLUMNS) -> None:
     """Refuse, naming them, the contract's columns that `columns` lack."""
-    missing = [c for c in contract if c not in set(columns)]
+    present = set(columns)
+    missing = [c for c in contract if c not in present]
     if missing:
         raise ContractError(f"missing column(s): {', '.join(missing)}; the contract needs {', '.join(contract)}")
 

@@ -123,6 +123,16 @@ def _group_quantiles(cust: np.ndarray, values: np.ndarray, n: int, qs: tuple[flo
     return quantiles
 
 
+def _totals_by_code(cust: np.ndarray, code: np.ndarray, mask: np.ndarray, k: int, n: int,
+                    weights: np.ndarray | None = None) -> np.ndarray:
+    """Per customer and code (0 ≤ code < k), the rows of `mask` counted, or their `weights` summed: an
+    (n, k) array from one bincount of (customer, code) pairs, which adds each pair's weights in the
+    same order as one bincount per code would."""
+    mask = mask & (code >= 0)
+    keys = cust[mask] * k + code[mask]
+    return np.bincount(keys, None if weights is None else weights[mask], minlength=n * k).reshape(n, k).astype(float)
+
+
 def _distinct(cust: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct (customer, code) pairs: their customers, codes, and occurrence counts."""
     width = int(code.max()) + 1 if len(code) else 1
@@ -217,16 +227,10 @@ def _snapshot(e: _Encoded, snapshot: pd.Timestamp) -> pd.DataFrame:
     f["recency_vs_gap"] = f["days_since_last_txn"] / np.maximum(f["gap_mean_90d"], 1.0)
 
     w90 = window[90]
-    # every category's (channel's) total at once: a bincount of (customer, code) pairs adds each
-    # pair's amounts in the same order as one bincount per code would
-    k = len(MERCHANT_CATEGORIES)
-    known = w90 & (e.category >= 0)
-    by_category = np.bincount(e.cust[known] * k + e.category[known], e.amount[known], minlength=n * k).reshape(n, k)
+    by_category = _totals_by_code(e.cust, e.category, w90, len(MERCHANT_CATEGORIES), n, e.amount)
     for i, name in enumerate(MERCHANT_CATEGORIES):
         f[f"share_{name}_90d"] = _ratio(by_category[:, i], f["spend_90d"])
-    k = len(CHANNELS)
-    known = w90 & (e.channel >= 0)
-    by_channel = np.bincount(e.cust[known] * k + e.channel[known], minlength=n * k).reshape(n, k).astype(float)
+    by_channel = _totals_by_code(e.cust, e.channel, w90, len(CHANNELS), n)
     for i, name in enumerate(CHANNELS):
         f[f"share_{name}_90d"] = _ratio(by_channel[:, i], f["txn_count_90d"])
     f["distinct_categories_90d"] = _count_distinct(e.cust[w90], e.category[w90], n)

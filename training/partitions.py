@@ -57,6 +57,14 @@ def part_name(number: int) -> str:
     return f"part-{number:05d}.parquet"
 
 
+def _write_whole(out: Path, write: Callable[[Path], object]) -> None:
+    """write(path) to a temporary name beside `out`, then renamed to it: `out` is whole or absent,
+    and a retried task's write replaces it."""
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    write(partial)
+    os.replace(partial, out)
+
+
 def cleared(folder: Path, partitions: int) -> list[Path]:
     """`partitions` empty partition folders under `folder` (an earlier run's removed), in order."""
     for old in folder.glob("part-*"):
@@ -77,10 +85,8 @@ def write_batch(tx: pd.DataFrame, parts: list[Path], batch: int) -> None:
     table = pa.Table.from_pandas(tx, preserve_index=False).take(np.argsort(number, kind="stable"))
     bounds = np.r_[0, np.cumsum(np.bincount(number, minlength=len(parts)))]
     for p in np.flatnonzero(np.diff(bounds)):
-        out = parts[p] / f"batch-{batch:05d}.parquet"
-        partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-        pq.write_table(table.slice(bounds[p], bounds[p + 1] - bounds[p]), partial)
-        os.replace(partial, out)
+        rows = table.slice(bounds[p], bounds[p + 1] - bounds[p])
+        _write_whole(parts[p] / f"batch-{batch:05d}.parquet", functools.partial(pq.write_table, rows))
 
 
 def write(tx: pd.DataFrame, folder: Path, partitions: int) -> list[Path]:
@@ -109,10 +115,7 @@ def _check_and_write(batch: pd.DataFrame, start: int, number: int, duplicates: n
     rejected ones into the rejects folder as batch-<number>.csv."""
     result = contract.check_batch(batch, start, duplicates, known)
     write_batch(result.accepted, parts, number)
-    out = rejects / f"batch-{number:05d}.csv"
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    result.rejected.to_csv(partial, index=False)
-    os.replace(partial, out)
+    _write_whole(rejects / f"batch-{number:05d}.csv", functools.partial(result.rejected.to_csv, index=False))
     return contract.CheckedFile.of(result)
 
 
@@ -188,9 +191,7 @@ def _run_part(part: Path, outs: dict[str, Path], job: Job) -> int:
     tx = read_part(part)
     tables = job(tx) if len(tx) else {}
     for name, out in outs.items():
-        partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-        tables.get(name, pd.DataFrame()).to_parquet(partial, index=False)
-        os.replace(partial, out)
+        _write_whole(out, functools.partial(tables.get(name, pd.DataFrame()).to_parquet, index=False))
     return len(tx)
 
 
