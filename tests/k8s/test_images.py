@@ -21,6 +21,9 @@ from tests.k8s.test_manifests import DASHBOARD, invocations, jobs_image_pods, na
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "k8s" / "images"
 DASHBOARD_DOCKERFILE = IMAGES / "dashboard" / "Dockerfile"
+SERVING_DOCKERFILE = IMAGES / "serving" / "Dockerfile"
+BASE_SCRIPT = IMAGES / "base" / "build.sh"
+VENV_PATH = "/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # the build stage's environment first
 JOBS_DOCKERFILE = IMAGES / "jobs" / "Dockerfile"
 RUNTIME_LOCK = "requirements-runtime.lock"  # the bento's runtime pins, resolved under requirements.lock
 FEATURE_REPO = ROOT / "feature_repo"  # not a package: `feast apply` imports its files from its own folder
@@ -40,9 +43,16 @@ def arguments(dockerfile: Path, instruction: str) -> list[str]:
 
 
 def pip_installs(dockerfile: Path) -> list[list[str]]:
-    """The words of each `pip install` the Dockerfile runs."""
-    commands = [c.strip() for args in arguments(dockerfile, "RUN") for c in args.split("&&")]
-    return [shlex.split(c) for c in commands if c.startswith("pip install")]
+    """The words of each `uv pip install` the Dockerfile runs, from `install` on; the files it
+    names by their name alone (the build stage copies them to /tmp)."""
+    found = []
+    for args in arguments(dockerfile, "RUN"):
+        for command in args.split("&&"):
+            words = shlex.split(command)
+            at = next((i for i in range(len(words) - 2) if words[i:i + 3] == ["uv", "pip", "install"]), None)
+            if at is not None:
+                found.append([Path(w).name if w.startswith("/tmp/") else w for w in words[at + 2:]])
+    return found
 
 
 def pins(dockerfile: Path) -> dict[str, str]:
@@ -121,7 +131,7 @@ def dashboard_imports() -> tuple[set[str], set[str]]:
 
 def test_every_image_pins_what_it_installs_as_the_lock_does():
     lock = locked()
-    dockerfiles = sorted(IMAGES.glob("*/Dockerfile"))
+    dockerfiles = sorted(set(IMAGES.glob("*/Dockerfile")) - {SERVING_DOCKERFILE})  # the bento's: its own lock, below
     assert DASHBOARD_DOCKERFILE in dockerfiles
     for dockerfile in dockerfiles:
         pinned = pins(dockerfile)
@@ -133,7 +143,7 @@ def test_every_image_pins_what_it_installs_as_the_lock_does():
 def test_the_dashboard_image_installs_only_locked_distributions_under_the_lock():
     [install] = pip_installs(DASHBOARD_DOCKERFILE)
     assert install[install.index("-c") + 1] == "requirements.lock"  # every dependency at its locked version too
-    assert any(args.split()[0] == "requirements.lock" for args in arguments(DASHBOARD_DOCKERFILE, "COPY"))
+    assert "requirements.lock" in copied(DASHBOARD_DOCKERFILE)
     lock = locked()
     assert {n: lock.get(n) for n in pins(DASHBOARD_DOCKERFILE)} == pins(DASHBOARD_DOCKERFILE)
     assert all(n in lock for n in closure(pins(DASHBOARD_DOCKERFILE)))
@@ -157,12 +167,11 @@ def test_the_dashboard_image_copies_the_packages_the_dashboard_imports_and_no_ot
     project, _ = dashboard_imports()
     packages = {name.split(".")[0] for name in project}
     assert packages == {"core", "dashboard", "rollout"}
-    copied = {args.split()[0].rstrip("/") for args in arguments(DASHBOARD_DOCKERFILE, "COPY")}
-    assert copied == packages | {"requirements.lock"}
+    assert copied(DASHBOARD_DOCKERFILE) == packages | {"requirements.lock"}
     # the build context is the repository root: its ignore file lets in only what is copied
     ignore = [line for line in (DASHBOARD_DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
               if line and not line.startswith("#")]
-    assert ignore[0] == "*" and {line[1:] for line in ignore if line.startswith("!")} == copied
+    assert ignore[0] == "*" and {line[1:] for line in ignore if line.startswith("!")} == copied(DASHBOARD_DOCKERFILE)
 
 
 def test_the_dashboard_image_runs_as_its_manifest_runs_it():
@@ -175,7 +184,7 @@ def test_the_dashboard_image_runs_as_its_manifest_runs_it():
     [cmd] = arguments(DASHBOARD_DOCKERFILE, "CMD")
     assert json.loads(cmd) == container["command"]  # `docker run` starts it as the cluster does
     [env] = arguments(DASHBOARD_DOCKERFILE, "ENV")
-    assert dict(pair.split("=", 1) for pair in env.split()) == {"PYTHONPATH": container["workingDir"], "HOME": "/tmp"}
+    assert dict(pair.split("=", 1) for pair in env.split()) == {"PATH": VENV_PATH, "PYTHONPATH": container["workingDir"], "HOME": "/tmp"}
 
 
 # --- the jobs' image ------------------------------------------------------------------------------
@@ -197,8 +206,10 @@ def declared_extras() -> dict[str, Requirement]:
 
 
 def copied(dockerfile: Path) -> set[str]:
-    """What the COPY instructions take from the build context: every source, not the destination."""
-    return {source.rstrip("/") for args in arguments(dockerfile, "COPY") for source in args.split()[:-1]}
+    """What the COPY instructions take from the build context (not from a build stage): every
+    source, not the destination."""
+    return {source.rstrip("/") for args in arguments(dockerfile, "COPY") if not args.startswith("--from")
+            for source in args.split()[:-1]}
 
 
 def test_the_jobs_image_installs_the_bentos_runtime_pins_the_offline_store_and_optuna_held_to_the_lock():
@@ -239,11 +250,11 @@ def test_the_jobs_image_copies_every_package_the_jobs_commands_import_and_no_oth
     # the Feast definitions, where core/settings.py looks for them: beside core/
     assert settings.Settings.model_fields["feature_repo"].default == settings.REPO_ROOT / FEATURE_REPO.name
     assert copied(JOBS_DOCKERFILE) == packages | {FEATURE_REPO.name, "requirements.lock", RUNTIME_LOCK}
-    # the root is read-only: the bytecode of python -O (the image's PYTHONOPTIMIZE), the project's, then the libraries'
+    # the root is read-only: the bytecode of python -O (the image's PYTHONOPTIMIZE), the libraries', then the project's
     compiled = [args.split() for args in arguments(JOBS_DOCKERFILE, "RUN") if "compileall" in args]
-    assert [c[:4] for c in compiled] == [["python", "-O", "-m", "compileall"]] * 2
-    assert set(compiled[0][compiled[0].index("-q") + 1:]) == packages | {FEATURE_REPO.name}
-    assert "purelib" in " ".join(compiled[1])
+    assert [c[1:4] for c in compiled] == [["-O", "-m", "compileall"]] * 2
+    assert compiled[0][-1] == "/opt/venv/lib/python3.11/site-packages"
+    assert set(compiled[1][compiled[1].index("-q") + 1:]) == packages | {FEATURE_REPO.name}
     ignore = [line for line in (JOBS_DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
               if line and not line.startswith("#")]
     assert ignore[0] == "*" and {line[1:] for line in ignore if line.startswith("!")} == copied(JOBS_DOCKERFILE)
@@ -255,12 +266,12 @@ def test_the_jobs_image_runs_as_its_cronjobs_run_it():
     [user] = arguments(JOBS_DOCKERFILE, "USER")
     assert not arguments(JOBS_DOCKERFILE, "ENTRYPOINT")  # each CronJob's command is what runs
     [env] = arguments(JOBS_DOCKERFILE, "ENV")
-    assert dict(pair.split("=", 1) for pair in env.split()) == {"PYTHONPATH": workdir, "HOME": "/tmp",
+    assert dict(pair.split("=", 1) for pair in env.split()) == {"PATH": VENV_PATH, "PYTHONPATH": workdir, "HOME": "/tmp",
                                                                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONOPTIMIZE": "1"}
     for name, spec in jobs_image_pods(objects):
         pod = spec["securityContext"]
         assert user == str(pod["runAsUser"]), name
-        assert any(f"--uid {pod['runAsUser']} --gid {pod['runAsGroup']}" in args for args in arguments(JOBS_DOCKERFILE, "RUN"))
+        assert f"fintech:x:{pod['runAsUser']}:{pod['runAsGroup']}:" in BASE_SCRIPT.read_text()  # the base's user
         for container in spec["containers"]:
             assert container["workingDir"] == workdir and container["command"], container["name"]
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -272,5 +283,19 @@ def test_every_image_of_k8s_has_a_make_target_that_builds_it():
     makefile = (ROOT / "Makefile").read_text()
     for dockerfile in sorted(IMAGES.glob("*/Dockerfile")):
         folder = dockerfile.parent.relative_to(ROOT)
-        assert re.search(rf"^\tdocker build -t \$\(\w+_IMAGE\) (-f {dockerfile.relative_to(ROOT)} \.|{folder})$",
+        context = r"(\.|\$\(BENTO_CONTEXT\))"  # the repository, or the exported bento
+        assert re.search(rf"^\t\$\(CONTAINER_ENGINE\) build \$\(BUILD_FLAGS\) -t \$\(\w*IMAGE\) "
+                         rf"(-f {dockerfile.relative_to(ROOT)} (\$\(call ignore,\S+\) )?{context}|{folder})$",
                          makefile, re.MULTILINE), folder
+
+
+def test_the_serving_image_is_the_bento_with_its_runtime_pins_and_bentofiles_settings():
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    assert bentofile["python"]["requirements_txt"] == f"./{RUNTIME_LOCK}"  # the bento's env/python/requirements.txt
+    [install] = [words for args in arguments(SERVING_DOCKERFILE, "RUN") for words in map(shlex.split, args.split("&&"))
+                 if "sync" in words]
+    assert install[-1] == "/tmp/requirements.cpu.txt"  # requirements.txt, NCCL aside
+    [env] = arguments(SERVING_DOCKERFILE, "ENV")
+    settings = dict(pair.split("=", 1) for pair in env.split())
+    assert {e["name"]: e["value"] for e in bentofile["envs"]}.items() <= settings.items()
+    assert settings["PATH"] == VENV_PATH and arguments(SERVING_DOCKERFILE, "USER") == ["10001"]

@@ -1,0 +1,136 @@
+"""The dev overlay run as a cluster would run it (tests/pods/conftest.py): every pod probed in
+time, every container as unprivileged as its manifest says, the serving pod answering from the
+features job's rows and the registry pod's models, the jobs exiting 0, the dashboard rendering,
+and a stop within the grace period that loses no accepted request. The tests run in file order:
+the last one stops the serving pod."""
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.schema import CHANNELS, MERCHANT_CATEGORIES
+from tests.pods.conftest import API
+
+pytestmark = pytest.mark.pods
+CUSTOMER = "C0000001"
+TRANSACTION = {"amount": 42.5, "merchant_category": MERCHANT_CATEGORIES[0], "channel": CHANNELS[0],
+               "country": "GB", "device_id": "device-1"}
+BODIES = {"churn-score": {"customer_id": CUSTOMER}, "churn-batch": {"customer_ids": [CUSTOMER, "C0000002"]},
+          "segment": {"customer_id": CUSTOMER}, "fraud-detection": {"customer_id": CUSTOMER, "transaction": TRANSACTION},
+          "explain": {"customer_id": CUSTOMER}}
+
+
+def test_every_pod_passes_each_of_its_probes_within_the_manifests_deadline(dev):
+    named = {(f"{pod.name}-{c.name}", probe.kind) for pod in dev.plan.pods for c in pod.containers for probe in c.probes}
+    results = {(r.container, r.probe.kind): r for r in dev.probe_results}
+    assert set(results) == named
+    late = {key: (r.seconds, r.probe.deadline_s) for key, r in results.items() if not r.passed or r.seconds > r.probe.deadline_s}
+    assert late == {}
+
+
+def test_each_container_runs_as_its_manifests_user_with_a_read_only_root_and_no_capabilities(dev):
+    for pod in dev.plan.pods:
+        for container in pod.containers:
+            result = dev.runtime.exec(pod, container, "sh", "-c",
+                                      "id -u; id -g; grep CapEff /proc/self/status; touch /written 2>&1 && echo WROTE")
+            uid, gid, capabilities, write = result.stdout.splitlines()
+            assert (int(uid), int(gid)) == container.run_as and int(uid) != 0, pod.name  # runAsNonRoot, which podman does not check
+            assert capabilities.split() == ["CapEff:", "0000000000000000"], pod.name
+            assert container.read_only_root and "Read-only file system" in write, (pod.name, write)
+
+
+def test_the_serving_pod_answers_every_route_with_the_secrets_key_and_refuses_a_request_without_one(dev, serving):
+    for route, body in BODIES.items():
+        response = serving.post(f"{API}/{route}", json=body)
+        assert response.status_code == 200, (route, response.text)
+        assert serving.post(f"{API}/{route}", json=body, headers={"X-API-Key": ""}).status_code == 401, route
+
+
+def test_the_serving_pod_answers_from_the_rows_the_features_cronjob_wrote_to_the_redis_pod(dev, serving):
+    redis = dev.plan.pod("fintech-redis-0")
+    password = dev.secrets["fintech-redis"]["password"]
+    keys = dev.runtime.exec(redis, redis.containers[0], "redis-cli", "--no-auth-warning", "-a", password, "dbsize")
+    assert int(keys.stdout.strip()) > 1000  # a row per seeded customer
+    answer = serving.post(f"{API}/churn-score", json={"customer_id": CUSTOMER}).json()
+    assert answer["feature_sources"]["default"] == []  # every feature came from the store
+    assert serving.post(f"{API}/churn-score", json={"customer_id": "C9999999"}).status_code == 404
+
+
+def test_the_serving_pod_follows_the_registry_of_the_mlflow_pod_on_the_postgres_pod(dev, serving):
+    postgres = dev.plan.pod("fintech-postgres-0")
+    rows = dev.runtime.exec(postgres, postgres.containers[0], "psql", "-U", "mlflow", "-d", "mlflow", "-tAc",
+                            "select name from registered_models order by name")
+    assert rows.stdout.split() == ["churn", "fraud", "segment"]
+    # a second fraud version, registered in that registry and made the challenger by the rollout CLI
+    for command in (["python", "-m", "training", "candidate", "fraud_v2"],
+                    ["python", "-m", "rollout", "canary", "fraud", "--share", "50", "--version", "2"]):
+        code, logs = dev.job("fintech-features", command)
+        assert code == 0, logs[-2000:]
+    assert serving.post("/admin/reload").status_code == 200
+    status = serving.get("/models/status").json()["fraud"]
+    assert {(v["version"], v["role"]) for v in status["versions"]} == {("1", "champion"), ("2", "challenger")}
+    assert status["registry_error"] is None
+
+
+def test_the_drift_report_cronjob_and_a_retraining_dry_run_exit_0(dev):
+    code, logs = dev.job("fintech-drift-report")
+    assert code == 0, logs[-3000:]
+    retrain = dev.plan.jobs["fintech-retrain-churn"].containers[0]
+    code, logs = dev.job("fintech-retrain-churn", [*retrain.command, "--dry-run"], {"RETRAIN_BUDGET_MIN": "1"})
+    assert code == 0, logs[-3000:]
+
+
+def test_the_dashboard_pod_renders_its_overview_in_chromium_without_an_error_box(dev, ports, tmp_path):
+    from tests.integration.browser import visit_pages
+
+    visits = visit_pages(f"http://127.0.0.1:{ports['fintech-dashboard']}", tmp_path, CUSTOMER)
+    overview = next(v for v in visits if v.page == "overview")
+    assert overview.errors == [] and overview.screenshot.stat().st_size > 20_000
+    assert {v.page: v.errors for v in visits if v.errors} == {}
+
+
+def test_no_image_holds_a_secret_of_the_cluster_or_of_this_checkout(dev):
+    secrets = [value for data in dev.secrets.values() for key, value in data.items() if not key.endswith(".json")]
+    secrets.append(dev.client_key)
+    local_key = Path("data/secrets/local.key")
+    if local_key.exists():  # the checkout's own key: in the build context of two images, kept out by their ignore files
+        secrets.append(local_key.read_text().strip())
+    images = {c.image for pod in dev.plan.pods for c in pod.containers}
+    for image in sorted(images):
+        layers = dev.runtime.podman("image", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}:{{.GraphDriver.Data.LowerDir}}",
+                                    image).stdout.strip().split(":")
+        result = subprocess.run(["grep", "-rlF", *[arg for s in secrets for arg in ("-e", s)], *filter(None, layers)],
+                                capture_output=True, text=True)
+        assert result.returncode == 1 and result.stdout == "", (image, result.stdout[:500], result.stderr[:500])
+        assert all(Path(layer).is_dir() for layer in filter(None, layers))
+
+
+def test_stopping_the_serving_pod_finishes_what_it_accepted_and_exits_within_its_grace_period(dev, serving):
+    pod = dev.plan.pod("fintech-serving-0")
+    batch = {"customer_ids": [f"C{i:07d}" for i in range(1, 2001)] * 2}
+    results, stop_at = [], threading.Event()
+
+    def call():
+        while not stop_at.is_set():
+            try:
+                results.append(serving.post(f"{API}/churn-batch", json=batch).status_code)
+            except Exception as e:  # refused once the server has closed its socket: not accepted
+                results.append(type(e).__name__)
+                return
+
+    callers = [threading.Thread(target=call) for _ in range(4)]
+    for thread in callers:
+        thread.start()
+    time.sleep(2)
+    took = dev.runtime.stop(pod)
+    stop_at.set()
+    for thread in callers:
+        thread.join(timeout=60)
+    answered = [r for r in results if isinstance(r, int)]
+    assert answered and set(answered) == {200}, results  # nothing accepted was dropped or failed
+    assert took < pod.grace_period_s and dev.runtime.exit_code(pod, pod.containers[0]) == 0, took
+    logged = dev.runtime.podman("volume", "inspect", "--format", "{{.Mountpoint}}", "fintech-data").stdout.strip()
+    assert list(Path(logged, "inference_log", "churn").rglob("*.parquet"))  # the log is on the data volume
