@@ -344,6 +344,22 @@ def test_the_registry_server_runs_no_job_consumers(objects):
     assert {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"} in mlflow["env"]
 
 
+def test_the_registry_server_answers_the_host_every_client_calls_it_by(objects):
+    """MLflow 3 refuses (403) a Host header outside MLFLOW_SERVER_ALLOWED_HOSTS, by default all but
+    localhost and private IPs: a Service name must be listed (found when the pods first ran)."""
+    from fnmatch import fnmatch
+    from urllib.parse import urlsplit
+
+    [mlflow] = [c for c in containers(objects) if c["name"] == "mlflow"]
+    allowed = next(e["value"] for e in mlflow["env"] if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS").split(",")
+    uris = {v for o in objects if o["kind"] == "ConfigMap" for k, v in o.get("data", {}).items() if k == "MLFLOW_TRACKING_URI"}
+    uris |= {e["value"] for c in containers(objects) for e in c.get("env", []) if e["name"] == "MLFLOW_TRACKING_URI"}
+    assert uris
+    for uri in uris:
+        assert any(fnmatch(urlsplit(uri).netloc, pattern) for pattern in allowed), uri
+    assert not any(fnmatch("evil.example.com", pattern) for pattern in allowed)
+
+
 def pod_labels(objects: list[dict]) -> list[dict]:
     return [template["metadata"]["labels"] for _, template in pod_templates(objects)]
 
