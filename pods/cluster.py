@@ -92,13 +92,13 @@ class Cluster:
     log: callable = print
 
     @classmethod
-    def render(cls, overlay: str, state_dir: Path, log=print) -> Cluster:
+    def render(cls, overlay: str, state_dir: Path, max_replicas: int | None = 1, log=print) -> Cluster:
         objects = render(overlay)
         available = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"], check=True,
                                    capture_output=True, text=True).stdout.split()
         images, notes = local_images(objects, available)
         secrets = make_secrets(state_dir)
-        plan = make_plan(objects, secrets, images, network=f"fintech-{overlay}")
+        plan = make_plan(objects, secrets, images, network=f"fintech-{overlay}", max_replicas=max_replicas)
         plan.adaptations[:0] = notes + ["Secrets: made by the harness (fresh passwords and API keys), written as files"]
         return cls(plan, Runtime(state_dir, log=log), secrets, log=log)
 

@@ -7,8 +7,9 @@ and says so in `Plan.adaptations`; what no step exercises is listed in `Plan.not
 Nothing in k8s/ is changed: the same YAML goes to a cluster.
 
 The bridges:
-- Deployments and StatefulSets: one pod per replica (StatefulSet pods named <name>-<ordinal>),
-  with a podman network alias of its own name; a CronJob's jobTemplate runs once, on demand.
+- Deployments and StatefulSets: one pod per replica, named <name>-<ordinal>, with a podman network
+  alias of its own name (at most `max_replicas`); an Argo Rollout that wraps a Deployment is that
+  Deployment's pods, with no canary steps; a CronJob's jobTemplate runs once, on demand.
 - Services: a forwarder container named after the Service (kube-proxy's part), listening on each
   Service port and passing connections to the selected pods' target ports.
 - Secrets: files the harness writes (`secrets`: secret name -> {key: value}); a secret volume is a
@@ -116,18 +117,23 @@ class Plan:
 
 
 def make_plan(objects: list[dict], secrets: dict[str, dict[str, str]], images: dict[str, str],
-              network: str = "fintech") -> Plan:
+              network: str = "fintech", max_replicas: int | None = None) -> Plan:
     """`images`: an image the manifests name -> the local image to run instead (a tag of the one
-    built here); public images of STAND_INS are replaced without being named."""
+    built here); public images of STAND_INS are replaced without being named. `max_replicas`: at
+    most this many pods per workload (said in the adaptations)."""
     plan = Plan(network=network)
     config_maps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
     context = _Context(plan, config_maps, secrets, images)
     for obj in objects:
         kind, name = obj["kind"], obj["metadata"]["name"]
-        if kind in WORKLOADS:
+        if kind == "Rollout" and "workloadRef" in obj["spec"]:
+            wrapped = obj["spec"]["workloadRef"]["name"]
+            plan.adaptations.append(f"Rollout {name}: its pods are those of the Deployment {wrapped} it wraps; no canary steps")
+        elif kind in WORKLOADS:
             replicas = obj["spec"].get("replicas", 1)
-            if kind == "Rollout":
-                plan.adaptations.append(f"Rollout {name}: run as the Deployment it wraps, {replicas} replica(s), no canary steps")
+            if max_replicas is not None and replicas > max_replicas:
+                plan.adaptations.append(f"{kind} {name}: {max_replicas} of its {replicas} replicas (this machine's size)")
+                replicas = max_replicas
             claims = {t["metadata"]["name"] for t in obj["spec"].get("volumeClaimTemplates", [])}
             for i in range(replicas):
                 pod_name = f"{name}-{i}"

@@ -1,7 +1,8 @@
-"""The dev overlay's pods, up once for the session under podman (pods/), from the images `make
+"""An overlay's pods, up once for a test module under podman (pods/), from the images `make
 images` built: stores, registry, seeded data and models, the features CronJob's run, serving,
-the dashboard and the stream consumer, each probed. `make test-pods` runs these tests; `make test`
-leaves them out (marker `pods`)."""
+the dashboard and the stream consumer, each probed; taken down when the module ends, so dev and
+prod never run at once. `make test-pods` runs these tests; `make test` leaves them out (marker
+`pods`)."""
 
 import socket
 
@@ -19,14 +20,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def ports():
-    return {"fintech-serving": free_port(), "fintech-dashboard": free_port()}
-
-
-@pytest.fixture(scope="session")
-def dev(tmp_path_factory, ports):
-    cluster = Cluster.render("dev", tmp_path_factory.mktemp("pods-dev"))
+def running(overlay: str, state_dir, ports: dict[str, int]):
+    """The overlay up, its pods' http ports published on `ports` (workload -> port); down after."""
+    cluster = Cluster.render(overlay, state_dir)
     try:
         cluster.up(publish=ports)
         yield cluster
@@ -34,9 +30,28 @@ def dev(tmp_path_factory, ports):
         cluster.down()
 
 
-@pytest.fixture(scope="session")
-def serving(dev, ports):
-    """A client of the serving pod's own port, with the test client's key from the Secret's file."""
-    with httpx.Client(base_url=f"http://127.0.0.1:{ports['fintech-serving']}", timeout=60,
-                      headers={"X-API-Key": dev.client_key}) as client:
-        yield client
+def client(port: int, key: str) -> httpx.Client:
+    """A client of a pod's own port, with the test client's key from the Secret's file."""
+    return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"X-API-Key": key})
+
+
+def assert_probed_in_time(cluster: Cluster) -> None:
+    """Every probe of every container was run, and passed within initial delay + period x threshold."""
+    named = {(f"{pod.name}-{c.name}", probe.kind) for pod in cluster.plan.pods for c in pod.containers for probe in c.probes}
+    results = {(r.container, r.probe.kind): r for r in cluster.probe_results}
+    assert set(results) == named
+    late = {key: (r.seconds, r.probe.deadline_s) for key, r in results.items() if not r.passed or r.seconds > r.probe.deadline_s}
+    assert late == {}
+
+
+def assert_unprivileged(cluster: Cluster) -> None:
+    """From inside each container: its manifest's user (never root: podman does not enforce
+    runAsNonRoot), no effective capability, and a root filesystem that refuses a write."""
+    for pod in cluster.plan.pods:
+        for container in pod.containers:
+            result = cluster.runtime.exec(pod, container, "sh", "-c",
+                                          "id -u; id -g; grep CapEff /proc/self/status; touch /written 2>&1 && echo WROTE")
+            uid, gid, capabilities, write = result.stdout.splitlines()
+            assert (int(uid), int(gid)) == container.run_as and int(uid) != 0, pod.name
+            assert capabilities.split() == ["CapEff:", "0000000000000000"], pod.name
+            assert container.read_only_root and "Read-only file system" in write, (pod.name, write)

@@ -12,41 +12,48 @@ from pathlib import Path
 import pytest
 
 from core.schema import CHANNELS, MERCHANT_CATEGORIES
-from tests.pods.conftest import API
+from tests.pods.conftest import API, assert_probed_in_time, assert_unprivileged, client, free_port, running
 
 pytestmark = pytest.mark.pods
 CUSTOMER = "C0000001"
 TRANSACTION = {"amount": 42.5, "merchant_category": MERCHANT_CATEGORIES[0], "channel": CHANNELS[0],
                "country": "GB", "device_id": "device-1"}
-BODIES = {"churn-score": {"customer_id": CUSTOMER}, "churn-batch": {"customer_ids": [CUSTOMER, "C0000002"]},
-          "segment": {"customer_id": CUSTOMER}, "fraud-detection": {"customer_id": CUSTOMER, "transaction": TRANSACTION},
-          "explain": {"customer_id": CUSTOMER}}
+CALLS = {"churn-score": ("POST", {"json": {"customer_id": CUSTOMER}}),
+         "churn-batch": ("POST", {"json": {"customer_ids": [CUSTOMER, "C0000002"]}}),
+         "segment": ("POST", {"json": {"customer_id": CUSTOMER}}),
+         "fraud-detection": ("POST", {"json": {"customer_id": CUSTOMER, "transaction": TRANSACTION}}),
+         "explain": ("GET", {"params": {"customer_id": CUSTOMER}})}
+
+
+@pytest.fixture(scope="module")
+def ports():
+    return {"fintech-serving": free_port(), "fintech-dashboard": free_port()}
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory, ports):
+    yield from running("dev", tmp_path_factory.mktemp("pods-dev"), ports)
+
+
+@pytest.fixture(scope="module")
+def serving(dev, ports):
+    with client(ports["fintech-serving"], dev.client_key) as c:
+        yield c
 
 
 def test_every_pod_passes_each_of_its_probes_within_the_manifests_deadline(dev):
-    named = {(f"{pod.name}-{c.name}", probe.kind) for pod in dev.plan.pods for c in pod.containers for probe in c.probes}
-    results = {(r.container, r.probe.kind): r for r in dev.probe_results}
-    assert set(results) == named
-    late = {key: (r.seconds, r.probe.deadline_s) for key, r in results.items() if not r.passed or r.seconds > r.probe.deadline_s}
-    assert late == {}
+    assert_probed_in_time(dev)
 
 
 def test_each_container_runs_as_its_manifests_user_with_a_read_only_root_and_no_capabilities(dev):
-    for pod in dev.plan.pods:
-        for container in pod.containers:
-            result = dev.runtime.exec(pod, container, "sh", "-c",
-                                      "id -u; id -g; grep CapEff /proc/self/status; touch /written 2>&1 && echo WROTE")
-            uid, gid, capabilities, write = result.stdout.splitlines()
-            assert (int(uid), int(gid)) == container.run_as and int(uid) != 0, pod.name  # runAsNonRoot, which podman does not check
-            assert capabilities.split() == ["CapEff:", "0000000000000000"], pod.name
-            assert container.read_only_root and "Read-only file system" in write, (pod.name, write)
+    assert_unprivileged(dev)
 
 
 def test_the_serving_pod_answers_every_route_with_the_secrets_key_and_refuses_a_request_without_one(dev, serving):
-    for route, body in BODIES.items():
-        response = serving.post(f"{API}/{route}", json=body)
+    for route, (method, request) in CALLS.items():
+        response = serving.request(method, f"{API}/{route}", **request)
         assert response.status_code == 200, (route, response.text)
-        assert serving.post(f"{API}/{route}", json=body, headers={"X-API-Key": ""}).status_code == 401, route
+        assert serving.request(method, f"{API}/{route}", **request, headers={"X-API-Key": ""}).status_code == 401, route
 
 
 def test_the_serving_pod_answers_from_the_rows_the_features_cronjob_wrote_to_the_redis_pod(dev, serving):
@@ -75,12 +82,15 @@ def test_the_serving_pod_follows_the_registry_of_the_mlflow_pod_on_the_postgres_
     assert status["registry_error"] is None
 
 
-def test_the_drift_report_cronjob_and_a_retraining_dry_run_exit_0(dev):
+def test_the_drift_report_cronjob_exits_0_and_a_retraining_dry_run_ends_its_cycle(dev):
     code, logs = dev.job("fintech-drift-report")
     assert code == 0, logs[-3000:]
     retrain = dev.plan.jobs["fintech-retrain-churn"].containers[0]
     code, logs = dev.job("fintech-retrain-churn", [*retrain.command, "--dry-run"], {"RETRAIN_BUDGET_MIN": "1"})
-    assert code == 0, logs[-3000:]
+    # the cycle searched, registered and guarded against the serving pod; on the seed's small data the
+    # guard may refuse the candidate, which the CLI reports as exit 1 (rollout/cli.py), an error as 2 or 3
+    assert "registered {" in logs and "guard {" in logs, logs[-3000:]
+    assert code == 0 or (code == 1 and "refused: the candidate's" in logs), logs[-3000:]
 
 
 def test_the_dashboard_pod_renders_its_overview_in_chromium_without_an_error_box(dev, ports, tmp_path):

@@ -128,3 +128,14 @@ def test_what_no_step_runs_is_refused_not_skipped(dev):
 
 def _serving(objects):
     return next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "fintech-serving")["spec"]["template"]["spec"]
+
+
+def test_prod_runs_the_deployments_its_rollouts_wrap_at_most_max_replicas_each():
+    prod = render("prod")
+    plan = make_plan(prod, SECRETS, images_of(prod), max_replicas=1)
+    for rollout in (o for o in prod if o["kind"] == "Rollout"):
+        wrapped = rollout["spec"]["workloadRef"]["name"]
+        assert [p.name for p in plan.pods_of(wrapped)] == [f"{wrapped}-0"]
+        assert f"Deployment {wrapped}: 1 of its 3 replicas (this machine's size)" in plan.adaptations
+        assert any(line.startswith(f"Rollout {rollout['metadata']['name']}: its pods are those of") for line in plan.adaptations)
+    assert len(make_plan(prod, SECRETS, images_of(prod)).pods_of("fintech-serving-churn")) == 3
