@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets as random_secrets
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def render(overlay: str) -> list[dict]:
 def local_images(objects: list[dict], available: list[str]) -> tuple[dict[str, str], list[str]]:
     """Each of the project's images the manifests name -> the image built here with the same
     repository (make images tags them with the release, the overlays with theirs)."""
-    named = {c["image"] for o in objects for c in _containers(o)}
+    named = {c["image"] for o in objects for c in pod_containers(o)}
     mapping, notes = {}, []
     for image in sorted(named):
         repository = repository_of(image)
@@ -56,7 +57,8 @@ def repository_of(image: str) -> str:
     return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
 
 
-def _containers(obj: dict) -> list[dict]:
+def pod_containers(obj: dict) -> list[dict]:
+    """The containers of a workload's or a CronJob's pod template; none for other objects."""
     spec = obj.get("spec", {})
     template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
     return (template or {}).get("spec", {}).get("containers", [])
@@ -89,7 +91,7 @@ class Cluster:
     runtime: Runtime
     secrets: dict[str, dict[str, str]]
     probe_results: list[ProbeResult] = field(default_factory=list)
-    log: callable = print
+    log: Callable[[str], None] = print
 
     @classmethod
     def render(cls, overlay: str, state_dir: Path, max_replicas: int | None = 1, log=print) -> Cluster:

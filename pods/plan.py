@@ -254,8 +254,8 @@ class _Context:
             if kind == "tmpfs":
                 options += ["--mount", f"type=tmpfs,destination={mount['mountPath']},{source}"]
             elif kind == "volume":
-                options += ["--mount", f"type=volume,source={source},destination={mount['mountPath']}"
-                                    f"{',ro=true' if read_only_mount else ''}"]
+                options += ["--mount", (f"type=volume,source={source},destination={mount['mountPath']}"
+                                        f"{',ro=true' if read_only_mount else ''}")]
             else:  # the harness writes the folder under its secrets root and names it SECRETS/<folder>
                 options += ["--mount", f"type=bind,source=SECRETS/{source},destination={mount['mountPath']},ro=true"]
         if "workingDir" in container:

@@ -51,7 +51,7 @@ class Runtime:
 
     # --- podman ----------------------------------------------------------------------------------
     def podman(self, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise PodmanError(f"podman {' '.join(args[:3])} ...: {result.stderr.strip() or result.stdout.strip()}")
         return result

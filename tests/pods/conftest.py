@@ -7,7 +7,6 @@ prod never run at once. `make test-pods` runs these tests; `make test` leaves th
 import socket
 
 import httpx
-import pytest
 
 from pods.cluster import Cluster
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from pods.cluster import local_images, render
+from pods.cluster import local_images, pod_containers, render
 from pods.plan import STAND_INS, PlanError, make_plan
 
 SECRETS = {"fintech-redis": {"password": "redis-pw"}, "fintech-postgres": {"password": "pg-pw"},
@@ -20,14 +20,9 @@ def dev():
 
 
 def images_of(objects) -> dict[str, str]:
-    named = {c["image"] for o in objects for c in _pod_spec(o).get("containers", [])}
+    """The project's images the manifests name, as if each were built here under its own name."""
+    named = {c["image"] for o in objects for c in pod_containers(o)}
     return {image: image for image in named if "/" in image.split(":")[0]}
-
-
-def _pod_spec(obj):
-    spec = obj.get("spec", {})
-    template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template") or {}
-    return template.get("spec", {})
 
 
 def test_every_workload_becomes_its_pods_and_every_cronjob_a_job(dev):
@@ -109,8 +104,8 @@ def test_public_images_get_a_stand_in_that_is_said_and_the_projects_must_be_buil
         local_images(dev, ["registry.example.com/fintech/mlflow:3.17.2"])
     built = ["registry.example.com/fintech/fintech-serving:0.1.0"] + [i for i in images_of(dev) if "serving" not in i]
     mapping, notes = local_images(dev, built)
-    assert notes == ["image registry.example.com/fintech/fintech-serving:0.1.0-dev: the one built here, "
-                     "registry.example.com/fintech/fintech-serving:0.1.0"]
+    assert notes == [("image registry.example.com/fintech/fintech-serving:0.1.0-dev: the one built here, "
+                      "registry.example.com/fintech/fintech-serving:0.1.0")]
     assert mapping["registry.example.com/fintech/fintech-serving:0.1.0-dev"] == "registry.example.com/fintech/fintech-serving:0.1.0"
 
 
