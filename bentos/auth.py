@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 SCOPE_OF = {**{f"{API_PREFIX}/{route}": "inference" for route in ("churn-score", "churn-batch", "segment", "fraud-detection")},
             f"{API_PREFIX}/explain": "explain", "/admin/reload": "admin", "/admin/whoami": "admin"}
+# the JWK key type each algorithm's keys are: a token naming a key of another type is refused before
+# PyJWT sees it (PyJWT raises TypeError on the crossing, which would be a 500)
+KEY_TYPE = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 OPEN = frozenset({"/health", "/ready", "/livez", "/readyz", "/metrics", "/docs", "/docs.json", "/openapi.json"})
 API_KEY_HEADER = b"x-api-key"
 REALM = "fintech-serving"
@@ -182,11 +185,13 @@ class TokenVerifier:
             raise Refused(503, "provider_unavailable", "the OpenID provider's keys did not load") from e
         except jwt.PyJWKClientError as e:
             raise invalid("the token is signed with a key the provider does not publish") from e
+        if key.key_type != KEY_TYPE[header["alg"][:2]]:
+            raise invalid(f"the token's algorithm {header['alg']} does not fit the type of the key it names ({key.key_type})")
         try:
             claims = jwt.decode(token, key.key, algorithms=[header["alg"]], audience=self.settings.audience,
                                 issuer=self.issuer, leeway=self.settings.leeway_s,
                                 options={"require": ["exp", "iss", "aud"]})
-        except jwt.InvalidTokenError as e:
+        except (jwt.PyJWTError, TypeError, ValueError) as e:  # anything PyJWT raises on a token is a refusal
             raise invalid(self._reason(e)) from e
         scopes = claims.get("scope", "")
         scopes = scopes.split() if isinstance(scopes, str) else list(claims.get("scp", []))
@@ -256,7 +261,9 @@ class Authenticate:
         self.limits = RateLimits(settings.rate_limits, settings.default_limits, settings.rate_limit_file or default_table())
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN:
+        if scope["type"] == "websocket":  # the service has no websocket route: none reaches the app unchecked
+            return await send({"type": "websocket.close", "code": 1008})
+        if scope["type"] != "http" or scope["path"] in OPEN:  # lifespan, and the open routes
             return await self.app(scope, receive, send)
         try:
             client = await self.identify(scope["headers"])

@@ -9,8 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from bentos.auth import Authenticate, AuthSettings, check_mode
 from bentos.limits import Limit, SharedBuckets
@@ -21,10 +22,12 @@ EXPLAIN = "/api/v1/inference/explain"
 
 
 class Provider:
-    """An issuer's discovery document and keys over HTTP; `rotate` replaces its signing key."""
+    """An issuer's discovery document and keys over HTTP; `rotate` replaces its signing key (RSA).
+    It also publishes an EC key, "e1": a provider with keys of two types."""
 
     def __init__(self):
         self.keys: dict[str, rsa.RSAPrivateKey] = {}
+        self.ec_key = ec.generate_private_key(ec.SECP256R1())
         self.fetches = 0
         provider = self
 
@@ -35,7 +38,9 @@ class Provider:
                 else:
                     provider.fetches += 1
                     body = {"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k.public_key())), "kid": kid,
-                                      "use": "sig", "alg": "RS256"} for kid, k in provider.keys.items()]}
+                                      "use": "sig", "alg": "RS256"} for kid, k in provider.keys.items()]
+                            + [{**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(provider.ec_key.public_key())),
+                                "kid": "e1", "use": "sig", "alg": "ES256"}]}
                 data = json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -55,11 +60,11 @@ class Provider:
         self.keys = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048)}
         self.kid = kid
 
-    def token(self, scope="inference", key=None, kid=None, **claims) -> str:
+    def token(self, scope="inference", key=None, kid=None, algorithm="RS256", **claims) -> str:
         now = int(time.time())
         payload = {"iss": self.issuer, "aud": "fintech-serving", "sub": "svc", "client_id": "retention-app",
                    "iat": now, "exp": now + 300, "scope": scope, **claims}
-        return jwt.encode({k: v for k, v in payload.items() if v is not None}, key or self.keys[self.kid], algorithm="RS256",
+        return jwt.encode({k: v for k, v in payload.items() if v is not None}, key or self.keys[self.kid], algorithm=algorithm,
                           headers={"kid": kid or self.kid})
 
 
@@ -150,6 +155,54 @@ def test_each_bad_token_is_refused_with_its_reason(client, provider, case, words
     refused(answer, 401, "invalid_token", words)
     assert 'error="invalid_token"' in answer.headers["www-authenticate"]
     assert token not in answer.text
+
+
+@pytest.mark.parametrize("algorithm,kid", [("ES256", "k1"), ("RS256", "e1"), ("PS256", "e1")])
+def test_a_token_whose_algorithm_does_not_fit_its_keys_type_is_a_401_not_a_500(client, provider, algorithm, kid):
+    """Signed by the caller's own key of the algorithm's type, naming the provider's key of the other type."""
+    own = ec.generate_private_key(ec.SECP256R1()) if algorithm.startswith("ES") else \
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    token = jwt.encode({"iss": provider.issuer, "aud": "fintech-serving", "exp": now + 300, "scope": "inference"},
+                       own, algorithm=algorithm, headers={"kid": kid})
+    refused(client.post(SCORE, headers=bearer(token)), 401, "invalid_token", "does not fit")
+
+
+def test_a_token_signed_by_the_providers_ec_key_passes(client, provider):
+    token = provider.token(key=provider.ec_key, kid="e1", algorithm="ES256")
+    assert client.post(SCORE, headers=bearer(token)).json()["client_id"] == "retention-app"
+
+
+def _unsigned(header: bytes | dict, payload: dict | None = None) -> str:
+    """A token with this JOSE header (raw bytes, or a dict as JSON) and a signature of garbage."""
+    import base64
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return ".".join([b64(raw), b64(json.dumps(payload or {"aud": "fintech-serving"}).encode()), b64(b"\x00" * 64)])
+
+
+@pytest.mark.parametrize("header", [
+    {"alg": "HS512", "kid": "k1"}, {"alg": "none"}, {"alg": ["RS256"], "kid": "k1"}, {"alg": None},
+    {"alg": "RS256", "kid": "k1", "jwk": {"kty": "oct", "k": "AAAA"}}, {"alg": "RS256", "kid": "k1", "jku": "http://127.0.0.1:1/jwks"},
+    {"alg": "RS256", "kid": "k1", "x5u": "http://127.0.0.1:1/cert"}, {"alg": "RS256", "kid": "k1", "crit": ["exp"]},
+    {"alg": "RS256", "kid": "k" * 100_000}, {"alg": "RS256", "kid": 7}, {"alg": "RS256", "kid": {"a": 1}},
+    {"alg": "RS256", "kid": None}, {"alg": "ES256", "kid": "k1"}, {"alg": "EdDSA", "kid": "e1"},
+    b"not json", b"[1, 2]", b'"a string"', b"\xff\xfe",
+], ids=lambda h: (h[:12].decode("latin-1") if isinstance(h, bytes) else json.dumps(h)[:40]))
+def test_a_hostile_jose_header_is_a_4xx_never_a_5xx(client, header):
+    answer = client.post(SCORE, headers=bearer(_unsigned(header)))
+    assert 400 <= answer.status_code < 500 and answer.json()["error"] in ("invalid_token", "invalid_request"), answer.text
+
+
+def test_a_websocket_is_closed_before_it_reaches_the_app(client):
+    for path in ("/admin/reload", "/api/v1/inference/churn-score", "/health"):
+        with pytest.raises(WebSocketDisconnect) as closed:
+            with client.websocket_connect(path):
+                pass
+        assert closed.value.code == 1008, path  # policy violation
 
 
 def _hs256(claims: dict, secret: bytes, kid: str) -> str:
