@@ -199,9 +199,8 @@ def test_a_hostile_jose_header_is_a_4xx_never_a_5xx(client, header):
 
 def test_a_websocket_is_closed_before_it_reaches_the_app(client):
     for path in ("/admin/reload", "/api/v1/inference/churn-score", "/health"):
-        with pytest.raises(WebSocketDisconnect) as closed:
-            with client.websocket_connect(path):
-                pass
+        with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect(path):
+            pass
         assert closed.value.code == 1008, path  # policy violation
 
 
