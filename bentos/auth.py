@@ -216,13 +216,19 @@ class TokenVerifier:
 
 
 class ApiKeys:
-    """The API-key file, re-read when it changes (checked at most once a second)."""
+    """The API-key file, re-read when it changes (checked at most once a second).
+
+    A file that does not validate as a whole (core.api_keys.read_keys) fails closed: every key is
+    refused until it is fixed, so that a revocation written with a typo cannot leave the revoked
+    key valid. Such a refusal is a 503 (`api_keys_unavailable`), not a 401, and the gauge
+    fintech_api_keys_file_valid drops to 0, which FintechApiKeyFileInvalid alerts on."""
 
     def __init__(self, path: Path):
         self.path = path
         self._seen: tuple[float, int] | None = None
         self._checked = 0.0
         self._clients: dict[str, Client] = {}
+        self.valid = True
         self._reload()
 
     def _reload(self) -> None:
@@ -230,23 +236,36 @@ class ApiKeys:
             stat = self.path.stat()
         except FileNotFoundError:
             self._clients, self._seen = {}, None
+            self._set_valid(True)
             return
         if (stat.st_mtime, stat.st_size) == self._seen:
             return
+        self._seen = (stat.st_mtime, stat.st_size)
         try:
             entries = read_keys(self.path)
-        except ValueError as e:  # a broken file: keep the keys of the last good one
-            log.error("the API-key file is not valid, keeping the previous keys: %s", e)
+        except ValueError as e:
+            log.error("the API-key file does not validate; every API key is refused until it does: %s", e)
+            self._clients = {}
+            self._set_valid(False)
             return
         self._clients = {e["sha256"]: Client(e["client_id"], frozenset(e["scopes"]), "api_key") for e in entries}
-        self._seen = (stat.st_mtime, stat.st_size)
+        self._set_valid(True)
         log.info("API keys: %d client key(s) from %s", len(self._clients), self.path)
+
+    def _set_valid(self, valid: bool) -> None:
+        from bentos.metrics import metrics
+
+        self.valid = valid
+        metrics().api_keys_file_valid.set(1 if valid else 0)
 
     def client(self, key: str) -> Client | None:
         now = time.monotonic()
         if now - self._checked >= 1.0:
             self._checked = now
             self._reload()
+        if not self.valid:
+            raise Refused(503, "api_keys_unavailable", "the service cannot check API keys now",
+                          retry_after_s=30)
         return self._clients.get(digest(key))
 
 

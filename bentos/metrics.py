@@ -40,6 +40,7 @@ class Metrics:
     drift_share: object
     retrain_cycles: object
     retrain_failures_in_a_row: object
+    api_keys_file_valid: object
 
 
 @lru_cache(maxsize=1)
@@ -78,7 +79,9 @@ def metrics() -> Metrics:
                              multiprocess_mode="livemax"),
         retrain_failures_in_a_row=Gauge("fintech_retrain_failures_in_a_row", "Retraining cycles of the model that failed "
                                         "in a row (0: the last one did not).", ["model"], multiprocess_mode="livemax"),
-                drift_share=Gauge("fintech_drift_share", "Share of features drifted in the model's latest drift report.",
+        api_keys_file_valid=Gauge("fintech_api_keys_file_valid", "1 while the API-key file validates (or there is none); "
+                                  "0 while it does not, and every API key is refused.", multiprocess_mode="livemin"),
+        drift_share=Gauge("fintech_drift_share", "Share of features drifted in the model's latest drift report.",
                           ["model", "version"], multiprocess_mode="livemax"),
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -35,17 +36,37 @@ def digest(key: str) -> str:
 
 
 def read_keys(path: Path) -> list[dict]:
-    """The file's entries; ValueError naming what is wrong with a malformed one."""
-    entries = json.loads(path.read_text()) if path.exists() else []
+    """The file's entries, every one checked before any is used; ValueError naming what is wrong
+    (with the entry's index) for a file that is not a JSON list of {"client_id": text,
+    "sha256": 64 hex digits, "scopes": a non-empty list of known scopes}, or that names a digest twice."""
+    if not path.exists():
+        return []
+    try:
+        entries = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not JSON ({e})") from e
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of keys")
+    seen = set()
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: entry {i} is not an object")
         missing = [k for k in ("client_id", "sha256", "scopes") if k not in entry]
         if missing:
             raise ValueError(f"{path}: entry {i} lacks {', '.join(missing)}")
-        unknown = sorted(set(entry["scopes"]) - set(SCOPES))
+        if not isinstance(entry["client_id"], str) or not entry["client_id"]:
+            raise ValueError(f"{path}: entry {i}: client_id must be non-empty text")
+        if not isinstance(entry["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
+            raise ValueError(f"{path}: entry {i} ({entry['client_id']}): sha256 must be 64 lower-case hex digits")
+        scopes = entry["scopes"]
+        if not isinstance(scopes, list) or not scopes or not all(isinstance(x, str) for x in scopes):
+            raise ValueError(f"{path}: entry {i} ({entry['client_id']}): scopes must be a non-empty list of text")
+        unknown = sorted(set(scopes) - set(SCOPES))
         if unknown:
             raise ValueError(f"{path}: entry {i} ({entry['client_id']}) has unknown scopes {unknown}")
+        if entry["sha256"] in seen:
+            raise ValueError(f"{path}: entry {i} ({entry['client_id']}) repeats another entry's sha256")
+        seen.add(entry["sha256"])
     return entries
 
 

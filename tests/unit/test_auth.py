@@ -260,6 +260,41 @@ def test_api_keys_pass_with_their_scopes_and_a_revoked_one_stops_within_a_second
     refused(client.post(SCORE, headers={"X-API-Key": key}), 401, "invalid_token", "revoked")
 
 
+GOOD_DIGEST = "ab" * 32
+BAD_KEY_FILES = {
+    "not JSON": "[{",
+    "not a list": '{"client_id": "a", "sha256": "%s", "scopes": ["inference"]}' % GOOD_DIGEST,
+    "an entry that is not an object": "[7]",
+    "scopes that are not a list": '[{"client_id": "a", "sha256": "%s", "scopes": 3}]' % GOOD_DIGEST,
+    "an unknown scope": '[{"client_id": "a", "sha256": "%s", "scopes": ["root"]}]' % GOOD_DIGEST,
+    "no scope": '[{"client_id": "a", "sha256": "%s", "scopes": []}]' % GOOD_DIGEST,
+    "a missing field": '[{"client_id": "a", "scopes": ["inference"]}]',
+    "a digest that is not SHA-256 hex": '[{"client_id": "a", "sha256": "xyz", "scopes": ["inference"]}]',
+    "an empty client id": '[{"client_id": "", "sha256": "%s", "scopes": ["inference"]}]' % GOOD_DIGEST,
+    "a client id that is not text": '[{"client_id": 5, "sha256": "%s", "scopes": ["inference"]}]' % GOOD_DIGEST,
+    "the same digest twice": '[{"client_id": "a", "sha256": "%s", "scopes": ["inference"]}, '
+                             '{"client_id": "b", "sha256": "%s", "scopes": ["admin"]}]' % (GOOD_DIGEST, GOOD_DIGEST),
+}
+
+
+@pytest.mark.parametrize("problem", BAD_KEY_FILES)
+def test_a_key_file_that_does_not_validate_refuses_every_key_until_it_is_fixed(client, keys_file, problem):
+    """Fail closed: a revocation with a typo must not leave the revoked key valid. The refusal is a
+    503 (the service cannot check keys), not a 401 (the key is wrong), and the gauge alerts on it."""
+    key = new_key(keys_file, "nightly-batch", ["inference"])
+    good = keys_file.read_text()
+    keys = client.app.keys
+    assert client.post(SCORE, headers={"X-API-Key": key}).status_code == 200 and keys.valid
+    keys_file.write_text(BAD_KEY_FILES[problem])
+    keys._checked = 0  # re-read now, not a second from now
+    answer = client.post(SCORE, headers={"X-API-Key": key})
+    assert answer.status_code == 503 and answer.json()["error"] == "api_keys_unavailable", answer.text
+    assert str(keys_file) not in answer.text and not keys.valid
+    keys_file.write_text(good)
+    keys._checked = 0
+    assert client.post(SCORE, headers={"X-API-Key": key}).status_code == 200 and keys.valid
+
+
 def test_auth_is_on_by_default_and_will_not_start_without_a_credential_source(tmp_path, monkeypatch):
     monkeypatch.delenv("AUTH_MODE", raising=False)
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
