@@ -46,11 +46,11 @@ def read_keys(path: Path) -> list[dict]:
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not JSON ({e})") from e
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of keys")
+        raise ValueError(f"{path}: expected a JSON list of keys")  # noqa: TRY004 - one error type for a bad file
     seen = set()
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise ValueError(f"{path}: entry {i} is not an object")
+            raise ValueError(f"{path}: entry {i} is not an object")  # noqa: TRY004
         missing = [k for k in ("client_id", "sha256", "scopes") if k not in entry]
         if missing:
             raise ValueError(f"{path}: entry {i} lacks {', '.join(missing)}")

@@ -261,19 +261,24 @@ def test_api_keys_pass_with_their_scopes_and_a_revoked_one_stops_within_a_second
 
 
 GOOD_DIGEST = "ab" * 32
+
+
+def _entry(**fields) -> dict:
+    return {"client_id": "a", "sha256": GOOD_DIGEST, "scopes": ["inference"], **fields}
+
+
 BAD_KEY_FILES = {
     "not JSON": "[{",
-    "not a list": '{"client_id": "a", "sha256": "%s", "scopes": ["inference"]}' % GOOD_DIGEST,
+    "not a list": json.dumps(_entry()),
     "an entry that is not an object": "[7]",
-    "scopes that are not a list": '[{"client_id": "a", "sha256": "%s", "scopes": 3}]' % GOOD_DIGEST,
-    "an unknown scope": '[{"client_id": "a", "sha256": "%s", "scopes": ["root"]}]' % GOOD_DIGEST,
-    "no scope": '[{"client_id": "a", "sha256": "%s", "scopes": []}]' % GOOD_DIGEST,
-    "a missing field": '[{"client_id": "a", "scopes": ["inference"]}]',
-    "a digest that is not SHA-256 hex": '[{"client_id": "a", "sha256": "xyz", "scopes": ["inference"]}]',
-    "an empty client id": '[{"client_id": "", "sha256": "%s", "scopes": ["inference"]}]' % GOOD_DIGEST,
-    "a client id that is not text": '[{"client_id": 5, "sha256": "%s", "scopes": ["inference"]}]' % GOOD_DIGEST,
-    "the same digest twice": '[{"client_id": "a", "sha256": "%s", "scopes": ["inference"]}, '
-                             '{"client_id": "b", "sha256": "%s", "scopes": ["admin"]}]' % (GOOD_DIGEST, GOOD_DIGEST),
+    "scopes that are not a list": json.dumps([_entry(scopes=3)]),
+    "an unknown scope": json.dumps([_entry(scopes=["root"])]),
+    "no scope": json.dumps([_entry(scopes=[])]),
+    "a missing field": json.dumps([{"client_id": "a", "scopes": ["inference"]}]),
+    "a digest that is not SHA-256 hex": json.dumps([_entry(sha256="xyz")]),
+    "an empty client id": json.dumps([_entry(client_id="")]),
+    "a client id that is not text": json.dumps([_entry(client_id=5)]),
+    "the same digest twice": json.dumps([_entry(), _entry(client_id="b", scopes=["admin"])]),
 }
 
 
