@@ -78,7 +78,8 @@ class AuthSettings(BaseSettings):
     rate_limits: dict[str, dict[str, Limit]] = Field(default_factory=dict, description=(
         'Rate limits of named clients, per scope, as JSON: {"nightly-batch": {"inference": {"per_s": 3000, "burst": 6000}}}.'))
     rate_limit_file: Path | None = Field(None, description=(
-        "The buckets the worker processes share [default: one file per `bentoml serve` in the temporary folder]."))
+        "The buckets the worker processes share [default: one file per `bentoml serve` in a private (0700) folder "
+        "of the service user's in the temporary folder]."))
 
     @property
     def keys_file(self) -> Path:

@@ -6,17 +6,20 @@
 A bucket holds up to `burst` requests and refills at `per_s` a second. Each client id may have its
 own limits per scope (AUTH_RATE_LIMITS); every other client gets the defaults
 (AUTH_DEFAULT_LIMITS). The buckets live in a small memory-mapped file (its default: one per
-`bentoml serve`, in the temporary folder, named by the serving process's id), so every worker of
+`bentoml serve`, in a private folder of the service user's in the temporary folder, named by the
+serving process's id), so every worker of
 a pod draws from the same buckets: a client cannot get a worker's limit from each of them. One
 lock on the file guards a bucket's read and write, a few microseconds.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import mmap
 import os
+import stat
 import struct
 import tempfile
 import time
@@ -39,18 +42,40 @@ DEFAULT_LIMITS = {"inference": Limit(per_s=1000, burst=2000), "explain": Limit(p
 
 
 def default_table() -> Path:
-    """One table per `bentoml serve`: its workers are children of one process."""
-    return Path(tempfile.gettempdir()) / f"fintech-serving-limits-{os.getppid()}.bin"
+    """One table per `bentoml serve` (its workers are children of one process), in a folder of the
+    service user's own in the temporary folder, made 0700 if missing and refused unless it is a
+    private folder of this user: on a shared host another user could otherwise plant the file."""
+    folder = Path(tempfile.gettempdir()) / f"fintech-serving-{os.geteuid()}"
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise RuntimeError(f"{folder}: the rate limits' folder must be a private folder (0700) of this user; "
+                           f"remove it, or set AUTH_RATE_LIMIT_FILE")
+    return folder / f"limits-{os.getppid()}.bin"
 
 
 class SharedBuckets:
-    """Token buckets in a file that every process mapping it shares."""
+    """Token buckets in a file that every process mapping it shares. The file is opened without
+    following a symbolic link and must be a regular file of this user's with one name."""
 
     def __init__(self, path: Path, slots: int = SLOTS):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise RuntimeError(f"{path}: the rate limits' file is a symbolic link; refusing it") from e
+            raise
+        info = os.fstat(self.fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+            os.close(self.fd)
+            raise RuntimeError(f"{path}: the rate limits' file must be a regular file owned by this user "
+                               f"(it is owned by uid {info.st_uid}, with {info.st_nlink} name(s)); refusing it")
         size = slots * SLOT.size
-        if os.fstat(self.fd).st_size < size:
+        if info.st_size < size:
             os.ftruncate(self.fd, size)  # zero-filled: every slot empty
         self.table = mmap.mmap(self.fd, size)
         self.slots = slots

@@ -2,6 +2,9 @@
 PyJWT, a JWKS and discovery document served over HTTP on localhost, and the API-key file."""
 
 import json
+import os
+import stat
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +17,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from bentos.auth import Authenticate, AuthSettings, check_mode
-from bentos.limits import Limit, SharedBuckets
+from bentos.limits import Limit, SharedBuckets, default_table
 from core.api_keys import client_headers, ensure_local_key, new_key, revoke
 
 SCORE = "/api/v1/inference/churn-score"
@@ -357,3 +360,37 @@ def test_shared_buckets_refill_at_their_rate_and_keep_clients_apart(tmp_path):
     assert all(b.take(name, limit) == 0.0 for name in ("y", "z", "w", "v", "u"))  # more names than slots: reused
     time.sleep(wait + 0.02)
     assert a.take("x", limit) == 0.0 or b.take("x", limit) == 0.0
+
+
+def test_the_default_bucket_file_lives_in_a_private_folder_of_the_service_user(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = default_table()
+    SharedBuckets(path, slots=4)
+    folder = os.lstat(path.parent)
+    assert path.parent.parent == tmp_path and stat.S_IMODE(folder.st_mode) == 0o700 and folder.st_uid == os.geteuid()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_shared_temporary_folder_that_is_not_private_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted = tmp_path / f"fintech-serving-{os.geteuid()}"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)  # another local user made it first, open to all
+    with pytest.raises(RuntimeError, match="private"):
+        default_table()
+
+
+def test_a_bucket_file_planted_as_a_symlink_or_by_another_user_is_refused(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    link = tmp_path / "link.bin"
+    link.symlink_to(victim)
+    with pytest.raises(RuntimeError, match="symbolic link"):
+        SharedBuckets(link, slots=4)
+    assert victim.read_text() == "keep me"  # not extended, not overwritten
+    if os.geteuid() == 0:  # only root can give a file away
+        planted = tmp_path / "planted.bin"
+        planted.write_bytes(b"\xff" * 1024)
+        os.chown(planted, 12345, 12345)
+        with pytest.raises(RuntimeError, match="owned by"):
+            SharedBuckets(planted, slots=4)
