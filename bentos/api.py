@@ -238,13 +238,14 @@ def observed(route: str, family: str):
     except ClientError as e:
         status = e.status
         raise
-    except StoreUnavailable as e:
+    except StoreUnavailable as e:  # the client gets a stable code; the store's address is the log's
         status = 503
-        raise ScoringFailed(str(e), "store_unavailable") from e
+        log.warning("%s: %s", route, e)
+        raise ScoringFailed("the feature store did not answer; try again after Retry-After", "store_unavailable") from e
     except Exception as e:
         status = 503
         log.exception("%s: scoring failed", route)
-        raise ScoringFailed(f"{type(e).__name__}: {e}"[:300]) from e
+        raise ScoringFailed("the request could not be scored; the service's log has the cause") from e
     finally:
         count, latency = request_series(route, family, labels["version"], labels["role"], status)
         count.inc()
@@ -348,15 +349,35 @@ def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         return scoring_failed_response(e, retry_after_s)
 
 
+def for_caller(status: dict, request: Request, auth_mode: str) -> dict:
+    """The families' status as this caller may read it: the error texts (paths, addresses, table
+    names) only for `admin` (everyone, with AUTH_MODE=off: no scope is checked); for anyone else a
+    code in their place."""
+    client = request.scope.get("state", {}).get("client")
+    if auth_mode == "off" or (client is not None and "admin" in client.scopes):
+        return status
+    public = {}
+    for name, family in status.items():
+        family = dict(family)
+        if family.get("registry_error"):
+            family["registry_error"] = "unavailable"
+        if family.get("refused_versions"):
+            family["refused_versions"] = dict.fromkeys(family["refused_versions"], "refused")
+        if (family.get("inference_log") or {}).get("write_error"):
+            family["inference_log"] = {**family["inference_log"], "write_error": "write_failed"}
+        public[name] = family
+    return public
+
+
 def _service_routes(server, auth_mode: str) -> APIRouter:
     router = APIRouter()
     audit_log = get_settings().audit_log
 
     @router.get("/")
-    async def info() -> dict:
+    async def info(request: Request) -> dict:
         routes = [route for route, family in ROUTES if family in server.serving.served()]
         return {"service": "fintech-serving", "docs": "/docs", "openapi": "/openapi.json",
-                "routes": [f"{API_PREFIX}/{r}" for r in (*routes, "metrics")], "models": server.status()}
+                "routes": [f"{API_PREFIX}/{r}" for r in (*routes, "metrics")], "models": for_caller(server.status(), request, auth_mode)}
 
     @router.get("/health")
     async def health() -> dict:
@@ -370,9 +391,11 @@ def _service_routes(server, auth_mode: str) -> APIRouter:
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
     @router.get("/models/status")
-    async def models_status() -> dict:
-        """Per family; with AUTH_MODE=off, each family's `warnings` says the routes are open."""
-        status = server.status()
+    async def models_status(request: Request) -> dict:
+        """Per family; with AUTH_MODE=off, each family's `warnings` says the routes are open. The
+        registry's and the inference log's errors, and why a version was refused, in words for a
+        caller with the `admin` scope; as a code for the others."""
+        status = for_caller(server.status(), request, auth_mode)
         if auth_mode == "off":
             for family in status.values():
                 family["warnings"] = [OFF_WARNING]

@@ -261,9 +261,10 @@ class Server:
         for name, family in self.families.items():
             try:
                 checks[name] = bool(family.ready())
-            except Exception as e:  # the feature store is not answering
+            except Exception as e:  # the feature store is not answering: the cause is the log's, not the probe's
+                log.warning("%s: not ready: %s", name, e)
                 checks[name] = False
-                checks[f"{name}_error"] = str(e)[:200]
+                checks[f"{name}_error"] = "store_unavailable"
         return checks
 
     def reload(self) -> dict:

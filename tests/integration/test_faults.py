@@ -133,14 +133,14 @@ def test_a_killed_store_answers_503_naming_it_and_the_service_recovers_by_itself
     assert clients.errors == []
     assert {a.status for a in clients.answers} <= {200, 503}
     refused = [a for a in clients.answers if a.status == 503]
-    for answer in refused:
-        assert answer.body["error"] == "store_unavailable"
-        assert f"redis at {redis.url}" in answer.body["detail"]
+    for answer in refused:  # a stable code and words; where the store is, only the log says
+        assert answer.body["error"] == "store_unavailable" and "feature store" in answer.body["detail"]
+        assert redis.url not in json.dumps(answer.body)
         assert int(answer.headers["Retry-After"]) >= 1
     # no hang: a refusal takes no longer than the store timeout (0.5 s) and the batch ahead of it
     assert max(a.seconds for a in refused) < 3.0
     assert ready.status_code == 503 and ready.json()["checks"]["churn"] is False
-    assert f"redis at {redis.url}" in ready.json()["checks"]["churn_error"]
+    assert ready.json()["checks"]["churn_error"] == "store_unavailable" and redis.url not in ready.text
     assert recovered_s < 5.0  # no restart: the next read after the retry window reaches the store
     assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
     answered = {a.request_id for a in clients.answers if a.status == 200}
@@ -167,7 +167,7 @@ def test_a_hung_store_costs_each_request_at_most_the_store_timeout(on_own_redis,
     refused = [a for a in clients.answers if a.status == 503]
     assert clients.errors == [] and {a.status for a in clients.answers} <= {200, 503}
     assert all(a.body["error"] == "store_unavailable" for a in refused)
-    assert any("Timeout" in a.body["detail"] for a in refused)
+    assert all("feature store" in a.body["detail"] for a in refused)
     assert max(a.seconds for a in refused) < 3.0 and health.status_code == 200
     print(f"store hung: {len(refused)} refusals, slowest {max(a.seconds for a in refused):.3f} s")
 

@@ -45,12 +45,58 @@ class StoreDown:
         raise StoreUnavailable("the online store (redis at 10.0.0.9:6379) did not answer: ConnectionError: refused")
 
 
-def test_a_store_that_does_not_answer_is_a_503_naming_it_with_retry_after():
+def test_a_store_that_does_not_answer_is_a_503_with_a_stable_code_and_retry_after_and_no_internals(caplog):
     server = Server(ServingSettings(families="churn", store_retry_s=2.5))
     server.families = {"churn": StoreDown()}
     response = TestClient(create_app(server)).post(f"{API_PREFIX}/churn-score", json={"customer_id": "C0000001"})
     assert response.status_code == 503 and response.headers["Retry-After"] == "3"
-    assert response.json()["error"] == "store_unavailable" and "redis at 10.0.0.9:6379" in response.json()["detail"]
+    assert response.json()["error"] == "store_unavailable" and "feature store" in response.json()["detail"]
+    assert "10.0.0.9" not in response.text and "redis at 10.0.0.9:6379" in caplog.text  # the detail is the log's
+
+
+class Broken:
+    """A family whose scoring, readiness and status carry internals: paths, addresses, table names."""
+
+    async def score(self, request):
+        raise OSError("/var/lib/fintech/model_cache/churn/v3/model.ubj: permission denied")
+
+    def ready(self):
+        raise RuntimeError("sqlite3.OperationalError: no such table fintech_customer_activity in /var/lib/fintech/online.db")
+
+    def status(self) -> dict:
+        return {"versions": [], "registry_error": "ConnectionError: http://fintech-mlflow:5000/api/2.0 refused",
+                "refused_versions": {"3": "/var/lib/fintech/model_cache/churn/v3: checksum differs"},
+                "inference_log": {"backlog_rows": 0, "dropped_rows": 0, "write_error": "PermissionError: /var/lib/fintech/inference_log"}}
+
+
+def with_client(app, *scopes):
+    """The app as the authentication middleware hands it a request: with a client of these scopes."""
+    from bentos.auth import Client
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["client"] = Client("caller", frozenset(scopes), "api_key")
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def test_no_answer_to_a_client_names_a_path_an_address_or_a_table_but_an_admins_status_does(caplog):
+    server = Server(ServingSettings(families="churn"))
+    server.families = {"churn": Broken()}
+    client = TestClient(with_client(create_app(server), "inference"), raise_server_exceptions=False)
+    answers = [client.post(f"{API_PREFIX}/churn-score", json={"customer_id": "C0000001"}), client.get("/ready"),
+               client.get("/"), client.get("/models/status")]
+    assert [a.status_code for a in answers] == [503, 503, 200, 200]
+    for answer in answers:
+        assert not any(word in answer.text for word in ("/var/lib", "fintech-mlflow", "no such table", "OSError")), answer.text
+    assert answers[1].json()["checks"] == {"churn": False, "churn_error": "store_unavailable"}
+    status = answers[3].json()["churn"]
+    assert status["registry_error"] == "unavailable" and status["refused_versions"] == {"3": "refused"}
+    assert status["inference_log"]["write_error"] == "write_failed"
+    assert "/var/lib/fintech/online.db" in caplog.text and "model.ubj" in caplog.text
+    admin = TestClient(with_client(create_app(server), "admin")).get("/models/status").json()["churn"]
+    assert "fintech-mlflow:5000" in admin["registry_error"] and "checksum" in admin["refused_versions"]["3"]
 
 
 class Held:
