@@ -418,7 +418,7 @@ def _service_routes(server, auth_mode: str) -> APIRouter:
         client = request.scope.get("state", {}).get("client")
         await anyio.to_thread.run_sync(lambda: audit.append(
             audit_log, action="reload", actor=client.client_id if client else "anonymous (AUTH_MODE=off)",
-            verified=client is not None, source="service", details={"reason": body.reason if body else "", "answer": answer}))
+            via=client.via if client else "none", verified=client is not None, source="service", details={"reason": body.reason if body else "", "answer": answer}))
         return answer
 
     @router.get("/metrics", include_in_schema=False)

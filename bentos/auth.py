@@ -76,7 +76,8 @@ class AuthSettings(BaseSettings):
         '{"inference": {"per_s": 1000, "burst": 2000}}. A scope left out keeps its default '
         "(inference 1000/s, burst 2000; explain 50/s, burst 100; admin 1/s, burst 10)."))
     rate_limits: dict[str, dict[str, Limit]] = Field(default_factory=dict, description=(
-        'Rate limits of named clients, per scope, as JSON: {"nightly-batch": {"inference": {"per_s": 3000, "burst": 6000}}}.'))
+        'Rate limits of named clients, per scope, as JSON: {"nightly-batch": {"inference": {"per_s": 3000, "burst": 6000}}}. '
+        'A bare name is an API key\'s client; a token\'s client is named "token:<client id>".'))
     rate_limit_file: Path | None = Field(None, description=(
         "The buckets the worker processes share [default: one file per `bentoml serve` in a private (0700) folder "
         "of the service user's in the temporary folder]."))
@@ -119,6 +120,12 @@ class Client:
     client_id: str
     scopes: frozenset[str]
     via: Literal["token", "api_key"]
+
+    @property
+    def identity(self) -> str:
+        """The client id in the namespace of how it authenticated: an IdP's client and an API key's
+        of the same name are two clients (their buckets, limits and audit records apart)."""
+        return f"{self.via}:{self.client_id}"
 
 
 class Refused(Exception):
@@ -196,8 +203,10 @@ class TokenVerifier:
             raise invalid(self._reason(e)) from e
         scopes = claims.get("scope", "")
         scopes = scopes.split() if isinstance(scopes, str) else list(claims.get("scp", []))
-        client = Client(str(claims.get("client_id") or claims.get("azp") or claims.get("sub") or "unknown"),
-                        frozenset(scopes), "token")
+        client_id = claims.get("client_id") or claims.get("azp") or claims.get("sub")
+        if not client_id or not isinstance(client_id, str):
+            raise invalid("the token names no client (client_id, azp or sub)")
+        client = Client(client_id, frozenset(scopes), "token")
         self._verified[token] = (client, float(claims["exp"]))
         while len(self._verified) > self.settings.token_cache:
             self._verified.popitem(last=False)
@@ -298,9 +307,9 @@ class Authenticate:
         await self.app(scope, receive, send)
 
     def hold_to_limit(self, client: Client, scope: str) -> None:
-        wait_s, limit = self.limits.take(client.client_id, scope)
+        wait_s, limit = self.limits.take(client.identity, scope)
         if wait_s:
-            raise Refused(429, "rate_limited", f"client {client.client_id!r} is over its {scope} limit "
+            raise Refused(429, "rate_limited", f"client {client.identity!r} is over its {scope} limit "
                           f"({limit.per_s:g} requests/s, burst {limit.burst})", retry_after_s=max(1, math.ceil(wait_s)))
 
     async def identify(self, headers: list[tuple[bytes, bytes]]) -> Client:

@@ -114,7 +114,9 @@ class RateLimits:
     """The limits of each client and scope, drawn from the shared buckets."""
 
     def __init__(self, per_client: dict[str, dict[str, Limit]], defaults: dict[str, Limit], table: Path):
-        self.per_client, self.defaults = per_client, {**DEFAULT_LIMITS, **defaults}
+        """`per_client` by identity ("api_key:<id>" or "token:<id>"); a bare name is an API key's client."""
+        self.per_client = {(name if ":" in name else f"api_key:{name}"): limits for name, limits in per_client.items()}
+        self.defaults = {**DEFAULT_LIMITS, **defaults}
         self.buckets = SharedBuckets(table)
 
     def limit(self, client_id: str, scope: str) -> Limit:

@@ -21,11 +21,12 @@ ACTIONS = ("reload", "canary", "promote", "rollback", "retrain")
 
 
 def append(path: Path, *, action: str, actor: str, verified: bool, source: str, family: str | None = None,
-           details: dict | None = None) -> dict:
-    """Add one record to the audit log at `path`; the record."""
+           details: dict | None = None, via: str = "none") -> dict:
+    """Add one record to the audit log at `path`; the record. `via`: how the actor authenticated
+    (token, api_key, or none), which with `actor` names one client."""
     if action not in ACTIONS:
         raise ValueError(f"unknown admin action {action!r}; one of {', '.join(ACTIONS)}")
-    record = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "action": action, "actor": actor,
+    record = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "action": action, "actor": actor, "via": via,
               "verified": verified, "family": family, "details": details or {}, "source": source}
     line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)

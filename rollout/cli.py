@@ -75,8 +75,8 @@ def _check(family: str) -> None:
         raise RolloutError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
-def identify(service_url: str, headers: dict[str, str]) -> tuple[str, bool]:
-    """Who the service takes this CLI for, and whether it could vouch for it. A credential it
+def identify(service_url: str, headers: dict[str, str]) -> tuple[str, bool, str]:
+    """Who the service takes this CLI for, whether it could vouch for it, and how it authenticated. A credential it
     refuses is a RolloutError: nothing is changed on behalf of nobody."""
     import getpass
 
@@ -87,21 +87,22 @@ def identify(service_url: str, headers: dict[str, str]) -> tuple[str, bool]:
     except httpx.HTTPError as e:
         log.warning("the service at %s cannot vouch for this CLI (%s): the audit log names the local user, unverified",
                     service_url, type(e).__name__)
-        return f"unverified:{getpass.getuser()}", False
+        return f"unverified:{getpass.getuser()}", False, "none"
     if response.status_code in (401, 403, 429):
         raise RolloutError(f"the service at {service_url} refused this CLI's credential ({response.status_code}: {response.text[:200]}); "
                            "give it a key with the admin scope in FINTECH_API_KEY or FINTECH_API_KEY_FILE")
     if response.status_code != 200:
-        return f"unverified:{getpass.getuser()}", False
+        return f"unverified:{getpass.getuser()}", False, "none"
     who = response.json()
     if who.get("auth_mode") == "off":
-        return f"anonymous (AUTH_MODE=off):{getpass.getuser()}", False
-    return who["client_id"], True
+        return f"anonymous (AUTH_MODE=off):{getpass.getuser()}", False, "none"
+    return who["client_id"], True, who["via"]
 
 
-def record(settings: Settings, action: str, who: tuple[str, bool], family: str, details: dict) -> None:
-    audit.append(settings.audit_log, action=action, actor=who[0], verified=who[1], source="rollout", family=family,
-                 details=details)
+def record(settings: Settings, action: str, who: tuple[str, bool, str], family: str, details: dict) -> None:
+    actor, verified, via = who
+    audit.append(settings.audit_log, action=action, actor=actor, verified=verified, via=via, source="rollout",
+                 family=family, details=details)
 
 
 def ask_service_to_reload(service_url: str, reason: str, headers: dict[str, str]) -> dict | str:

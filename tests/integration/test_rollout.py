@@ -181,9 +181,9 @@ def test_the_rollout_cli_authenticates_and_every_change_is_in_the_audit_log(prom
     assert read_plan("churn", settings.tracking_uri).challenger is None
 
     records = audit.read(settings.audit_log)[before:]
-    assert [(r["action"], r["source"], r["actor"], r["verified"]) for r in records] == [
-        ("canary", "rollout", "local", True), ("reload", "service", "local", True),
-        ("rollback", "rollout", "local", True), ("reload", "service", "local", True)]
+    assert [(r["action"], r["source"], r["actor"], r["via"], r["verified"]) for r in records] == [
+        ("canary", "rollout", "local", "api_key", True), ("reload", "service", "local", "api_key", True),
+        ("rollback", "rollout", "local", "api_key", True), ("reload", "service", "local", "api_key", True)]
     assert records[0]["details"]["challenger"] == version and records[1]["details"]["reason"] == f"canary churn {version} at 5%"
     assert all(r["at"] for r in records)
     reports = [p.read_text() for p in (settings.data_dir / "reports").rglob("*") if p.is_file()]

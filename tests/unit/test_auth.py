@@ -345,10 +345,30 @@ def test_a_client_over_its_limit_gets_429s_with_retry_after_while_another_is_una
     assert answers[:3] == [200, 200, 200] and 429 in answers[3:], answers
     over = workers[0].post(SCORE, headers={"X-API-Key": batch})
     assert over.status_code == 429 and over.headers["retry-after"] == "1"
-    assert over.json()["error"] == "rate_limited" and "'nightly-batch'" in over.json()["detail"] and batch not in over.text
+    assert over.json()["error"] == "rate_limited" and "'api_key:nightly-batch'" in over.json()["detail"] and batch not in over.text
     assert all(workers[i % 2].post(SCORE, headers={"X-API-Key": other}).status_code == 200 for i in range(10))
     time.sleep(0.6)  # 2 a second: one more request's worth
     assert workers[1].post(SCORE, headers={"X-API-Key": batch}).status_code == 200
+
+
+def test_a_token_that_names_no_client_is_refused(client, provider):
+    token = provider.token(client_id=None, sub=None)  # no client_id, azp or sub
+    refused(client.post(SCORE, headers=bearer(token)), 401, "invalid_token", "names no client")
+
+
+def test_a_token_naming_an_api_key_clients_id_shares_neither_its_bucket_nor_its_limits(provider, keys_file):
+    one = Limit(per_s=0.01, burst=1)
+    settings = AuthSettings(mode="on", issuer=provider.issuer, api_keys_file=keys_file, jwks_refresh_s=0,
+                            rate_limits={"nightly-batch": {"inference": one}, "token:partner": {"inference": one}},
+                            rate_limit_file=keys_file.with_name("limits.bin"))
+    batch = new_key(keys_file, "nightly-batch", ["inference"])
+    client = TestClient(Authenticate(echo, settings))
+    assert [client.post(SCORE, headers={"X-API-Key": batch}).status_code for _ in range(2)] == [200, 429]
+    impostor = provider.token(client_id="nightly-batch")  # an IdP client named like the key's client
+    answers = [client.post(SCORE, headers=bearer(impostor)) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200] * 3 and answers[0].json() == {"client_id": "nightly-batch", "via": "token"}
+    partner = provider.token(client_id="partner")  # a token client's own limits: named with its prefix
+    assert [client.post(SCORE, headers=bearer(partner)).status_code for _ in range(2)] == [200, 429]
 
 
 def test_shared_buckets_refill_at_their_rate_and_keep_clients_apart(tmp_path):

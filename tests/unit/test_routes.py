@@ -217,5 +217,6 @@ def test_a_reload_is_written_to_the_audit_log_with_who_asked_and_why(tmp_path, m
     assert answer.status_code == 200 and answer.json() == {"churn": {"changed": False}}
     [record] = audit.read(tmp_path / "audit" / "admin.jsonl")  # the refused one is not an action
     assert record["action"] == "reload" and record["actor"] == "platform-ops" and record["verified"] is True
+    assert record["via"] == "api_key"  # a token's client of the same name would be "token"
     assert record["details"] == {"reason": "promote churn 3", "answer": {"churn": {"changed": False}}}
     assert ops not in (tmp_path / "audit" / "admin.jsonl").read_text()
