@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 import urllib.request
 from collections import OrderedDict
@@ -150,6 +151,9 @@ class TokenVerifier:
         self.algorithms = settings.algorithms.split(",")
         self._keys = None  # PyJWKClient, made on the first token: the provider need not be up at start
         self._verified: OrderedDict[str, tuple[Client, float]] = OrderedDict()
+        # discovery failed: no new fetch before this (monotonic s), the wait doubling up to a minute
+        self._discovery_lock = threading.Lock()
+        self._retry_at, self._backoff_s = 0.0, 0.0
 
     def cached(self, token: str) -> Client | None:
         """The client of a token verified before and not expired yet (no I/O: safe on the event loop)."""
@@ -162,21 +166,41 @@ class TokenVerifier:
         return hit[0]
 
     def _jwks(self):
-        if self._keys is None:
-            url = f"{self.issuer}/.well-known/openid-configuration"
-            try:
-                with urllib.request.urlopen(url, timeout=self.settings.provider_timeout_s) as answer:
-                    discovery = json.load(answer)
-            except (OSError, ValueError) as e:
-                raise Refused(503, "provider_unavailable", f"the OpenID provider's discovery document did not load: "
-                              f"{type(e).__name__}") from e
-            if discovery.get("issuer", "").rstrip("/") != self.issuer or "jwks_uri" not in discovery:
-                raise Refused(503, "provider_unavailable", "the OpenID provider's discovery document names another "
-                              "issuer or no jwks_uri")
-            self._keys = jwt.PyJWKClient(discovery["jwks_uri"], lifespan=self.settings.jwks_lifespan_s,
-                                              cooldown_duration=self.settings.jwks_refresh_s,
-                                              timeout=self.settings.provider_timeout_s)
+        """The provider's keys. Until its discovery document has loaded once, one thread of the
+        worker fetches it at a time, and after a failure none does for a while (1 s, doubling up to
+        60 s): meanwhile tokens are refused at once with 503 and Retry-After, instead of each
+        holding a thread for up to provider_timeout_s."""
+        if self._keys is not None:
+            return self._keys
+        wait_s = self._retry_at - time.monotonic()
+        if wait_s > 0 or not self._discovery_lock.acquire(blocking=False):
+            raise Refused(503, "provider_unavailable", "the OpenID provider is not answering; try again later",
+                          retry_after_s=max(1, math.ceil(wait_s)))
+        try:
+            if self._keys is None:
+                self._keys = self._discover()
+                self._backoff_s = 0.0
+        except Refused:
+            self._backoff_s = min(60.0, max(1.0, 2 * self._backoff_s))
+            self._retry_at = time.monotonic() + self._backoff_s
+            raise
+        finally:
+            self._discovery_lock.release()
         return self._keys
+
+    def _discover(self):
+        url = f"{self.issuer}/.well-known/openid-configuration"
+        try:
+            with urllib.request.urlopen(url, timeout=self.settings.provider_timeout_s) as answer:
+                discovery = json.load(answer)
+        except (OSError, ValueError) as e:
+            log.warning("the OpenID provider's discovery document did not load from %s: %s", url, e)
+            raise Refused(503, "provider_unavailable", "the OpenID provider is not answering; try again later") from e
+        if not isinstance(discovery, dict) or discovery.get("issuer", "").rstrip("/") != self.issuer or "jwks_uri" not in discovery:
+            raise Refused(503, "provider_unavailable", "the OpenID provider's discovery document names another "
+                          "issuer or no jwks_uri")
+        return jwt.PyJWKClient(discovery["jwks_uri"], lifespan=self.settings.jwks_lifespan_s,
+                               cooldown_duration=self.settings.jwks_refresh_s, timeout=self.settings.provider_timeout_s)
 
     def verify(self, token: str) -> Client:
         """The client a token stands for, or Refused saying why not. May fetch the provider's keys:

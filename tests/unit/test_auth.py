@@ -351,6 +351,34 @@ def test_a_client_over_its_limit_gets_429s_with_retry_after_while_another_is_una
     assert workers[1].post(SCORE, headers={"X-API-Key": batch}).status_code == 200
 
 
+def test_while_the_provider_is_down_tokens_are_refused_at_once_with_one_discovery_fetch_per_back_off(provider, keys_file):
+    hits = []
+
+    class Down(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(time.monotonic())
+            self.send_response(500)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = AuthSettings(mode="on", issuer=f"http://127.0.0.1:{server.server_port}", api_keys_file=keys_file,
+                                rate_limit_file=keys_file.with_name("limits.bin"))
+        client = TestClient(Authenticate(echo, settings))
+        started = time.monotonic()
+        answers = [client.post(SCORE, headers=bearer(provider.token(jti=str(i)))) for i in range(5)]
+        assert [a.status_code for a in answers] == [503] * 5 and len(hits) == 1, (len(hits), answers[-1].text)
+        assert all(a.json()["error"] == "provider_unavailable" and int(a.headers["retry-after"]) >= 1 for a in answers)
+        assert time.monotonic() - started < 2  # no thread held for provider_timeout_s per token
+    finally:
+        server.shutdown()
+
+
 def test_a_token_that_names_no_client_is_refused(client, provider):
     token = provider.token(client_id=None, sub=None)  # no client_id, azp or sub
     refused(client.post(SCORE, headers=bearer(token)), 401, "invalid_token", "names no client")
