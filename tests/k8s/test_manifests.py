@@ -261,13 +261,12 @@ def test_no_environment_variable_carries_an_api_key_or_an_admin_token(objects):
 
 
 def test_store_passwords_are_read_from_files_wherever_the_program_can_read_one(objects):
-    """Redis, PostgreSQL and the platform's own code read theirs from a mounted Secret; MLflow's
-    server takes its database password only inside its backend URI, from the environment."""
+    """Redis, PostgreSQL, MLflow (through libpq's PGPASSFILE, written from the Secret at start) and
+    the platform's own code read theirs from a mounted Secret; none is in an environment variable."""
     for spec in pod_specs(objects):
         for container in spec["containers"]:
             env = container.get("env", [])
-            from_secrets = [v["name"] for v in env if "secretKeyRef" in v.get("valueFrom", {})]
-            assert from_secrets == (["POSTGRES_PASSWORD"] if container["name"] == "mlflow" else []), container["name"]
+            assert not [v["name"] for v in env if "secretKeyRef" in v.get("valueFrom", {})], container["name"]
             assert "PASSWORD" not in " ".join(container.get("command", []) + container.get("args", [])), container["name"]
             for variable in env:
                 if variable["name"].endswith("PASSWORD_FILE"):
@@ -298,8 +297,7 @@ def test_only_the_jobs_that_call_the_service_hold_a_key_and_they_read_it_from_a_
 def test_the_serving_pods_may_reach_the_openid_provider_only_where_one_is_named(objects):
     issuer = settings(objects)["AUTH_ISSUER"]
     pod = serving_deployments(objects)[0]["spec"]["template"]["metadata"]["labels"]
-    https = [rule for o in objects if o["kind"] == "NetworkPolicy"
-             and o["spec"]["podSelector"]["matchLabels"].items() <= pod.items()
+    https = [rule for o in objects if o["kind"] == "NetworkPolicy" and selects(o["spec"]["podSelector"], pod)
              for rule in o["spec"].get("egress", []) if {"port": 443, "protocol": "TCP"} in rule.get("ports", [])]
     assert bool(https) == bool(issuer), issuer
     assert not issuer or issuer.startswith("https://")
@@ -364,13 +362,28 @@ def pod_labels(objects: list[dict]) -> list[dict]:
     return [template["metadata"]["labels"] for _, template in pod_templates(objects)]
 
 
+def test_a_default_deny_covers_every_pod_of_the_namespace(objects):
+    [deny] = [o for o in objects if o["kind"] == "NetworkPolicy" and not o["spec"]["podSelector"]]
+    assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]  # lets nothing through
+
+
+def test_the_serving_pods_reach_the_issuer_on_443_on_public_addresses_only():
+    [policy] = [o for o in render("prod") if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "fintech-serving-to-issuer"]
+    [rule] = policy["spec"]["egress"]
+    [block] = [to["ipBlock"] for to in rule["to"]]
+    assert block["cidr"] == "0.0.0.0/0" and {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(block["except"])
+    assert rule["ports"] == [{"port": 443, "protocol": "TCP"}]
+
+
 def test_every_selector_matches_pods_and_every_pod_has_a_network_policy(objects):
     labels = pod_labels(objects)
-    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    # each pod's own: not the default deny, nor the policies of the clients an operator labels
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy" and o["spec"]["podSelector"] and not o["metadata"]["name"].endswith("-clients")]
     for obj in objects:
         selector = {"Service": lambda o: o["spec"]["selector"], "PodDisruptionBudget": lambda o: o["spec"]["selector"]["matchLabels"],
-                    "NetworkPolicy": lambda o: o["spec"]["podSelector"]["matchLabels"]}.get(obj["kind"])
-        if selector:
+                    "NetworkPolicy": lambda o: o["spec"]["podSelector"].get("matchLabels")}.get(obj["kind"])
+        if selector and selector(obj) is not None and not obj["metadata"]["name"].endswith("-clients"):
             assert any(selector(obj).items() <= pod.items() for pod in labels), obj["metadata"]["name"]
     for pod in labels:
         assert any(p["spec"]["podSelector"]["matchLabels"].items() <= pod.items() for p in policies), pod
@@ -664,7 +677,7 @@ def test_the_dashboard_reaches_the_serving_pods_and_the_registry_and_nothing_els
     dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
     egress = [rule for o in objects if o["kind"] == "NetworkPolicy" and "Egress" in o["spec"]["policyTypes"]
-              and selects(o["spec"]["podSelector"], dashboard["labels"]) for rule in o["spec"]["egress"]]
+              and selects(o["spec"]["podSelector"], dashboard["labels"]) for rule in o["spec"].get("egress", [])]
     assert egress
     for rule in egress:
         assert rule.get("to") and rule.get("ports"), rule  # a rule without peers or ports opens everything
