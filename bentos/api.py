@@ -491,8 +491,11 @@ def _fraud_route(router: APIRouter, server) -> None:
 
 def _explain_route(router: APIRouter, server) -> None:
     @router.get("/explain", responses=ERRORS)
-    async def explain(customer_id: CustomerId | None = Query(None, description="Omit for global importance."),
+    async def explain(request: Request, customer_id: CustomerId | None = Query(None, description="Omit for global importance."),
                       pin: str | None = Pin) -> dict:
+        """A customer's SHAP values with their feature values (or, without a customer, the model's
+        global importance). Each call about a customer is recorded: who, which customer, which
+        version, when (DATA_DIR/audit/explain.jsonl)."""
         with observed("explain", "churn") as labels:
             churn = server.families["churn"]
             if customer_id is None:
@@ -503,5 +506,14 @@ def _explain_route(router: APIRouter, server) -> None:
                 scorer = churn.pick(customer_id, pin)
                 # exact SHAP values take milliseconds: off the event loop
                 result = scorer if isinstance(scorer, dict) else await anyio.to_thread.run_sync(scorer.explain, customer_id)
+                if "error" not in result:
+                    await anyio.to_thread.run_sync(record_explain, request, customer_id, result["model"]["version"])
             labels.update(answered_by(result))
             return raise_for(result)
+
+
+def record_explain(request: Request, customer_id: str, version: str) -> None:
+    client = request.scope.get("state", {}).get("client")
+    audit.append(get_settings().explain_log, action="explain", actor=client.client_id if client else "anonymous (AUTH_MODE=off)",
+                 via=client.via if client else "none", verified=client is not None, source="service", family="churn",
+                 details={"customer_id": customer_id, "version": version})

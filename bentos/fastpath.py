@@ -65,8 +65,7 @@ def _sources(s: dict) -> dict:
 
 
 def _reasons(reasons: list[dict]) -> list[dict]:
-    return [{"feature": r["feature"], "shap_value": r["shap_value"], "feature_value": r["feature_value"],
-             "direction": r["direction"]} for r in reasons]
+    return [{"feature": r["feature"], "shap_value": r["shap_value"], "direction": r["direction"]} for r in reasons]
 
 
 def churn_body(r: dict) -> dict:

@@ -71,9 +71,10 @@ class FeatureSources(BaseModel):
 
 
 class Reason(BaseModel):
+    """Why a score is what it is. The feature's value is not given here: a customer's stored values
+    are read through explain, which needs the `explain` scope and is recorded."""
     feature: str
     shap_value: float = Field(description="Contribution to the score in log-odds (approximate SHAP).")
-    feature_value: float | None
     direction: Literal["increases risk", "decreases risk"]
 
 

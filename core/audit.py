@@ -1,4 +1,5 @@
-"""The audit trail of admin actions: who changed what serves, and when.
+"""The audit trail of admin actions (who changed what serves, and when) and of explain calls (who
+read which customer's feature values, and when: a file of its own).
 
     append(settings.audit_log, action="promote", actor="platform-ops", family="churn", details={...})
 
@@ -17,7 +18,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-ACTIONS = ("reload", "canary", "promote", "rollback", "retrain")
+ACTIONS = ("reload", "canary", "promote", "rollback", "retrain", "explain")  # explain: its own file, Settings.explain_log
 
 
 def append(path: Path, *, action: str, actor: str, verified: bool, source: str, family: str | None = None,

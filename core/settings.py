@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         return self.data_dir / "secrets"
 
     @property
+    def explain_log(self) -> Path:
+        """Who read which customer's feature values through explain, and when: one JSON line per
+        call, appended only (core/audit.py)."""
+        return self.data_dir / "audit" / "explain.jsonl"
+
+    @property
     def audit_log(self) -> Path:
         """Who changed serving, and when: one JSON line per admin action, appended only (core/audit.py)."""
         return self.data_dir / "audit" / "admin.jsonl"

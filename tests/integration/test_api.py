@@ -49,7 +49,8 @@ def test_churn_score_names_model_risk_and_reasons(client, customers):
     assert 0 <= body["churn_probability"] <= 1
     assert body["risk_level"] in ("low", "medium", "high", "critical")
     assert body["model"] == {"name": "churn", "version": "1", "role": "champion", "feature_service": "churn_v1"}
-    assert len(body["reasons"]) == 5 and {"feature", "shap_value", "feature_value", "direction"} <= set(body["reasons"][0])
+    # a reason names the feature, its contribution and its direction; its value only explain tells
+    assert len(body["reasons"]) == 5 and all(set(r) == {"feature", "shap_value", "direction"} for r in body["reasons"])
     assert body["feature_sources"]["request"] == []
 
 
@@ -67,6 +68,7 @@ def test_segment_fraud_and_explain(client, customers):
                    "device_id": "dev-1", "timestamp": "2026-10-01T12:00:00Z"}
     fraud = client.post(f"{API}/fraud-detection", json={"customer_id": customers[0], "transaction": transaction}).json()
     assert 0 <= fraud["fraud_probability"] <= 1 and fraud["is_fraud"] == (fraud["fraud_probability"] >= fraud["threshold"])
+    assert fraud["reasons"] and all(set(r) == {"feature", "shap_value", "direction"} for r in fraud["reasons"])
     explained = client.get(f"{API}/explain", params={"customer_id": customers[0]}).json()
     assert explained["kind"] == "shap_values" and [v["feature"] for v in explained["values"]] == CHURN_FEATURES
     overall = client.get(f"{API}/explain").json()

@@ -47,10 +47,12 @@ def test_each_container_keeps_its_manifests_user_read_only_root_and_dropped_capa
 
 
 def test_the_environment_is_made_as_the_kubelet_makes_it(dev):
-    plan = make_plan(dev, SECRETS, images_of(dev))
-    [mlflow] = plan.pod("fintech-mlflow-0").containers
-    # secretKeyRef, then $(POSTGRES_PASSWORD) expanded from it
-    assert mlflow.env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://mlflow:pg-pw@fintech-postgres:5432/mlflow"
+    objects = copy.deepcopy(dev)
+    _serving(objects)["containers"][0]["env"] += [  # secretKeyRef, then $(NAME) expanded from it
+        {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "fintech-postgres", "key": "password"}}},
+        {"name": "URI", "value": "postgresql://mlflow:$(PW)@fintech-postgres:5432/mlflow"}]
+    plan = make_plan(objects, SECRETS, images_of(objects))
+    assert plan.pod("fintech-serving-0").containers[0].env["URI"] == "postgresql://mlflow:pg-pw@fintech-postgres:5432/mlflow"
     [serving] = plan.pod("fintech-serving-0").containers
     assert serving.env["ONLINE_STORE"] == "redis" and serving.env["REDIS_URL"] == "fintech-redis:6379"  # envFrom, then env
     [consumer] = plan.pod("fintech-stream-consumer-0").containers

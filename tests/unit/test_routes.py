@@ -220,3 +220,34 @@ def test_a_reload_is_written_to_the_audit_log_with_who_asked_and_why(tmp_path, m
     assert record["via"] == "api_key"  # a token's client of the same name would be "token"
     assert record["details"] == {"reason": "promote churn 3", "answer": {"churn": {"changed": False}}}
     assert ops not in (tmp_path / "audit" / "admin.jsonl").read_text()
+
+
+class Explained:
+    """A churn family whose champion explains any customer."""
+
+    class Scorer:
+        info = type("Info", (), {"as_dict": lambda self: {"name": "churn", "version": "4", "role": "champion",
+                                                          "feature_service": "churn_v1"}})()
+        importance = {"spend_30d": 0.2}
+
+        def explain(self, customer_id):
+            return {"customer_id": customer_id, "kind": "shap_values", "model": self.info.as_dict(), "base_value": 0.0,
+                    "values": [{"feature": "spend_30d", "shap_value": 0.2, "feature_value": 812.5}]}
+
+    def pick(self, customer_id, pin=None):
+        return self.Scorer()
+
+
+def test_each_explain_call_is_recorded_with_who_asked_about_which_customer_and_when(tmp_path, monkeypatch):
+    from core import audit
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    server = Server(ServingSettings(families="churn"))
+    server.families = {"churn": Explained()}
+    client = TestClient(with_client(create_app(server), "inference", "explain"))
+    answer = client.get(f"{API_PREFIX}/explain", params={"customer_id": "C0000042"})
+    assert answer.status_code == 200 and answer.json()["values"][0]["feature_value"] == 812.5
+    assert client.get(f"{API_PREFIX}/explain").status_code == 200  # global importance: no customer's values
+    [record] = audit.read(tmp_path / "audit" / "explain.jsonl")
+    assert record["action"] == "explain" and (record["actor"], record["via"]) == ("caller", "api_key")
+    assert record["details"] == {"customer_id": "C0000042", "version": "4"} and record["at"]
