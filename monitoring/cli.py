@@ -101,6 +101,8 @@ def drift_report(
     reports_dir: Annotated[Path | None, typer.Option(help="Default: DATA_DIR/reports/drift.")] = None,
     workspace: Annotated[Path | None, typer.Option(help="Evidently workspace (default: DATA_DIR/evidently).")] = None,
     no_workspace: Annotated[bool, typer.Option("--no-workspace", help="Do not add the report to the workspace.")] = False,
+    with_overridden: Annotated[bool, typer.Option("--with-overridden", help=(
+        "Keep the logged rows whose features the caller set (left out by default).")) ] = False,
 ) -> None:
     """Compare a window of served data with what the model version was built for; write HTML and JSON."""
     from core.registry import RegistryUnavailable, read_plan
@@ -120,7 +122,7 @@ def drift_report(
         until = until or datetime.now(UTC)
         since = since or until - timedelta(hours=24)
         window = read_table(current) if current else read_log(settings.data_dir / "inference_log" / model,
-                                                               since, until, version=version)
+                                                               since, until, version=version, overridden=with_overridden)
         if SCORE not in window.columns:
             window = scored(window, model, version, settings.tracking_uri, cache)
         if labels:
@@ -148,3 +150,27 @@ def drift_report(
     if fail_above is not None and result.summary["drift_share"] > fail_above:
         typer.secho(f"drift share {result.summary['drift_share']:.2f} is above {fail_above}", fg="red", err=True)
         raise typer.Exit(1)
+
+
+@app.command("prune-log")
+def prune_log(
+    days: Annotated[int, typer.Option(min=1, help="Keep this many days before today (UTC) and today; remove the older ones.")] = 90,
+) -> None:
+    """Remove the inference log's days past the retention, for every family (the log is personal
+    data: customer ids and their feature values). Run daily by the CronJob fintech-inference-log-retention."""
+    import shutil
+
+    settings = get_settings()
+    oldest = (datetime.now(UTC) - timedelta(days=days)).date()
+    removed = 0
+    for folder in sorted((settings.data_dir / "inference_log").glob("*/date=*")):
+        try:
+            day = datetime.strptime(folder.name.removeprefix("date="), "%Y-%m-%d").date()
+        except ValueError:
+            continue  # not a day's folder of the log
+        if day < oldest:
+            shutil.rmtree(folder)
+            removed += 1
+            log.info("removed %s (older than %d days)", folder, days)
+    typer.echo(f"removed {removed} day(s) of the inference log older than {oldest} (retention {days} days)")
+

@@ -105,14 +105,23 @@ def load_thresholds(family: str, version: str, tracking_uri: str, cache_dir: Pat
 
 
 def read_log(directory: Path, since: datetime | None = None, until: datetime | None = None,
-             version: str | None = None, roles: tuple[str, ...] = ("champion", "challenger")) -> pd.DataFrame:
-    """A window of the inference log of one family (shadow rows are left out: nobody got them)."""
+             version: str | None = None, roles: tuple[str, ...] = ("champion", "challenger"),
+             overridden: bool = False) -> pd.DataFrame:
+    """A window of the inference log of one family (shadow rows are left out: nobody got them),
+    without the rows whose features the caller set unless `overridden` (a client's overrides are
+    not the population's data, and must not move a drift report or trigger a retraining)."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     if not directory.exists():
         raise DriftInputError(f"no inference log at {directory}")
-    dataset = ds.dataset(directory, format="parquet", partitioning="hive")
+    found = ds.dataset(directory, format="parquet", partitioning="hive")
+    # every file's columns (versions read different features; older files lack `overridden`)
+    schema = pa.unify_schemas([found.schema, *(f.physical_schema for f in found.get_fragments())])
+    dataset = ds.dataset(directory, format="parquet", partitioning="hive", schema=schema)
     condition = ds.field("role").isin(list(roles))
+    if not overridden and "overridden" in schema.names:
+        condition &= ds.field("overridden").is_null() | (ds.field("overridden") == False)  # noqa: E712 - an expression
     if since is not None:
         condition &= ds.field("time") >= _utc(since)
     if until is not None:

@@ -5,8 +5,10 @@ request path.
 
 Columns: request_id, client_id (who sent the request: bentos/auth.py; empty with AUTH_MODE=off),
 scope (the scope it was scored under: `inference`, or empty), time (UTC), customer_id, model,
-version, role (champion, challenger, shadow), score, decision, then one column per feature the
-version read. A model service appends
+version, role (champion, challenger, shadow), score, decision, overridden (the caller set some of
+the features: drift reports and retraining leave such rows out), then one column per feature the
+version read. It is personal data: files are 0640 and folders 0750 (the service's group reads
+them: the jobs run in it), and `python -m monitoring prune-log` removes the days past the retention. A model service appends
 each scored batch to memory (a list append); a background thread writes what has gathered every
 `flush_s` seconds or `flush_rows` rows; `close()`, called when the service stops, writes the rest.
 Rows that could not be scored (unknown customer, invalid feature) are not predictions and are not
@@ -49,6 +51,7 @@ class _Batch:
     features: tuple[str, ...]
     request_ids: list[str]
     client_ids: list[str]
+    overridden: list[bool]
     customer_ids: list[str]
     scores: list[float]
     decisions: list[str]
@@ -88,6 +91,7 @@ class InferenceLog:
         batch = _Batch(
             datetime.now(UTC), version, role, tuple(features),
             [request.get("request_id") or "" for request, _ in rows], [request.get("client_id") or "" for request, _ in rows],
+            [bool(request.get("features")) for request, _ in rows],
             [result["customer_id"] for _, result in rows],
             [float(result[score_key]) for _, result in rows], [str(result[decision_key]) for _, result in rows],
             np.vstack([result.pop(FEATURES_KEY) for _, result in rows]),
@@ -167,13 +171,14 @@ class InferenceLog:
         table = pa.concat_tables(tables, promote_options="default")
         now = datetime.now(UTC)
         folder = self.directory / f"date={now:%Y-%m-%d}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o750, parents=True, exist_ok=True)
         self._files += 1
         # host and pid: pods share a volume and their processes often have the same pid
         path = folder / f"part-{now:%H%M%S}-{socket.gethostname()}-{os.getpid()}-{self._files:06d}.parquet"
         temporary = path.with_name(f".{path.stem}.tmp")  # a leading dot: dataset readers skip it
         try:
             pq.write_table(table, temporary)
+            temporary.chmod(0o640)  # personal data: the service's group, no one else
             temporary.rename(path)  # readers never see half a file
         except OSError:
             temporary.unlink(missing_ok=True)
@@ -198,6 +203,7 @@ class InferenceLog:
             "role": pa.array(np.repeat([b.role for b in batches], sizes), pa.string()),
             "score": pa.array(np.concatenate([b.scores for b in batches]), pa.float64()),
             "decision": pa.array([d for b in batches for d in b.decisions], pa.string()),
+            "overridden": pa.array([o for b in batches for o in b.overridden], pa.bool_()),
         }
         # from_pandas: a missing feature (NaN) is stored as null, as pandas stored it
         columns |= {name: pa.array(matrix[:, i], pa.float64(), from_pandas=True) for i, name in enumerate(features)}

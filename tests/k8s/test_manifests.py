@@ -932,10 +932,10 @@ def test_the_cycles_reach_the_pods_they_ask_and_the_registry_and_nothing_else(ob
         assert reached == serving | {("fintech-mlflow", 5000)}, pod["name"]
 
 
-def test_the_features_and_drift_jobs_may_not_reach_the_service(objects):
+def test_the_features_drift_and_retention_jobs_may_not_reach_the_service(objects):
     cycle_jobs = {cronjob["metadata"]["name"] for cronjob, *_ in cycles(objects)}
     others = [p for p in pods(objects) if p["name"] in {c["metadata"]["name"] for c in cronjobs(objects)} - cycle_jobs]
-    assert {p["name"] for p in others} == {"fintech-features", "fintech-drift-report"}
+    assert {p["name"] for p in others} == {"fintech-features", "fintech-drift-report", "fintech-inference-log-retention"}
     for job in others:
         assert "fintech-serving/client" not in job["labels"], job["name"]
         for deployment in serving_deployments(objects):
@@ -1201,3 +1201,13 @@ def test_outside_the_namespace_the_ray_pods_are_reached_by_the_kuberay_operator_
         for peer in rule["to"]:
             if "namespaceSelector" in peer:
                 assert peer == dns and {p["port"] for p in rule["ports"]} == {53}, rule
+
+
+def test_the_inference_log_is_pruned_daily_after_the_drift_reports_read_it(objects):
+    retention, drift = named(objects, "CronJob", "fintech-inference-log-retention"), named(objects, "CronJob", "fintech-drift-report")
+    [container] = job_pod_spec(retention)["containers"]
+    assert container["command"][:4] == ["python", "-m", "monitoring", "prune-log"] and "--days" in container["command"]
+    minute, hour = (int(x) for x in retention["spec"]["schedule"].split()[:2])
+    assert retention["spec"]["schedule"].split()[2:] == ["*", "*", "*"]  # daily
+    assert (hour, minute) > tuple(int(x) for x in reversed(drift["spec"]["schedule"].split()[:2]))
+

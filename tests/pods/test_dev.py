@@ -83,9 +83,10 @@ def test_the_serving_pod_follows_the_registry_of_the_mlflow_pod_on_the_postgres_
     assert status["registry_error"] is None
 
 
-def test_the_drift_report_cronjob_exits_0_and_a_retraining_dry_run_ends_its_cycle(dev):
-    code, logs = dev.job("fintech-drift-report")
-    assert code == 0, logs[-3000:]
+def test_the_drift_report_and_retention_cronjobs_exit_0_and_a_retraining_dry_run_ends_its_cycle(dev):
+    for job in ("fintech-drift-report", "fintech-inference-log-retention"):
+        code, logs = dev.job(job)
+        assert code == 0, (job, logs[-3000:])
     retrain = dev.plan.jobs["fintech-retrain-churn"].containers[0]
     code, logs = dev.job("fintech-retrain-churn", [*retrain.command, "--dry-run"], {"RETRAIN_BUDGET_MIN": "1"})
     # the cycle searched, registered and guarded against the serving pod; on the seed's small data the

@@ -143,3 +143,39 @@ def test_a_window_of_the_log_takes_naive_times_as_utc(tmp_path):
     pd.DataFrame({"time": times, "role": "champion", "score": [0.1, 0.2, 0.3]}).to_parquet(folder / "part.parquet")
     window = read_log(tmp_path / "churn", since=datetime(2026, 1, 1, 11), until=datetime(2026, 1, 1, 13))
     assert window["score"].tolist() == [0.2]
+
+
+def test_a_window_leaves_out_rows_whose_features_the_caller_set_unless_asked(tmp_path):
+    from monitoring.drift import read_log
+
+    old = tmp_path / "churn" / "date=2026-01-01"  # written before the log had the column: not overridden
+    new = tmp_path / "churn" / "date=2026-01-02"
+    old.mkdir(parents=True)
+    new.mkdir(parents=True)
+    pd.DataFrame({"time": pd.to_datetime(["2026-01-01 10:00"], utc=True), "role": "champion", "score": [0.1]}).to_parquet(old / "a.parquet")
+    pd.DataFrame({"time": pd.to_datetime(["2026-01-02 10:00"] * 2, utc=True), "role": "champion", "score": [0.2, 0.9],
+                  "overridden": [False, True]}).to_parquet(new / "b.parquet")
+    assert sorted(read_log(tmp_path / "churn")["score"]) == [0.1, 0.2]
+    assert sorted(read_log(tmp_path / "churn", overridden=True)["score"]) == [0.1, 0.2, 0.9]
+
+
+def test_the_retention_job_removes_the_days_past_the_retention_of_every_family(tmp_path, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from monitoring.cli import app
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    today = datetime.now(UTC).date()
+    days = {family: [today - timedelta(days=n) for n in (0, 89, 90, 91, 400)] for family in ("churn", "fraud")}
+    for family, dates in days.items():
+        for day in dates:
+            folder = tmp_path / "inference_log" / family / f"date={day:%Y-%m-%d}"
+            folder.mkdir(parents=True)
+            (folder / "part.parquet").write_bytes(b"x")
+    (tmp_path / "inference_log" / "churn" / "notes").mkdir()  # not a day's folder: left alone
+    result = CliRunner().invoke(app, ["prune-log", "--days", "90"])
+    assert result.exit_code == 0, result.output
+    for family, dates in days.items():
+        kept = sorted(p.name for p in (tmp_path / "inference_log" / family).glob("date=*"))
+        assert kept == sorted(f"date={d:%Y-%m-%d}" for d in dates[:3]), family  # today and the 89 and 90 days before
+    assert (tmp_path / "inference_log" / "churn" / "notes").is_dir() and "removed 4 day(s)" in result.output

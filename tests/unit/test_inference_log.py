@@ -101,3 +101,19 @@ def test_versions_reading_different_features_share_one_file_with_the_others_colu
     assert np.isnan(logged.loc["r0", "spend_30d"]) and np.isnan(logged.loc["r9", "days_since_last_txn"])
     assert logged.loc["r9", ["client_id", "spend_30d", "decision"]].tolist() == ["retention-app", 5.0, "high"]
     log.close()
+
+
+def test_the_log_is_readable_by_the_services_group_only_and_marks_rows_whose_features_the_caller_set(tmp_path):
+    import stat
+
+    log = InferenceLog(tmp_path, "churn", flush_s=60)
+    requests = [{"customer_id": "C1", "request_id": "r1", "features": {"days_since_last_txn": 90.0}},
+                {"customer_id": "C2", "request_id": "r2", "features": None}, {"customer_id": "C3", "request_id": "r3"}]
+    results = [{"customer_id": r["customer_id"], "churn_probability": 0.1, "risk_level": "low",
+                FEATURES_KEY: np.array([1.0, 2.0])} for r in requests]
+    log.append("1", "champion", FEATURES, requests, results)
+    log.close()
+    [file] = (tmp_path / "churn").rglob("*.parquet")
+    assert stat.S_IMODE(file.stat().st_mode) == 0o640 and stat.S_IMODE(file.parent.stat().st_mode) == 0o750
+    logged = pd.read_parquet(tmp_path / "churn").set_index("request_id")
+    assert logged["overridden"].to_dict() == {"r1": True, "r2": False, "r3": False}
