@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from bentos.auth import OFF_WARNING, OPEN, SCOPE_OF
+from bentos.auth import OFF_WARNING, OPEN, SCOPE_OF, Refused, refusal
 from bentos.config import API_PREFIX
 from bentos.metrics import exposition, metrics, request_series, summary
 from bentos.schemas import (
@@ -235,7 +235,7 @@ def observed(route: str, family: str):
     labels = {"version": "none", "role": "none"}
     try:
         yield labels
-    except ClientError as e:
+    except (ClientError, Refused) as e:  # Refused: a route's own rate-limit charge
         status = e.status
         raise
     except StoreUnavailable as e:  # the client gets a stable code; the store's address is the log's
@@ -348,6 +348,11 @@ def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def scoring_failed(_: Request, e: ScoringFailed) -> JSONResponse:
         return scoring_failed_response(e, retry_after_s)
 
+    @app.exception_handler(Refused)
+    async def refused(_: Request, e: Refused) -> Response:  # a route's own charge: churn-batch's rows
+        body, headers = refusal(e)
+        return Response(body, status_code=e.status, headers=headers, media_type="application/json")
+
 
 def for_caller(status: dict, request: Request, auth_mode: str) -> dict:
     """The families' status as this caller may read it: the error texts (paths, addresses, table
@@ -455,11 +460,17 @@ def _churn_routes(router: APIRouter, server) -> None:
         return await score_one(server, "churn-score", "churn", customer_request(body, pin, who))
 
     @router.post("/churn-batch", response_model=ChurnBatchResponse, responses=ERRORS)
-    async def churn_batch(body: ChurnBatchRequest, who: Caller, pin: str | None = Pin) -> dict:
+    async def churn_batch(request: Request, body: ChurnBatchRequest, who: Caller, pin: str | None = Pin) -> dict:
+        """Up to 10,000 customers' churn scores in one call. Rate limits: one request of the client's
+        `inference` limit, and one row per id of its `rows` limit (default 10,000 rows/s, burst 20,000;
+        AUTH_DEFAULT_LIMITS, AUTH_RATE_LIMITS): a batch that does not fit is a 429 and takes nothing."""
         with observed("churn-batch", "churn") as labels:
             if len(body.customer_ids) > max_ids:
                 raise ClientError(413, "too_many_ids", f"at most {max_ids:,} customer ids per call, "
                                   f"got {len(body.customer_ids):,}", [{"field": "customer_ids", "message": "too many"}])
+            charge = request.scope.get("state", {}).get("charge_rows")
+            if charge is not None:  # none with AUTH_MODE=off: no client to hold to a limit
+                charge(len(body.customer_ids))
             requests = [{"customer_id": c, "pin": pin, **who} for c in body.customer_ids]
             # a large batch is scored in a thread, so the event loop keeps answering the other routes
             results = await anyio.to_thread.run_sync(lambda: server.families["churn"].score_batch(requests, reasons=False))

@@ -110,9 +110,10 @@ class AuthSettings(BaseSettings):
 
 
 def _known_scopes(limits: dict, where: str) -> dict:
-    unknown = sorted(set(limits) - set(SCOPES))
+    """The limits named by scope, or `rows` (churn-batch's ids)."""
+    unknown = sorted(set(limits) - {*SCOPES, "rows"})
     if unknown:
-        raise ValueError(f"{where}: unknown scopes {unknown}; choose from {', '.join(SCOPES)}")
+        raise ValueError(f"{where}: unknown scopes {unknown}; choose from {', '.join(SCOPES)} or rows")
     return limits
 
 
@@ -327,14 +328,21 @@ class Authenticate:
                 self.hold_to_limit(client, needed)
         except Refused as refused:
             return await refuse(send, refused)
-        scope.setdefault("state", {})["client"] = client
+        state = scope.setdefault("state", {})
+        state["client"] = client
+        state["charge_rows"] = lambda rows: self.hold_to_limit(client, "rows", rows)  # churn-batch: one per id
         await self.app(scope, receive, send)
 
-    def hold_to_limit(self, client: Client, scope: str) -> None:
-        wait_s, limit = self.limits.take(client.identity, scope)
+    def hold_to_limit(self, client: Client, scope: str, cost: int = 1) -> None:
+        """Take `cost` from the client's bucket of `scope` (requests; or `rows`), or refuse with 429."""
+        wait_s, limit = self.limits.take(client.identity, scope, cost)
+        unit = "rows" if scope == "rows" else "requests"
+        if wait_s == math.inf:
+            raise Refused(429, "rate_limited", f"{cost} {unit} at once is more than client {client.identity!r}'s {scope} "
+                          f"burst ({limit.burst}): send smaller batches", retry_after_s=1)
         if wait_s:
             raise Refused(429, "rate_limited", f"client {client.identity!r} is over its {scope} limit "
-                          f"({limit.per_s:g} requests/s, burst {limit.burst})", retry_after_s=max(1, math.ceil(wait_s)))
+                          f"({limit.per_s:g} {unit}/s, burst {limit.burst})", retry_after_s=max(1, math.ceil(wait_s)))
 
     async def identify(self, headers: list[tuple[bytes, bytes]]) -> Client:
         authorization = key = None
@@ -369,15 +377,20 @@ def challenge(refused: Refused) -> str:
     return "Bearer " + ", ".join(parts)
 
 
-async def refuse(send, refused: Refused) -> None:
+def refusal(refused: Refused) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a refusal (besides the content type and length)."""
     field = {403: "scope", 429: "client"}.get(refused.status, "Authorization")
     body = json.dumps({"error": refused.error, "detail": refused.detail,
                        "fields": [{"field": field, "message": refused.detail}]}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if refused.status in (400, 401, 403):
-        headers.append((b"www-authenticate", challenge(refused).encode()))
-    else:
-        headers.append((b"retry-after", str(refused.retry_after_s).encode()))
+        return body, {"www-authenticate": challenge(refused)}
+    return body, {"retry-after": str(refused.retry_after_s)}
+
+
+async def refuse(send, refused: Refused) -> None:
+    body, extra = refusal(refused)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *((name.encode(), value.encode()) for name, value in extra.items())]
     await send({"type": "http.response.start", "status": refused.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

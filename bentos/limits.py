@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import math
 import mmap
 import os
 import stat
@@ -37,8 +38,10 @@ class Limit(BaseModel):
     burst: int = Field(ge=1, description="Requests at once after a quiet spell.")
 
 
+# per scope, in requests; and `rows`: the ids of churn-batch, each a row (its burst must hold the
+# largest batch, 10,000 ids, or such a batch could never pass)
 DEFAULT_LIMITS = {"inference": Limit(per_s=1000, burst=2000), "explain": Limit(per_s=50, burst=100),
-                  "admin": Limit(per_s=1, burst=10)}
+                  "admin": Limit(per_s=1, burst=10), "rows": Limit(per_s=10_000, burst=20_000)}
 
 
 def default_table() -> Path:
@@ -80,8 +83,8 @@ class SharedBuckets:
         self.table = mmap.mmap(self.fd, size)
         self.slots = slots
 
-    def take(self, name: str, limit: Limit) -> float:
-        """Take one request from `name`'s bucket: 0 when there was one, else the seconds until
+    def take(self, name: str, limit: Limit, cost: int = 1) -> float:
+        """Take `cost` tokens from `name`'s bucket: 0 when there were enough, else the seconds until
         there will be (nothing taken)."""
         key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") or 1
         fcntl.lockf(self.fd, fcntl.LOCK_EX)
@@ -89,8 +92,8 @@ class SharedBuckets:
             now = time.monotonic()  # the system's clock: the same in every process
             offset, tokens, refilled = self._find(key, limit, now)
             tokens = min(float(limit.burst), tokens + (now - refilled) * limit.per_s)
-            wait = 0.0 if tokens >= 1 else (1 - tokens) / limit.per_s
-            SLOT.pack_into(self.table, offset, key, tokens - 1 if wait == 0 else tokens, now)
+            wait = 0.0 if tokens >= cost else (cost - tokens) / limit.per_s
+            SLOT.pack_into(self.table, offset, key, tokens - cost if wait == 0 else tokens, now)
             return wait
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
@@ -122,6 +125,9 @@ class RateLimits:
     def limit(self, client_id: str, scope: str) -> Limit:
         return self.per_client.get(client_id, {}).get(scope) or self.defaults[scope]
 
-    def take(self, client_id: str, scope: str) -> tuple[float, Limit]:
+    def take(self, client_id: str, scope: str, cost: int = 1) -> tuple[float, Limit]:
+        """(seconds to wait, 0 when taken; the limit). A cost above the burst never fits: infinity."""
         limit = self.limit(client_id, scope)
-        return self.buckets.take(f"{scope}\x00{client_id}", limit), limit
+        if cost > limit.burst:
+            return math.inf, limit
+        return self.buckets.take(f"{scope}\x00{client_id}", limit, cost), limit

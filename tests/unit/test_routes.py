@@ -251,3 +251,35 @@ def test_each_explain_call_is_recorded_with_who_asked_about_which_customer_and_w
     [record] = audit.read(tmp_path / "audit" / "explain.jsonl")
     assert record["action"] == "explain" and (record["actor"], record["via"]) == ("caller", "api_key")
     assert record["details"] == {"customer_id": "C0000042", "version": "4"} and record["at"]
+
+
+class Batches:
+    """A churn family that scores any batch."""
+
+    def score_batch(self, requests, reasons=True):
+        return [{"customer_id": r["customer_id"], "churn_probability": 0.1, "risk_level": "low",
+                 "model": {"name": "churn", "version": "1", "role": "champion", "feature_service": "churn_v1"}} for r in requests]
+
+
+def test_a_batch_is_charged_a_row_per_id_against_the_clients_rows_limit(tmp_path, monkeypatch):
+    from bentos.auth import Authenticate, AuthSettings
+    from bentos.limits import Limit
+    from core.api_keys import new_key
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    keys = tmp_path / "api_keys.json"
+    key = new_key(keys, "nightly-batch", ["inference"])
+    server = Server(ServingSettings(families="churn"))
+    server.families = {"churn": Batches()}
+    settings = AuthSettings(api_keys_file=keys, rate_limit_file=tmp_path / "limits.bin",
+                            default_limits={"rows": Limit(per_s=1, burst=100)})
+    client = TestClient(Authenticate(create_app(server), settings))
+    batch = {"customer_ids": [f"C{i:07d}" for i in range(60)]}
+    assert client.post(f"{API_PREFIX}/churn-batch", json=batch, headers={"X-API-Key": key}).status_code == 200
+    over = client.post(f"{API_PREFIX}/churn-batch", json=batch, headers={"X-API-Key": key})  # 40 rows left of 100
+    assert over.status_code == 429 and over.json()["error"] == "rate_limited" and "rows" in over.json()["detail"]
+    assert int(over.headers["retry-after"]) >= 20  # 20 rows short at 1 row/s
+    small = {"customer_ids": [f"C{i:07d}" for i in range(40)]}  # the refused batch took nothing
+    assert client.post(f"{API_PREFIX}/churn-batch", json=small, headers={"X-API-Key": key}).status_code == 200
+    document = client.get("/openapi.json").json()
+    assert "row per id" in document["paths"][f"{API_PREFIX}/churn-batch"]["post"]["description"]
