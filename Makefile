@@ -96,7 +96,11 @@ $(PODMAN_CONF):
 image-base: $(PODMAN_CONF) ## The images every image starts from: Debian bookworm made by mmdebstrap (no registry), and it with uv for the build stages; made once
 	k8s/images/base/build.sh $(CONTAINER_ENGINE) $(IMAGE_BASE) $(IMAGE_BUILDER) $(BUILD_FLAGS)
 
-image: build image-base ## The serving image: the last built bento (code, settings, models) on the base, as UID 10001
+# the models the bento packs: on a new checkout, trained once first (the local registry is their sign)
+$(DATA_DIR)/mlflow.db:
+	$(MAKE) --no-print-directory data features train
+
+image: $(DATA_DIR)/mlflow.db build image-base ## The serving image: the bento of `make build` (code, settings, models; trained first on a new checkout) on the base, as UID 10001
 	rm -rf $(BENTO_CONTEXT) && mkdir -p $(BENTO_CONTEXT)
 	$(BIN)/bentoml export fintech-serving:latest $(BENTO_CONTEXT)/bento.tar
 	tar -xf $(BENTO_CONTEXT)/bento.tar -C $(BENTO_CONTEXT) && rm $(BENTO_CONTEXT)/bento.tar
