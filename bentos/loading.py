@@ -33,12 +33,17 @@ class LoadedVersion:
 
 
 def load_model(family: str, model_dir: Path):
-    """The native model: an XGBoost booster (for inplace_predict and SHAP, one thread per
-    worker) or the scikit-learn pipeline."""
+    """The model as data: an XGBoost booster from its UBJSON file (for inplace_predict and SHAP,
+    one thread per worker), or the segment centres from the version's metadata. Nothing is
+    unpickled: the scikit-learn pipeline MLflow stores for segment is never loaded here, so a
+    version written by whoever can reach the registry cannot run code in the service."""
     if family == "segment":
-        import mlflow.sklearn
+        from bentos.scoring import SegmentCentres
 
-        return mlflow.sklearn.load_model(str(model_dir))
+        stored = model_metadata(model_dir).get("segment_model")
+        if stored is None:
+            raise ValueError("the version carries no segment_model (its centres as numbers): retrain it")
+        return SegmentCentres.from_metadata(stored)
     import xgboost as xgb
 
     booster = xgb.Booster(model_file=str(model_dir / "model.ubj"))

@@ -239,6 +239,34 @@ class FraudScorer:
         }, keep_features)
 
 
+class SegmentCentres:
+    """The segment model as the service runs it: numbers from the version's metadata, never a
+    pickle (a registry that could be written to would otherwise run code in every serving pod).
+    A customer's segment is the nearest centre after log1p and scaling, as the fitted pipeline's
+    k-means assigns it (training/models.py `segment_model`; a model test holds the two equal)."""
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, centres: np.ndarray):
+        self.mean, self.scale, self.centres = mean, scale, centres
+
+    @classmethod
+    def from_metadata(cls, stored: dict) -> SegmentCentres:
+        if stored.get("transform") != "log1p":
+            raise ValueError(f"unknown segment transform {stored.get('transform')!r}")
+        try:
+            mean, scale = np.asarray(stored["mean"], float), np.asarray(stored["scale"], float)
+            centres = np.asarray(stored["centres"], float)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"the segment centres are not tables of numbers: {e}") from e
+        if centres.ndim != 2 or mean.shape != scale.shape or centres.shape[1:] != mean.shape or not len(centres):
+            raise ValueError(f"segment centres of shape {centres.shape} do not fit {mean.shape[0]} features")
+        return cls(mean, scale, centres)
+
+    def predict(self, frame) -> np.ndarray:
+        scaled = (np.log1p(np.asarray(frame, float)) - self.mean) / self.scale
+        distances = ((scaled[:, None, :] - self.centres[None, :, :]) ** 2).sum(axis=2)
+        return distances.argmin(axis=1)
+
+
 class SegmentScorer:
     def __init__(self, pipeline, metadata: dict, info: ModelInfo, reader: FeatureReader):
         self.pipeline, self.metadata, self.info, self.reader = pipeline, metadata, info, reader

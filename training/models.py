@@ -228,7 +228,8 @@ def train_segment(frame: pd.DataFrame, k_range: range, seed: int = 42, sample: i
                **{f"segment_share_{i}": float(s) for i, s in enumerate(sizes)}, "rows": len(x)}
     return TrainedModel(
         name="segment", model=pipeline, features=SEGMENT_FEATURES, params={"k": best_k, "k_range": list(k_range)},
-        metrics=metrics, metadata={"segment_names": {str(i): n for i, n in names.items()}},
+        metrics=metrics, metadata={"segment_names": {str(i): n for i, n in names.items()},
+                                   "segment_model": segment_model(pipeline)},
         artifacts={"segment_profiles": segment_profiles(pipeline, names, sizes)},
     )
 
@@ -242,6 +243,14 @@ def segment_profiles(pipeline: Pipeline, names: dict[int, str], shares: np.ndarr
     profiles.insert(0, "segment_name", [names[i] for i in range(len(names))])
     profiles.insert(0, "segment_id", range(len(names)))
     return profiles
+
+
+def segment_model(pipeline: Pipeline) -> dict:
+    """The fitted pipeline as numbers (log1p, then the scaler's mean and scale, then the centres):
+    what the service loads instead of a pickle (bentos.scoring.SegmentCentres)."""
+    scaler, kmeans = pipeline.named_steps["scale"], pipeline.named_steps["kmeans"]
+    return {"transform": "log1p", "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+            "centres": kmeans.cluster_centers_.tolist()}
 
 
 def _segment_pipeline(k: int, seed: int) -> Pipeline:

@@ -130,6 +130,25 @@ def test_segments_are_chosen_by_silhouette_and_named(tables):
     assert set(segment.model.predict(latest[SEGMENT_FEATURES].head(50))) <= set(range(k))
 
 
+
+def test_the_served_segment_model_is_data_and_assigns_every_customer_as_the_pipeline_does(tables):
+    """The service loads no pickle: the version's metadata carries the transform and the centres
+    (numbers), and the segments they give are the fitted pipeline's, customer for customer."""
+    import json
+
+    from bentos.scoring import SegmentCentres
+
+    _, features = tables
+    latest = features[(features["event_timestamp"] == features["event_timestamp"].max()) & (features["txn_count_90d"] > 0)]
+    segment = train_segment(latest, range(3, 6), seed=1)
+    stored = json.loads(json.dumps(segment.metadata["segment_model"]))  # as the registry's MLmodel file holds it
+    served = SegmentCentres.from_metadata(stored)
+    x = latest[SEGMENT_FEATURES]
+    assert (served.predict(x) == segment.model.predict(x)).all() and len(x) > 100
+    with pytest.raises(ValueError, match="centres"):
+        SegmentCentres.from_metadata({**stored, "centres": stored["centres"][:1] + [[1.0]]})
+
+
 def test_out_of_time_split_keeps_the_future_out_of_training(churn_frame):
     train, valid, test = out_of_time_split(churn_frame, "event_timestamp")
     assert train["event_timestamp"].max() < valid["event_timestamp"].min() <= test["event_timestamp"].min()

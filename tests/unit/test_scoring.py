@@ -192,3 +192,35 @@ def test_a_views_float_features_are_read_a_customer_a_row_and_decoded_at_once():
     connection.execute("UPDATE t SET value = ? WHERE entity_key = x'41' AND feature_name = 'count'", [double(2.0)])
     connection.execute("DELETE FROM t WHERE entity_key = x'42' AND feature_name = 'spend'")
     assert float_rows(connection, "t", ("count", "spend"), [b"A", b"B"]) is None
+
+
+class Planted:
+    """Unpickled, it would write a file: the proof that the loader ran a version's code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("metadata", [None, {"segment_model": {"transform": "log1p", "mean": [0.0], "scale": [1.0],
+                                                                 "centres": [[0.0], [2.0]]}}])
+def test_a_segment_version_is_loaded_from_its_numbers_and_its_pickle_is_never_opened(tmp_path, metadata):
+    import pickle
+
+    import yaml
+
+    from bentos.loading import load_model
+
+    marker = tmp_path / "code-ran"
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(Planted(str(marker))))
+    mlmodel = {"flavors": {"sklearn": {"pickled_model": "model.pkl", "serialization_format": "cloudpickle"}},
+               "utc_time_created": "2026-12-06 00:00:00.000000", **({"metadata": metadata} if metadata else {})}
+    (tmp_path / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    if metadata is None:
+        with pytest.raises(ValueError, match="no segment_model"):
+            load_model("segment", tmp_path)
+    else:
+        assert load_model("segment", tmp_path).predict(np.array([[0.1], [5.0]])).tolist() == [0, 1]
+    assert not marker.exists()
