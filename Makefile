@@ -13,7 +13,7 @@ export DATA_DIR BENTOML_HOME NUMBA_CACHE_DIR
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED,
 # ENGINE (local or ray), PARTITIONS, RAY_ADDRESS, TRAINING_CUSTOMERS, FRAUD_SAMPLE.
 
-.PHONY: help install crd-schemas oidc-provider lock image-base image image-mlflow image-dashboard image-jobs images image-standins pods-up pods-down test-pods data features train train-candidate import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-offline-scale bench-feast-ray bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
+.PHONY: help trained install crd-schemas oidc-provider lock image-base image image-mlflow image-dashboard image-jobs images image-standins pods-up pods-down test-pods data features train train-candidate import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-offline-scale bench-feast-ray bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -96,11 +96,10 @@ $(PODMAN_CONF):
 image-base: $(PODMAN_CONF) ## The images every image starts from: Debian bookworm made by mmdebstrap (no registry), and it with uv for the build stages; made once
 	k8s/images/base/build.sh $(CONTAINER_ENGINE) $(IMAGE_BASE) $(IMAGE_BUILDER) $(BUILD_FLAGS)
 
-# the models the bento packs: on a new checkout, trained once first (the local registry is their sign)
-$(DATA_DIR)/mlflow.db:
-	$(MAKE) --no-print-directory data features train
+trained: install ## Train the models only if the registry has no champion of some family (a new checkout)
+	@$(BIN)/python -m rollout.import_models --check || $(MAKE) --no-print-directory data features train
 
-image: $(DATA_DIR)/mlflow.db build image-base ## The serving image: the bento of `make build` (code, settings, models; trained first on a new checkout) on the base, as UID 10001
+image: trained build image-base ## The serving image: the bento of `make build` (code, settings, models; trained first on a new checkout) on the base, as UID 10001
 	rm -rf $(BENTO_CONTEXT) && mkdir -p $(BENTO_CONTEXT)
 	$(BIN)/bentoml export fintech-serving:latest $(BENTO_CONTEXT)/bento.tar
 	tar -xf $(BENTO_CONTEXT)/bento.tar -C $(BENTO_CONTEXT) && rm $(BENTO_CONTEXT)/bento.tar

@@ -1,5 +1,6 @@
 """Copy the registry's `champion` versions into the BentoML model store, so a running server
-never needs the MLflow server: `python -m rollout.import_models [--alias champion]`.
+never needs the MLflow server: `python -m rollout.import_models [--alias champion]`; with `--check`,
+only whether every family has a version under the alias (exit 1 if not).
 
 A version already in the store (same name and registry version) is not copied again.
 """
@@ -57,10 +58,27 @@ def import_family(name: str, alias: str, tracking_uri: str):
     return model
 
 
-def main(alias: Annotated[str, typer.Option(help="Registry alias to import.")] = "champion") -> None:
+def missing(alias: str, tracking_uri: str) -> list[str]:
+    """The families the registry names no version of under `alias`."""
+    client = mlflow_client(tracking_uri)
+    absent = []
+    for name in FAMILIES:
+        try:
+            client.get_model_version_by_alias(name, alias)
+        except Exception:  # MLflow raises its own for an unknown model or alias
+            absent.append(name)
+    return absent
+
+
+def main(alias: Annotated[str, typer.Option(help="Registry alias to import.")] = "champion",
+         check: Annotated[bool, typer.Option("--check", help="Import nothing: exit 1 if a family has no version under the alias.")] = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     settings = get_settings()
+    if check:
+        absent = missing(alias, settings.tracking_uri)
+        typer.echo(f"no {alias} version of: {', '.join(absent)}" if absent else f"every family has a {alias} version")
+        raise typer.Exit(1 if absent else 0)
     for name in FAMILIES:
         model = import_family(name, alias, settings.tracking_uri)
         typer.echo(f"{name}: {model.tag}")
