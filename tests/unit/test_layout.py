@@ -17,6 +17,8 @@ FORBIDDEN = {
     "dashboard": ("bentoml", "bentos", "training", "monitoring", "rollout", "xgboost", "sklearn", "feast", "mlflow"),
     # the stream consumer: the data contract, the feature definitions and the store, no model
     "streaming": ("bentoml", "bentos", "training", "monitoring", "rollout", "dashboard", "xgboost", "sklearn", "mlflow"),
+    # the harness that runs the manifests under podman: it reads k8s/ and drives podman, nothing of the platform's code
+    "pods": ("bentoml", "bentos", "training", "monitoring", "rollout", "dashboard", "streaming", "feast", "mlflow"),
 }
 # the service's scorers, offline: the served reference (training) and windows without scores
 # (monitoring) are scored by the same code as the service
