@@ -128,7 +128,9 @@ def grep(folders: list[str], words: list[str]) -> subprocess.CompletedProcess:
 
 def test_stopping_the_serving_pod_finishes_what_it_accepted_and_exits_within_its_grace_period(dev, serving):
     pod = dev.plan.pod("fintech-serving-0")
-    batch = {"customer_ids": [f"C{i:07d}" for i in range(1, 2001)] * 2}
+    # 500 ids a call: four callers stay about within the client's rows limit (10,000 rows/s), and a
+    # 429 is a refusal before anything was accepted, like a refused connection
+    batch = {"customer_ids": [f"C{i:07d}" for i in range(1, 501)]}
     results, stop_at = [], threading.Event()
 
     def call():
@@ -147,8 +149,8 @@ def test_stopping_the_serving_pod_finishes_what_it_accepted_and_exits_within_its
     stop_at.set()
     for thread in callers:
         thread.join(timeout=60)
-    answered = [r for r in results if isinstance(r, int)]
-    assert answered and set(answered) == {200}, results  # nothing accepted was dropped or failed
+    answered = [r for r in results if isinstance(r, int) and r != 429]
+    assert len(answered) >= 8 and set(answered) == {200}, results  # nothing accepted was dropped or failed
     assert took < pod.grace_period_s and dev.runtime.exit_code(pod, pod.containers[0]) == 0, took
     logged = dev.runtime.podman("volume", "inspect", "--format", "{{.Mountpoint}}", "fintech-data").stdout.strip()
     assert list(Path(logged, "inference_log", "churn").rglob("*.parquet"))  # the log is on the data volume
