@@ -99,11 +99,27 @@ def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, featur
 
     client = mlflow_client(tracking_uri)
     version = str(info.registered_model_version)
-    if CHAMPION not in client.get_registered_model(trained.name).aliases:
+    champion = client.get_registered_model(trained.name).aliases.get(CHAMPION)
+    if champion is None or not servable(client, trained.name, str(champion)):
+        if champion is not None:
+            log.warning("%s: champion version %s cannot be served (a segment version without its centres as numbers, "
+                        "trained before the service stopped loading pickles): version %s takes its place", trained.name,
+                        champion, version)
         client.set_registered_model_alias(trained.name, CHAMPION, version)
     aliases = [a for a, v in client.get_registered_model(trained.name).aliases.items() if str(v) == version]
     log.info("registered %s version %s (aliases: %s)", trained.name, version, ", ".join(aliases) or "none")
     return Registered(trained.name, version, run.info.run_id, aliases)
+
+
+def servable(client, name: str, version: str) -> bool:
+    """Whether the service can load the version: a segment version must carry `segment_model`
+    (bentos/loading.py loads no pickle); every churn and fraud version can."""
+    if name != "segment":
+        return True
+    import mlflow
+
+    source = client.get_model_version(name, version).source
+    return "segment_model" in (mlflow.models.get_model_info(source).metadata or {})
 
 
 def log_served_reference(registered: Registered, population: pd.DataFrame, tracking_uri: str) -> None:
