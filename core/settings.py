@@ -7,6 +7,7 @@ until :func:`get_settings` is called.
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -24,11 +25,26 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = Field(
         "", description="MLflow tracking server or database; empty means sqlite:///<data_dir>/mlflow.db."
     )
+    mlflow_tracking_password_file: Path | None = Field(None, description=(
+        "A file holding the password of the registry account MLFLOW_TRACKING_USERNAME names (a mounted Secret). "
+        "Read when the settings are, into MLflow's MLFLOW_TRACKING_PASSWORD of this process (not of the pod's spec), "
+        "unless that is already set."))
     feature_repo: Path = Field(REPO_ROOT / "feature_repo", description="The Feast feature repository.")
     online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store to use.")
     redis_url: str = Field("localhost:6379", description="Redis connection string when online_store=redis.")
     redis_password_file: Path | None = Field(None, description=(
         "A file holding the Redis password (a mounted Secret), added to the connection string; keeps it out of the environment."))
+
+    def model_post_init(self, _) -> None:
+        """MLflow's client takes a password from its environment variable or ~/.mlflow/credentials
+        only; a Secret mounted as a file reaches it through the first."""
+        path = self.mlflow_tracking_password_file
+        if path is None or "MLFLOW_TRACKING_PASSWORD" in os.environ:
+            return
+        try:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = path.read_text().strip()
+        except OSError as e:
+            raise ValueError(f"MLFLOW_TRACKING_PASSWORD_FILE={path}: cannot read it ({e.strerror})") from e
 
     @property
     def redis_connection(self) -> str:

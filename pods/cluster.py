@@ -24,6 +24,7 @@ from pods.runtime import PodmanError, ProbeResult, Runtime
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = "fintech-mlflow"
 FEATURES_JOB = "fintech-features"
+TRAINING_JOB = "fintech-retrain-churn"  # a pod with the registry writer's account and the data volume
 SEED_CUSTOMERS = 2000  # the synthetic data set the seed pod writes: a few seconds of features and training
 
 
@@ -79,6 +80,7 @@ def make_secrets(state_dir: Path) -> dict[str, dict[str, str]]:
     return {
         "fintech-redis": {"password": random_secrets.token_urlsafe(24)},
         "fintech-postgres": {"password": random_secrets.token_urlsafe(24)},
+        "fintech-mlflow-accounts": {name: random_secrets.token_urlsafe(24) for name in ("admin", "writer", "reader")},
         "fintech-serving-api-keys": {"api_keys.json": key_file.read_text()},
         "fintech-dashboard-credentials": {"api_key": dashboard},
         "fintech-rollout-credentials": {"api_key": rollout},
@@ -153,16 +155,17 @@ class Cluster:
         self.start([p for p in self.plan.pods if p not in first], publish)
 
     def seed(self) -> None:
-        """What a new cluster has before its first scheduled run, each step in the features
-        CronJob's pod: transactions on the data volume (synthetic, as `make data` makes them), the
-        CronJob itself, and models trained into the registry (as `make train` does)."""
-        steps = [("seed: transactions on the data volume", ["python", "-m", "training", "data"],
+        """What a new cluster has before its first scheduled run: transactions on the data volume
+        (synthetic, as `make data` makes them) and the features CronJob, in its pod; then models
+        trained into the registry (as `make train` does) in a retraining job's pod, the one that
+        holds the registry's writer account."""
+        steps = [("seed: transactions on the data volume", FEATURES_JOB, ["python", "-m", "training", "data"],
                   {"N_CUSTOMERS": str(SEED_CUSTOMERS)}),
-                 ("the features CronJob, once", None, None),
-                 ("seed: models trained into the registry", ["python", "-m", "training", "train"], None)]
-        for what, command, env in steps:
+                 ("the features CronJob, once", FEATURES_JOB, None, None),
+                 ("seed: models trained into the registry", TRAINING_JOB, ["python", "-m", "training", "train"], None)]
+        for what, job, command, env in steps:
             self.log(what)
-            code, logs = self.job(FEATURES_JOB, command, env)
+            code, logs = self.job(job, command, env)
             if code != 0:
                 raise PodmanError(f"{what}: exit {code}\n{logs[-3000:]}")
 

@@ -156,10 +156,12 @@ class RedisServer:
 
 class MlflowServer:
     """A real `mlflow server` on a free port over a registry database; `pause()` stops its processes
-    (SIGSTOP: it accepts connections and never answers), `resume()` lets them go on."""
+    (SIGSTOP: it accepts connections and never answers), `resume()` lets them go on. `args` and `env`
+    are added to its command and environment (its basic-auth app, say)."""
 
-    def __init__(self, backend_uri: str, workdir: Path):
+    def __init__(self, backend_uri: str, workdir: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None):
         self.backend_uri, self.workdir, self.port = backend_uri, workdir, free_port()
+        self.args, self.env = args, env or {}
         self.process: subprocess.Popen | None = None
 
     @property
@@ -168,11 +170,11 @@ class MlflowServer:
 
     def start(self) -> MlflowServer:
         command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", self.backend_uri,
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1", *self.args]
         with (self.workdir / "mlflow-server.log").open("w") as log:
             # without job execution: its job consumers poll without pause, taking a core between them
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env})
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and self.process.poll() is None:
             try:

@@ -13,6 +13,7 @@ import importlib
 import itertools
 import json
 import os
+import tempfile
 import re
 import shlex
 import shutil
@@ -270,9 +271,35 @@ def test_store_passwords_are_read_from_files_wherever_the_program_can_read_one(o
             assert "PASSWORD" not in " ".join(container.get("command", []) + container.get("args", [])), container["name"]
             for variable in env:
                 if variable["name"].endswith("PASSWORD_FILE"):
-                    assert secret_folder(spec, container, variable["value"])["secretName"] in ("fintech-redis", "fintech-postgres")
+                    assert secret_folder(spec, container, variable["value"])["secretName"] in (
+                        "fintech-redis", "fintech-postgres", "fintech-mlflow-accounts")
     serving = serving_deployments(objects)[0]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "REDIS_URL", "value": "fintech-redis:6379"} in serving["env"]  # the password is not in it
+
+
+def test_the_registry_needs_an_account_and_only_the_retraining_jobs_can_write(objects):
+    """MLflow runs its basic-auth app with the accounts of one Secret; each pod that reads the
+    registry mounts the one password it needs: the writer's for the retraining jobs, the reader's
+    for serving, the dashboard and the drift reports. No other pod holds the admin's."""
+    [mlflow] = named(objects, "Deployment", "fintech-mlflow")["spec"]["template"]["spec"]["containers"]
+    assert "mlflow server --app-name basic-auth" in mlflow["command"][-1]
+    assert "/opt/fintech/accounts.py --secrets /etc/fintech/mlflow-accounts" in mlflow["command"][-1]
+    accounts = {}
+    for name, template in pod_templates(objects):
+        spec = template["spec"]
+        for container in spec["containers"]:
+            env = env_of(container)
+            account = env.get("MLFLOW_TRACKING_USERNAME")
+            if account is not None:
+                secret = secret_folder(spec, container, env["MLFLOW_TRACKING_PASSWORD_FILE"])
+                assert secret["secretName"] == "fintech-mlflow-accounts"
+                assert [item["key"] for item in secret["items"]] == [account], name
+                accounts[container["name"]] = account
+            elif container["name"] != "mlflow":
+                mounted = [v["secret"] for v in spec.get("volumes", []) if "secret" in v]
+                assert all(v["secretName"] != "fintech-mlflow-accounts" for v in mounted), name
+    assert {c: a for c, a in accounts.items() if a == "writer"} == {"retrain": "writer"}
+    assert {"serving", "dashboard", "drift-report"} <= {c for c, a in accounts.items() if a == "reader"}
 
 
 def runs(container: dict, module: str) -> bool:
@@ -518,7 +545,12 @@ def dashboard_settings(container: dict):
     from core.settings import Settings
     from dashboard.settings import DashboardSettings
 
-    with mock.patch.dict(os.environ, env_of(container), clear=True):
+    env = env_of(container)
+    with tempfile.NamedTemporaryFile("w") as password, mock.patch.dict(os.environ, env, clear=True):
+        if "MLFLOW_TRACKING_PASSWORD_FILE" in env:  # the mounted Secret's file, read with the settings
+            password.write("a registry password")
+            password.flush()
+            os.environ["MLFLOW_TRACKING_PASSWORD_FILE"] = password.name
         return Settings(), DashboardSettings()
 
 

@@ -11,7 +11,8 @@ from pods.plan import STAND_INS, PlanError, make_plan
 
 SECRETS = {"fintech-redis": {"password": "redis-pw"}, "fintech-postgres": {"password": "pg-pw"},
            "fintech-serving-api-keys": {"api_keys.json": "[]"}, "fintech-dashboard-credentials": {"api_key": "d"},
-           "fintech-rollout-credentials": {"api_key": "r"}}
+           "fintech-rollout-credentials": {"api_key": "r"},
+           "fintech-mlflow-accounts": {"admin": "a" * 12, "writer": "w" * 12, "reader": "r" * 12}}
 
 
 @pytest.fixture(scope="module")
