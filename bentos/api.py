@@ -299,7 +299,8 @@ def _describe_credentials(app: FastAPI) -> None:
             refusals = {status: {"description": reason, "content": error} for status, reason in (
                 ("401", "No valid credential; WWW-Authenticate says why (RFC 6750)"),
                 ("403", "The credential lacks the route's scope"),
-                ("429", "The client is over its rate limit; Retry-After says when to retry"))}
+                ("429", ("The client is over its rate limit (across the replicas when the online store is Redis; "
+                         "per replica otherwise, or while Redis does not answer); Retry-After says when to retry")))}
             for path, operations in schema["paths"].items():
                 if path in OPEN:
                     continue
@@ -370,6 +371,10 @@ def for_caller(status: dict, request: Request, auth_mode: str) -> dict:
             family["refused_versions"] = dict.fromkeys(family["refused_versions"], "refused")
         if (family.get("inference_log") or {}).get("write_error"):
             family["inference_log"] = {**family["inference_log"], "write_error": "write_failed"}
+        if family.get("rate_limits"):
+            limits = family["rate_limits"]
+            family["rate_limits"] = {**limits, "shared": "per pod" if limits["shared"] == "per pod" else "redis",
+                                     "error": limits["error"] and "unavailable"}
         public[name] = family
     return public
 
@@ -397,10 +402,17 @@ def _service_routes(server, auth_mode: str) -> APIRouter:
 
     @router.get("/models/status")
     async def models_status(request: Request) -> dict:
-        """Per family; with AUTH_MODE=off, each family's `warnings` says the routes are open. The
-        registry's and the inference log's errors, and why a version was refused, in words for a
+        """Per family; with AUTH_MODE=off, each family's `warnings` says the routes are open. Each
+        family's `rate_limits` says where the buckets are: shared through Redis, or per pod (by the
+        settings, or since `since`, when Redis stopped answering). The registry's, the inference
+        log's and Redis's errors, Redis's address, and why a version was refused, in words for a
         caller with the `admin` scope; as a code for the others."""
-        status = for_caller(server.status(), request, auth_mode)
+        status = server.status()
+        limits = request.scope.get("state", {}).get("rate_limits")
+        if limits is not None:  # none with AUTH_MODE=off: no client is held to a limit
+            for family in status.values():
+                family["rate_limits"] = limits.status()
+        status = for_caller(status, request, auth_mode)
         if auth_mode == "off":
             for family in status.values():
                 family["warnings"] = [OFF_WARNING]
@@ -463,7 +475,9 @@ def _churn_routes(router: APIRouter, server) -> None:
     async def churn_batch(request: Request, body: ChurnBatchRequest, who: Caller, pin: str | None = Pin) -> dict:
         """Up to 10,000 customers' churn scores in one call. Rate limits: one request of the client's
         `inference` limit, and one row per id of its `rows` limit (default 10,000 rows/s, burst 20,000;
-        AUTH_DEFAULT_LIMITS, AUTH_RATE_LIMITS): a batch that does not fit is a 429 and takes nothing."""
+        AUTH_DEFAULT_LIMITS, AUTH_RATE_LIMITS): a batch that does not fit is a 429 and takes nothing.
+        The limits hold across the replicas when the online store is Redis (they share the buckets
+        there); per replica otherwise, or while Redis does not answer."""
         with observed("churn-batch", "churn") as labels:
             if len(body.customer_ids) > max_ids:
                 raise ClientError(413, "too_many_ids", f"at most {max_ids:,} customer ids per call, "

@@ -17,6 +17,8 @@ JWKS client); a token naming an unknown `kid` refetches them, at most once per
 AUTH_JWKS_REFRESH_S. Refusals follow RFC 6750: 401 with `WWW-Authenticate: Bearer` and the
 reason, 403 naming the missing scope. No token or key is ever logged or echoed. Each client is
 then held to its rate limit for the route's scope (bentos/limits.py): over it, 429 with Retry-After.
+The buckets are shared across replicas through Redis when the online store is Redis; per pod
+otherwise, or while Redis does not answer.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bentos.config import API_PREFIX
 from bentos.limits import Limit, RateLimits, default_table
+from bentos.redis_limits import RedisBuckets
 from core.api_keys import KEYS_FILE, SCOPES, digest, read_keys
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -75,13 +78,27 @@ class AuthSettings(BaseSettings):
     default_limits: dict[str, Limit] = Field(default_factory=dict, description=(
         "Rate limits per scope of the clients AUTH_RATE_LIMITS does not name, as JSON: "
         '{"inference": {"per_s": 1000, "burst": 2000}}. A scope left out keeps its default '
-        "(inference 1000/s, burst 2000; explain 50/s, burst 100; admin 1/s, burst 10)."))
+        "(inference 1000/s, burst 2000; explain 50/s, burst 100; admin 1/s, burst 10). The replicas share the "
+        "buckets through Redis when the online store is Redis; per pod otherwise, or while Redis does not answer "
+        "(AUTH_SHARED_LIMITS)."))
     rate_limits: dict[str, dict[str, Limit]] = Field(default_factory=dict, description=(
         'Rate limits of named clients, per scope, as JSON: {"nightly-batch": {"inference": {"per_s": 3000, "burst": 6000}}}. '
         'A bare name is an API key\'s client; a token\'s client is named "token:<client id>".'))
+    shared_limits: Literal["auto", "redis", "pod"] = Field("auto", description=(
+        "Where the rate-limit buckets are. redis: one bucket per client and scope for every replica, in the online "
+        "store's Redis (REDIS_URL), taken in leases (bentos/redis_limits.py); while Redis does not answer, each pod "
+        "falls back to its own. pod: each pod's own, shared by its workers, so N replicas allow N times a limit. "
+        "auto: redis when the online store is Redis, else pod."))
+    limit_lease_ms: float = Field(20.0, ge=0, description=(
+        "A worker takes this long's worth of a limit's rate from Redis at a time (20 ms: 20 of 1000/s; at least 1, at "
+        "most the burst) and serves requests from it; 0: one Redis call per request."))
+    limit_timeout_ms: float = Field(50.0, gt=0, description="How long Redis may take to connect or answer a take "
+                                    "before that request falls back to the pod's buckets.")
+    limit_retry_s: float = Field(5.0, ge=0, description="After Redis failed a take, how long the pod's buckets are "
+                                 "used before Redis is asked again.")
     rate_limit_file: Path | None = Field(None, description=(
-        "The buckets the worker processes share [default: one file per `bentoml serve` in a private (0700) folder "
-        "of the service user's in the temporary folder]."))
+        "The pod's buckets, which its worker processes share (and fall back to while Redis does not answer) [default: "
+        "one file per `bentoml serve` in a private (0700) folder of the service user's in the temporary folder]."))
 
     @property
     def keys_file(self) -> Path:
@@ -306,13 +323,15 @@ class ApiKeys:
 
 class Authenticate:
     """ASGI middleware: identify the caller (bearer token or X-API-Key), check the route's scope,
-    and hand the client on in scope["state"]["client"]."""
+    and hand the client on in scope["state"]["client"] (and the rate limits, for /models/status)."""
 
-    def __init__(self, app, settings: AuthSettings):
+    def __init__(self, app, settings: AuthSettings, core: Settings | None = None):
+        """`core`: where the online store is (default: from the environment)."""
         self.app = app
         self.tokens = TokenVerifier(settings) if settings.issuer else None
         self.keys = ApiKeys(settings.keys_file)
-        self.limits = RateLimits(settings.rate_limits, settings.default_limits, settings.rate_limit_file or default_table())
+        self.limits = RateLimits(settings.rate_limits, settings.default_limits, settings.rate_limit_file or default_table(),
+                                 shared=shared_buckets(settings, core or get_settings()), retry_s=settings.limit_retry_s)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "websocket":  # the service has no websocket route: none reaches the app unchecked
@@ -329,7 +348,7 @@ class Authenticate:
         except Refused as refused:
             return await refuse(send, refused)
         state = scope.setdefault("state", {})
-        state["client"] = client
+        state["client"], state["rate_limits"] = client, self.limits
         state["charge_rows"] = lambda rows: self.hold_to_limit(client, "rows", rows)  # churn-batch: one per id
         await self.app(scope, receive, send)
 
@@ -365,6 +384,13 @@ class Authenticate:
             raise invalid("this service accepts no bearer tokens (no issuer is configured); use an API key")
         token = token.strip()
         return self.tokens.cached(token) or await anyio.to_thread.run_sync(self.tokens.verify, token)
+
+
+def shared_buckets(settings: AuthSettings, core: Settings) -> RedisBuckets | None:
+    """Redis's buckets when the limits are shared across replicas, else None: per pod."""
+    if settings.shared_limits == "pod" or (settings.shared_limits == "auto" and core.online_store != "redis"):
+        return None
+    return RedisBuckets.connect(core.redis_connection, settings.limit_timeout_ms / 1000, settings.limit_lease_ms / 1000)
 
 
 def challenge(refused: Refused) -> str:

@@ -1,15 +1,23 @@
-"""Per-client rate limits: a token bucket per client and scope, shared by a pod's worker processes.
+"""Per-client rate limits: a token bucket per client and scope, shared by every replica through
+Redis when the online store is Redis, else by a pod's worker processes.
 
-    limits = RateLimits(settings)            # bentos/auth.py makes one per worker
-    wait_s, limit = limits.take("nightly-batch", "inference")   # 0: pass; else refuse with 429
+    limits = RateLimits(per_client, defaults, table, shared=RedisBuckets.connect(...))  # one per worker
+    wait_s, limit = limits.take("api_key:nightly-batch", "inference")   # 0: pass; else refuse with 429
 
 A bucket holds up to `burst` requests and refills at `per_s` a second. Each client id may have its
 own limits per scope (AUTH_RATE_LIMITS); every other client gets the defaults
-(AUTH_DEFAULT_LIMITS). The buckets live in a small memory-mapped file (its default: one per
-`bentoml serve`, in a private folder of the service user's in the temporary folder, named by the
-serving process's id), so every worker of
-a pod draws from the same buckets: a client cannot get a worker's limit from each of them. One
-lock on the file guards a bucket's read and write, a few microseconds.
+(AUTH_DEFAULT_LIMITS).
+
+Shared (bentos/redis_limits.py): every replica takes from one bucket in Redis, so N replicas do not
+give a client N times its limit. When Redis errs or does not answer in time, that take and every
+take for `retry_s` after it use the pod's buckets instead (a warning once per outage, the gauge
+fintech_rate_limits_fallback at 1, `status()` saying since when and why); the first take after
+that window asks Redis again, and shares again when it answers.
+
+Per pod: the buckets live in a small memory-mapped file (its default: one per `bentoml serve`, in a
+private folder of the service user's in the temporary folder, named by the serving process's id),
+so every worker of a pod draws from the same buckets: a client cannot get a worker's limit from
+each of them. One lock on the file guards a bucket's read and write, a few microseconds.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import math
 import mmap
 import os
@@ -24,9 +33,14 @@ import stat
 import struct
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 SLOT = struct.Struct("<Qdd")  # key (a hash of client and scope), tokens left, last refill (monotonic s)
 SLOTS = 4096  # buckets the file holds (128 KiB); past this, the least recently used are reused
@@ -113,14 +127,30 @@ class SharedBuckets:
         return stalest[0], float(limit.burst), now
 
 
-class RateLimits:
-    """The limits of each client and scope, drawn from the shared buckets."""
+class Shared(Protocol):
+    """Buckets every replica shares (bentos/redis_limits.py), whose take raises RedisError when Redis does not answer."""
 
-    def __init__(self, per_client: dict[str, dict[str, Limit]], defaults: dict[str, Limit], table: Path):
+    where: str
+
+    def take(self, name: str, limit: Limit, cost: int = 1) -> float: ...
+
+
+class RateLimits:
+    """The limits of each client and scope, drawn from Redis's buckets (`shared`), or from the pod's
+    while Redis does not answer, or always when there is no `shared`."""
+
+    def __init__(self, per_client: dict[str, dict[str, Limit]], defaults: dict[str, Limit], table: Path,
+                 shared: Shared | None = None, retry_s: float = 5.0):
         """`per_client` by identity ("api_key:<id>" or "token:<id>"); a bare name is an API key's client."""
         self.per_client = {(name if ":" in name else f"api_key:{name}"): limits for name, limits in per_client.items()}
         self.defaults = {**DEFAULT_LIMITS, **defaults}
         self.buckets = SharedBuckets(table)
+        self.shared, self.retry_s = shared, retry_s
+        self._down_since: datetime | None = None
+        self._error = ""
+        self._retry_at = 0.0
+        if shared is not None:
+            self._set_fallback(False)
 
     def limit(self, client_id: str, scope: str) -> Limit:
         return self.per_client.get(client_id, {}).get(scope) or self.defaults[scope]
@@ -130,4 +160,41 @@ class RateLimits:
         limit = self.limit(client_id, scope)
         if cost > limit.burst:
             return math.inf, limit
+        if self.shared is not None and time.monotonic() >= self._retry_at:
+            try:
+                wait = self.shared.take(f"{scope}:{client_id}", limit, cost)
+            except RedisError as e:
+                self._fell_back(e)
+            else:
+                if self._down_since is not None:
+                    self._shared_again()
+                return wait, limit
         return self.buckets.take(f"{scope}\x00{client_id}", limit, cost), limit
+
+    def status(self) -> dict:
+        """Where the buckets are: "redis at host:port", or "per pod" (by the settings, or since
+        Redis stopped answering, with the error)."""
+        shared = self.shared is not None and self._down_since is None
+        return {"shared": self.shared.where if shared else "per pod",
+                "since": self._down_since.isoformat() if self._down_since else None, "error": self._error or None}
+
+    def _fell_back(self, error: Exception) -> None:
+        self._error = f"{type(error).__name__}: {error}"[:300]
+        self._retry_at = time.monotonic() + self.retry_s
+        if self._down_since is None:
+            self._down_since = datetime.now(UTC)
+            self._set_fallback(True)
+            log.warning("rate limits: %s did not answer (%s); each pod holds its own buckets until it does, "
+                        "so a client may get up to its limit from every pod", self.shared.where, self._error)
+
+    def _shared_again(self) -> None:
+        log.info("rate limits: %s answers again; the buckets are shared again (per pod since %s)",
+                 self.shared.where, f"{self._down_since:%Y-%m-%d %H:%M:%S} UTC")
+        self._down_since, self._error = None, ""
+        self._set_fallback(False)
+
+    @staticmethod
+    def _set_fallback(fallback: bool) -> None:
+        from bentos.metrics import metrics
+
+        metrics().rate_limits_fallback.set(1 if fallback else 0)

@@ -41,6 +41,7 @@ class Metrics:
     retrain_cycles: object
     retrain_failures_in_a_row: object
     api_keys_file_valid: object
+    rate_limits_fallback: object
 
 
 @lru_cache(maxsize=1)
@@ -81,6 +82,9 @@ def metrics() -> Metrics:
                                         "in a row (0: the last one did not).", ["model"], multiprocess_mode="livemax"),
         api_keys_file_valid=Gauge("fintech_api_keys_file_valid", "1 while the API-key file validates (or there is none); "
                                   "0 while it does not, and every API key is refused.", multiprocess_mode="livemin"),
+        rate_limits_fallback=Gauge("fintech_rate_limits_fallback", "1 while the rate limits should be shared across "
+                                   "replicas through Redis and Redis does not answer: each pod holds its own buckets, "
+                                   "so a client may get its limit from every pod. 0 otherwise.", multiprocess_mode="livemax"),
         drift_share=Gauge("fintech_drift_share", "Share of features drifted in the model's latest drift report.",
                           ["model", "version"], multiprocess_mode="livemax"),
     )

@@ -199,6 +199,39 @@ def test_with_auth_off_models_status_warns_on_every_family_and_stays_a_dict_of_f
     assert "warnings" not in TestClient(create_app(server, auth_mode="on")).get("/models/status").json()["churn"]
 
 
+class FellBack:
+    """Rate limits on the pod's buckets since Redis stopped answering, its address in the error."""
+
+    def status(self) -> dict:
+        return {"shared": "per pod", "since": "2026-01-05T10:00:00+00:00", "error": "ConnectionError: 10.0.0.9:6379 refused"}
+
+
+class Shared:
+    def status(self) -> dict:
+        return {"shared": "redis at 10.0.0.9:6379", "since": None, "error": None}
+
+
+@pytest.mark.parametrize("limits", [FellBack(), Shared()])
+def test_models_status_says_where_the_rate_limits_are_and_redis_s_address_and_error_only_to_admin(limits):
+    server = Server(ServingSettings(families="churn,fraud"))
+    server.families = {"churn": Quiet(), "fraud": Quiet()}
+
+    def answer(*scopes):
+        app = with_client(create_app(server), *scopes)
+
+        async def with_limits(scope, receive, send):
+            scope.setdefault("state", {})["rate_limits"] = limits
+            await app(scope, receive, send)
+
+        return TestClient(with_limits).get("/models/status").json()
+
+    admin, reader = answer("admin"), answer("inference")
+    assert set(admin) == {"churn", "fraud"} and all(f["rate_limits"] == limits.status() for f in admin.values())
+    public = reader["churn"]["rate_limits"]
+    assert "10.0.0.9" not in json.dumps(reader) and public["since"] == limits.status()["since"]
+    assert (public["shared"], public["error"]) == (("per pod", "unavailable") if limits.status()["error"] else ("redis", None))
+
+
 def test_a_reload_is_written_to_the_audit_log_with_who_asked_and_why(tmp_path, monkeypatch):
     from bentos.auth import Authenticate, AuthSettings
     from core import audit
