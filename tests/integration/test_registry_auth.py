@@ -33,7 +33,8 @@ def make_accounts(folder: Path) -> subprocess.CompletedProcess:
                            "--database-uri", f"sqlite:///{folder / 'accounts.db'}",
                            "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--config", str(folder / "auth.ini"),
                            "--experiments", EXPERIMENTS, "--models", ",".join(FAMILIES)],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini")})  # as the pod sets it
 
 
 @pytest.fixture(scope="module")

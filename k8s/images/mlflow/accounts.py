@@ -16,8 +16,9 @@ could create `churn` before the first training did, and own it: register a versi
 champion, which every serving pod would then load.
 
 Each start makes the accounts that are missing and gives each its password from the Secret, so a
-changed password takes effect at the next restart. It then writes the basic-auth app's
-configuration (0600) for MLFLOW_AUTH_CONFIG_PATH: the accounts' database and the admin account.
+changed password takes effect at the next restart. First it writes the basic-auth app's
+configuration (0600) for MLFLOW_AUTH_CONFIG_PATH, which MLflow's auth module reads when it is
+imported: the accounts' database and the admin account.
 Needs only MLflow itself, the one package of the MLflow image.
 """
 
@@ -119,12 +120,12 @@ def main() -> None:
     parser.add_argument("--models", default="", help="registered models the writer owns, comma-separated")
     args = parser.parse_args()
     passwords = read_passwords(args.secrets)
+    write_config(args.config, args.database_uri, passwords["admin"])  # MLflow's auth module reads it on import
     accounts = open_accounts(args.database_uri)
     lines = make_accounts(accounts, passwords)
     lines += reserve_names(accounts, args.tracking_uri or args.database_uri, split(args.experiments), split(args.models))
     for line in lines:
         print(f"mlflow accounts: {line}", flush=True)
-    write_config(args.config, args.database_uri, passwords["admin"])
 
 
 if __name__ == "__main__":
