@@ -11,8 +11,12 @@ bytes (a tag, then the little-endian double), so a column of them is decoded by 
 instead of one proto at a time (`decode_column`); any other type goes through the proto.
 A test holds the result equal to `get_online_features` on real SQLite and Redis stores.
 
-A service with on-demand feature views (fraud) goes through `get_online_features`, which runs
-their transformation on the request's values: the same code as in training.
+A service with on-demand feature views (fraud) is read the same way: its stored views, and the
+stored views its on-demand views take as sources (the customer's risk profile; for fraud_v2, the
+stream's row), in the same one round trip; then each on-demand view's own Python function, the one
+Feast's registry holds and runs (core/realtime.py, core/stream_features.py), is called once on the
+whole batch with those values and the request's fields. The same code as in training, without
+`get_online_features`, which spent milliseconds a call converting values to protos and back.
 
 A store that answers but refuses one service's read (SQLite: no table for one of its views) raises
 FeaturesUnreadable for that service alone; the store is not taken for down.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -37,6 +42,7 @@ import numpy as np
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
+from feast.types import Float64
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import RedisError
 
@@ -60,6 +66,32 @@ class ViewRead:
     view: object  # feast.FeatureView
     features: tuple[str, ...]
 
+    @property
+    def floats(self) -> tuple[str, ...]:
+        """The features stored as Float64, which SQLite reads a customer at a time (`float_rows`)."""
+        return tuple(f.name for f in self.view.features if f.name in self.features and f.dtype == Float64)
+
+
+@dataclass(frozen=True)
+class OnDemandRun:
+    """An on-demand view of a service: its function, what it reads, what the service takes of it."""
+    udf: Callable[[dict], dict]  # dict of equal-length lists in, the same out (Feast's python mode)
+    inputs: tuple[str, ...]  # features of its source views
+    request: tuple[str, ...]  # fields of the request
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    reads: list[ViewRead]  # the stored views read: the service's own, and its on-demand views' sources
+    features: tuple[str, ...]  # the stored features the service returns
+    views: tuple[str, ...]  # the stored views those come from: a customer is known when one has its row
+    on_demand: list[OnDemandRun]
+
+    @property
+    def floats(self) -> set[str]:
+        return {name for read in self.reads for name in read.floats}
+
 
 STORE_ERRORS = (RedisError, sqlite3.Error, OSError)
 
@@ -78,8 +110,7 @@ class FeastReader:
         if settings.online_store == "redis":
             self._no_client_retries()
         self._services: dict = {}
-        self._plans: dict[str, list[ViewRead] | None] = {}
-        self._stored: dict[str, list[str]] = {}  # per service: the features that come from stored views
+        self._plans: dict[str, ServicePlan] = {}
         self._fields: dict[str, list[bytes]] = {}  # per service: its Redis hash fields, features then view times
 
     def _service(self, name: str):
@@ -92,14 +123,30 @@ class FeastReader:
         the online store is not read)."""
         return [f.name for p in self._service(name).feature_view_projections for f in p.features]
 
-    def _plan(self, name: str) -> list[ViewRead] | None:
-        """The stored views and features of a service, or None when it has on-demand views."""
+    def _plan(self, name: str) -> ServicePlan:
+        """What reading a service takes: each stored view once, with every feature the service or
+        one of its on-demand views needs of it."""
         if name not in self._plans:
-            on_demand = {v.name for v in self.store.list_on_demand_feature_views()}
-            projections = self._service(name).feature_view_projections
-            self._stored[name] = [f.name for p in projections if p.name not in on_demand for f in p.features]
-            self._plans[name] = None if any(p.name in on_demand for p in projections) else [
-                ViewRead(self.store.get_feature_view(p.name), tuple(f.name for f in p.features)) for p in projections]
+            on_demand = {v.name: v for v in self.store.list_on_demand_feature_views()}
+            wanted: dict[str, list[str]] = {}  # per stored view, the features read, in order
+            features, views, runs = [], [], []
+            for projection in self._service(name).feature_view_projections:
+                names = [f.name for f in projection.features]
+                if projection.name not in on_demand:
+                    features += names
+                    views.append(projection.name)
+                    wanted.setdefault(projection.name, []).extend(n for n in names if n not in wanted.get(projection.name, []))
+                    continue
+                view = on_demand[projection.name]
+                inputs = []
+                for source in view.source_feature_view_projections.values():
+                    needed = [f.name for f in source.features]
+                    wanted.setdefault(source.name, []).extend(n for n in needed if n not in wanted.get(source.name, []))
+                    inputs += needed
+                request = [f.name for source in view.source_request_sources.values() for f in source.schema]
+                runs.append(OnDemandRun(view.feature_transformation.udf, tuple(inputs), tuple(request), tuple(names)))
+            reads = [ViewRead(self.store.get_feature_view(view), tuple(names)) for view, names in wanted.items()]
+            self._plans[name] = ServicePlan(reads, tuple(features), tuple(views), runs)
         return self._plans[name]
 
     def _no_client_retries(self) -> None:
@@ -137,16 +184,23 @@ class FeastReader:
 
     def _read(self, feature_service: str, rows: list[dict]) -> OnlineFeatures:
         plan = self._plan(feature_service)
-        if plan is None:
-            values = self.store.get_online_features(features=self._service(feature_service), entity_rows=rows).to_dict(
-                include_event_timestamps=True)
-            features = OnlineFeatures.from_columns(values, self._stored[feature_service])
-        else:
-            features = self._read_stored(feature_service, plan, [row[JOIN_KEY] for row in rows])
+        columns, stamps = self._read_stored(feature_service, plan.reads, [row[JOIN_KEY] for row in rows])
+        found = np.zeros(len(rows), dtype=bool)
+        for view in plan.views:
+            found |= stamps[view] > 0
+        values = {name: columns[name] for name in plan.features}
+        values |= {view + TS_SUFFIX: stamps[view] for view in plan.views}
+        for run in plan.on_demand:
+            inputs = {name: as_list(columns[name], name in plan.floats) for name in run.inputs}
+            inputs |= {name: [row.get(name) for row in rows] for name in run.request}
+            computed = run.udf(inputs)
+            values |= {name: np.array(computed[name], dtype=float) for name in run.outputs}
+        features = OnlineFeatures(values, found)
         observe_age(feature_service, features)
         return features
 
-    def _read_stored(self, feature_service: str, plan: list[ViewRead], customer_ids: list[str]) -> OnlineFeatures:
+    def _read_stored(self, feature_service: str, plan: list[ViewRead], customer_ids: list[str]) -> tuple[dict, dict]:
+        """Per feature its values, per view its event times (0: no row), one position per id."""
         unique = list(dict.fromkeys(customer_ids))
         version = self.store.config.entity_key_serialization_version
         keys = [entity_key(c, version) for c in unique]
@@ -154,18 +208,13 @@ class FeastReader:
             columns, stamps = self._from_redis(feature_service, plan, keys)
         else:
             columns, stamps = self._from_sqlite(plan, keys)
-        found = np.zeros(len(unique), dtype=bool)
-        for view_stamps in stamps.values():
-            found |= view_stamps > 0
         if len(unique) < len(customer_ids):  # repeated customers: one read, then spread back
             position = {c: i for i, c in enumerate(unique)}
             rows = np.array([position[c] for c in customer_ids])
             columns = {name: column[rows] if isinstance(column, np.ndarray) else [column[i] for i in rows]
                        for name, column in columns.items()}
             stamps = {name: column[rows] for name, column in stamps.items()}
-            found = found[rows]
-        values = {**columns, **{view + TS_SUFFIX: column for view, column in stamps.items()}}
-        return OnlineFeatures(values, found)
+        return columns, stamps
 
     def _from_redis(self, feature_service: str, plan: list[ViewRead], keys: list[bytes]):
         from feast.infra.online_stores.helpers import _mmh3
@@ -192,18 +241,24 @@ class FeastReader:
         return [_quote_id(_table_id(config.project, read.view, versioning)) for read in plan]
 
     def _from_sqlite(self, plan: list[ViewRead], keys: list[bytes]):
-        """By customer when every value read is a Float64 (`float_rows`, the usual case), else row by row."""
+        """A view's Float64 features by customer (`float_rows`, the usual case), its others row by row."""
         config = self.store.config
         connection = self.store._get_provider().online_store._get_conn(config)
         tables = self._sqlite_tables(plan)
         columns: dict = {}
         stamps: dict = {}
         for read, table in zip(plan, tables):
-            view = float_rows(connection, table, read.features, keys)
-            if view is None:
-                return self._from_sqlite_by_row(connection, plan, tables, keys)
-            columns.update(view[0])
-            stamps[read.view.name] = view[1]
+            floats = read.floats
+            view = float_rows(connection, table, floats, keys) if floats else None
+            others = read if view is None else ViewRead(read.view, tuple(f for f in read.features if f not in floats))
+            if view is not None:
+                columns.update(view[0])
+                stamps[read.view.name] = view[1]
+            if others.features:  # text and integer features (fraud's profile), or a customer missing a float
+                other_columns, other_stamps = self._from_sqlite_by_row(connection, [others], [table], keys)
+                columns.update(other_columns)
+                seconds = other_stamps[read.view.name]
+                stamps[read.view.name] = np.maximum(stamps[read.view.name], seconds) if view is not None else seconds
         return columns, stamps
 
     def _from_sqlite_by_row(self, connection, plan: list[ViewRead], tables: list[str], keys: list[bytes]):
@@ -358,6 +413,14 @@ def decode_column(blobs: list[bytes | None]) -> np.ndarray | list:
             column[np.array([b is not None for b in blobs])] = decoded["value"]
             return column
     return [None if b is None else python_value(Value.FromString(b)) for b in blobs]
+
+
+def as_list(column: np.ndarray | list, is_float: bool) -> list:
+    """A column as an on-demand view's function takes it: Python values, NaN or None for none. A
+    column of another type with no value at all decodes as NaNs (nothing says its type): Nones."""
+    if not isinstance(column, np.ndarray):
+        return column
+    return column.tolist() if is_float else [None] * len(column)
 
 
 def python_value(value: Value | None):

@@ -11,10 +11,12 @@ import pytest
 from bentos.online import TS_SUFFIX, FeastReader
 from bentos.scoring import FeaturesUnreadable
 from core.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
+from core.stream_features import BEFORE_FEATURES
 from tests.integration.conftest import apply_unmaterialized_churn_service
 from training import store
 
 STORED_SERVICES = ("churn_v1", "segment_v1")
+FRAUD_SERVICES = ("fraud_v1", "fraud_v2")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
@@ -67,14 +69,57 @@ def test_event_times_are_each_views_as_the_sdk_gives_them(reader, customers, ser
         assert view_times[-1] == 0 and all(t > 0 for t in view_times[:-1])
 
 
+def fraud_requests(reader: FeastReader, customers: list[str]) -> list[dict]:
+    """Transactions that take every branch of the fraud services' on-demand views: a country,
+    device and category the customer has used and ones it has not; a stream row a minute old, a
+    day and a minute old (too old to count), and newer than the transaction; an unknown customer
+    (no profile, no stream row); an integer amount; the same customer twice."""
+    stored = reader.store.get_online_features(
+        features=["customer_risk_profile:countries_seen", "customer_risk_profile:devices_seen",
+                  "customer_risk_profile:categories_seen", "customer_risk_profile:home_country",
+                  "customer_stream:last_txn_time"],
+        entity_rows=[{"customer_id": c} for c in customers]).to_dict()
+    with_stream = [i for i, t in enumerate(stored["last_txn_time"]) if t is not None]
+    assert len(with_stream) >= 20, "the store should hold stream rows for most customers"
+    requests = []
+    for n, i in enumerate(with_stream[:24]):
+        last = int(stored["last_txn_time"][i])
+        familiar = n % 2 == 0
+        seen = {name: (stored[name][i] or "").split("|")[0] for name in ("countries_seen", "devices_seen", "categories_seen")}
+        requests.append({"customer_id": customers[i], "amount": [250.0, 12, 0.5][n % 3],
+                         "merchant_category": seen["categories_seen"] if familiar else "travel",
+                         "channel": ["online", "pos", "atm"][n % 3],
+                         "country": (stored["home_country"][i] or "GB") if familiar else "ZZ",
+                         "device_id": seen["devices_seen"] if familiar else "a-new-device",
+                         "transaction_time": last + [60, 86_400 + 60, -60, 3_600][n % 4]})
+    unknown = {**requests[0], "customer_id": "C_NOT_A_CUSTOMER"}
+    return requests + [unknown, requests[1]]
+
+
 @pytest.mark.integration
-def test_a_service_with_on_demand_views_is_computed_by_feast(reader, customers):
-    """fraud_v1's request-time features come from its on-demand view, run by Feast on the request."""
-    transaction = {"amount": 250.0, "merchant_category": "travel", "channel": "online", "country": "FR",
-                   "device_id": "d-1", "transaction_time": 1_700_000_000}
-    features = reader.read("fraud_v1", [{"customer_id": customers[0], **transaction}, {"customer_id": "C_NOT_A_CUSTOMER", **transaction}])
-    assert all(features.values[name][0] is not None for name in REQUEST_TIME_FEATURES)
-    assert features.found.tolist() == [True, False]
+@pytest.mark.parametrize("service", FRAUD_SERVICES)
+def test_fraud_services_read_and_compute_the_same_values_as_the_sdk(reader, customers, service):
+    """Stored views and on-demand ones (the request-time features, fraud_v2's stream view), every
+    value as `get_online_features` gives it: the reader calls the views' own functions in process."""
+    rows = fraud_requests(reader, customers)
+    ours, theirs = reader.read(service, rows), sdk_read(reader, service, rows)
+    features = [k for k in theirs if k != "customer_id" and not k.endswith(TS_SUFFIX)]
+    assert sorted(k for k in ours.values if not k.endswith(TS_SUFFIX)) == sorted(features)
+    assert set(REQUEST_TIME_FEATURES) <= set(features)
+    for name in features:
+        expected = np.array([np.nan if v is None else v for v in theirs[name]], dtype=float)
+        np.testing.assert_array_equal(np.asarray(ours.values[name], dtype=float), expected, err_msg=name)
+    stored = [name for name in features if name not in REQUEST_TIME_FEATURES and name not in BEFORE_FEATURES]
+    found = [any(theirs[name][i] is not None for name in stored) for i in range(len(rows))]
+    assert ours.found.tolist() == found and found[-2] is False and all(found[:-2])
+    alone = reader.read(service, rows[-2:-1])  # a batch of unknown customers only: no value of any type
+    assert alone.found.tolist() == [False]
+    for name in features:
+        assert np.asarray(alone.values[name], dtype=float)[0] == pytest.approx(
+            np.asarray(ours.values[name], dtype=float)[-2], nan_ok=True), name
+    if service == "fraud_v2":  # the stream rule: a row counts a minute and an hour after, not a day after or before
+        gaps = ours.values["seconds_since_last_txn"][:24]
+        assert np.isfinite(gaps[0::4]).all() and np.isnan(gaps[1::4]).all() and np.isnan(gaps[2::4]).all()
 
 
 @pytest.fixture(scope="module")
