@@ -13,7 +13,7 @@ export DATA_DIR BENTOML_HOME NUMBA_CACHE_DIR
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED,
 # ENGINE (local or ray), PARTITIONS, RAY_ADDRESS, TRAINING_CUSTOMERS, FRAUD_SAMPLE.
 
-.PHONY: help trained install crd-schemas oidc-provider lock image-base image image-mlflow image-dashboard image-jobs images image-standins pods-up pods-down test-pods data features train train-candidate import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-offline-scale bench-feast-ray bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
+.PHONY: help trained install crd-schemas oidc-provider lock image-base image image-mlflow image-dashboard image-jobs images image-standins pods-up pods-down test-pods data features train train-candidate choose-fraud import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-offline-scale bench-feast-ray bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -150,7 +150,10 @@ dashboard: install api-key ## The dashboard on $(DASHBOARD_PORT), against SERVIC
 screenshots: install ## Screenshot every page of the running dashboard (make up) in headless Chromium into docs/dashboard
 	$(BIN)/python -m tests.integration.browser --url http://127.0.0.1:$(DASHBOARD_PORT) --out docs/dashboard
 
-up: data features train build ## Everything from nothing: data, features, models, bento, API key; the service on :3000 and the dashboard on :8501
+choose-fraud: install ## Before fraud first serves: train it on fraud_v2 (the stream's features too); the champion if it beats fraud_v1 out of time (report under reports/promotions)
+	$(BIN)/python -m rollout choose fraud --service fraud_v2 || test $$? -eq 1
+
+up: data features train choose-fraud build ## Everything from nothing: data, features, models (fraud on the better FeatureService), bento, API key; the service on :3000 and the dashboard on :8501
 	@$(MAKE) --no-print-directory -j2 serve dashboard
 
 test: install $(CRD_SCHEMAS) $(OIDC_PROVIDER) ## Run every test: unit, data contract, model behaviour, integration (needs redis-server)

@@ -89,6 +89,19 @@ def _leave_out_feasts_header_plugin() -> None:
     plugins._get_entry_points = without_feast
 
 
+def champion_feature_service(client, family: str, default: str) -> str:
+    """The FeatureService the family's champion was trained on (its run's `feature_service` tag),
+    which a new version of the family is trained on too; `default` when the family has no champion
+    yet (a new registry)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(family, CHAMPION)
+    except MlflowException:  # no such model, or no champion
+        return default
+    return client.get_run(version.run_id).data.tags.get("feature_service", default)
+
+
 @dataclass(frozen=True)
 class Plan:
     """What the registry asks a family to serve."""

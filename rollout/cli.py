@@ -6,6 +6,7 @@
     python -m rollout rollback churn
     python -m rollout retrain churn [--dry-run]   # a whole retraining cycle: rollout/retrain.py
     python -m rollout retrain-if-drifted churn    # the same, when the newest drift report is over the line
+    python -m rollout choose fraud --service fraud_v2   # before fraud first serves: the better FeatureService
 
 Exit codes: 0 done; 1 promotion refused by a gate (or, for retrain, by the guard); 2 the request or
 the registry's state does not allow the step (another cycle holds the lock); 3 the registry does
@@ -43,6 +44,7 @@ from core.registry import (
     SHADOW_TAG,
     SHARE_TAG,
     RegistryUnavailable,
+    champion_feature_service,
     fail_fast,
     mlflow_client,
     read_plan,
@@ -175,7 +177,9 @@ def evaluate(settings: Settings, gates: GateSettings, family: str, metrics_text:
 def readable(report: dict) -> str:
     lines = [f"# Promotion of {report['family']} version {report['challenger']} over version {report['champion']}", "",
              f"Decision: **{report['decision']}**" + (f" (failed: {', '.join(report['failed_gates'])})" if report["failed_gates"] else ""),
-             f"Canary: {report['share']}% of customers, shadow {report['shadow']}; evaluated {report['time']}", "",
+             (f"Before the first serve: {report['feature_services']['challenger']} against the champion's "
+              f"{report['feature_services']['champion']}, no canary" if "feature_services" in report else
+              f"Canary: {report['share']}% of customers, shadow {report['shadow']}") + f"; evaluated {report['time']}", "",
              "| gate | result | rule | figures |", "|---|---|---|---|"]
     for gate in report["gates"]:
         result = {True: "pass", False: "FAIL", None: "n/a"}[gate["passed"]]
@@ -352,6 +356,46 @@ def rollback_command(family: Family, service_url: ServiceUrl = None) -> None:
     typer.echo(json.dumps(ask_service_to_reload(url, f"rollback {family} to {done['champion']}", headers), default=str))
 
 
+def choose_features(settings: Settings, family: str, feature_service: str, margin: float) -> dict:
+    """Before a family first serves (`make up`): train it on another FeatureService and make that
+    version the champion if it beats the champion on the promotion's labelled out-of-time window by
+    `margin`, the guard a retraining cycle applies. The gates that need the service's traffic
+    cannot be judged before it serves, and say so in the report. Once a family serves, a new
+    FeatureService goes through a canary instead (make train-candidate, make canary)."""
+    from rollout.promotion import Gate, decide
+    from rollout.retrain import guard_quality
+    from training.pipeline import train_fraud_candidate
+
+    _check(family)
+    if family != "fraud":
+        raise RolloutError(f"{family} has one FeatureService; only fraud has another to choose")
+    client = _client(settings)
+    plan = read_plan(family, settings.tracking_uri)
+    if plan.challenger is not None:
+        raise RolloutError(f"{family} has a canary of version {plan.challenger}: end it first (make rollback)")
+    serving = champion_feature_service(client, family, feature_service)
+    if serving == feature_service:
+        return {"family": family, "decision": "unchanged", "champion": plan.champion, "feature_service": serving}
+    candidate = train_fraud_candidate(settings, feature_service)["candidate"]["version"]
+    quality = guard_quality(settings, family, plan.champion, candidate)
+    gain = quality["challenger"] - quality["champion"]
+    gates = [Gate("evidence", None, "no traffic yet: the family has not served", {}),
+             Gate("quality", gain >= margin, f"challenger {quality['metric']} >= champion's + {margin}", quality)]
+    promote, failed = decide(gates)
+    if promote:
+        client.set_registered_model_tag(family, PREVIOUS_TAG, plan.champion)
+        client.set_registered_model_alias(family, CHAMPION, candidate)
+    report = {"family": family, "time": datetime.now(UTC).isoformat(timespec="seconds"), "champion": plan.champion,
+              "challenger": candidate, "share": 0.0, "shadow": False, "evidence": {},
+              "feature_services": {"champion": serving, "challenger": feature_service},
+              "gates": [g.as_dict() for g in gates], "decision": "promote" if promote else "refuse", "failed_gates": failed}
+    reports_dir = get_gate_settings().reports_dir or settings.data_dir / "reports" / "promotions"
+    report["report_files"] = [str(p) for p in write_report(report, reports_dir, settings)]
+    log.info("%s: version %s on %s %s (PR-AUC %.4f against %.4f)", family, candidate, feature_service,
+             "is the champion" if promote else "stays a candidate", quality["challenger"], quality["champion"])
+    return report
+
+
 Trigger = Annotated[str, typer.Option(help="What started the cycle, for its record: schedule, drift or manual.")]
 DryRun = Annotated[bool, typer.Option(help="Search, register and guard, but move no alias and start no canary.")]
 
@@ -381,6 +425,27 @@ def retrain(family: Family, dry_run: DryRun = False, trigger: Trigger = "manual"
     typer.echo(json.dumps({key: cycle[key] for key in ("id", "outcome", "reason", "champion", "candidate", "figures")},
                           default=str))
     if cycle["outcome"] == "refused":
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@app.command()
+def choose(
+    family: Family,
+    service: Annotated[str, typer.Option(help="The other FeatureService to train the family on.")] = "fraud_v2",
+) -> None:
+    """Before the family first serves (make up): train it on SERVICE; that version becomes the
+    champion if it beats the champion's PR-AUC on the out-of-time window by RETRAIN_MARGIN (report
+    under DATA_DIR/reports/promotions). Exit 1 when the champion stays."""
+    from rollout.retrain import RetrainSettings
+
+    settings = get_settings()
+    report = _run(lambda: choose_features(settings, family, service, RetrainSettings().margin))
+    if report["decision"] == "unchanged":
+        typer.echo(f"{family}: the champion (version {report['champion']}) already reads {service}")
+        return
+    typer.echo(readable(report))
+    typer.echo(f"report: {', '.join(report['report_files'])}")
+    if report["decision"] != "promote":
         raise typer.Exit(EXIT_REFUSED)
 
 

@@ -42,8 +42,8 @@ import pandas as pd
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.feature_sets import FEATURE_SERVICES
-from core.registry import CHALLENGER, CHAMPION, CYCLE_COUNTERS, CYCLE_TAG, LOCK_TAG, mlflow_client
+from core.feature_sets import FEATURE_SERVICES, SERVICE_FEATURES
+from core.registry import CHALLENGER, CHAMPION, CYCLE_COUNTERS, CYCLE_TAG, LOCK_TAG, champion_feature_service, mlflow_client
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def training_window(frame: pd.DataFrame, days: int) -> pd.DataFrame:
 
 
 def search(family: str, frame: pd.DataFrame, budget_s: float, max_trials: int, seed: int,
-           on_trial: Callable[[int, dict, float], None]) -> tuple[dict, float, int]:
+           on_trial: Callable[[int, dict, float], None], features: list[str] | None = None) -> tuple[dict, float, int]:
     """Optuna's TPE over training.models.SEARCHED, at most budget_s or max_trials; the defaults are
     the first trial, so the best is never worse than them. Returns (params, validation PR-AUC, trials)."""
     import optuna
@@ -193,7 +193,7 @@ def search(family: str, frame: pd.DataFrame, budget_s: float, max_trials: int, s
             "subsample": trial.suggest_float("subsample", 0.6, 1.0),
             "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
         }
-        value = validation_pr_auc(family, frame, params, seed)
+        value = validation_pr_auc(family, frame, params, seed, features)
         on_trial(trial.number, params, value)
         return value
 
@@ -274,13 +274,20 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
     try:
         stage("locked", trigger=trigger, dry_run=dry_run)
         cycle.champion = str(client.get_model_version_by_alias(family, CHAMPION).version)
+        # the champion's FeatureService (fraud_v1 or fraud_v2), not the family table's: a cycle must
+        # not undo a promotion to the better features
+        feature_service = champion_feature_service(client, family, FEATURE_SERVICES[family])
+        features = SERVICE_FEATURES[feature_service]
         feature_store = store.open_store(settings)
-        build = pipeline.churn_training_set if family == "churn" else pipeline.fraud_training_set
-        frame = training_window(build(feature_store, settings), retrain.window_days)
+        if family == "churn":
+            frame = pipeline.churn_training_set(feature_store, settings)
+        else:
+            frame = pipeline.fraud_training_set(feature_store, settings, feature_service)
+        frame = training_window(frame, retrain.window_days)
         if prepare is not None:
             frame = prepare(frame)
 
-        stage("searching", rows=len(frame), budget_min=retrain.budget_min)
+        stage("searching", rows=len(frame), budget_min=retrain.budget_min, feature_service=feature_service)
 
         def trial_run(number: int, params: dict, value: float) -> None:
             run = client.create_run(parent.info.experiment_id, run_name=f"trial-{number}",
@@ -290,13 +297,16 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
             client.log_metric(run.info.run_id, "valid_pr_auc", value)
             client.set_terminated(run.info.run_id)
 
-        params, best, trials = search(family, frame, retrain.budget_min * 60, retrain.max_trials, settings.seed, trial_run)
+        params, best, trials = search(family, frame, retrain.budget_min * 60, retrain.max_trials, settings.seed, trial_run,
+                                      features)
         cycle.figures.update(search_trials=trials, search_valid_pr_auc=best, params=params)
 
-        train = models.train_churn if family == "churn" else models.train_fraud
-        trained = train(frame, settings.seed, params)
+        if family == "churn":
+            trained = models.train_churn(frame, settings.seed, params)
+        else:
+            trained = models.train_fraud(frame, settings.seed, params, features=features)
         # with what train_all stores with every version, so drift reports can judge this one too
-        registered = pipeline.register_version(feature_store, settings, trained, frame, FEATURE_SERVICES[family])
+        registered = pipeline.register_version(feature_store, settings, trained, frame, feature_service)
         client.set_tag(registered.run_id, "mlflow.parentRunId", parent.info.run_id)
         cycle.candidate = registered.version
         stage("registered", version=registered.version, test_pr_auc=trained.metrics["test_pr_auc"])

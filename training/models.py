@@ -110,10 +110,13 @@ SUPERVISED = {
 }
 
 
-def validation_pr_auc(family: str, frame: pd.DataFrame, params: dict, seed: int = 42) -> float:
+def validation_pr_auc(family: str, frame: pd.DataFrame, params: dict, seed: int = 42,
+                      features: list[str] | None = None) -> float:
     """PR-AUC on the validation part of `frame` of a model fitted on its training part with
-    `params`: what a search trial scores (the test part stays unseen until the chosen one)."""
-    features, increasing, label, split, fixed = SUPERVISED[family]
+    `params`: what a search trial scores (the test part stays unseen until the chosen one).
+    `features`: another FeatureService's (fraud_v2's), default the family's."""
+    default, increasing, label, split, fixed = SUPERVISED[family]
+    features = features or default
     train, valid, _ = split(frame)
     model = _xgb(features, increasing, seed, **{**fixed, **params})
     model.fit(train[features], train[label])

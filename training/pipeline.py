@@ -248,13 +248,20 @@ def register_version(feature_store, settings: Settings, trained: models.TrainedM
 
 
 def train_all(settings: Settings, progress: bool = True) -> dict:
-    """Train churn, fraud and segment from Feast training sets and register them in MLflow."""
+    """Train churn, fraud and segment from Feast training sets and register them in MLflow. Fraud is
+    trained on the FeatureService its champion reads (fraud_v2 once `rollout choose` or a canary
+    made it so), fraud_v1 on a new registry."""
     from tqdm import tqdm
 
+    from core.registry import champion_feature_service, mlflow_client
+
     feature_store = store.open_store(settings)
+    fraud_service = champion_feature_service(mlflow_client(settings.tracking_uri), "fraud", FEATURE_SERVICES["fraud"])
+    services = {**FEATURE_SERVICES, "fraud": fraud_service}
     steps = {
         "churn": (churn_training_set, lambda f: models.train_churn(f, settings.seed)),
-        "fraud": (fraud_training_set, lambda f: models.train_fraud(f, settings.seed)),
+        "fraud": (lambda fs, s: fraud_training_set(fs, s, fraud_service),
+                  lambda f: models.train_fraud(f, settings.seed, features=SERVICE_FEATURES[fraud_service])),
         "segment": (segment_training_set, lambda f: models.train_segment(
             f, range(settings.segment_k_min, settings.segment_k_max + 1), settings.seed)),
     }
@@ -264,7 +271,7 @@ def train_all(settings: Settings, progress: bool = True) -> dict:
         frame = build(feature_store, settings)
         trained = train(frame)
         trained.params.update(frame.attrs.get("sample", {}))  # logged with the version: what it was trained on
-        registered = register_version(feature_store, settings, trained, frame, FEATURE_SERVICES[name])
+        registered = register_version(feature_store, settings, trained, frame, services[name])
         results[name] = {"metrics": trained.metrics, "registered": asdict(registered),
                          "seconds": round(time.perf_counter() - started, 1)}
         log.info("%s v%s: %s", name, registered.version,
