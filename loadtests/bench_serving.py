@@ -18,7 +18,14 @@ The targets, each on 2 worker processes, the same machine, store, model and load
   (e) a bare ASGI no-op behind BentoML's router, no FastAPI (loadtests/baselines/asgi_noop_service.py);
   (f) (a) with AUTH_MODE=on, every request carrying an API key (bentos/auth.py): what checking
       the caller costs; and, in process, the middleware's cost per request with an API key and
-      with a verified bearer token (loadtests/bench_auth.py).
+      with a verified bearer token (loadtests/bench_auth.py);
+  (h) POST fraud-detection on (a)'s server (one server serves every family), every request one
+      fixed transaction (TRANSACTION) for a customer drawn as churn's are;
+  (i) the same requests to the naive design's fraud route, on (b)'s server (FeatureService fraud_v1
+      through `get_online_features`, its on-demand view fed the transaction, XGBoost per request).
+Before the rounds, (h) and (i) answer the same requests (the fixed transaction for 100 customers,
+100 replayed transactions, an unknown customer): the results say whether their probabilities,
+decisions and versions agree (`fraud_agreement`).
 Every server is started first and stays up. Then, per target: a 5 s warm-up, a wait until the
 server has written the warm-up's inference log, and the latency of a lone request on the idle
 server (sequential requests). Then rounds: each round takes every target in turn, in a rotated
@@ -30,6 +37,12 @@ median rounds, and each ratio the median of its per-round ratios; every round is
 After each of (a)'s rounds, churn-batch calls with 1,000 customers. Before the servers, it times the feature read itself both
 ways (feature_reads). Results go to loadtests/results/serving.{json,md} (serving-redis.* when
 ONLINE_STORE=redis).
+
+    python -m loadtests.bench_serving --routes fraud                  (h and i only: their servers, (a)'s and (b)'s)
+    python -m loadtests.bench_serving --only a_service,h_fraud_service,i_fraud_naive --rounds 1 --seconds 3 --out /tmp/x
+
+A run of fewer than every target writes its results only where --out says (the committed ones are
+always a whole run), and skips the in-process timings unless it runs churn without --only.
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -57,9 +71,19 @@ from core.settings import get_settings
 from loadtests.servers import ROOT, ServerDidNotStart, free_port, start, stop
 
 RESULTS = ROOT / "loadtests" / "results"
-TARGETS = ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop", "f_service_auth", "g_bentoml_api_noop")
+CHURN_TARGETS = ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop", "f_service_auth", "g_bentoml_api_noop")
+# fraud target -> the server it is sent to: the service and the naive app each serve both routes
+FRAUD_TARGETS = {"h_fraud_service": "a_service", "i_fraud_naive": "b_naive"}
+TARGETS = CHURN_TARGETS + tuple(FRAUD_TARGETS)
 ROUTE = "/api/v1/inference/churn-score"
 BIN = Path(sys.executable).parent
+# The transaction every fraud request carries: a typical one of the generator's later month (its
+# median amount; its commonest category, channel and country), at a fixed time, so that the hour
+# features do not move with the clock. Its device is new to every customer but C0000001. What
+# scoring costs does not depend on the values (every row walks every tree to its depth).
+TRANSACTION = {"amount": 39.32, "merchant_category": "groceries", "channel": "pos", "country": "GB",
+               "device_id": "D0000001-0", "timestamp": "2026-10-15T13:56:49Z"}
+AGREEMENT_TOLERANCE = 1e-6  # the service walks XGBoost's trees in float32 as XGBoost does (bentos/trees.py): a few ulps
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -108,6 +132,57 @@ BATCH_MEDIAN_MS = {"redis": 50, "sqlite": 150}
 BATCH_CALLS = 30  # churn-batch calls of 1,000 customers, spread over the rounds
 
 
+@dataclass(frozen=True)
+class Route:
+    """A scoring route the targets are sent: its path, and the body of a request for one customer."""
+
+    path: str
+    transaction: dict | None = None  # fraud-detection: the transaction every request carries
+
+    def body(self, customer_id: str) -> dict:
+        return {"customer_id": customer_id, **({"transaction": self.transaction} if self.transaction else {})}
+
+    def around_id(self) -> tuple[str, str]:
+        """The JSON body's text before and after the customer id, as the wrk script joins them."""
+        transaction = f',"transaction":{json.dumps(self.transaction, separators=(",", ":"))}' if self.transaction else ""
+        return '{"customer_id":"', f'"{transaction}}}'
+
+    def script(self, ids: list[str]) -> str:
+        """A WRK_SCRIPT sending this body, a random one of `ids` in each request."""
+        return WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), *self.around_id())
+
+
+ROUTES = {"churn": Route(ROUTE), "fraud": Route("/api/v1/inference/fraud-detection", TRANSACTION)}
+
+
+def server_of(target: str) -> str:
+    return FRAUD_TARGETS.get(target, target)
+
+
+def family_of(target: str) -> str:
+    return "fraud" if target in FRAUD_TARGETS else "churn"
+
+
+def route_of(target: str) -> Route:
+    return ROUTES[family_of(target)]
+
+
+def chosen(routes: str, only: str | None) -> list[str]:
+    """The targets of a run, in TARGETS' order: those of `routes`, or of them those `only` names."""
+    families = {name.strip() for name in routes.split(",")}
+    if unknown := families - set(ROUTES):
+        raise typer.BadParameter(f"unknown route {', '.join(sorted(unknown))}; known: {', '.join(ROUTES)}")
+    names = [t for t in TARGETS if family_of(t) in families]
+    if only:
+        wanted = {name.strip() for name in only.split(",")}
+        if unknown := wanted - set(TARGETS):
+            raise typer.BadParameter(f"unknown target {', '.join(sorted(unknown))}; known: {', '.join(TARGETS)}")
+        names = [t for t in names if t in wanted]
+    if not names:
+        raise typer.BadParameter("no target left: --only names none of the --routes targets")
+    return names
+
+
 def scheduled(script: str, rate: float) -> str:
     """`script` sending `rate` requests a second on schedule (WRK_SCHEDULE)."""
     return script + WRK_SCHEDULE % (1000 * WRK_THREADS / rate)
@@ -139,16 +214,17 @@ def _ms(text: str) -> float:
     return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit], 2)
 
 
-async def _open_loop(port: int, ids: list[str], rate: float, seconds: float, headers: dict | None = None) -> dict:
+async def _open_loop(port: int, ids: list[str], rate: float, seconds: float, headers: dict | None = None,
+                     route: Route = ROUTES["churn"]) -> dict:
     """Send `rate` requests a second on schedule, whatever the answers; latency counts from the due time."""
     import aiohttp
 
     latencies: list[float] = []
     failures = 0
-    url = f"http://127.0.0.1:{port}{ROUTE}"
+    url = f"http://127.0.0.1:{port}{route.path}"
 
     def body() -> dict:
-        return {"customer_id": random.choice(ids)}
+        return route.body(random.choice(ids))
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as session:
         async def one(due: float) -> None:
@@ -171,7 +247,7 @@ async def _open_loop(port: int, ids: list[str], rate: float, seconds: float, hea
             "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99) - 1], 2)}
 
 
-LOGGED = {"a_service", "d_canned", "f_service_auth"}  # the targets that write an inference log
+LOGGED = {"a_service", "d_canned", "f_service_auth"}  # the servers that write an inference log
 
 
 def settle(port: int, timeout_s: float = 60) -> float:
@@ -189,7 +265,8 @@ def settle(port: int, timeout_s: float = 60) -> float:
     return round(time.monotonic() - started, 1)
 
 
-def idle_latency(port: int, ids: list[str], calls: int = 200, headers: dict | None = None) -> dict:
+def idle_latency(port: int, ids: list[str], calls: int = 200, headers: dict | None = None,
+                 route: Route = ROUTES["churn"]) -> dict:
     """One request at a time on a kept-alive connection: what a lone caller waits."""
     import httpx
 
@@ -197,7 +274,7 @@ def idle_latency(port: int, ids: list[str], calls: int = 200, headers: dict | No
     with httpx.Client(timeout=30, headers=headers) as client:
         for i in range(calls + 10):
             started = time.perf_counter()
-            client.post(f"http://127.0.0.1:{port}{ROUTE}", json={"customer_id": random.choice(ids)})
+            client.post(f"http://127.0.0.1:{port}{route.path}", json=route.body(random.choice(ids)))
             if i >= 10:
                 times.append(1000 * (time.perf_counter() - started))
     times.sort()
@@ -264,16 +341,55 @@ def feature_reads(settings, ids: list[str], sizes=(1, 32, 256, 1000), repeats: i
     return out
 
 
+def fraud_agreement(service_port: int, naive_port: int, ids: list[str], transactions: list[dict], n: int = 100) -> dict:
+    """Whether the service and the naive design give the same fraud answer to the same requests:
+    the benchmark's transaction for n customers, n replayed transactions as they happened (each its
+    own customer, device, country and time), and an unknown customer (both: 404)."""
+    import httpx
+
+    rng = random.Random(0)
+    fraud = ROUTES["fraud"]
+    bodies = [fraud.body(c) for c in rng.sample(ids, min(n, len(ids)))]
+    bodies += [{"customer_id": t["customer_id"], "transaction": {k: v for k, v in t.items() if k != "customer_id"}}
+               for t in rng.sample(transactions, min(n, len(transactions)))]
+    bodies.append(fraud.body("UNKNOWN-bench-serving"))
+    differences, disagreements, scored = [], [], 0
+    with httpx.Client(timeout=30) as client:
+        for body in bodies:
+            service, naive = (client.post(f"http://127.0.0.1:{port}{fraud.path}", json=body) for port in (service_port, naive_port))
+            same = service.status_code == naive.status_code
+            if same and service.status_code == 200:
+                s, b = service.json(), naive.json()
+                scored += 1
+                differences.append(abs(s["fraud_probability"] - b["fraud_probability"]))
+                same = (differences[-1] <= AGREEMENT_TOLERANCE and s["is_fraud"] == b["is_fraud"] and s["threshold"] == b["threshold"]
+                        and s["model"]["version"] == b["model"]["version"])
+            if not same:
+                disagreements.append({"request": body, "service": [service.status_code, service.text[:300]],
+                                      "naive": [naive.status_code, naive.text[:300]]})
+    return {"requests": len(bodies), "scored_by_both": scored, "agreeing": len(bodies) - len(disagreements),
+            "max_abs_difference": max(differences, default=0.0), "tolerance": AGREEMENT_TOLERANCE,
+            "first_disagreements": disagreements[:3]}
+
+
 def main(
-    seconds: Annotated[int, typer.Option(help="Duration of each saturation round.")] = 10,
+    seconds: Annotated[int, typer.Option(help="Duration of each saturation round and of each fixed-rate one.")] = 10,
     rounds: Annotated[int, typer.Option(help="Saturation rounds: each target once per round, in turn.")] = 3,
     connections: Annotated[int, typer.Option(help="wrk connections.")] = 32,
     rate: Annotated[float, typer.Option(help="Fixed offered rate (requests/s) for the latency comparison.")] = 300.0,
-    only: Annotated[str | None, typer.Option(help=f"Run one target ({', '.join(TARGETS)}) and print it; "
-                                                  "writes nothing.")] = None,
+    routes: Annotated[str, typer.Option(help="The routes whose targets run, comma-separated: churn (a-g), "
+                                             "fraud (h, i).")] = "churn,fraud",
+    only: Annotated[str | None, typer.Option(help=f"Run only these targets, comma-separated ({', '.join(TARGETS)}), "
+                                                  "and print them.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the results; default loadtests/results, for a run of "
+                                                  "every target only (a run of fewer writes only where this says).")] = None,
 ) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    names = chosen(routes, only)
+    if out is None and names != list(TARGETS):
+        print(f"a run of {len(names)} of the {len(TARGETS)} targets: its results are printed, and written only "
+              "with --out", flush=True)
     settings = get_settings()
     features = settings.features_dir / "customer_features.parquet"
     if not features.exists():
@@ -281,14 +397,12 @@ def main(
     table = pd.read_parquet(features, columns=["customer_id", "event_timestamp"])
     ids = table.loc[table["event_timestamp"] == table["event_timestamp"].max(), "customer_id"].tolist()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    script = work / "churn-score.lua"
-    script.write_text(WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), '{"customer_id":"', '"}'))
     # every target under python -O, as `make serve` and the image run the service (README, Start-up)
     env = {"DATA_DIR": str(settings.data_dir), "SERVING_WORKERS": str(WORKERS), "PYTHONOPTIMIZE": "1"}
     results: dict = {"config": {"seconds": seconds, "rounds": rounds, "connections": connections, "fixed_rate": rate,
                                 "workers": WORKERS, "cpus": os.cpu_count(), "customers": len(ids),
-                                "online_store": settings.online_store}}
-    if not only:
+                                "online_store": settings.online_store, "targets": names, "fraud_transaction": TRANSACTION}}
+    if not only and "a_service" in names:
         print("feature reads: Feast SDK against the service's reader", flush=True)
         results["feature_reads"] = feature_reads(settings, ids)
         print(json.dumps(results["feature_reads"]), flush=True)
@@ -297,17 +411,15 @@ def main(
         print(json.dumps(results["credential_costs"]), flush=True)
     keys = work / "api_keys.json"
     key = new_key(keys, "bench-serving", ["inference"])
-    auth_script = work / "churn-score-auth.lua"
-    auth_script.write_text(script.read_text() + f'wrk.headers["X-API-Key"] = "{key}"\n')
     # its bucket is checked on every request like any client's, but set high enough never to refuse
     unlimited = json.dumps({"bench-serving": {"inference": {"per_s": 1e9, "burst": 10**9}}})
-    plain = {"env": {"AUTH_MODE": "off"}, "headers": None, "script": script}
-    auth = {"env": {"AUTH_MODE": "on", "AUTH_API_KEYS_FILE": str(keys), "AUTH_RATE_LIMITS": unlimited},
-            "headers": {"X-API-Key": key}, "script": auth_script}
+    plain = {"AUTH_MODE": "off"}
+    auth = {"AUTH_MODE": "on", "AUTH_API_KEYS_FILE": str(keys), "AUTH_RATE_LIMITS": unlimited}
+    headers = {"f_service_auth": {"X-API-Key": key}}  # per server: what each of its requests carries
     bentoml = str(BIN / "bentoml")
-    targets = {
+    servers_to_start = {  # server -> its command, its ready route (None: POST churn-score), its environment
         "a_service": ([bentoml, "serve", "bentos.service:FintechAPI"], "/ready", plain),
-        "b_naive": ([str(BIN / "uvicorn"), "loadtests.baselines.naive_app:app", "--workers", str(WORKERS),
+        "b_naive": ([str(BIN / "uvicorn"), "loadtests.baselines.naive_app:create_app", "--factory", "--workers", str(WORKERS),
                      "--log-level", "warning", "--no-access-log"], None, plain),
         "c_noop": ([bentoml, "serve", "loadtests.baselines.noop_service:NoopAPI"], "/readyz", plain),
         "d_canned": ([bentoml, "serve", "loadtests.baselines.canned_service:CannedAPI"], "/ready", plain),
@@ -315,42 +427,53 @@ def main(
         "f_service_auth": ([bentoml, "serve", "bentos.service:FintechAPI"], "/ready", auth),
         "g_bentoml_api_noop": ([bentoml, "serve", "loadtests.baselines.bentoml_api_noop_service:BentoApiNoop"], "/readyz", plain),
     }
-    if only:
-        targets = {only: targets[only]}
+    scripts = {}
+    for name in names:
+        scripts[name] = work / f"{name}.lua"
+        scripts[name].write_text(route_of(name).script(ids) + "".join(
+            f'wrk.headers["{header}"] = "{value}"\n' for header, value in headers.get(server_of(name), {}).items()))
     servers: dict[str, tuple[subprocess.Popen, int]] = {}
     try:
         # every server is up for the whole run, so each saturation round meets them all on the same machine
-        for name, (command, ready, extra) in targets.items():
+        for name in dict.fromkeys(server_of(t) for t in names):
+            command, ready, server_env = servers_to_start[name]
             port = free_port()
             command = [*command, "--port", str(port)] + (["--host", "127.0.0.1"] if "uvicorn" in command[0] else [])
             print(f"{name}: starting on port {port}", flush=True)
-            servers[name] = (_start_target(command, ready, port, ids[0], work / f"{name}.log", {**env, **extra["env"]}), port)
-        for name, (_, port) in servers.items():
-            extra = targets[name][2]
-            wrk(port, extra["script"], 5, connections)  # warm-up, not recorded
+            servers[name] = (_start_target(command, ready, port, ids[0], work / f"{name}.log", {**env, **server_env}), port)
+        if set(FRAUD_TARGETS) <= set(names):
+            from loadtests.replay import replay_transactions
+
+            print("fraud agreement: the service and the naive design on the same requests", flush=True)
+            results["fraud_agreement"] = fraud_agreement(servers["a_service"][1], servers["b_naive"][1], ids,
+                                                         replay_transactions(settings.data_dir, rows=1000))
+            print(json.dumps(results["fraud_agreement"]), flush=True)
+        for name in names:
+            port, server_headers = servers[server_of(name)][1], headers.get(server_of(name))
+            wrk(port, scripts[name], 5, connections, route_of(name).path)  # warm-up, not recorded
             # the warm-up's burst leaves thousands of predictions for the inference log to write;
             # measured while it writes them, a lone request or the fixed rate times that transient
             # (a p99 of 16-24 ms over the first 15 s at 300 req/s, 8-9 ms over the next)
-            settled_s = settle(port) if name in LOGGED else 0.0
-            results[name] = {"settled_s": settled_s, "idle": idle_latency(port, ids, headers=extra["headers"]),
+            settled_s = settle(port) if server_of(name) in LOGGED else 0.0
+            results[name] = {"settled_s": settled_s, "idle": idle_latency(port, ids, headers=server_headers, route=route_of(name)),
                              "fixed_rate_rounds": [], "rounds": []}
             print(f"{name}: {json.dumps(results[name])}", flush=True)
-        names = list(servers)
         batch_times: list[float] = []
         for r in range(rounds):  # each round in another order, so no target always follows the same one
             for name in names[r % len(names):] + names[:r % len(names)]:
-                port, extra = servers[name][1], targets[name][2]
-                results[name]["fixed_rate_rounds"].append(asyncio.run(_open_loop(port, ids, rate, seconds, headers=extra["headers"])))
-                results[name]["rounds"].append(wrk(port, extra["script"], seconds, connections))
-                if name in LOGGED:  # its burst written before the next target's round
+                port, server_headers, route = servers[server_of(name)][1], headers.get(server_of(name)), route_of(name)
+                results[name]["fixed_rate_rounds"].append(
+                    asyncio.run(_open_loop(port, ids, rate, seconds, headers=server_headers, route=route)))
+                results[name]["rounds"].append(wrk(port, scripts[name], seconds, connections, route.path))
+                if server_of(name) in LOGGED:  # its burst written before the next target's round
                     settle(port)
                 print(f"round {r + 1} {name}: {json.dumps(results[name]['rounds'][-1])}", flush=True)
                 if name == "a_service":  # churn-batch in every round too, so its calls meet the machine's stretches as well
-                    batch_times += churn_batch_times(port, ids, calls=BATCH_CALLS // rounds)
+                    batch_times += churn_batch_times(port, ids, calls=max(1, BATCH_CALLS // rounds))
         for name in names:
             results[name]["saturation"] = median_of(results[name]["rounds"], "requests_per_s", ("non_2xx", "socket_errors"))
             results[name]["fixed_rate"] = median_of(results[name]["fixed_rate_rounds"], "p99_ms", ("failures", "requests"))
-        if "a_service" in servers:
+        if "a_service" in names:
             results["a_service"]["churn_batch_1000"] = {
                 "customers": 1000, "calls": len(batch_times), "median_ms": round(statistics.median(batch_times), 1),
                 "p90_ms": round(sorted(batch_times)[int(len(batch_times) * 0.9) - 1], 1)}
@@ -358,39 +481,84 @@ def main(
     finally:
         for process, _ in servers.values():
             stop(process)
-    if only:
-        return
-    per_round = {name: [r["requests_per_s"] for r in results[name]["rounds"]] for name in TARGETS}
-    a, b, c, d, e, f, g = (results[k]["saturation"] for k in TARGETS)
-    service = results["a_service"]
-    batch_limit = BATCH_MEDIAN_MS.get(settings.online_store, 150)
-    # (a) against each, round by round: the two ran minutes apart at most, on the same machine
-    results["ratios_per_round"] = {f"a_over_{k[0]}": [round(x / y, 3) for x, y in zip(per_round["a_service"], per_round[k])]
-                                   for k in TARGETS if k != "a_service"}
-    results["ratios"] = {"a_over_b_throughput": round(statistics.median(results["ratios_per_round"]["a_over_b"]), 2),
-                         "a_over_c_throughput": round(statistics.median(results["ratios_per_round"]["a_over_c"]), 3),
-                         "a_over_g_throughput": round(statistics.median(results["ratios_per_round"]["a_over_g"]), 3),
-                         "a_over_d_throughput": round(statistics.median(results["ratios_per_round"]["a_over_d"]), 3),
-                         "d_over_c_throughput": round(d["requests_per_s"] / c["requests_per_s"], 3),
-                         "c_over_e_throughput": round(c["requests_per_s"] / e["requests_per_s"], 3),
-                         "f_over_a_throughput": round(f["requests_per_s"] / a["requests_per_s"], 3)}
-    ceiling = max(c["requests_per_s"], g["requests_per_s"])  # the faster of BentoML's two ways to serve a no-op
-    # targets are judged on the exact figures, not the rounded ones shown
-    results["targets"] = {
-        "a at least 2x b's throughput": statistics.median(results["ratios_per_round"]["a_over_b"]) >= 2,
-        "a's p99 at saturation no worse than b's": a["p99_ms"] <= b["p99_ms"],
-        "a at least 75% of BentoML's no-op ceiling (the faster of c and g)": a["requests_per_s"] >= 0.75 * ceiling,
-        "a idle: p50 of a lone request <= 5 ms": service["idle"]["p50_ms"] <= 5,
-        f"a's p99 at {rate:.0f} req/s <= 15 ms": service["fixed_rate"]["p99_ms"] <= 15,
-        f"churn-batch of 1,000: median < {batch_limit} ms": service["churn_batch_1000"]["median_ms"] < batch_limit,
-        "no non-2xx in any run": all(sum(r["non_2xx"] + r["socket_errors"] for r in results[k]["rounds"])
-                                     + results[k]["fixed_rate"]["failures"] == 0 for k in TARGETS),
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "serving" if settings.online_store == "sqlite" else f"serving-{settings.online_store}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"{stem}.md").write_text(render(results))
+    results["ratios_per_round"], results["ratios"] = ratios(results, names)
+    results["targets"] = met(results, names, rate, BATCH_MEDIAN_MS.get(settings.online_store, 150))
     print(render(results))
+    if out is None and names != list(TARGETS):
+        return
+    folder = out or RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = "serving" if settings.online_store == "sqlite" else f"serving-{settings.online_store}"
+    (folder / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (folder / f"{stem}.md").write_text(render(results))
+    print(f"results: {folder / stem}.{{json,md}}", flush=True)
+
+
+# (numerator, denominator, digits, of what): the median of the per-round throughput ratios, or the
+# ratio of the median rounds' throughput
+RATIOS = (("a_service", "b_naive", 2, "rounds"), ("a_service", "c_noop", 3, "rounds"),
+          ("a_service", "g_bentoml_api_noop", 3, "rounds"), ("a_service", "d_canned", 3, "rounds"),
+          ("d_canned", "c_noop", 3, "medians"), ("c_noop", "e_asgi_noop", 3, "medians"), ("f_service_auth", "a_service", 3, "medians"),
+          ("h_fraud_service", "i_fraud_naive", 2, "rounds"), ("h_fraud_service", "a_service", 3, "rounds"))
+
+
+def ratios(results: dict, names: list[str]) -> tuple[dict, dict]:
+    """Per round, (a) against every other churn target and (h) against (i) and (a): each pair ran
+    minutes apart at most, on the same machine; then RATIOS, for the pairs that ran."""
+    per_round = {name: [r["requests_per_s"] for r in results[name]["rounds"]] for name in names}
+    pairs = [("a_service", t) for t in CHURN_TARGETS if t != "a_service"] + [("h_fraud_service", t) for t in ("i_fraud_naive", "a_service")]
+    each = {f"{x[0]}_over_{y[0]}": [round(p / q, 3) for p, q in zip(per_round[x], per_round[y])]
+            for x, y in pairs if x in names and y in names}
+    medians = {}
+    for x, y, digits, of in RATIOS:
+        if x in names and y in names:
+            ratio = statistics.median(each[f"{x[0]}_over_{y[0]}"]) if of == "rounds" else \
+                results[x]["saturation"]["requests_per_s"] / results[y]["saturation"]["requests_per_s"]
+            medians[f"{x[0]}_over_{y[0]}_throughput"] = round(ratio, digits)
+    return each, medians
+
+
+def _clean(results: dict, names: list[str]) -> bool:
+    """No non-2xx, socket error or failure in any run of these targets."""
+    return all(sum(r["non_2xx"] + r["socket_errors"] for r in results[k]["rounds"]) + results[k]["fixed_rate"]["failures"] == 0
+               for k in names)
+
+
+def met(r: dict, names: list[str], rate: float, batch_limit: float) -> dict[str, bool]:
+    """The targets the run can judge, each met or not, on the exact figures, not the rounded ones shown."""
+    ran, each = set(names).__contains__, r["ratios_per_round"]
+    targets: dict[str, bool] = {}
+    if ran("a_service") and ran("b_naive"):
+        targets["a at least 2x b's throughput"] = statistics.median(each["a_over_b"]) >= 2
+        targets["a's p99 at saturation no worse than b's"] = r["a_service"]["saturation"]["p99_ms"] <= r["b_naive"]["saturation"]["p99_ms"]
+    if ran("a_service") and ran("c_noop") and ran("g_bentoml_api_noop"):
+        # the faster of BentoML's two ways to serve a no-op
+        ceiling = max(r["c_noop"]["saturation"]["requests_per_s"], r["g_bentoml_api_noop"]["saturation"]["requests_per_s"])
+        targets["a at least 75% of BentoML's no-op ceiling (the faster of c and g)"] = \
+            r["a_service"]["saturation"]["requests_per_s"] >= 0.75 * ceiling
+    if ran("a_service"):
+        service = r["a_service"]
+        targets["a idle: p50 of a lone request <= 5 ms"] = service["idle"]["p50_ms"] <= 5
+        targets[f"a's p99 at {rate:.0f} req/s <= 15 ms"] = service["fixed_rate"]["p99_ms"] <= 15
+        targets[f"churn-batch of 1,000: median < {batch_limit} ms"] = service["churn_batch_1000"]["median_ms"] < batch_limit
+    if churn := [k for k in names if k in CHURN_TARGETS]:
+        targets["no non-2xx in any run"] = _clean(r, churn)
+    fraud, naive = r.get("h_fraud_service"), r.get("i_fraud_naive")
+    if fraud and naive:
+        targets["h (fraud) at least 4x i's (naive fraud) throughput"] = statistics.median(each["h_over_i"]) >= 4
+        targets["h's p99 at saturation no worse than i's"] = fraud["saturation"]["p99_ms"] <= naive["saturation"]["p99_ms"]
+    if fraud and ran("a_service"):
+        targets["h at least 0.8x a's throughput (fraud-detection against churn-score, same server)"] = \
+            statistics.median(each["h_over_a"]) >= 0.8
+    if fraud:
+        targets["h idle: p50 of a lone fraud request <= 3 ms"] = fraud["idle"]["p50_ms"] <= 3
+        targets[f"h's p99 at {rate:.0f} req/s <= 10 ms"] = fraud["fixed_rate"]["p99_ms"] <= 10
+    if fraud_names := [k for k in names if k in FRAUD_TARGETS]:
+        targets["fraud: no non-2xx in any run (h, i)"] = _clean(r, fraud_names)
+    if agreement := r.get("fraud_agreement"):
+        targets[f"i answers h's fraud probability (within {AGREEMENT_TOLERANCE:g}), decision and version to every "
+                "check request"] = agreement["agreeing"] == agreement["requests"]
+    return targets
 
 
 def median_of(rounds: list[dict], by: str, summed: tuple[str, ...]) -> dict:
@@ -432,61 +600,82 @@ NAMES = {"a_service": "(a) this service", "b_naive": "(b) naive FastAPI + Feast 
          "c_noop": "(c) FastAPI no-op on BentoML, same options", "d_canned": "(d) this service's HTTP path, canned scores",
          "e_asgi_noop": "(e) bare ASGI no-op on BentoML, same options",
          "f_service_auth": "(f) this service, AUTH_MODE=on (an API key)",
-         "g_bentoml_api_noop": "(g) `@bentoml.api` no-op, same options"}
+         "g_bentoml_api_noop": "(g) `@bentoml.api` no-op, same options",
+         "h_fraud_service": "(h) this service, fraud-detection", "i_fraud_naive": "(i) naive fraud: FastAPI + Feast + XGBoost"}
+
+
+def _per_round(r: dict, against: str) -> str:
+    """`against`'s ratios to each target, round by round (median first)."""
+    return "; ".join(f"({key.rsplit('_', 1)[1]}) {statistics.median(v)} ({', '.join(map(str, v))})"
+                     for key, v in r["ratios_per_round"].items() if key.startswith(f"{against}_over_"))
 
 
 def render(r: dict) -> str:
     cfg = r["config"]
+    names = [key for key in NAMES if key in r]
+    fraud = [key for key in names if key in FRAUD_TARGETS]
+    churn = [key for key in names if key not in FRAUD_TARGETS]
+    what = (f"POST churn-score with ids drawn from {cfg['customers']:,} customers." if not fraud else
+            "POST " + " and ".join(f"{route} to {', '.join(f'({k[0]})' for k in keys)}"
+                                   for route, keys in (("churn-score", churn), ("fraud-detection", fraud)) if keys)
+            + f", with ids drawn from {cfg['customers']:,} customers; every fraud request carries the transaction "
+            f"`{json.dumps(cfg['fraud_transaction'])}`.")
     lines = [
         "# Serving benchmark", "",
         f"One run, {cfg['cpus']} CPUs, {cfg['workers']} workers per server, {cfg['online_store']} online store, every server "
         f"up for the whole run. Saturation: wrk -t2 -c{cfg['connections']} for {cfg['seconds']} s per target, "
         f"{cfg['rounds']} rounds, each round every target in turn, each first at a fixed {cfg['fixed_rate']:.0f} req/s "
         f"(an open-loop generator) for {cfg['seconds']} s; the round of median throughput, and of median p99 at the fixed rate, "
-        f"is shown. POST churn-score with ids drawn from {cfg['customers']:,} customers.", "",
+        f"is shown. {what}", "",
         "| target | req/s at saturation | each round | p50 ms | p99 ms | non-2xx | idle p50 ms | p50 ms at fixed rate "
         "| p99 ms at fixed rate | each round | failures |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for key, label in NAMES.items():
+    for key in names:
         s, f, idle = r[key]["saturation"], r[key]["fixed_rate"], r[key]["idle"]
         each = ", ".join(f"{x['requests_per_s']:.0f}" for x in r[key]["rounds"])
         each_fixed = ", ".join(f"{x['p99_ms']}" for x in r[key]["fixed_rate_rounds"])
-        lines.append(f"| {label} | {s['requests_per_s']:.0f} | {each} | {s['p50_ms']} | {s['p99_ms']} | "
+        lines.append(f"| {NAMES[key]} | {s['requests_per_s']:.0f} | {each} | {s['p50_ms']} | {s['p99_ms']} | "
                      f"{s['non_2xx'] + s['socket_errors']} | {idle['p50_ms']} | {f['p50_ms']} | {f['p99_ms']} | {each_fixed} | "
                      f"{f['failures']} |")
-    batch = r["a_service"]["churn_batch_1000"]
-    ratios = r["ratios"]
-    lines += ["", f"churn-batch of {batch['customers']:,} customers: median {batch['median_ms']} ms, p90 {batch['p90_ms']} ms "
-              f"over {batch['calls']} calls.", "",
-              "(a) against each target, round by round (median first): " + "; ".join(
-                  f"({k[0]}) {statistics.median(v)} ({', '.join(map(str, v))})"
-                  for k, v in ((t, r["ratios_per_round"][f"a_over_{t[0]}"]) for t in TARGETS if t != "a_service")) + ".", "",
-              f"Medians: (a)/(b) = {ratios['a_over_b_throughput']}, (a)/(c) = {ratios['a_over_c_throughput']}, "
-              f"(a)/(g) = {ratios['a_over_g_throughput']}, (a)/(d) = {ratios['a_over_d_throughput']}, "
-              f"(d)/(c) = {ratios['d_over_c_throughput']}, (c)/(e) = {ratios['c_over_e_throughput']}, "
-              f"(f)/(a) = {ratios['f_over_a_throughput']}.", "",
-              "| target | met |", "|---|---|"]
+    if "a_service" in r:
+        batch = r["a_service"]["churn_batch_1000"]
+        lines += ["", f"churn-batch of {batch['customers']:,} customers: median {batch['median_ms']} ms, p90 {batch['p90_ms']} ms "
+                  f"over {batch['calls']} calls."]
+    for against in ("a", "h"):
+        if each := _per_round(r, against):
+            lines += ["", f"({against}) against each target, round by round (median first): {each}."]
+    if r["ratios"]:
+        lines += ["", "Medians: " + ", ".join(f"({key.split('_')[0]})/({key.split('_')[2]}) = {value}"
+                                              for key, value in r["ratios"].items()) + "."]
+    if agreement := r.get("fraud_agreement"):
+        lines += ["", f"(h) and (i) asked the same {agreement['requests']} fraud requests (the transaction above for 100 "
+                  "customers, 100 replayed transactions, an unknown customer): "
+                  f"{agreement['agreeing']} answered alike (status; probability within {agreement['tolerance']:g}, decision, "
+                  f"threshold and version), {agreement['scored_by_both']} scored by both; largest probability difference "
+                  f"{agreement['max_abs_difference']:.3g}."]
+    lines += ["", "| target | met |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in r["targets"].items()]
-    auth = r["credential_costs"]
-    lines += ["", "The authentication middleware in process (loadtests/bench_auth.py), microseconds per request through "
-              f"it over a no-op app: {auth['api_key_us']} with an API key, {auth['bearer_cached_us']} with a bearer token "
-              f"already verified, against {auth['no_auth_us']} for the no-op alone; verifying a new RS256 token "
-              f"once: {auth['first_verification_us']}."]
-    if "api_key_redis_each_us" in auth:  # measured when a redis-server was at hand
-        lines[-1] += (" The rate limits of those are the pod's; shared through Redis instead, an API key's request "
-                      f"costs {auth['api_key_redis_each_us']} with a Lua call each, {auth['api_key_redis_lease_us']} "
-                      "with the default leases (20 ms of the rate: one call per 20 requests at 1,000/s).")
-    reads = r["feature_reads"]["per_customer_ms"]
-    sizes = list(next(iter(reads.values())))
-    lines += ["", f"Reading `{r['feature_reads']['feature_service']}` from the {cfg['online_store']} online store, "
-              "ms per customer (median of 7 batches, the two ways alternating):", "",
-              "| way | heap | " + " | ".join(f"batch of {n}" for n in sizes) + " |",
-              "|---|---|" + "---:|" * len(sizes)]
-    labels = {"sdk": "Feast `get_online_features` + `to_dict`", "reader": "the service's bulk reader (bentos/online.py)"}
-    for key, row in reads.items():
-        way, heap = key.rsplit("_", 1)
-        lines.append(f"| {labels[way]} | {heap} | " + " | ".join(str(row[n]) for n in sizes) + " |")
+    if auth := r.get("credential_costs"):
+        lines += ["", "The authentication middleware in process (loadtests/bench_auth.py), microseconds per request through "
+                  f"it over a no-op app: {auth['api_key_us']} with an API key, {auth['bearer_cached_us']} with a bearer token "
+                  f"already verified, against {auth['no_auth_us']} for the no-op alone; verifying a new RS256 token "
+                  f"once: {auth['first_verification_us']}."]
+        if "api_key_redis_each_us" in auth:  # measured when a redis-server was at hand
+            lines[-1] += (" The rate limits of those are the pod's; shared through Redis instead, an API key's request "
+                          f"costs {auth['api_key_redis_each_us']} with a Lua call each, {auth['api_key_redis_lease_us']} "
+                          "with the default leases (20 ms of the rate: one call per 20 requests at 1,000/s).")
+    if "feature_reads" in r:
+        reads = r["feature_reads"]["per_customer_ms"]
+        sizes = list(next(iter(reads.values())))
+        lines += ["", f"Reading `{r['feature_reads']['feature_service']}` from the {cfg['online_store']} online store, "
+                  "ms per customer (median of 7 batches, the two ways alternating):", "",
+                  "| way | heap | " + " | ".join(f"batch of {n}" for n in sizes) + " |",
+                  "|---|---|" + "---:|" * len(sizes)]
+        labels = {"sdk": "Feast `get_online_features` + `to_dict`", "reader": "the service's bulk reader (bentos/online.py)"}
+        for key, row in reads.items():
+            way, heap = key.rsplit("_", 1)
+            lines.append(f"| {labels[way]} | {heap} | " + " | ".join(str(row[n]) for n in sizes) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from core.schema import CHANNELS, MERCHANT_CATEGORIES
+from pods.cluster import TRAINING_JOB
 from tests.pods.conftest import API, assert_probed_in_time, assert_unprivileged, client, free_port, running
 
 pytestmark = pytest.mark.pods
@@ -72,11 +73,15 @@ def test_the_serving_pod_follows_the_registry_of_the_mlflow_pod_on_the_postgres_
     rows = dev.runtime.exec(postgres, postgres.containers[0], "psql", "-U", "mlflow", "-d", "mlflow", "-tAc",
                             "select name from registered_models order by name")
     assert rows.stdout.split() == ["churn", "fraud", "segment"]
-    # a second fraud version, registered in that registry and made the challenger by the rollout CLI
-    for command in (["python", "-m", "training", "candidate", "fraud_v2"],
-                    ["python", "-m", "rollout", "canary", "fraud", "--share", "50", "--version", "2"]):
-        code, logs = dev.job("fintech-features", command)
-        assert code == 0, logs[-2000:]
+    # a second fraud version, registered in that registry and made the challenger by the rollout
+    # CLI, in a retraining job's pod: the one with the registry's writer account
+    canary = ["python", "-m", "rollout", "canary", "fraud", "--share", "50", "--version", "2"]
+    code, logs = dev.job(TRAINING_JOB, ["python", "-m", "training", "candidate", "fraud_v2"])
+    assert code == 0, logs[-2000:]
+    code, logs = dev.job("fintech-features", canary)  # a pod with no registry account cannot move an alias
+    assert code != 0 and "401" in logs, logs[-2000:]
+    code, logs = dev.job(TRAINING_JOB, canary)
+    assert code == 0, logs[-2000:]
     assert serving.post("/admin/reload").status_code == 200
     status = serving.get("/models/status").json()["fraud"]
     assert {(v["version"], v["role"]) for v in status["versions"]} == {("1", "champion"), ("2", "challenger")}
