@@ -103,6 +103,26 @@ def start_server(settings, tmp_path: Path, **env) -> tuple[subprocess.Popen, str
     return process, f"http://127.0.0.1:{port}"
 
 
+@pytest.fixture(scope="module")
+def tracking_uri_kept():
+    """For a module that registers in process: mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI
+    in this process's environment; left at the module's copy, the next modules' servers would
+    inherit it and serve from the copy."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def own_copy(settings, tmp_path_factory, name: str):
+    """The session's data folder copied (features, Feast stores, registry): one module's alone."""
+    folder = tmp_path_factory.mktemp(name) / "data"
+    shutil.copytree(settings.data_dir, folder, ignore=shutil.ignore_patterns("inference_log", "reports", "logs", "model_cache"))
+    return settings.model_copy(update={"data_dir": folder})
+
+
 class RedisServer:
     """A real redis-server on a free port, which a test may kill and start again: `save()` writes
     its data to a dump file in `workdir`, which it loads when it starts."""

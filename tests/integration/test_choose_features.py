@@ -5,7 +5,6 @@ the session's data folder (its registry too), as test_retrain.py does."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,27 +16,15 @@ from core.feature_sets import SERVICE_FEATURES
 from core.registry import CHAMPION, champion_feature_service, mlflow_client, read_plan
 from rollout.retrain import RetrainSettings, Service, run_cycle
 from rollout.settings import GateSettings
+from tests.integration.conftest import own_copy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("tracking_uri_kept")]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tracking_uri_kept():
-    """run_cycle sets MLflow's tracking URI, and MLFLOW_TRACKING_URI with it, to this module's copy."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="module")
 def own(settings, built, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("choose") / "data"
-    shutil.copytree(settings.data_dir, folder, ignore=shutil.ignore_patterns("inference_log", "reports", "logs", "model_cache"))
-    return settings.model_copy(update={"data_dir": folder})
+    return own_copy(settings, tmp_path_factory, "choose")
 
 
 @pytest.fixture(scope="module")

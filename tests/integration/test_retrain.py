@@ -4,7 +4,6 @@ stages a real `bentoml serve` (authentication on) under continuous load."""
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -25,10 +24,17 @@ from loadtests.servers import ROOT, stop
 from rollout.cli import ask_service_to_reload, fetch_metrics
 from rollout.retrain import EXPERIMENT, RetrainSettings, Service, read_record, run_cycle
 from rollout.settings import GateSettings
-from tests.integration.conftest import LoadClient, apply_unmaterialized_churn_service, latest_rows, start_server, wait_for
+from tests.integration.conftest import (
+    LoadClient,
+    apply_unmaterialized_churn_service,
+    latest_rows,
+    own_copy,
+    start_server,
+    wait_for,
+)
 from training import models, pipeline, registry, store
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("tracking_uri_kept")]
 # a short search: what is tested is the cycle, not how good a search gets
 QUICK = RetrainSettings(budget_min=0.5, max_trials=2, poll_s=1, evidence_timeout_min=3)
 # the load client shares the two cores with the server: the latency gate gets room, as in test_rollout
@@ -39,24 +45,9 @@ GATES = GateSettings(min_predictions=300, max_p99_ratio=3.0)
 BETTER_GATES = GateSettings(min_predictions=300, max_p99_ratio=3.0, max_score_psi=1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tracking_uri_kept():
-    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in this process's environment: left at
-    this module's copy, the next modules' servers would inherit it and serve from the copy."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
 @pytest.fixture(scope="module")
 def own(settings, built, tmp_path_factory):
-    """The session's data folder copied (features, Feast stores, registry): this module's alone."""
-    folder = tmp_path_factory.mktemp("retrain") / "data"
-    shutil.copytree(settings.data_dir, folder, ignore=shutil.ignore_patterns("inference_log", "reports", "logs", "model_cache"))
-    return settings.model_copy(update={"data_dir": folder})
+    return own_copy(settings, tmp_path_factory, "retrain")
 
 
 def no_service() -> Service:
