@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import chain
 
 import numpy as np
@@ -56,6 +56,9 @@ JOIN_KEY = "customer_id"
 TS_SUFFIX = "__ts"  # key of a view's (or, from the SDK, a feature's) event time, epoch seconds; 0 = none
 DOUBLE_TAG = 0x29  # field 5 (double_val), wire type 1 (64-bit): how every serialised Float64 Value starts
 DOUBLE_ROW = np.dtype([("tag", "u1"), ("value", "<f8")])
+# An empty Value (Feast's "no value": the stream's NaNs are stored so) stands in the hex as nine zero
+# bytes, tag 0, so a view holding some still reads a customer at a time; it decodes to NaN
+NO_VALUE_HEX = "00" * DOUBLE_ROW.itemsize
 # Feast's SQLite store keeps event times as epoch seconds (older versions: as text)
 EPOCH_SECONDS = ("CASE typeof(event_ts) WHEN 'integer' THEN event_ts "
                  "ELSE CAST(strftime('%s', event_ts) AS INTEGER) END")
@@ -66,7 +69,7 @@ class ViewRead:
     view: object  # feast.FeatureView
     features: tuple[str, ...]
 
-    @property
+    @cached_property
     def floats(self) -> tuple[str, ...]:
         """The features stored as Float64, which SQLite reads a customer at a time (`float_rows`)."""
         return tuple(f.name for f in self.view.features if f.name in self.features and f.dtype == Float64)
@@ -88,7 +91,7 @@ class ServicePlan:
     views: tuple[str, ...]  # the stored views those come from: a customer is known when one has its row
     on_demand: list[OnDemandRun]
 
-    @property
+    @cached_property
     def floats(self) -> set[str]:
         return {name for read in self.reads for name in read.floats}
 
@@ -291,7 +294,7 @@ class FeastReader:
 
 def float_rows(connection, table: str, features: tuple[str, ...], keys: list[bytes]) -> tuple[dict, np.ndarray] | None:
     """One view's features of every customer in `keys`, read one row per customer, or None when a
-    value is not a nine-byte Float64 (the caller then reads row by row).
+    value is neither a nine-byte Float64 nor empty (the caller then reads row by row).
 
     Feast's table has a row per customer and feature; turning 60,000 of them into Python objects
     was most of a 1,000-customer read. Here SQLite joins each customer's rows into one: their
@@ -301,7 +304,8 @@ def float_rows(connection, table: str, features: tuple[str, ...], keys: list[byt
     read = f"feature_name IN ({','.join('?' * len(features))})"  # the view's other features may be of any type
     rows = connection.execute(
         f"SELECT entity_key, group_concat(CASE WHEN {read} THEN feature_name END, ','), "
-        f"group_concat(CASE WHEN {read} THEN hex(value) END, ''), max({EPOCH_SECONDS}) "
+        f"group_concat(CASE WHEN {read} THEN (CASE length(value) WHEN 0 THEN '{NO_VALUE_HEX}' ELSE hex(value) END) END, ''), "
+        f"max({EPOCH_SECONDS}) "
         f"FROM {table} WHERE entity_key IN ({','.join('?' * len(keys))}) GROUP BY entity_key",
         [*features, *features, *keys]).fetchall() if keys else []
     seconds = np.zeros(len(keys), dtype=np.int64)
@@ -315,11 +319,13 @@ def float_rows(connection, table: str, features: tuple[str, ...], keys: list[byt
         if any(n != names[0] for n in names) or any(len(h) != width for h in hexes) or sorted(layout) != sorted(features):
             return None
         decoded = np.frombuffer(bytes.fromhex("".join(hexes)), dtype=DOUBLE_ROW).reshape(len(rows), len(layout))
-        if not (decoded["tag"] == DOUBLE_TAG).all():
+        empty = decoded["tag"] == 0
+        if not (empty | (decoded["tag"] == DOUBLE_TAG)).all():
             return None
         position = {key: i for i, key in enumerate(keys)}
         at = np.array([position[key] for key in found])
-        values[:, at] = decoded["value"][:, [layout.index(name) for name in features]].T
+        numbers = np.where(empty, np.nan, decoded["value"])
+        values[:, at] = numbers[:, [layout.index(name) for name in features]].T
         seconds[at] = [s or 0 for s in stamps]
     return dict(zip(features, values)), seconds
 

@@ -21,8 +21,9 @@ The targets, each on 2 worker processes, the same machine, store, model and load
       with a verified bearer token (loadtests/bench_auth.py);
   (h) POST fraud-detection on (a)'s server (one server serves every family), every request one
       fixed transaction (TRANSACTION) for a customer drawn as churn's are;
-  (i) the same requests to the naive design's fraud route, on (b)'s server (FeatureService fraud_v1
-      through `get_online_features`, its on-demand view fed the transaction, XGBoost per request).
+  (i) the same requests to the naive design's fraud route, on (b)'s server (the FeatureService of
+      the fraud version packed in the bento, fraud_v2 after `make up`, through
+      `get_online_features`, its on-demand views fed the transaction; XGBoost per request).
 Before the rounds, (h) and (i) answer the same requests (the fixed transaction for 100 customers,
 100 replayed transactions, an unknown customer): the results say whether their probabilities,
 decisions and versions agree (`fraud_agreement`).
