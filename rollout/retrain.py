@@ -277,7 +277,7 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
         # the champion's FeatureService (fraud_v1 or fraud_v2), not the family table's: a cycle must
         # not undo a promotion to the better features
         feature_service = champion_feature_service(client, family, FEATURE_SERVICES[family])
-        features = SERVICE_FEATURES[feature_service]
+        features = SERVICE_FEATURES.get(feature_service)  # None: the family's own (a service only tests define)
         feature_store = store.open_store(settings)
         if family == "churn":
             frame = pipeline.churn_training_set(feature_store, settings)
@@ -347,19 +347,32 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
         return finish(client, cycle, "refused", f"the gates refused version {registered.version}: "
                       f"{', '.join(report['failed_gates'])}", parent)
     except BaseException as e:  # SIGTERM and Ctrl-C too: the canary ends, the champion serves
+        failure = stopped_within(e) or e
         try:
             had_canary = cycle.canary_started
             end_canary(client, family, cycle)
             if had_canary:
                 service.reload(f"retrain {family} {cycle.id}: failed, canary ended")
-            finish(client, cycle, "failed", f"{type(e).__name__}: {e}", parent)
+            finish(client, cycle, "failed", f"{type(failure).__name__}: {failure}", parent)
         except Exception:  # the registry too: the next cycle finds this one's lock expired and cleans up
             log.exception("%s cycle %s: could not record its failure", family, cycle.id)
+        if failure is not e:
+            raise failure from e
         raise
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
         release(client, family, cycle.id)
+
+
+def stopped_within(error: BaseException) -> CycleStopped | None:
+    """The signal's CycleStopped behind `error`: raised inside an MLflow call (the lock's refresh
+    while the cycle waits for evidence), it comes out wrapped in an MlflowException."""
+    while error is not None:
+        if isinstance(error, CycleStopped):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def guard_quality(settings: Settings, family: str, champion: str, candidate: str) -> dict:

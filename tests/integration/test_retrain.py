@@ -18,9 +18,9 @@ import pytest
 
 from core import audit
 from core.api_keys import client_headers, ensure_local_key
-from core.feature_sets import FEATURE_SERVICES
 from core.registry import CHALLENGER, CHAMPION, LOCK_TAG, mlflow_client, read_plan
 from loadtests.servers import ROOT, stop
+from rollout import retrain
 from rollout.cli import ask_service_to_reload, fetch_metrics
 from rollout.retrain import EXPERIMENT, RetrainSettings, Service, read_record, run_cycle
 from rollout.settings import GateSettings
@@ -183,7 +183,8 @@ def test_a_candidate_that_passes_offline_but_fails_online_is_rolled_back_by_the_
     if its_view == "without a table":
         with sqlite3.connect(feature_store.config.online_store.path) as db:
             db.execute(f"DROP TABLE fintech_{service_name}_features")
-    monkeypatch.setitem(FEATURE_SERVICES, "churn", service_name)
+    # the champion's FeatureService is what a cycle trains on: here, that one
+    monkeypatch.setattr(retrain, "champion_feature_service", lambda client, family, default: service_name)
     headers = client_headers(own.secrets_dir)
     service = Service(metrics=lambda: fetch_metrics(server), reload=lambda reason: ask_service_to_reload(server, reason, headers))
     with LoadClient(server, latest_rows(table, 200).index.tolist(), threads=2, headers=headers) as load:

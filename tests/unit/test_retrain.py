@@ -139,3 +139,19 @@ def test_no_drift_report_starts_no_cycle(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "retrain", lambda family, **kw: pytest.fail("a cycle started without a report"))
     result = CliRunner().invoke(cli.app, ["retrain-if-drifted", "fraud"])
     assert result.exit_code == 0 and '"retrain": false' in result.output
+
+
+def test_a_stop_signal_wrapped_by_mlflow_is_still_a_stop():
+    """SIGTERM's CycleStopped raised inside an MLflow call comes out as an MlflowException: the cycle
+    still records and exits as stopped (exit 4), not as a registry error (exit 2)."""
+    from mlflow.exceptions import MlflowException
+
+    stop = retrain.CycleStopped("stopped by signal 15")
+    try:
+        try:
+            raise stop
+        except retrain.CycleStopped as e:
+            raise MlflowException(str(e)) from e
+    except MlflowException as wrapped:
+        assert retrain.stopped_within(wrapped) is stop
+    assert retrain.stopped_within(MlflowException("the registry is down")) is None
