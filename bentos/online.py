@@ -131,20 +131,20 @@ class FeastReader:
         one of its on-demand views needs of it."""
         if name not in self._plans:
             on_demand = {v.name: v for v in self.store.list_on_demand_feature_views()}
-            wanted: dict[str, list[str]] = {}  # per stored view, the features read, in order
+            wanted: dict[str, dict[str, None]] = {}  # per stored view, the features read, in order, once each
             features, views, runs = [], [], []
             for projection in self._service(name).feature_view_projections:
                 names = [f.name for f in projection.features]
                 if projection.name not in on_demand:
                     features += names
                     views.append(projection.name)
-                    wanted.setdefault(projection.name, []).extend(n for n in names if n not in wanted.get(projection.name, []))
+                    wanted.setdefault(projection.name, {}).update(dict.fromkeys(names))
                     continue
                 view = on_demand[projection.name]
                 inputs = []
                 for source in view.source_feature_view_projections.values():
                     needed = [f.name for f in source.features]
-                    wanted.setdefault(source.name, []).extend(n for n in needed if n not in wanted.get(source.name, []))
+                    wanted.setdefault(source.name, {}).update(dict.fromkeys(needed))
                     inputs += needed
                 request = [f.name for source in view.source_request_sources.values() for f in source.schema]
                 runs.append(OnDemandRun(view.feature_transformation.udf, tuple(inputs), tuple(request), tuple(names)))

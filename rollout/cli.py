@@ -225,13 +225,21 @@ def promote(settings: Settings, gates: GateSettings, family: str, metrics_text: 
     report = evaluate(settings, gates, family, metrics_text)
     if report["decision"] == "promote":
         client = _client(settings)
-        client.set_registered_model_tag(family, PREVIOUS_TAG, report["champion"])
-        client.set_registered_model_alias(family, CHAMPION, report["challenger"])
+        crown(client, family, report["challenger"], report["champion"])
         _end_canary(client, family)
         log.info("%s: version %s is the champion (was %s)", family, report["challenger"], report["champion"])
-    reports_dir = gates.reports_dir or settings.data_dir / "reports" / "promotions"
-    report["report_files"] = [str(p) for p in write_report(report, reports_dir, settings)]
+    report["report_files"] = [str(p) for p in write_report(report, promotion_reports(settings, gates), settings)]
     return report
+
+
+def crown(client, family: str, version: str, previous: str) -> None:
+    """`version` becomes the champion; the one it replaces is kept for a rollback."""
+    client.set_registered_model_tag(family, PREVIOUS_TAG, previous)
+    client.set_registered_model_alias(family, CHAMPION, version)
+
+
+def promotion_reports(settings: Settings, gates: GateSettings) -> Path:
+    return gates.reports_dir or settings.data_dir / "reports" / "promotions"
 
 
 def rollback(settings: Settings, family: str) -> dict:
@@ -383,14 +391,12 @@ def choose_features(settings: Settings, family: str, feature_service: str, margi
              Gate("quality", gain >= margin, f"challenger {quality['metric']} >= champion's + {margin}", quality)]
     promote, failed = decide(gates)
     if promote:
-        client.set_registered_model_tag(family, PREVIOUS_TAG, plan.champion)
-        client.set_registered_model_alias(family, CHAMPION, candidate)
+        crown(client, family, candidate, plan.champion)
     report = {"family": family, "time": datetime.now(UTC).isoformat(timespec="seconds"), "champion": plan.champion,
               "challenger": candidate, "share": 0.0, "shadow": False, "evidence": {},
               "feature_services": {"champion": serving, "challenger": feature_service},
               "gates": [g.as_dict() for g in gates], "decision": "promote" if promote else "refuse", "failed_gates": failed}
-    reports_dir = get_gate_settings().reports_dir or settings.data_dir / "reports" / "promotions"
-    report["report_files"] = [str(p) for p in write_report(report, reports_dir, settings)]
+    report["report_files"] = [str(p) for p in write_report(report, promotion_reports(settings, get_gate_settings()), settings)]
     log.info("%s: version %s on %s %s (PR-AUC %.4f against %.4f)", family, candidate, feature_service,
              "is the champion" if promote else "stays a candidate", quality["challenger"], quality["champion"])
     return report
