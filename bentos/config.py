@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.families import NAMES as FAMILIES
+from core.families import FAMILIES
 
 API_PREFIX = "/api/v1/inference"
 

@@ -24,16 +24,16 @@ import numpy as np
 from bentos.batching import Batcher
 from bentos.canary import UnknownVersion
 from bentos.config import ServingSettings
-from bentos.loading import LoadedVersion, VersionRefused
+from bentos.inference_log import InferenceLog
 from bentos.metrics import metrics, record_batch, record_failure
-from bentos.scoring import UNKNOWN_CUSTOMER, UNKNOWN_VERSION, ModelInfo, OnlineFeatures, build_scorer
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet, Versions
 from core.families import FAMILIES
 from core.registry import CHALLENGER, CHAMPION, fail_fast
 from core.reports import latest_summary
 from core.settings import Settings
-from monitoring.inference_log import InferenceLog
+from scoring.base import UNKNOWN_CUSTOMER, UNKNOWN_VERSION, ModelInfo, OnlineFeatures, build_scorer
+from scoring.loading import LoadedVersion, VersionRefused
 
 if TYPE_CHECKING:
     from bentos.online import FeastReader
@@ -172,7 +172,7 @@ class FamilyServer:
             self.inference_log = InferenceLog(serving.inference_log_dir or settings.data_dir / "inference_log", self.family,
                                               flush_s=serving.inference_log_flush_s, on_backlog=self._backlog,
                                               max_rows=serving.inference_log_max_rows,
-                                              on_dropped=metrics().log_dropped.labels(self.family).inc)
+                                              on_dropped=metrics().log_dropped.labels(self.family).inc).start()
             self._backlog(0)  # the series exists from the first scrape, not from the first flush
         self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow", self.inference_log)
         self.batcher = Batcher(self.score_batch, own.max_batch_size, own.max_wait_ms)

@@ -128,7 +128,7 @@ def record_batch(family: str, version: str, role: str, results: list[dict], seco
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if outcome == "ok":
             scores.append(result[FAMILIES[family].score_field])
-    if family == "segment":
+    if FAMILIES[family].categorical:
         for segment, count in zip(*np.unique(np.asarray(scores, dtype=int), return_counts=True)):
             m.segments.labels(*labels, str(segment)).inc(int(count))
     else:

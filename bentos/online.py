@@ -47,9 +47,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import RedisError
 
 from bentos.metrics import metrics, observe_many
-from bentos.scoring import FeaturesUnreadable, OnlineFeatures, StoreUnavailable
 from core.settings import Settings
 from core.store import open_store
+from scoring.base import FeaturesUnreadable, OnlineFeatures, StoreUnavailable
 
 PROBE_FEATURE = "customer_activity:days_since_last_txn"
 JOIN_KEY = "customer_id"

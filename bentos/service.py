@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from bentos.api import Admission, create_app
 from bentos.auth import Authenticate, AuthSettings, check_mode
 from bentos.config import freeze_heap, get_serving_settings, service_options
-from bentos.fastpath import FastPath
 from bentos.family import Server
-from bentos.loading import from_bento
+from bentos.fastpath import FastPath
 from core.settings import get_settings
+from scoring.loading import from_bento
 
 SERVING = get_serving_settings()  # BentoML reads its options when the class is declared
 try:

@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bentos.canary import choose_role, resolve_pin
-from bentos.loading import LoadedVersion, VersionRefused, from_registry
-from bentos.scoring import ModelInfo
 from core.registry import CHALLENGER, CHAMPION, Plan, RegistryUnavailable, read_plan
+from scoring.base import ModelInfo
+from scoring.loading import LoadedVersion, VersionRefused, from_registry
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,7 @@ class Population:
     scorer and its served reference."""
 
     def __init__(self, pools: dict[str, pd.DataFrame], loaded, reference: pd.DataFrame, thresholds: dict[str, float]):
-        from bentos.frames import score_frame
+        from scoring.frames import score_frame
 
         self.loaded, self.reference, self.score = loaded, reference, lambda frame: score_frame(loaded, frame)
         self.thresholds = thresholds
@@ -135,9 +135,9 @@ def power(population: Population, repeats: int, sizes=SIZES, shifts=SHIFTS) -> l
 
 
 def load_population(settings, family: str = "churn") -> Population:
-    from bentos.loading import from_registry
     from core.registry import read_plan
     from monitoring.drift import load_reference, load_thresholds
+    from scoring.loading import from_registry
 
     table_path = settings.features_dir / "customer_features.parquet"
     if not table_path.exists():

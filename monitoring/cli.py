@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from core.families import NAMES as FAMILIES
+from core.families import FAMILIES
 from core.settings import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Monitoring: drift reports.")
@@ -76,8 +76,8 @@ def headline(model: str, version: str, summary: dict) -> str:
 
 def scored(window, model: str, version: str, tracking_uri: str, cache: Path):
     """A window of features with the version's score of each row, as the service would give it."""
-    from bentos.frames import score_frame
-    from bentos.loading import from_registry
+    from scoring.frames import score_frame
+    from scoring.loading import from_registry
 
     loaded = from_registry(model, version, tracking_uri, cache)
     log.info("the window has no %s column: scoring its %s rows with %s version %s", "score", f"{len(window):,}", model, version)
@@ -128,7 +128,7 @@ def drift_report(
         if labels:
             window = attach_labels(window, read_table(labels))
         thresholds = load_thresholds(model, version, settings.tracking_uri, cache)
-        result = run_report(ref, window, features, categorical_score=model == "segment", thresholds=thresholds)
+        result = run_report(ref, window, features, categorical_score=FAMILIES[model].categorical, thresholds=thresholds)
     except (ValueError, RegistryUnavailable, FileNotFoundError) as e:  # DriftInputError is a ValueError
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e

@@ -9,7 +9,7 @@ Each model version stores two references in its MLflow run:
   answers "does the model see what it learnt from?"; churn and segment learn from active customers
   only, so served traffic of all customers differs from it with nothing wrong.
 The current window is a slice of the inference log or any file with the same columns (one without
-a `score` column is scored by the version first: bentos/frames.py).
+a `score` column is scored by the version first: scoring/frames.py).
 
 How a column is decided drifted, sized to the window (measured in loadtests/drift_alarms.py):
 * 2,000 rows or more: Evidently's normed Wasserstein distance (the distance in standard deviations

@@ -15,9 +15,10 @@ from typing import Annotated
 
 import typer
 
-from core.families import NAMES as FAMILIES
+from core.families import FAMILIES
 from core.registry import mlflow_client
 from core.settings import get_settings
+from scoring.loading import read_importance
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,9 @@ def import_family(name: str, alias: str, tracking_uri: str):
     mlflow.set_tracking_uri(tracking_uri)
     info = mlflow.models.get_model_info(f"models:/{name}@{alias}")
     importance = {}
-    if name == "churn":
+    if FAMILIES[name].importance:
         with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path="feature_importance.csv", dst_path=tmp)
-            rows = Path(path).read_text().splitlines()[1:]
-            importance = {feature: float(value) for feature, value in (row.split(",") for row in rows)}
+            importance = read_importance(info.run_id, tracking_uri, Path(tmp))
     model = bentoml.mlflow.import_model(
         tag,
         f"models:/{name}@{alias}",

@@ -250,7 +250,7 @@ def segment_profiles(pipeline: Pipeline, names: dict[int, str], shares: np.ndarr
 
 def segment_model(pipeline: Pipeline) -> dict:
     """The fitted pipeline as numbers (log1p, then the scaler's mean and scale, then the centres):
-    what the service loads instead of a pickle (bentos.scoring.SegmentCentres)."""
+    what the service loads instead of a pickle (scoring.segment.SegmentCentres)."""
     scaler, kmeans = pipeline.named_steps["scale"], pipeline.named_steps["kmeans"]
     return {"transform": "log1p", "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
             "centres": kmeans.cluster_centers_.tolist()}

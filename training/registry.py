@@ -19,6 +19,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 
 from core.decisions import calibrate
+from core.families import FAMILIES
 from core.registry import CHAMPION, REFERENCE_ARTIFACT, SERVED_REFERENCE_ARTIFACT, THRESHOLDS_ARTIFACT, mlflow_client
 from training.models import TrainedModel
 
@@ -52,7 +53,7 @@ def reference_sample(trained: TrainedModel, training_frame: pd.DataFrame, rows: 
     """A sample of the training rows' features and the model's score on them, in the inference
     log's terms (`score`: churn or fraud probability, or segment id)."""
     sample = training_frame[trained.features].sample(min(rows, len(training_frame)), random_state=seed).reset_index(drop=True)
-    if trained.name == "segment":
+    if FAMILIES[trained.name].categorical:
         score = trained.model.predict(sample)
     else:
         score = trained.model.predict_proba(sample)[:, 1]
@@ -80,7 +81,7 @@ def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, featur
         mlflow.set_tags({"model": trained.name, "feature_service": feature_service, "data_fingerprint": metadata["data_fingerprint"]})
         mlflow.log_params({k: v for k, v in trained.params.items() if v is not None and len(str(v)) < 500})
         mlflow.log_metrics({k: float(v) for k, v in trained.metrics.items()})
-        if trained.name == "segment":
+        if FAMILIES[trained.name].flavour == "sklearn":
             signature = infer_signature(example, trained.model.predict(example))
             info = mlflow.sklearn.log_model(trained.model, name="model", signature=signature, input_example=example,
                                             registered_model_name=trained.name, metadata=metadata,
@@ -112,9 +113,9 @@ def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, featur
 
 
 def servable(client, name: str, version: str) -> bool:
-    """Whether the service can load the version: a segment version must carry `segment_model`
-    (bentos/loading.py loads no pickle); every churn and fraud version can."""
-    if name != "segment":
+    """Whether the service can load the version: a scikit-learn version must carry its model as
+    numbers (`segment_model`: scoring/loading.py loads no pickle); every XGBoost version can."""
+    if FAMILIES[name].flavour != "sklearn":
         return True
     import mlflow
 
@@ -125,10 +126,10 @@ def servable(client, name: str, version: str) -> bool:
 def log_served_reference(registered: Registered, population: pd.DataFrame, tracking_uri: str) -> None:
     """Store beside a registered version what the service will see (`population`, from
     pipeline.served_population), scored by that version as the service scores it: the registered
-    files loaded and scored by the service's own scorers (bentos/frames.py). Drift reports compare
+    files loaded and scored by the service's own scorers (scoring/frames.py). Drift reports compare
     served windows with it by default."""
-    from bentos.frames import score_frame
-    from bentos.loading import from_registry
+    from scoring.frames import score_frame
+    from scoring.loading import from_registry
 
     with tempfile.TemporaryDirectory() as tmp:
         loaded = from_registry(registered.name, registered.version, tracking_uri, Path(tmp) / "models")

@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.families import NAMES
+from core.families import FAMILIES, NAMES
 from dashboard import sources, ui
 from rollout.promotion import read_evidence
 from rollout.settings import get_gate_settings
@@ -90,7 +90,7 @@ for family, tab in zip(NAMES, st.tabs([name.capitalize() for name in NAMES])):
             st.subheader("Versions and test metrics")
             st.dataframe(versions_table(model), hide_index=True)
             ui.source(f"the registry at {data.tracking_uri} (metrics on each version's out-of-time test data)")
-            if family == "churn" and model.by_alias("champion"):
+            if FAMILIES[family].calibrated and model.by_alias("champion"):
                 st.subheader("Calibration (champion)")
                 calibration(model.by_alias("champion"))
         if model is not None:

@@ -16,10 +16,10 @@ import bentoml
 
 from bentos.api import Admission, create_app
 from bentos.config import freeze_heap, get_serving_settings, service_options
-from bentos.fastpath import FastPath
 from bentos.family import Server
-from bentos.loading import from_bento
+from bentos.fastpath import FastPath
 from core.settings import get_settings
+from scoring.loading import from_bento
 
 SERVING = get_serving_settings().model_copy(update={"families": "churn", "inference_log": False, "registry_poll_s": 0})
 server = Server(SERVING)

@@ -20,12 +20,12 @@ import bentoml
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
-from bentos.loading import LoadedVersion, from_bento
 from bentos.schemas import FraudRequest
 from core.decisions import calibrate
 from core.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
 from core.settings import get_settings
 from core.store import open_store
+from scoring.loading import LoadedVersion, from_bento
 
 
 class ChurnRequest(BaseModel):

@@ -401,8 +401,8 @@ def test_a_broken_version_named_by_the_registry_is_refused_and_the_live_set_keep
         followed_registry, settings, table, tmp_path):
     """Three broken churn versions, each named by the registry in turn while clients score: files that
     do not load, features its FeatureService does not serve, and NaN scores (that one promoted)."""
-    from bentos.loading import from_registry
     from core.registry import CHALLENGER, CHAMPION, mlflow_client, read_plan
+    from scoring.loading import from_registry
 
     client, champion = mlflow_client(settings.tracking_uri), read_plan("churn", settings.tracking_uri).champion
     loaded = from_registry("churn", champion, settings.tracking_uri, tmp_path / "cache")

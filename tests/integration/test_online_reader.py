@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from bentos.online import TS_SUFFIX, FeastReader
-from bentos.scoring import FeaturesUnreadable
 from core.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
 from core.stream_features import BEFORE_FEATURES
+from scoring.base import FeaturesUnreadable
 from tests.integration.conftest import apply_unmaterialized_churn_service
 from training import store
 

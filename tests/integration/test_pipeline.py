@@ -15,12 +15,12 @@ import pytest
 import xgboost as xgb
 from mlflow import MlflowClient
 
-from bentos.loading import from_registry
 from core.feature_sets import CHURN_FEATURES, FRAUD_V2_FEATURES, SEGMENT_FEATURES
 from core.realtime import OUTPUT_FEATURES, transaction_features
 from core.registry import mlflow_client
 from core.stream_features import STREAM_FEATURES
 from loadtests.servers import ROOT
+from scoring.loading import from_registry
 from training import store
 from training.pipeline import train_all, train_fraud_candidate
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from core.families import FAMILIES
-from rollout.cli import PROMOTIONS_EXPERIMENT
 from rollout.retrain import EXPERIMENT as RETRAIN_EXPERIMENT
+from rollout.steps import PROMOTIONS_EXPERIMENT
 from tests.integration.conftest import MlflowServer
 from training.registry import EXPERIMENT
 
@@ -89,7 +89,7 @@ def read_and_try_writes(url: str, folder: str) -> None:
     the registry answered."""
     from core.registry import mlflow_client, read_plan
     from core.settings import get_settings
-    from bentos.loading import from_registry
+    from scoring.loading import from_registry
 
     get_settings()
     champion = read_plan("segment", url).champion

@@ -246,7 +246,7 @@ def test_the_jobs_image_copies_every_package_the_jobs_commands_import_and_no_oth
     from core import settings
 
     packages, _ = jobs_imports()
-    assert packages == {"bentos", "core", "monitoring", "rollout", "streaming", "training"}  # rollout loads versions by bentos.loading
+    assert packages == {"core", "monitoring", "rollout", "scoring", "streaming", "training"}  # no serving code: versions load by scoring.loading
     # the Feast definitions, where core/settings.py looks for them: beside core/
     assert settings.Settings.model_fields["feature_repo"].default == settings.REPO_ROOT / FEATURE_REPO.name
     assert copied(JOBS_DOCKERFILE) == packages | {FEATURE_REPO.name, "requirements.lock", RUNTIME_LOCK}

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bentos.scoring import ChurnScorer, ModelInfo, OnlineFeatures
 from core.feature_sets import CHURN_FEATURES, FRAUD_CUSTOMER_FEATURES, SEGMENT_FEATURES
 from core.realtime import REQUEST_FIELDS, transaction_features
+from scoring.base import ModelInfo, OnlineFeatures
+from scoring.churn import ChurnScorer
 from training.features import PROFILE_FEATURES, churn_labels, compute_features, snapshot_dates
 from training.models import churn_probability, out_of_time_split, train_churn, train_fraud, train_segment
 
@@ -136,7 +137,7 @@ def test_the_served_segment_model_is_data_and_assigns_every_customer_as_the_pipe
     (numbers), and the segments they give are the fitted pipeline's, customer for customer."""
     import json
 
-    from bentos.scoring import SegmentCentres
+    from scoring.segment import SegmentCentres
 
     _, features = tables
     latest = features[(features["event_timestamp"] == features["event_timestamp"].max()) & (features["txn_count_90d"] > 0)]

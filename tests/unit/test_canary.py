@@ -8,11 +8,11 @@ import pytest
 
 from bentos.canary import UnknownVersion, choose_role, resolve_pin
 from bentos.family import score_routed
-from bentos.scoring import UNKNOWN_CUSTOMER, UNKNOWN_VERSION, ModelInfo
+from bentos.inference_log import InferenceLog
 from bentos.shadow import ShadowRunner
 from bentos.versions import LiveSet
 from core.registry import CHALLENGER, CHAMPION, Plan
-from monitoring.inference_log import FEATURES_KEY, InferenceLog
+from scoring.base import FEATURES_KEY, UNKNOWN_CUSTOMER, UNKNOWN_VERSION, ModelInfo
 
 CUSTOMERS = [f"C{i:06d}" for i in range(10_000)]
 
@@ -147,7 +147,7 @@ def test_shadow_scoring_does_not_hold_up_the_response_and_records_both_results(t
 
 
 def test_every_prediction_is_logged_with_its_version_role_and_features_and_the_answer_is_unchanged(tmp_path):
-    log = InferenceLog(tmp_path / "log", "churn", flush_s=60)  # nothing is written until asked
+    log = InferenceLog(tmp_path / "log", "churn", flush_s=60).start()  # nothing is written until asked
     runner = ShadowRunner("churn", tmp_path / "shadow", log)
     requests = [{"customer_id": c, "request_id": f"r{i}"} for i, c in enumerate(CUSTOMERS[:40])]
     results = score_routed(live_set(share=50, shadow=True), requests, runner, log)

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.inference_log import FEATURES_KEY, InferenceLog
+from bentos.inference_log import InferenceLog
+from scoring.base import FEATURES_KEY
 
 FEATURES = ["days_since_last_txn", "txn_count_30d"]
 
@@ -22,7 +23,7 @@ def test_an_unwritable_folder_keeps_the_newest_rows_up_to_the_bound_and_writes_t
     blocked = tmp_path / "log"
     blocked.write_text("a file where the log's folder should be")  # root cannot be stopped by permissions
     dropped = []
-    log = InferenceLog(blocked, "churn", flush_s=60, max_rows=250, on_dropped=dropped.append)
+    log = InferenceLog(blocked, "churn", flush_s=60, max_rows=250, on_dropped=dropped.append).start()
     for batch in range(10):
         append(log, 100 * batch, 100)
         with pytest.raises(OSError):
@@ -39,7 +40,7 @@ def test_an_unwritable_folder_keeps_the_newest_rows_up_to_the_bound_and_writes_t
 def test_a_batch_larger_than_the_bound_is_kept_whole(tmp_path):
     blocked = tmp_path / "log"
     blocked.write_text("")
-    log = InferenceLog(blocked, "churn", flush_s=60, max_rows=10)
+    log = InferenceLog(blocked, "churn", flush_s=60, max_rows=10).start()
     append(log, 0, 5)
     append(log, 5, 40)
     assert log.backlog == 40 and log.dropped_rows == 5
@@ -54,7 +55,7 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
             f.write(b"PAR1 half a file")
         raise OSError(28, "No space left on device")
 
-    log = InferenceLog(tmp_path / "log", "churn", flush_s=60)
+    log = InferenceLog(tmp_path / "log", "churn", flush_s=60).start()
     append(log, 0, 10)
     monkeypatch.setattr(pq, "write_table", disk_full)
     with pytest.raises(OSError, match="No space"):
@@ -68,14 +69,14 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_closing_with_an_unwritable_folder_says_what_is_lost_instead_of_raising(tmp_path, caplog):
     blocked = tmp_path / "log"
     blocked.write_text("")
-    log = InferenceLog(blocked, "churn", flush_s=60)
+    log = InferenceLog(blocked, "churn", flush_s=60).start()
     append(log, 0, 7)
     log.close(timeout_s=1)
     assert "could not write its last 7 rows" in caplog.text
 
 
 def test_each_prediction_names_the_client_that_asked_and_its_scope(tmp_path):
-    log = InferenceLog(tmp_path, "churn", flush_s=60)
+    log = InferenceLog(tmp_path, "churn", flush_s=60).start()
     requests = [{"customer_id": "C1", "request_id": "r1", "client_id": "retention-app"},
                 {"customer_id": "C2", "request_id": "r2", "client_id": ""}]  # AUTH_MODE=off: nobody authenticated
     results = [{"customer_id": r["customer_id"], "churn_probability": 0.1, "risk_level": "low",
@@ -88,7 +89,7 @@ def test_each_prediction_names_the_client_that_asked_and_its_scope(tmp_path):
 
 
 def test_versions_reading_different_features_share_one_file_with_the_others_columns_empty(tmp_path):
-    log = InferenceLog(tmp_path, "churn", flush_s=60)
+    log = InferenceLog(tmp_path, "churn", flush_s=60).start()
     append(log, 0, 2)
     requests = [{"customer_id": "C9", "request_id": "r9", "client_id": "retention-app"}]
     results = [{"customer_id": "C9", "churn_probability": 0.7, "risk_level": "high",
@@ -106,7 +107,7 @@ def test_versions_reading_different_features_share_one_file_with_the_others_colu
 def test_the_log_is_readable_by_the_services_group_only_and_marks_rows_whose_features_the_caller_set(tmp_path):
     import stat
 
-    log = InferenceLog(tmp_path, "churn", flush_s=60)
+    log = InferenceLog(tmp_path, "churn", flush_s=60).start()
     requests = [{"customer_id": "C1", "request_id": "r1", "features": {"days_since_last_txn": 90.0}},
                 {"customer_id": "C2", "request_id": "r2", "features": None}, {"customer_id": "C3", "request_id": "r3"}]
     results = [{"customer_id": r["customer_id"], "churn_probability": 0.1, "risk_level": "low",

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER, ChurnScorer, FraudScorer, ModelInfo, OnlineFeatures
+from scoring.base import INVALID_FEATURE, UNKNOWN_CUSTOMER, ModelInfo, OnlineFeatures
+from scoring.churn import ChurnScorer
+from scoring.fraud import FraudScorer
 
 FEATURES = ["days_since_last_txn", "txn_count_30d", "spend_30d"]
 
@@ -211,7 +213,7 @@ def test_a_segment_version_is_loaded_from_its_numbers_and_its_pickle_is_never_op
 
     import yaml
 
-    from bentos.loading import load_model
+    from scoring.loading import load_model
 
     marker = tmp_path / "code-ran"
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(Planted(str(marker))))

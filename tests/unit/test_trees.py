@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from bentos.trees import TreeEnsemble, UnsupportedModel
+from scoring.trees import TreeEnsemble, UnsupportedModel
 
 
 def training_data(rng, rows=3000, features=6):

@@ -10,8 +10,8 @@ import xgboost as xgb
 
 import bentos.versions as versions_module
 from bentos.family import checked_scorer
-from bentos.loading import LoadedVersion, VersionRefused
 from core.registry import CHAMPION, Plan, RegistryUnavailable
+from scoring.loading import LoadedVersion, VersionRefused
 
 FEATURES = ["days_since_last_txn", "txn_count_30d", "spend_30d"]
 CHURN_METADATA = {"features": FEATURES, "feature_service": "churn_v1", "calibration": {"a": 1.0, "b": 0.0},
@@ -136,7 +136,7 @@ def test_a_version_another_process_downloaded_first_is_used_not_refused(tmp_path
     import mlflow
 
     import core.registry
-    from bentos.loading import download
+    from scoring.loading import download
 
     class Registry:
         def get_model_version_download_uri(self, family, version):

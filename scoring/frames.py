@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bentos.scoring import OnlineFeatures, build_scorer
 from core.families import FAMILIES
+from scoring.base import OnlineFeatures, build_scorer
 
 CHUNK_ROWS = 10_000
 
@@ -45,6 +45,6 @@ def score_frame(loaded, frame: pd.DataFrame) -> np.ndarray:
     scores = np.empty(len(table))
     for start in range(0, len(table), CHUNK_ROWS):
         requests = [{"customer_id": str(i)} for i in range(start, min(start + CHUNK_ROWS, len(table)))]
-        results = scorer.score(requests, reasons=False) if loaded.family == "churn" else scorer.score(requests)
+        results = scorer.score(requests, reasons=False)
         scores[start:start + len(requests)] = [result[field] for result in results]
     return scores

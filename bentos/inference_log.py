@@ -9,7 +9,7 @@ version, role (champion, challenger, shadow), score, decision, overridden (the c
 the features: drift reports and retraining leave such rows out), then one column per feature the
 version read. It is personal data: files are 0640 and folders 0750 (the service's group reads
 them: the jobs run in it), and `python -m monitoring prune-log` removes the days past the retention. A model service appends
-each scored batch to memory (a list append); a background thread writes what has gathered every
+each scored batch to memory (a list append); a background thread (`start()`) writes what has gathered every
 `flush_s` seconds or `flush_rows` rows; `close()`, called when the service stops, writes the rest.
 Rows that could not be scored (unknown customer, invalid feature) are not predictions and are not
 logged; the metrics count them.
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from core.families import FAMILIES
+from scoring.base import FEATURES_KEY
 
 log = logging.getLogger(__name__)
-FEATURES_KEY = "_features"  # where a scorer puts a row's feature vector when asked to keep it
 SCORING_SCOPE = "inference"  # the scope every logged prediction was made under (bentos/auth.py)
 
 
@@ -75,7 +75,11 @@ class InferenceLog:
         self._files = 0
         self.written_rows = 0
         self._thread = threading.Thread(target=self._run, name=f"{family}-inference-log", daemon=True)
+
+    def start(self) -> InferenceLog:
+        """Start the writer thread (building the log starts nothing)."""
         self._thread.start()
+        return self
 
     @property
     def backlog(self) -> int:
@@ -213,7 +217,8 @@ class InferenceLog:
         """Stop the thread and write what is left (the service's shutdown hook)."""
         self._closed = True
         self._wake.set()
-        self._thread.join(timeout=timeout_s)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=timeout_s)
         deadline = time.monotonic() + timeout_s
         written = 0
         try:

@@ -1,4 +1,7 @@
-"""Scoring logic of the three model families, free of BentoML and Feast.
+"""What the three families' scorers share, free of BentoML, Feast and the HTTP code: the batch of
+rows a reader returns, one store read per batch with the request's overrides, the per-row errors,
+the reason codes, and `build_scorer`, which finds a family's scorer in its own module
+(scoring/<family>.py, named by core.families).
 
 Each scorer takes the model and the metadata stored with it in the registry (calibration,
 risk cut-offs, threshold, segment names, feature list) and a feature reader, so it can be tested
@@ -11,22 +14,21 @@ with a five-line fake reader:
 A request is a dict: {"customer_id": ..., "features": {name: value} (overrides), and for fraud
 "request_data": the transaction's fields}. A result is a dict; an unknown customer gets {"error": "unknown_customer"}.
 
-XGBoost and the compiled tree walk (bentos/trees.py) are imported when a scorer is built, not
+XGBoost and the compiled tree walk (scoring/trees.py) are imported when a scorer is built, not
 with this module: the `bentoml serve` process that only reads the service's definition (and then
 starts the workers) never needs them, and a server starts about 4 s sooner.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from core.decisions import calibrate, risk_level
-from core.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
-from monitoring.inference_log import FEATURES_KEY
+from core.families import FAMILIES
 
 if TYPE_CHECKING:
     import xgboost as xgb
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 UNKNOWN_CUSTOMER = "unknown_customer"
 INVALID_FEATURE = "invalid_feature"
 UNKNOWN_VERSION = "unknown_version"
+FEATURES_KEY = "_features"  # where a scorer puts a row's feature vector when asked to keep it (the inference log)
 
 
 @dataclass
@@ -175,121 +178,28 @@ def top_reasons(contributions: np.ndarray, values: np.ndarray, features: list[st
 
 
 def tree_ensemble(booster: xgb.Booster):
-    from bentos.trees import TreeEnsemble
+    from scoring.trees import TreeEnsemble
 
     return TreeEnsemble.from_booster(booster)
 
 
-class ChurnScorer:
-    def __init__(self, booster: xgb.Booster, metadata: dict, info: ModelInfo, reader: FeatureReader, top_n: int = 5,
-                 importance: dict[str, float] | None = None):
-        self.booster, self.metadata, self.info, self.reader, self.top_n = booster, metadata, info, reader, top_n
-        self.importance = importance or {}  # mean |SHAP| per feature on the test set at training
-        self.features: list[str] = metadata["features"]
-        in_booster_order(booster, self.features)
-        self.trees = tree_ensemble(booster)
-
-    def score(self, requests: list[dict], reasons: bool = True, keep_features: bool = False) -> list[dict]:
-        """Reason codes are approximate contributions (Saabas): about a hundred times cheaper than
-        exact SHAP values, which `explain` gives."""
-        a = assemble(self.reader, self.info, self.features, requests)
-        raw, contributions = self.trees.predict(a.matrix, contributions=reasons)
-        probability = calibrate(raw, self.metadata["calibration"])
-        levels = risk_level(probability, self.metadata["risk_cutoffs"])
-
-        def scored(i: int, customer_id: str) -> dict:
-            result = {"customer_id": customer_id, "churn_probability": float(probability[i]), "risk_level": str(levels[i]),
-                      "model": self.info.as_dict(), "feature_sources": a.sources[i]}
-            if reasons:
-                result["reasons"] = top_reasons(contributions[i], a.matrix[i], self.features, self.top_n)
-            return result
-
-        return row_results(a, requests, self.info, scored, keep_features)
-
-    def explain(self, customer_id: str) -> dict:
-        a = assemble(self.reader, self.info, self.features, [{"customer_id": customer_id}])
-        if error := request_error(a, 0, customer_id, self.info):
-            return error
-        *contributions, base_value = exact_contributions(self.booster, a.matrix, bias=True)[0]
-        return {
-            "customer_id": customer_id, "model": self.info.as_dict(), "kind": "shap_values",
-            # base_value plus every shap_value is this customer's log-odds before calibration
-            "base_value": float(base_value),
-            "values": [{"feature": f, "shap_value": float(c), "feature_value": None if math.isnan(v) else float(v)}
-                       for f, c, v in zip(self.features, contributions, a.matrix[0])],
-        }
 
 
-class FraudScorer:
-    def __init__(self, booster: xgb.Booster, metadata: dict, info: ModelInfo, reader: FeatureReader, top_n: int = 5):
-        self.booster, self.metadata, self.info, self.reader, self.top_n = booster, metadata, info, reader, top_n
-        self.features: list[str] = metadata["features"]
-        self.threshold = float(metadata["threshold"])
-        in_booster_order(booster, self.features)
-        self.trees = tree_ensemble(booster)
+def load_booster(model_dir):
+    """An XGBoost booster from the version's UBJSON file, one thread per worker (for the tree walk
+    and SHAP): nothing is unpickled."""
+    import xgboost as xgb
 
-    def score(self, requests: list[dict], keep_features: bool = False) -> list[dict]:
-        # the on-demand features are computed by Feast from the request: they cannot be overridden
-        a = assemble(self.reader, self.info, self.features, requests, store_only=set(REQUEST_TIME_FEATURES))
-        probability, contributions = self.trees.predict(a.matrix, contributions=True)
-        return row_results(a, requests, self.info, lambda i, customer_id: {
-            "customer_id": customer_id, "fraud_probability": float(probability[i]),
-            "is_fraud": bool(probability[i] >= self.threshold), "threshold": self.threshold, "model": self.info.as_dict(),
-            "feature_sources": a.sources[i], "reasons": top_reasons(contributions[i], a.matrix[i], self.features, self.top_n),
-        }, keep_features)
+    booster = xgb.Booster(model_file=str(model_dir / "model.ubj"))
+    booster.set_param({"nthread": 1})
+    return booster
 
 
-class SegmentCentres:
-    """The segment model as the service runs it: numbers from the version's metadata, never a
-    pickle (a registry that could be written to would otherwise run code in every serving pod).
-    A customer's segment is the nearest centre after log1p and scaling, as the fitted pipeline's
-    k-means assigns it (training/models.py `segment_model`; a model test holds the two equal)."""
-
-    def __init__(self, mean: np.ndarray, scale: np.ndarray, centres: np.ndarray):
-        self.mean, self.scale, self.centres = mean, scale, centres
-
-    @classmethod
-    def from_metadata(cls, stored: dict) -> SegmentCentres:
-        if stored.get("transform") != "log1p":
-            raise ValueError(f"unknown segment transform {stored.get('transform')!r}")
-        try:
-            mean, scale = np.asarray(stored["mean"], float), np.asarray(stored["scale"], float)
-            centres = np.asarray(stored["centres"], float)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"the segment centres are not tables of numbers: {e}") from e
-        if centres.ndim != 2 or mean.shape != scale.shape or centres.shape[1:] != mean.shape or not len(centres):
-            raise ValueError(f"segment centres of shape {centres.shape} do not fit {mean.shape[0]} features")
-        return cls(mean, scale, centres)
-
-    def predict(self, frame) -> np.ndarray:
-        scaled = (np.log1p(np.asarray(frame, float)) - self.mean) / self.scale
-        distances = ((scaled[:, None, :] - self.centres[None, :, :]) ** 2).sum(axis=2)
-        return distances.argmin(axis=1)
-
-
-class SegmentScorer:
-    def __init__(self, pipeline, metadata: dict, info: ModelInfo, reader: FeatureReader):
-        self.pipeline, self.metadata, self.info, self.reader = pipeline, metadata, info, reader
-        self.features: list[str] = metadata["features"]
-        self.names: dict[str, str] = metadata["segment_names"]
-
-    def score(self, requests: list[dict], keep_features: bool = False) -> list[dict]:
-        import pandas as pd
-
-        a = assemble(self.reader, self.info, self.features, requests)
-        # k-means has no missing-value branch: a feature the store lacks counts as zero activity
-        frame = pd.DataFrame(np.nan_to_num(a.matrix, nan=0.0), columns=self.features)
-        segments = self.pipeline.predict(frame) if len(frame) else []
-        return row_results(a, requests, self.info, lambda i, customer_id: {
-            "customer_id": customer_id, "segment_id": int(segments[i]), "segment_name": self.names[str(int(segments[i]))],
-            "model": self.info.as_dict(), "feature_sources": a.sources[i],
-        }, keep_features)
+def family_module(family: str):
+    """The module of a family's scorer and model loader: scoring/<family>.py."""
+    return importlib.import_module(FAMILIES[family].scorer_module)
 
 
 def build_scorer(loaded, info: ModelInfo, reader: FeatureReader, top_reasons: int):
-    """The scorer of a loaded version (bentos/loading.py): what each family's model needs beside the features."""
-    if loaded.family == "churn":
-        return ChurnScorer(loaded.model, loaded.metadata, info, reader, top_reasons, loaded.importance)
-    if loaded.family == "fraud":
-        return FraudScorer(loaded.model, loaded.metadata, info, reader, top_reasons)
-    return SegmentScorer(loaded.model, loaded.metadata, info, reader)
+    """The scorer of a loaded version (scoring/loading.py), as its family's module builds it."""
+    return family_module(loaded.family).build(loaded, info, reader, top_reasons)

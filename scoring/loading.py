@@ -13,7 +13,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bentos.scoring import ModelInfo
+from core.families import FAMILIES
+from scoring.base import ModelInfo, family_module
 
 log = logging.getLogger(__name__)
 MLFLOW_FOLDER = "mlflow_model"
@@ -26,29 +27,17 @@ class LoadedVersion:
     version: str  # registry version
     model: object  # xgboost.Booster (churn, fraud) or a scikit-learn Pipeline (segment)
     metadata: dict
-    importance: dict[str, float] = field(default_factory=dict)  # mean |SHAP| per feature (churn)
+    importance: dict[str, float] = field(default_factory=dict)  # mean |SHAP| per feature (families with `importance`)
 
     def info(self, role: str) -> ModelInfo:
         return ModelInfo(self.family, self.version, role, self.metadata["feature_service"])
 
 
 def load_model(family: str, model_dir: Path):
-    """The model as data: an XGBoost booster from its UBJSON file (for inplace_predict and SHAP,
-    one thread per worker), or the segment centres from the version's metadata. Nothing is
-    unpickled: the scikit-learn pipeline MLflow stores for segment is never loaded here, so a
-    version written by whoever can reach the registry cannot run code in the service."""
-    if family == "segment":
-        from bentos.scoring import SegmentCentres
-
-        stored = model_metadata(model_dir).get("segment_model")
-        if stored is None:
-            raise ValueError("the version carries no segment_model (its centres as numbers): retrain it")
-        return SegmentCentres.from_metadata(stored)
-    import xgboost as xgb
-
-    booster = xgb.Booster(model_file=str(model_dir / "model.ubj"))
-    booster.set_param({"nthread": 1})
-    return booster
+    """The model as data, as the family's module reads it (scoring/<family>.py `load_model`): an
+    XGBoost booster from its UBJSON file, or the segment centres from the version's metadata.
+    Nothing is unpickled."""
+    return family_module(family).load_model(model_dir)
 
 
 def model_metadata(model_dir: Path) -> dict:
@@ -66,7 +55,7 @@ def from_bento(bento_model, family: str) -> LoadedVersion:
 
 
 def read_importance(run_id: str, tracking_uri: str, dst: Path) -> dict[str, float]:
-    """The mean |SHAP| table logged beside a churn model (empty for the other families)."""
+    """The mean |SHAP| table logged beside a version of a family with `importance` (core/families.py)."""
     import mlflow
 
     try:
@@ -99,7 +88,7 @@ def from_registry(family: str, version: str, tracking_uri: str, cache_dir: Path)
         model, metadata = load_model(family, model_dir), model_metadata(model_dir)
     except Exception as e:
         raise VersionRefused(family, version, f"does not load: {type(e).__name__}: {e}") from e
-    importance = read_importance(run_id, tracking_uri, model_dir.parent) if family == "churn" and run_id else {}
+    importance = read_importance(run_id, tracking_uri, model_dir.parent) if FAMILIES[family].importance and run_id else {}
     return LoadedVersion(family, version, model, metadata, importance)
 
 
