@@ -33,7 +33,9 @@ class LabelledWindow:
 def labelled_window(family: str, settings: Settings, feature_services: Iterable[str] = ()) -> LabelledWindow | None:
     """feature_services: the ones the compared versions read (fraud: the window carries all their
     features; default fraud's current one)."""
-    if family == "churn":
+    if FAMILIES[family].label is None:
+        return None
+    if FAMILIES[family].rows == "customer":
         labels_path = settings.features_dir / "churn_labels.parquet"
         snapshot = pd.read_parquet(labels_path, columns=["event_timestamp"])["event_timestamp"].max()
         only = [("event_timestamp", "==", snapshot)]  # read that snapshot's rows alone, not every snapshot's
@@ -43,16 +45,14 @@ def labelled_window(family: str, settings: Settings, feature_services: Iterable[
         frame = frame[frame["txn_count_90d"] > 0].reset_index(drop=True)
         return LabelledWindow(family, frame, f"churn outcomes of the {snapshot:%Y-%m-%d} snapshot, "
                                              f"{len(frame):,} active customers")
-    if family == "fraud":
-        from training import pipeline, store
+    from training import pipeline, store
 
-        sample = settings.model_copy(update={"fraud_sample": min(settings.fraud_sample, FRAUD_SAMPLE)})
-        frame = pipeline.fraud_training_set(store.open_store(sample), sample, *dict.fromkeys(feature_services))
-        frame = frame.sort_values("event_timestamp")
-        frame = frame[frame["event_timestamp"] >= frame["event_timestamp"].quantile(0.8)].reset_index(drop=True)
-        return LabelledWindow(family, frame, f"{len(frame):,} labelled transactions from "
-                                             f"{frame['event_timestamp'].min():%Y-%m-%d} on")
-    return None
+    sample = settings.model_copy(update={"fraud_sample": min(settings.fraud_sample, FRAUD_SAMPLE)})
+    frame = pipeline.fraud_training_set(store.open_store(sample), sample, *dict.fromkeys(feature_services))
+    frame = frame.sort_values("event_timestamp")
+    frame = frame[frame["event_timestamp"] >= frame["event_timestamp"].quantile(0.8)].reset_index(drop=True)
+    return LabelledWindow(family, frame, f"{len(frame):,} labelled transactions from "
+                                         f"{frame['event_timestamp'].min():%Y-%m-%d} on")
 
 
 def pr_auc(booster, features: list[str], window: LabelledWindow) -> float:

@@ -42,14 +42,16 @@ import pandas as pd
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.families import FAMILIES
 from core.feature_sets import FEATURE_SERVICES, SERVICE_FEATURES
 from core.registry import CHALLENGER, CHAMPION, CYCLE_COUNTERS, CYCLE_TAG, LOCK_TAG, champion_feature_service, mlflow_client
 from core.settings import Settings
+from rollout import steps
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "fintech-retrain"
 FINAL = ("promoted", "refused", "dry_run", "failed")
-SUPERVISED_FAMILIES = ("churn", "fraud")
+SUPERVISED_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.label)  # what a cycle can judge
 
 
 class RetrainSettings(BaseSettings):
@@ -236,12 +238,11 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
     before the search (the tests shuffle labels with it)."""
     import mlflow
 
-    from rollout import cli
     from training import models, pipeline, registry, store
 
-    cli._check(family)  # an unknown family is named as such
+    steps.check_family(family)  # an unknown family is named as such
     if family not in SUPERVISED_FAMILIES:
-        raise cli.RolloutError(f"{family} has no labels to train against or to judge a candidate on: retrain it with "
+        raise steps.RolloutError(f"{family} has no labels to train against or to judge a candidate on: retrain it with "
                                f"`make train` and roll it out with `make canary MODEL={family}`")
     client = mlflow_client(settings.tracking_uri)
     cycle = Cycle(family, trigger, dry_run)
@@ -311,7 +312,7 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
         cycle.candidate = registered.version
         stage("registered", version=registered.version, test_pr_auc=trained.metrics["test_pr_auc"])
 
-        quality = guard_quality(settings, family, cycle.champion, registered.version)
+        quality = steps.guard_quality(settings, family, cycle.champion, registered.version)
         cycle.figures["guard"] = quality
         gain = quality["challenger"] - quality["champion"]
         stage("guard", champion_pr_auc=quality["champion"], candidate_pr_auc=quality["challenger"], gain=gain)
@@ -323,7 +324,7 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
                           f"{retrain.share:g}% (dry run: no alias moved)", parent)
 
         stage("canary", share=retrain.share, shadow=True)
-        cli.start_canary(settings, family, registered.version, retrain.share, True)
+        steps.start_canary(settings, family, registered.version, retrain.share, True)
         cycle.canary_started = True
         answer = service.reload(f"retrain {family} {cycle.id}: canary of {registered.version}")
         if why := refused_by_service(answer, family, registered.version):  # no evidence will come: do not wait for it
@@ -336,7 +337,7 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
                                 retrain.evidence_timeout_min * 60, retrain.poll_s,
                                 lambda n: refresh(client, family, cycle.id, timeout_s))
         stage("gates", challenger_predictions=got)
-        report = cli.promote(settings, gates, family, service.metrics())
+        report = steps.promote(settings, gates, family, service.metrics())
         cycle.figures["promotion_report"] = report["report_files"]
         if report["decision"] == "promote":
             cycle.canary_started = False  # the canary is over: it won
@@ -375,17 +376,6 @@ def stopped_within(error: BaseException) -> CycleStopped | None:
     return None
 
 
-def guard_quality(settings: Settings, family: str, champion: str, candidate: str) -> dict:
-    """Both versions, as the registry holds them, on the promotion's labelled out-of-time window."""
-    from bentos.loading import from_registry
-    from rollout.evaluation import compare, labelled_window
-
-    cache = settings.data_dir / "model_cache"
-    versions = {role: from_registry(family, version, settings.tracking_uri, cache)
-                for role, version in ((CHAMPION, champion), (CHALLENGER, candidate))}
-    return compare(labelled_window(family, settings, [v.metadata["feature_service"] for v in versions.values()]), versions)
-
-
 def refused_by_service(answer, family: str, version: str) -> str | None:
     """Why the service's answer to a reload says it will not serve `version` (its load checks:
     bentos/family.py `checked_scorer`), or None. An answer that is a string did not reach the service."""
@@ -400,9 +390,7 @@ def end_canary(client, family: str, cycle: Cycle) -> None:
         return
     model = client.get_registered_model(family)
     if str(model.aliases.get(CHALLENGER)) == str(cycle.candidate):
-        from rollout import cli
-
-        cli._end_canary(client, family)
+        steps.end_canary(client, family)
         log.info("%s cycle %s: canary of %s ended; champion %s serves", family, cycle.id, cycle.candidate, cycle.champion)
     cycle.canary_started = False
 

@@ -21,9 +21,9 @@ from core.api_keys import client_headers, ensure_local_key
 from core.registry import CHALLENGER, CHAMPION, LOCK_TAG, mlflow_client, read_plan
 from loadtests.servers import ROOT, stop
 from rollout import retrain
-from rollout.cli import ask_service_to_reload, fetch_metrics
 from rollout.retrain import EXPERIMENT, RetrainSettings, Service, read_record, run_cycle
 from rollout.settings import GateSettings
+from rollout.steps import ask_service_to_reload, fetch_metrics
 from tests.integration.conftest import (
     LoadClient,
     apply_unmaterialized_churn_service,

@@ -18,9 +18,9 @@ from core import audit
 from core.api_keys import client_headers, ensure_local_key, new_key
 from core.registry import CHALLENGER, CHAMPION, PREVIOUS_TAG, SHADOW_TAG, SHARE_TAG, mlflow_client, read_plan
 from loadtests.servers import ROOT, stop
-from rollout.cli import PROMOTIONS_EXPERIMENT, ask_service_to_reload, fetch_metrics, promote, rollback, start_canary
 from rollout.promotion import read_evidence
 from rollout.settings import GateSettings
+from rollout.steps import PROMOTIONS_EXPERIMENT, ask_service_to_reload, fetch_metrics, promote, rollback, start_canary
 from tests.integration.conftest import LoadClient, latest_rows, start_server, wait_for
 from training import models, pipeline, registry, store
 
