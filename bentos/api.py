@@ -29,24 +29,14 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from bentos.auth import OFF_WARNING, OPEN, SCOPE_OF, Refused, refusal
+from bentos.auth import OFF_WARNING, OPEN, Refused, refusal
 from bentos.config import API_PREFIX
 from bentos.metrics import exposition, metrics, request_series, summary
-from bentos.schemas import (
-    ChurnBatchRequest,
-    ChurnBatchResponse,
-    ChurnScore,
-    CustomerId,
-    CustomerRequest,
-    ErrorResponse,
-    FraudRequest,
-    FraudScore,
-    ReloadRequest,
-    SegmentResult,
-)
-from bentos.scoring import INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION, StoreUnavailable
+from bentos.routes import PATH_SCOPES, ROUTES, Route
+from bentos.schemas import ChurnBatchRequest, CustomerId, ErrorResponse, ReloadRequest
 from core import audit
 from core.settings import get_settings
+from scoring.base import INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION, StoreUnavailable
 
 log = logging.getLogger(__name__)
 PIN_HEADER = "X-Model-Version"
@@ -55,9 +45,6 @@ REQUEST_ID_PATTERN, REQUEST_ID_MAX_LENGTH = r"^[A-Za-z0-9_.:\-]+$", 64
 Pin = Header(None, alias=PIN_HEADER, max_length=PIN_MAX_LENGTH, description=(
     "Answer with this version: a registry version (7) or a role (champion, challenger). Default: the canary split."))
 ERRORS = {404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
-# The scoring routes and the family that answers each, in the order the index lists them.
-ROUTES = (("churn-score", "churn"), ("churn-batch", "churn"), ("segment", "segment"), ("fraud-detection", "fraud"),
-          ("explain", "churn"))
 
 
 async def caller(request: Request, response: Response, x_request_id: str | None = Header(
@@ -112,7 +99,7 @@ class Admission:
 
     def __init__(self, app, limit: int, max_header_bytes: int = 8192, retry_after_s: int = 1):
         self.app, self.limit, self.in_progress, self.max_header_bytes = app, limit, 0, max_header_bytes
-        self.families = {f"{API_PREFIX}/{route}": (route, family) for route, family in ROUTES}
+        self.families = {route.url: (route.path, route.family) for route in ROUTES}
         self.refusal = _canned(503, {"error": "overloaded", "detail": (
             f"the service has {limit} scoring requests in progress, its limit; retry shortly"), "fields": []},
             (b"retry-after", str(retry_after_s).encode()))
@@ -265,14 +252,9 @@ def create_app(server, auth_mode: str = "on") -> FastAPI:
     app.include_router(_service_routes(server, auth_mode))
     families = server.serving.served()
     scoring = APIRouter(prefix=API_PREFIX)
-    if "churn" in families:
-        _churn_routes(scoring, server)
-    if "segment" in families:
-        _segment_route(scoring, server)
-    if "fraud" in families:
-        _fraud_route(scoring, server)
-    if "churn" in families:
-        _explain_route(scoring, server)
+    for route in ROUTES:
+        if route.family in families:
+            HANDLERS[route.handler](scoring, server, route)
 
     @scoring.get("/metrics")
     async def metrics_summary() -> dict:
@@ -307,9 +289,9 @@ def _describe_credentials(app: FastAPI) -> None:
                 for operation in operations.values():
                     operation["security"] = [{"bearer": []}, {"apiKey": []}]
                     operation["responses"].update(refusals)
-                    if path in SCOPE_OF:
+                    if path in PATH_SCOPES:
                         operation["description"] = (operation.get("description", "") +
-                                                    f"\n\nNeeds the scope `{SCOPE_OF[path]}`.").strip()
+                                                    f"\n\nNeeds the scope `{PATH_SCOPES[path]}`.").strip()
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -385,7 +367,7 @@ def _service_routes(server, auth_mode: str) -> APIRouter:
 
     @router.get("/")
     async def info(request: Request) -> dict:
-        routes = [route for route, family in ROUTES if family in server.serving.served()]
+        routes = [route.path for route in ROUTES if route.family in server.serving.served()]
         return {"service": "fintech-serving", "docs": "/docs", "openapi": "/openapi.json",
                 "routes": [f"{API_PREFIX}/{r}" for r in (*routes, "metrics")], "models": for_caller(server.status(), request, auth_mode)}
 
@@ -455,30 +437,28 @@ async def score_one(server, route: str, family: str, request: dict) -> dict:
         return raise_for(result)
 
 
-def customer_request(body: CustomerRequest, pin: str | None, who: dict) -> dict:
-    """What churn-score and segment hand their family: the body, the pinned version, the caller."""
-    return {**body.model_dump(), "pin": pin, **who}
+def _score_route(router: APIRouter, server, route: Route) -> None:
+    """One request scored by the route's family (the fast path answers the clean ones first)."""
+
+    async def score(body, who, pin=Pin) -> dict:
+        return await score_one(server, route.path, route.family, route.request(body, pin, who))
+
+    score.__annotations__ = {"body": route.body, "who": Caller, "pin": str | None, "return": dict}
+    router.add_api_route(f"/{route.path}", score, methods=["POST"], name=route.name, response_model=route.response,
+                         responses=ERRORS)
 
 
-def fraud_request(body: FraudRequest, pin: str | None, who: dict) -> dict:
-    return {"customer_id": body.customer_id, "request_data": body.transaction.request_data(), "pin": pin, **who}
-
-
-def _churn_routes(router: APIRouter, server) -> None:
+def _batch_route(router: APIRouter, server, route: Route) -> None:
     max_ids = server.serving.max_batch_ids
 
-    @router.post("/churn-score", response_model=ChurnScore, responses=ERRORS)
-    async def churn_score(body: CustomerRequest, who: Caller, pin: str | None = Pin) -> dict:
-        return await score_one(server, "churn-score", "churn", customer_request(body, pin, who))
-
-    @router.post("/churn-batch", response_model=ChurnBatchResponse, responses=ERRORS)
+    @router.post(f"/{route.path}", response_model=route.response, responses=ERRORS)
     async def churn_batch(request: Request, body: ChurnBatchRequest, who: Caller, pin: str | None = Pin) -> dict:
         """Up to 10,000 customers' churn scores in one call. Rate limits: one request of the client's
         `inference` limit, and one row per id of its `rows` limit (default 10,000 rows/s, burst 20,000;
         AUTH_DEFAULT_LIMITS, AUTH_RATE_LIMITS): a batch that does not fit is a 429 and takes nothing.
         The limits hold across the replicas when the online store is Redis (they share the buckets
         there); per replica otherwise, or while Redis does not answer."""
-        with observed("churn-batch", "churn") as labels:
+        with observed(route.path, route.family) as labels:
             if len(body.customer_ids) > max_ids:
                 raise ClientError(413, "too_many_ids", f"at most {max_ids:,} customer ids per call, "
                                   f"got {len(body.customer_ids):,}", [{"field": "customer_ids", "message": "too many"}])
@@ -487,7 +467,7 @@ def _churn_routes(router: APIRouter, server) -> None:
                 charge(len(body.customer_ids))
             requests = [{"customer_id": c, "pin": pin, **who} for c in body.customer_ids]
             # a large batch is scored in a thread, so the event loop keeps answering the other routes
-            results = await anyio.to_thread.run_sync(lambda: server.families["churn"].score_batch(requests, reasons=False))
+            results = await anyio.to_thread.run_sync(lambda: server.families[route.family].score_batch(requests, reasons=False))
             for result in results:
                 if result.get("error") == UNKNOWN_VERSION:
                     raise_for(result)
@@ -502,27 +482,15 @@ def _churn_routes(router: APIRouter, server) -> None:
                     "unknown": sum(1 for r in results if "error" in r), "results": items}
 
 
-def _segment_route(router: APIRouter, server) -> None:
-    @router.post("/segment", response_model=SegmentResult, responses=ERRORS)
-    async def segment_customer(body: CustomerRequest, who: Caller, pin: str | None = Pin) -> dict:
-        return await score_one(server, "segment", "segment", customer_request(body, pin, who))
-
-
-def _fraud_route(router: APIRouter, server) -> None:
-    @router.post("/fraud-detection", response_model=FraudScore, responses=ERRORS)
-    async def fraud_detection(body: FraudRequest, who: Caller, pin: str | None = Pin) -> dict:
-        return await score_one(server, "fraud-detection", "fraud", fraud_request(body, pin, who))
-
-
-def _explain_route(router: APIRouter, server) -> None:
-    @router.get("/explain", responses=ERRORS)
+def _explain_route(router: APIRouter, server, route: Route) -> None:
+    @router.get(f"/{route.path}", responses=ERRORS)
     async def explain(request: Request, customer_id: CustomerId | None = Query(None, description="Omit for global importance."),
                       pin: str | None = Pin) -> dict:
         """A customer's SHAP values with their feature values (or, without a customer, the model's
         global importance). Each call about a customer is recorded: who, which customer, which
         version, when (DATA_DIR/audit/explain.jsonl)."""
-        with observed("explain", "churn") as labels:
-            churn = server.families["churn"]
+        with observed(route.path, route.family) as labels:
+            churn = server.families[route.family]
             if customer_id is None:
                 scorer = churn.pick("", pin or "champion")
                 result = scorer if isinstance(scorer, dict) else {
@@ -542,3 +510,6 @@ def record_explain(request: Request, customer_id: str, version: str) -> None:
     audit.append(get_settings().explain_log, action="explain", actor=client.client_id if client else "anonymous (AUTH_MODE=off)",
                  via=client.via if client else "none", verified=client is not None, source="service", family="churn",
                  details={"customer_id": customer_id, "version": version})
+
+
+HANDLERS = {"score": _score_route, "batch": _batch_route, "explain": _explain_route}  # bentos/routes.py: Route.handler

@@ -39,16 +39,14 @@ import jwt
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bentos.config import API_PREFIX
 from bentos.limits import Limit, RateLimits, default_table
 from bentos.redis_limits import RedisBuckets
+from bentos.routes import PATH_SCOPES
 from core.api_keys import KEYS_FILE, SCOPES, digest, read_keys
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-SCOPE_OF = {**{f"{API_PREFIX}/{route}": "inference" for route in ("churn-score", "churn-batch", "segment", "fraud-detection")},
-            f"{API_PREFIX}/explain": "explain", "/admin/reload": "admin", "/admin/whoami": "admin"}
 # the JWK key type each algorithm's keys are: a token naming a key of another type is refused before
 # PyJWT sees it (PyJWT raises TypeError on the crossing, which would be a 500)
 KEY_TYPE = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
@@ -340,7 +338,7 @@ class Authenticate:
             return await self.app(scope, receive, send)
         try:
             client = await self.identify(scope["headers"])
-            needed = SCOPE_OF.get(scope["path"])
+            needed = PATH_SCOPES.get(scope["path"])  # bentos/routes.py; other paths need a valid credential only
             if needed is not None:
                 if needed not in client.scopes:
                     raise Refused(403, "insufficient_scope", f"this route needs the scope {needed!r}", scope=needed)

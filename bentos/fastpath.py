@@ -5,7 +5,7 @@ BentoML's router and FastAPI see the request.
 
 A well-formed request (a JSON body that its pydantic schema accepts, a valid X-Request-ID and
 X-Model-Version) is validated, scored and answered here, through the same functions the FastAPI
-routes call: the same request to the family (bentos/api.py: customer_request, fraud_request), the
+routes call: the same request to the family (bentos/routes.py: each route's `request`), the
 same metrics and error translation (score_one), the same error responses. Anything else — another
 route or method, another content type, a body too large, malformed or refused by its schema, a
 header the routes would refuse — goes on, body and all, to BentoML's stack and the FastAPI app,
@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 
-from pydantic import BaseModel
 from pydantic_core import to_json
 
 from bentos.api import (
@@ -38,68 +35,13 @@ from bentos.api import (
     ScoringFailed,
     caller_of,
     client_error_response,
-    customer_request,
-    fraud_request,
     retry_after,
     score_one,
     scoring_failed_response,
 )
-from bentos.config import API_PREFIX
-from bentos.schemas import ChurnScore, CustomerRequest, FeatureSources, FraudRequest, FraudScore, SegmentResult
+from bentos.routes import ROUTES, Route
 
 REQUEST_ID = re.compile(REQUEST_ID_PATTERN.removeprefix("^").removesuffix("$"))  # matched whole, as pydantic does
-
-
-# The response bodies, field by field in the response models' order (bentos/schemas.py), built
-# from the scorers' results without validating them again: a test holds each equal, byte for byte,
-# to what the model's own serialiser (FastAPI's response_model) makes of the same result.
-STORE_NOTE = FeatureSources.model_fields["store"].default
-
-
-def _model(m: dict) -> dict:
-    return {"name": m["name"], "version": m["version"], "role": m["role"], "feature_service": m["feature_service"]}
-
-
-def _sources(s: dict) -> dict:
-    return {"request": s["request"], "default": s["default"], "store": STORE_NOTE}
-
-
-def _reasons(reasons: list[dict]) -> list[dict]:
-    return [{"feature": r["feature"], "shap_value": r["shap_value"], "direction": r["direction"]} for r in reasons]
-
-
-def churn_body(r: dict) -> dict:
-    return {"customer_id": r["customer_id"], "churn_probability": r["churn_probability"], "risk_level": r["risk_level"],
-            "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
-            "reasons": _reasons(r.get("reasons", []))}
-
-
-def segment_body(r: dict) -> dict:
-    return {"customer_id": r["customer_id"], "segment_id": r["segment_id"], "segment_name": r["segment_name"],
-            "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"])}
-
-
-def fraud_body(r: dict) -> dict:
-    return {"customer_id": r["customer_id"], "fraud_probability": r["fraud_probability"], "is_fraud": r["is_fraud"],
-            "threshold": r["threshold"], "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
-            "reasons": _reasons(r["reasons"])}
-
-
-@dataclass(frozen=True)
-class Route:
-    route: str
-    family: str
-    body: type[BaseModel]  # the request's schema
-    request: Callable[[BaseModel, str | None, dict], dict]  # what the family is asked
-    response: type[BaseModel]  # the route's response model
-    answer: Callable[[dict], dict]  # the response body of a result
-
-
-ROUTES = (
-    Route("churn-score", "churn", CustomerRequest, customer_request, ChurnScore, churn_body),
-    Route("segment", "segment", CustomerRequest, customer_request, SegmentResult, segment_body),
-    Route("fraud-detection", "fraud", FraudRequest, fraud_request, FraudScore, fraud_body),
-)
 
 
 class FastPath:
@@ -107,7 +49,7 @@ class FastPath:
 
     def __init__(self, app, server):
         self.app, self.server = app, server
-        self.routes = {f"{API_PREFIX}/{r.route}": r for r in ROUTES if r.family in server.serving.served()}
+        self.routes = {r.url: r for r in ROUTES if r.handler == "score" and r.family in server.serving.served()}
         self.max_body_bytes = server.serving.max_body_bytes
         self.retry_after_s = retry_after(server.serving)
 
@@ -121,7 +63,7 @@ class FastPath:
         if not request:
             return await self.app(scope, replay(messages, receive), send)
         try:
-            result = await score_one(self.server, route.route, route.family, request)
+            result = await score_one(self.server, route.path, route.family, request)
         except ClientError as e:
             return await client_error_response(e)(scope, receive, send)
         except ScoringFailed as e:

@@ -13,12 +13,12 @@ import importlib
 import itertools
 import json
 import os
-import tempfile
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 from unittest import mock
@@ -464,9 +464,8 @@ def test_the_dashboard_ships_as_a_configmap_for_grafana():
 
 def test_prod_routes_each_scoring_path_to_pods_that_serve_its_family():
     """Ingress path -> Service -> the pods it selects -> their SERVING_FAMILIES: the family that
-    answers the route (bentos/api.py) must be served there, and only there."""
-    from bentos.api import ROUTES
-    from bentos.config import API_PREFIX
+    answers the route (bentos/routes.py) must be served there, and only there."""
+    from bentos.routes import ROUTES
 
     objects = render("prod")
     [ingress] = [o for o in objects if o["kind"] == "Ingress"]
@@ -481,8 +480,8 @@ def test_prod_routes_each_scoring_path_to_pods_that_serve_its_family():
                 served |= set(env.get("SERVING_FAMILIES", ",".join(FAMILIES)).split(","))
         return served
 
-    for route, family in ROUTES:
-        assert families_behind(paths[f"{API_PREFIX}/{route}"]) == {family}, route
+    for route in ROUTES:
+        assert families_behind(paths[route.url]) == {route.family}, route.path
     assert "/" in paths and families_behind(paths["/"])  # the service routes reach a serving pod
 
 
@@ -497,11 +496,10 @@ def ingress_routes(ingress: dict, path: str) -> bool:
 
 
 def test_prod_routes_the_public_paths_and_neither_metrics_nor_admin():
-    from bentos.api import ROUTES
-    from bentos.config import API_PREFIX
+    from bentos.routes import ROUTES
 
     [ingress] = [o for o in render("prod") if o["kind"] == "Ingress"]
-    for path in ("/", "/health", "/ready", "/models/status", "/docs", "/openapi.json", *(f"{API_PREFIX}/{r}" for r, _ in ROUTES)):
+    for path in ("/", "/health", "/ready", "/models/status", "/docs", "/openapi.json", *(r.url for r in ROUTES)):
         assert ingress_routes(ingress, path), path
     for path in ("/metrics", "/admin/reload", "/admin/whoami", "/admin/anything"):
         assert not ingress_routes(ingress, path), path
