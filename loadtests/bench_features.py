@@ -22,9 +22,10 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from core import contract
 from core.settings import get_settings
 from loadtests import bench_offline_store
-from training import contract, features, partitions, store
+from training import features, partitions, store
 from training.pipeline import STAGES, build_features, make_data, train_all, train_fraud_candidate
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -67,8 +67,8 @@ import pandas as pd
 import typer
 
 from core.api_keys import new_key
-from loadtests.bench_auth import credential_costs
 from core.settings import get_settings
+from loadtests.bench_auth import credential_costs
 from loadtests.servers import ROOT, ServerDidNotStart, free_port, start, stop
 
 RESULTS = ROOT / "loadtests" / "results"
@@ -309,8 +309,8 @@ def feature_reads(settings, ids: list[str], sizes=(1, 32, 256, 1000), repeats: i
 
     import bentoml
 
-    from bentos.loading import from_bento
     from bentos.online import FeastReader
+    from scoring.loading import from_bento
 
     name = from_bento(bentoml.models.get("churn:latest"), "churn").info("champion").feature_service
     reader = FeastReader(settings)

@@ -80,13 +80,12 @@ def main(
     fraud_rps: Annotated[float, typer.Option(help="fraud-detection requests per second meanwhile.")] = 100.0,
     burst: Annotated[int, typer.Option(help="Events queued for the maximum-throughput phase.")] = 60_000,
 ) -> None:
+    from core.contract import read_table
+    from loadtests.replay import replay_transactions
     from rollout.import_models import FAMILIES, import_family
     from streaming.consumer import StreamSettings, connect
     from streaming.producer import events_of, produce
-    from training.contract import read_table
     from training.pipeline import build_features, make_data, train_all
-
-    from loadtests.replay import replay_transactions
 
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     redis_process, redis_port = redis_server(work)

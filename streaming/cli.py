@@ -60,10 +60,10 @@ def produce(
     """Replay a transactions file as live events on the stream, in time order, at a set rate."""
     from tqdm import tqdm
 
+    from core.contract import ContractError, read_table
     from streaming.consumer import StreamSettings
     from streaming.producer import events_of
     from streaming.producer import produce as send
-    from training.contract import ContractError, read_table
 
     if timestamps not in ("now", "kept"):
         raise typer.BadParameter("is 'now' or 'kept'", param_hint="--timestamps")

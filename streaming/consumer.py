@@ -4,7 +4,7 @@
 
 Each batch of events, read with a consumer group:
   1. events with the same transaction id as another in the batch are one event (the producer sent it twice);
-  2. each is checked against the data contract (training/contract.py, without the label): a bad one
+  2. each is checked against the data contract (core/contract.py, without the label): a bad one
      goes to the dead-letter stream with its reason;
   3. an event more than `lateness_s` older than its customer's newest one is late: it goes to the
      dead-letter stream too, counted; the others, in or out of order, join their customer's window;
@@ -121,7 +121,7 @@ class Consumer:
     (Feast's push by default); tests may watch what it is given."""
 
     def __init__(self, settings, stream: StreamSettings, client=None, push=None):
-        from training.contract import validate
+        from core.contract import validate
 
         self.stream, self.validate = stream, validate
         self.client = client or connect(stream)

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 from core import settings as core_settings
-from training.contract import ContractError
+from core.contract import ContractError
 from training.store import FeatureStoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline pipeline: data, features, models.")

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from training import contract
+from core import contract
 from training.features import ENTITY, TIMESTAMP, compute_features
 
 log = logging.getLogger(__name__)

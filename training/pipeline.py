@@ -30,11 +30,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from core import stream_features
+from core import contract, stream_features
+from core.families import FAMILIES
 from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME, SERVICE_FEATURES
 from core.movement import usual_movement
 from core.settings import Settings
-from training import contract, features, generate, models, partitions, registry, sampling, store
+from training import features, generate, models, partitions, registry, sampling, store
 
 log = logging.getLogger(__name__)
 SERVED_REFERENCE_ROWS = 20_000
@@ -197,7 +198,7 @@ def served_population(feature_store, settings: Settings, family: str, rows: int 
     the active ones training learns from), or the transactions of the last snapshot period with
     `feature_service`'s features (fraud; default its current service), each up to `rows`."""
     seed = settings.seed if seed is None else seed
-    if family == "fraud":
+    if FAMILIES[family].rows == "transaction":
         folder = settings.transactions_by_customer_dir
         last = max(batch.column(0).to_pandas().max() for batch in ds.dataset(folder).to_batches(columns=["timestamp"]))
         recent = pd.read_parquet(folder, filters=[("timestamp", ">=", last - pd.Timedelta(days=settings.snapshot_every_days))])
@@ -214,7 +215,7 @@ def history_by_period(settings: Settings, family: str, training_set: pd.DataFram
     when there are more), or the fraud training set's transactions by the snapshot the service
     would have scored them against."""
     path = settings.features_dir / "customer_features.parquet"
-    if family != "fraud":
+    if FAMILIES[family].rows == "customer":
         ids = pd.read_parquet(path, columns=["customer_id"])["customer_id"]
         chosen = sampling.customers_sample(ids, settings.training_customers, settings.seed)
         table = pd.read_parquet(path, filters=None if chosen is None else [("customer_id", "in", list(chosen))])
@@ -286,8 +287,8 @@ def train_fraud_candidate(settings: Settings, feature_service: str) -> dict:
     same out-of-time test transactions. Serving it is the canary's decision (make canary)."""
     from sklearn.metrics import average_precision_score
 
-    from bentos.loading import from_registry
     from core.registry import CHAMPION, mlflow_client
+    from scoring.loading import from_registry
 
     if feature_service not in SERVICE_FEATURES:
         raise ValueError(f"unknown feature service {feature_service!r}; known: {', '.join(SERVICE_FEATURES)}")

@@ -7,9 +7,9 @@ import sys
 import pandas as pd
 import pytest
 
+from core.contract import ContractError, duplicate_rows, load_transactions, validate, write_rejects
 from core.schema import TRANSACTION_COLUMNS
 from tests.conftest import make_tx
-from training.contract import ContractError, duplicate_rows, load_transactions, validate, write_rejects
 from training.partitions import check_into_partitions, read_transactions
 
 GOOD = ("A", "2026-03-02 12:00", 50.0, "dining", "online", "GB", "dA")

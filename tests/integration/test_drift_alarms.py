@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from core.movement import MAX_DISTANCE_THRESHOLD
 from loadtests.drift_alarms import MEAN_SHIFTED, Shift, false_alarms, load_population, power
 from monitoring.cli import app
-from core.movement import MAX_DISTANCE_THRESHOLD
 from monitoring.drift import ALERT_SHARE, DISTANCE_THRESHOLD
 from training import store
 from training.generate import LATER_TRANSACTIONS

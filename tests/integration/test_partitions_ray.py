@@ -48,8 +48,8 @@ def test_a_partition_task_killed_mid_run_is_retried_and_nothing_is_lost_or_doubl
 
 
 def test_the_ray_check_of_a_parquet_file_gives_the_local_checks_partitions_and_rejects(tmp_path, local_ray):
+    from core import contract
     from tests.data.test_contract import bad_and_duplicated_rows
-    from training import contract
 
     path = tmp_path / "transactions.parquet"
     bad_and_duplicated_rows().to_parquet(path, row_group_size=4)  # batches of two row groups, side by side

@@ -3,8 +3,8 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from core.contract import validate
 from core.schema import CUSTOMER_COLUMNS, TRANSACTION_COLUMNS
-from training.contract import validate
 from training.generate import CHUNK_CUSTOMERS, LATER_TRANSACTIONS, Period, generate, generate_chunk
 
 
