@@ -62,7 +62,7 @@ class ServingSettings(BaseSettings):
         "Trace the scoring routes with OpenTelemetry (BentoML's `tracing` settings say where spans go). Off, "
         "the tracing middleware lets them through untouched: tracing every request cost more than half of "
         "the framework's throughput here (README, Serving)."))
-    inference_log: bool = Field(True, description="Log every prediction with its features (monitoring/inference_log.py).")
+    inference_log: bool = Field(True, description="Log every prediction with its features (bentos/inference_log.py).")
     inference_log_dir: Path | None = Field(None, description="Where the inference log is written [default DATA_DIR/inference_log].")
     inference_log_flush_s: float = Field(2.0, gt=0, description=(
         "The inference log is written every this many seconds (or 5,000 rows), and at shutdown."))

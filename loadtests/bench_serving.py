@@ -84,7 +84,7 @@ BIN = Path(sys.executable).parent
 # scoring costs does not depend on the values (every row walks every tree to its depth).
 TRANSACTION = {"amount": 39.32, "merchant_category": "groceries", "channel": "pos", "country": "GB",
                "device_id": "D0000001-0", "timestamp": "2026-10-15T13:56:49Z"}
-AGREEMENT_TOLERANCE = 1e-6  # the service walks XGBoost's trees in float32 as XGBoost does (bentos/trees.py): a few ulps
+AGREEMENT_TOLERANCE = 1e-6  # the service walks XGBoost's trees in float32 as XGBoost does (scoring/trees.py): a few ulps
 
 WRK_SCRIPT = """
 wrk.method = "POST"

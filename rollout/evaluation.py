@@ -62,7 +62,7 @@ def pr_auc(booster, features: list[str], window: LabelledWindow) -> float:
 
 
 def compare(window: LabelledWindow, versions: dict) -> dict:
-    """versions: role -> a loaded version (bentos.loading.LoadedVersion)."""
+    """versions: role -> a loaded version (scoring.loading.LoadedVersion)."""
     figures = {role: pr_auc(v.model, v.metadata["features"], window) for role, v in versions.items()}
     return {"metric": "pr_auc", **figures, "rows": len(window.frame),
             "positives": int(window.frame[FAMILIES[window.family].label].sum()), "window": window.description}
