@@ -40,10 +40,6 @@ class RolloutError(RuntimeError):
     """The registry is not in a state that allows the step asked for."""
 
 
-def registry_client(settings: Settings):
-    return mlflow_client(settings.tracking_uri)
-
-
 def check_family(family: str) -> None:
     if family not in FAMILIES:
         raise RolloutError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -93,7 +89,7 @@ def ask_service_to_reload(service_url: str, reason: str, headers: dict[str, str]
 
 def start_canary(settings: Settings, family: str, version: str | None, share: float, shadow: bool) -> dict:
     check_family(family)
-    client = registry_client(settings)
+    client = mlflow_client(settings.tracking_uri)
     champion = str(client.get_model_version_by_alias(family, CHAMPION).version)
     if version is None:
         latest = max(int(v.version) for v in client.search_model_versions(f"name='{family}'"))
@@ -191,7 +187,7 @@ def promote(settings: Settings, gates: GateSettings, family: str, metrics_text: 
     """Judge the canary; only if every gate passes, move `champion` to the challenger."""
     report = evaluate(settings, gates, family, metrics_text)
     if report["decision"] == "promote":
-        client = registry_client(settings)
+        client = mlflow_client(settings.tracking_uri)
         crown(client, family, report["challenger"], report["champion"])
         end_canary(client, family)
         log.info("%s: version %s is the champion (was %s)", family, report["challenger"], report["champion"])
@@ -212,7 +208,7 @@ def promotion_reports(settings: Settings, gates: GateSettings) -> Path:
 def rollback(settings: Settings, family: str) -> dict:
     """Give `champion` back to the version it had before the last promotion, and end any canary."""
     check_family(family)
-    client = registry_client(settings)
+    client = mlflow_client(settings.tracking_uri)
     model = client.get_registered_model(family)
     current = str(model.aliases[CHAMPION])
     previous = (model.tags or {}).get(PREVIOUS_TAG)
@@ -263,7 +259,7 @@ def choose_features(settings: Settings, family: str, feature_service: str, margi
     check_family(family)
     if family != "fraud":
         raise RolloutError(f"{family} has one FeatureService; only fraud has another to choose")
-    client = registry_client(settings)
+    client = mlflow_client(settings.tracking_uri)
     plan = read_plan(family, settings.tracking_uri)
     if plan.challenger is not None:
         raise RolloutError(f"{family} has a canary of version {plan.challenger}: end it first (make rollback)")

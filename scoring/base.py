@@ -89,7 +89,7 @@ class Assembled:
 
 
 def assemble(reader: FeatureReader, info: ModelInfo, features: list[str], requests: list[dict],
-             store_only: set[str] | None = None) -> Assembled:
+             store_only: frozenset[str] = frozenset()) -> Assembled:
     """One store read for the whole batch; request overrides win; missing values become NaN.
 
     A customer is unknown when the store has none of the stored features for it."""
@@ -97,7 +97,7 @@ def assemble(reader: FeatureReader, info: ModelInfo, features: list[str], reques
     read = reader.read(info.feature_service, rows)
     matrix = np.column_stack([as_floats(read.values[name]) for name in features]) if requests else np.empty((0, len(features)))
     defaulted = np.isnan(matrix)
-    allowed = set(features) - (store_only or set())
+    allowed = set(features) - store_only
     column = {name: j for j, name in enumerate(features)}
     invalid: list[list[str]] = [[] for _ in requests]
     from_request: list[list[str]] = [[] for _ in requests]

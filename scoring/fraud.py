@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from core.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
+from core.realtime import OUTPUT_FEATURES
 from scoring.base import (
     FeatureReader,
     ModelInfo,
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import xgboost as xgb
 
 load_model = load_booster
+# computed by Feast's on-demand view from the request: a request cannot override them
+REQUEST_TIME_FEATURES = frozenset(OUTPUT_FEATURES)
 
 
 class FraudScorer:
@@ -37,8 +39,7 @@ class FraudScorer:
         self.trees = tree_ensemble(booster)
 
     def score(self, requests: list[dict], reasons: bool = True, keep_features: bool = False) -> list[dict]:
-        # the on-demand features are computed by Feast from the request: they cannot be overridden
-        a = assemble(self.reader, self.info, self.features, requests, store_only=set(REQUEST_TIME_FEATURES))
+        a = assemble(self.reader, self.info, self.features, requests, store_only=REQUEST_TIME_FEATURES)
         probability, contributions = self.trees.predict(a.matrix, contributions=reasons)
 
         def scored(i: int, customer_id: str) -> dict:

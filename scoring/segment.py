@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from scoring.base import FeatureReader, ModelInfo, assemble, row_results
+from scoring.loading import model_metadata
 
 
 class SegmentCentres:
@@ -66,8 +67,6 @@ def load_model(model_dir: Path) -> SegmentCentres:
     """The centres from the version's metadata. The scikit-learn pipeline MLflow stores for segment
     is never unpickled, so a version written by whoever can reach the registry cannot run code in
     the service."""
-    from scoring.loading import model_metadata
-
     stored = model_metadata(model_dir).get("segment_model")
     if stored is None:
         raise ValueError("the version carries no segment_model (its centres as numbers): retrain it")
