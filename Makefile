@@ -13,7 +13,7 @@ export DATA_DIR BENTOML_HOME NUMBA_CACHE_DIR
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED,
 # ENGINE (local or ray), PARTITIONS, RAY_ADDRESS, TRAINING_CUSTOMERS, FRAUD_SAMPLE.
 
-.PHONY: help trained install crd-schemas oidc-provider lock image-base image image-mlflow image-dashboard image-jobs images image-standins pods-up pods-down test-pods data features train train-candidate choose-fraud import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-offline-scale bench-feast-ray bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui clean
+.PHONY: help trained install crd-schemas oidc-provider lock image-base image image-mlflow image-dashboard image-jobs images image-standins pods-up pods-down test-pods data features train train-candidate choose-fraud import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-offline-scale bench-feast-ray bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui docs docs-build clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -229,6 +229,13 @@ LOAD_TIME ?= 60s
 loadtest: install ## Mixed locust traffic against a running service on $(PORT); CSV + HTML in loadtests/results/
 	$(BIN)/locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:$(PORT) -u $(LOAD_USERS) -r 10 \
 		-t $(LOAD_TIME) --csv loadtests/results/locust --html loadtests/results/locust.html
+
+DOCS_PORT ?= 8800
+docs: install ## Serve the documentation site (docs/, mkdocs.yml) on 127.0.0.1:$(DOCS_PORT), rebuilt as pages change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -O -m mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+
+docs-build: install ## Build the documentation site into site/, strictly: any warning, broken link or missing anchor fails it
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -O -m mkdocs build --strict
 
 clean: ## Remove generated data (keeps .venv)
 	rm -rf $(DATA_DIR)
