@@ -32,12 +32,18 @@ GENERATED_NOTE = "*Generated from the code when the site is built ({source}); ed
 
 
 def cell(text) -> str:
-    """Text for a Markdown table cell: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Prose for a Markdown table cell: one line, pipes escaped, angle brackets shown as written."""
+    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def prose(text) -> str:
+    """A paragraph of the code's own words: angle brackets shown as written."""
+    return str(text).replace("<", "&lt;").replace(">", "&gt;")
 
 
 def code(text) -> str:
-    return f"`{text}`" if text not in ("", None) else ""
+    """A code span on one line; a pipe in it would end a table cell, so it reads "or"."""
+    return f"`{' '.join(str(text).split()).replace(' | ', ' or ').replace('|', '/')}`" if text not in ("", None) else ""
 
 
 # --- settings ------------------------------------------------------------------------------------------
@@ -116,11 +122,11 @@ def settings_page() -> str:
              "[Other environment variables](environment.md).\n"]
     for cls in settings_classes():
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0]
-        lines += [f"## {cls.__name__}\n", f"`{cls.__module__}.{cls.__name__}`: {' '.join(doc.split())}\n",
+        lines += [f"## {cls.__name__}\n", f"`{cls.__module__}.{cls.__name__}`: {prose(' '.join(doc.split()))}\n",
                   "| environment variable | type | default | description |", "|---|---|---|---|"]
         for names, field, description in settings_rows(cls):
             env = "<br>".join(code(n) for n in names)
-            lines.append(f"| {env} | {code(cell(type_name(field.annotation)))} | {cell(default_text(field))} "
+            lines.append(f"| {env} | {code(type_name(field.annotation))} | {default_text(field)} "
                          f"| {cell(description) or '—'} |")
         lines.append("")
     return "\n".join(lines)
@@ -153,7 +159,7 @@ def cli_commands() -> list[tuple[str, object]]:
 
 def command_section(line: str, command) -> list[str]:
     context = command.context_class(command, info_name=line)
-    text = (command.help or "").strip()
+    text = prose((command.help or "").strip())
     out = [f"## {line}\n" if line.count(" ") == 2 else f"### {line}\n", text + "\n" if text else "",
            "```", command.get_usage(context).strip(), "```\n"]
     params = [p for p in command.params if not p.hidden]
@@ -163,7 +169,7 @@ def command_section(line: str, command) -> list[str]:
             record = param.get_help_record(context)
             label, helptext = record if record else (param.name if param.param_type_name == "argument" else ", ".join(param.opts),
                                                      getattr(param, "help", "") or "")
-            out.append(f"| {code(cell(label))} | {cell(helptext) or '—'} |")
+            out.append(f"| {code(label)} | {cell(helptext) or '—'} |")
         out.append("")
     subcommands = getattr(command, "commands", {})
     if subcommands:
@@ -234,7 +240,7 @@ def http_api_page() -> str:
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             lines += [f"### {method.upper()} {path}\n", f"**{operation.get('summary', '')}**. "
-                      + (operation.get("description", "") or "") + ("" if operation.get("security") else " No credential needed.") + "\n"]
+                      + prose(operation.get("description", "") or "") + ("" if operation.get("security") else " No credential needed.") + "\n"]
             parameters = operation.get("parameters", [])
             if parameters:
                 lines += ["| parameter | in | type | required | description |", "|---|---|---|---|---|"]
