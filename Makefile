@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet uv
 	$(BIN)/uv pip sync --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
-	@# the bytecode of python -O too, which the service runs under (PYTHONOPTIMIZE=1: see README, Serving)
+	@# the bytecode of python -O too, which the service runs under (PYTHONOPTIMIZE=1: docs/design/decisions/python-optimize.md)
 	$(BIN)/python -O -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages > /dev/null || true
 	touch $@
 
