@@ -353,9 +353,9 @@ def contract_page() -> str:
     lines += ["", "## Customers (optional)\n", "With a customers file, transactions of customers it does not list are "
               "rejected.\n", "| column | kind | meaning |", "|---|---|---|"]
     lines += [f"| `{c}` | {kind} | {cell(text)} |" for c, (kind, text) in CUSTOMER_COLUMNS.items()]
-    lines += ["", "## A file refused whole\n", "A file that lacks a column, or whose column is of the wrong type (for "
-              f"text, fewer than {MIN_PARSEABLE_SHARE:.0%} of its values parse), stops the run with a message naming "
-              "the column (exit code 2).\n", "## Rows rejected, and why\n",
+    lines += ["", "## A file refused whole\n", "A file that lacks a column, or whose column is of the wrong type (a "
+              f"number or timestamp column of which fewer than {MIN_PARSEABLE_SHARE:.0%} of the values parse, as in a "
+              "CSV), stops the run with a message naming the column (exit code 2).\n", "## Rows rejected, and why\n",
               "A row that breaks the contract is written, as read, to `DATA_DIR/rejects/transactions_rejects.csv` "
               "with a `reject_reason` column (several reasons joined by `; `), and counted by reason in the run's "
               "summary. The reasons:\n"]
