@@ -25,6 +25,12 @@ class Family:
     categorical: bool = False  # the score is a category (a segment id), not a probability
     importance: bool = False  # each version carries a mean |SHAP| table (global importance, explain)
     calibrated: bool = False  # the score is calibrated: each version carries its calibration curve
+    alternatives: tuple[str, ...] = ()  # other FeatureServices a later version may read (`rollout choose`, canaries)
+
+    @property
+    def feature_services(self) -> tuple[str, ...]:
+        """Every FeatureService a version of it may read, its first one first."""
+        return (self.feature_service, *self.alternatives)
 
     @property
     def scorer_module(self) -> str:
@@ -35,7 +41,8 @@ class Family:
 FAMILIES = {family.name: family for family in (
     Family("churn", "churn_v1", "churn_probability", "risk_level", "churned", rows="customer", flavour="xgboost",
            importance=True, calibrated=True),
-    Family("fraud", "fraud_v1", "fraud_probability", "is_fraud", "is_fraud", rows="transaction", flavour="xgboost"),
+    Family("fraud", "fraud_v1", "fraud_probability", "is_fraud", "is_fraud", rows="transaction", flavour="xgboost",
+           alternatives=("fraud_v2",)),
     Family("segment", "segment_v1", "segment_id", "segment_name", None, rows="customer", flavour="sklearn",
            categorical=True),
 )}

@@ -26,7 +26,7 @@ from core import contract
 from core.settings import get_settings
 from loadtests import bench_offline_store
 from training import features, partitions, store
-from training.pipeline import STAGES, build_features, make_data, train_all, train_fraud_candidate
+from training.pipeline import STAGES, build_features, make_data, train_all, train_candidate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FEATURE_TARGET_S = 60.0
@@ -80,7 +80,7 @@ def main(customers: Annotated[int, typer.Option(help="Customers to generate.")] 
         trained = timed(stages, "train_all_s", train_all, settings, progress=False)
         for name, result in trained.items():
             stages[f"train_{name}_s"] = result["seconds"]
-        candidate = timed(stages, "train_candidate_fraud_v2_s", train_fraud_candidate, settings, "fraud_v2")
+        candidate = timed(stages, "train_candidate_fraud_v2_s", train_candidate, settings, "fraud", "fraud_v2")
         offline_stores = bench_offline_store.compare(settings.data_dir)
         fs = store.open_store(settings)
         ids = table.loc[table["event_timestamp"] == table["event_timestamp"].max(), "customer_id"].head(256).tolist()

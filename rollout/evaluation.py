@@ -48,9 +48,9 @@ def labelled_window(family: str, settings: Settings, feature_services: Iterable[
     from training import pipeline, store
 
     sample = settings.model_copy(update={"fraud_sample": min(settings.fraud_sample, FRAUD_SAMPLE)})
-    frame = pipeline.fraud_training_set(store.open_store(sample), sample, *dict.fromkeys(feature_services))
-    frame = frame.sort_values("event_timestamp")
-    frame = frame[frame["event_timestamp"] >= frame["event_timestamp"].quantile(0.8)].reset_index(drop=True)
+    trainer = pipeline.TRAINERS[family]
+    _, _, test = trainer.supervised.split(trainer.training_set(store.open_store(sample), sample, *dict.fromkeys(feature_services)))
+    frame = test.reset_index(drop=True)
     return LabelledWindow(family, frame, f"{len(frame):,} labelled transactions from "
                                          f"{frame['event_timestamp'].min():%Y-%m-%d} on")
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from pydantic import Field
@@ -47,6 +48,9 @@ from core.feature_sets import FEATURE_SERVICES, SERVICE_FEATURES
 from core.registry import CHALLENGER, CHAMPION, CYCLE_COUNTERS, CYCLE_TAG, LOCK_TAG, champion_feature_service, mlflow_client
 from core.settings import Settings
 from rollout import steps
+
+if TYPE_CHECKING:
+    from training.models import Supervised
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "fintech-retrain"
@@ -176,8 +180,8 @@ def training_window(frame: pd.DataFrame, days: int) -> pd.DataFrame:
     return frame[times >= times.max() - pd.Timedelta(days=days)].reset_index(drop=True)
 
 
-def search(family: str, frame: pd.DataFrame, budget_s: float, max_trials: int, seed: int,
-           on_trial: Callable[[int, dict, float], None], features: list[str] | None = None) -> tuple[dict, float, int]:
+def search(how: Supervised, frame: pd.DataFrame, features: list[str], budget_s: float, max_trials: int, seed: int,
+           on_trial: Callable[[int, dict, float], None]) -> tuple[dict, float, int]:
     """Optuna's TPE over training.models.SEARCHED, at most budget_s or max_trials; the defaults are
     the first trial, so the best is never worse than them. Returns (params, validation PR-AUC, trials)."""
     import optuna
@@ -195,7 +199,7 @@ def search(family: str, frame: pd.DataFrame, budget_s: float, max_trials: int, s
             "subsample": trial.suggest_float("subsample", 0.6, 1.0),
             "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
         }
-        value = validation_pr_auc(family, frame, params, seed, features)
+        value = validation_pr_auc(how, frame, features, params, seed)
         on_trial(trial.number, params, value)
         return value
 
@@ -238,7 +242,7 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
     before the search (the tests shuffle labels with it)."""
     import mlflow
 
-    from training import models, pipeline, registry, store
+    from training import pipeline, registry, store
 
     steps.check_family(family)  # an unknown family is named as such
     if family not in SUPERVISED_FAMILIES:
@@ -278,12 +282,11 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
         # the champion's FeatureService (fraud_v1 or fraud_v2), not the family table's: a cycle must
         # not undo a promotion to the better features
         feature_service = champion_feature_service(client, family, FEATURE_SERVICES[family])
-        features = SERVICE_FEATURES.get(feature_service)  # None: the family's own (a service only tests define)
+        # a FeatureService only the tests define trains on the family's first one's features
+        features = SERVICE_FEATURES.get(feature_service) or SERVICE_FEATURES[FAMILIES[family].feature_service]
+        trainer = pipeline.TRAINERS[family]
         feature_store = store.open_store(settings)
-        if family == "churn":
-            frame = pipeline.churn_training_set(feature_store, settings)
-        else:
-            frame = pipeline.fraud_training_set(feature_store, settings, feature_service)
+        frame = trainer.training_set(feature_store, settings, feature_service)
         frame = training_window(frame, retrain.window_days)
         if prepare is not None:
             frame = prepare(frame)
@@ -298,14 +301,11 @@ def run_cycle(settings: Settings, retrain: RetrainSettings, gates, family: str, 
             client.log_metric(run.info.run_id, "valid_pr_auc", value)
             client.set_terminated(run.info.run_id)
 
-        params, best, trials = search(family, frame, retrain.budget_min * 60, retrain.max_trials, settings.seed, trial_run,
-                                      features)
+        params, best, trials = search(trainer.supervised, frame, features, retrain.budget_min * 60, retrain.max_trials,
+                                      settings.seed, trial_run)
         cycle.figures.update(search_trials=trials, search_valid_pr_auc=best, params=params)
 
-        if family == "churn":
-            trained = models.train_churn(frame, settings.seed, params)
-        else:
-            trained = models.train_fraud(frame, settings.seed, params, features=features)
+        trained = trainer.fit(frame, settings, params, features)
         # with what train_all stores with every version, so drift reports can judge this one too
         registered = pipeline.register_version(feature_store, settings, trained, frame, feature_service)
         client.set_tag(registered.run_id, "mlflow.parentRunId", parent.info.run_id)

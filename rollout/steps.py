@@ -254,11 +254,14 @@ def choose_features(settings: Settings, family: str, feature_service: str, margi
     cannot be judged before it serves, and say so in the report. Once a family serves, a new
     FeatureService goes through a canary instead (make train-candidate, make canary)."""
     from rollout.promotion import Gate, decide
-    from training.pipeline import train_fraud_candidate
+    from training.pipeline import train_candidate
 
     check_family(family)
-    if family != "fraud":
-        raise RolloutError(f"{family} has one FeatureService; only fraud has another to choose")
+    if not FAMILIES[family].alternatives:
+        raise RolloutError(f"{family} has one FeatureService ({FAMILIES[family].feature_service}): there is no other to choose")
+    if feature_service not in FAMILIES[family].feature_services:
+        raise RolloutError(f"{feature_service} is not one of {family}'s FeatureServices: "
+                           f"{', '.join(FAMILIES[family].feature_services)}")
     client = mlflow_client(settings.tracking_uri)
     plan = read_plan(family, settings.tracking_uri)
     if plan.challenger is not None:
@@ -266,7 +269,7 @@ def choose_features(settings: Settings, family: str, feature_service: str, margi
     serving = champion_feature_service(client, family, feature_service)
     if serving == feature_service:
         return {"family": family, "decision": "unchanged", "champion": plan.champion, "feature_service": serving}
-    candidate = train_fraud_candidate(settings, feature_service)["candidate"]["version"]
+    candidate = train_candidate(settings, family, feature_service)["candidate"]["version"]
     quality = guard_quality(settings, family, plan.champion, candidate)
     gain = quality["challenger"] - quality["champion"]
     gates = [Gate("evidence", None, "no traffic yet: the family has not served", {}),

@@ -21,6 +21,7 @@ import typer
 
 from core import settings as core_settings
 from core.contract import ContractError
+from core.families import FAMILIES
 from training.store import FeatureStoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline pipeline: data, features, models.")
@@ -110,17 +111,22 @@ def train(data_dir: DataDir = None, online_store: OnlineStore = None) -> None:
 
 @app.command()
 def candidate(
-    feature_service: Annotated[str, typer.Argument(help="The FeatureService the new fraud version reads.")] = "fraud_v2",
+    feature_service: Annotated[str, typer.Argument(help="The FeatureService the new version reads.")] = "fraud_v2",
+    family: Annotated[str, typer.Option(help="The model family (one with labels).")] = "fraud",
     data_dir: DataDir = None,
     online_store: OnlineStore = None,
 ) -> None:
-    """Train fraud on another FeatureService and register it as a new version with no alias, beside
-    the champion's PR-AUC on the same out-of-time transactions (written to DATA_DIR/candidate_<service>.json)."""
-    from training.pipeline import train_fraud_candidate
+    """Train a family on another of its FeatureServices and register it as a new version with no
+    alias, beside the champion's PR-AUC on the same out-of-time rows (written to
+    DATA_DIR/candidate_<service>.json)."""
+    from training.pipeline import train_candidate
 
     settings = get_settings(data_dir=data_dir, online_store=online_store)
+    if family not in FAMILIES:
+        typer.secho(f"error: unknown family {family!r}; known: {', '.join(FAMILIES)}", fg="red", err=True)
+        raise typer.Exit(2)
     try:
-        result = train_fraud_candidate(settings, feature_service)
+        result = train_candidate(settings, family, feature_service)
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from e

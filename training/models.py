@@ -11,6 +11,7 @@ lowers fraud risk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,41 +104,50 @@ def fraud_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
 
 # What the retraining search (rollout/retrain.py) varies, on top of _xgb's defaults
 SEARCHED = ("n_estimators", "max_depth", "learning_rate", "min_child_weight", "subsample", "colsample_bytree")
-# per family: features, the features risk only rises with, label, split, fixed extra parameters
-SUPERVISED = {
-    "churn": (CHURN_FEATURES, CHURN_INCREASING, "churned", lambda f: out_of_time_split(f, "event_timestamp"), {}),
-    "fraud": (FRAUD_FEATURES, FRAUD_INCREASING, "is_fraud", fraud_split, {"scale_pos_weight": 5.0}),
-}
 
 
-def validation_pr_auc(family: str, frame: pd.DataFrame, params: dict, seed: int = 42,
-                      features: list[str] | None = None) -> float:
+@dataclass(frozen=True)
+class Supervised:
+    """What fitting a labelled family's booster takes besides its features: the features its risk
+    only rises with, its label, how its rows split into train, validation and test, and the
+    parameters fixed over _xgb's defaults."""
+
+    increasing: tuple[str, ...]
+    label: str
+    split: Callable[[pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]
+    fixed: dict = field(default_factory=dict)
+
+
+CHURN = Supervised(CHURN_INCREASING, "churned", lambda frame: out_of_time_split(frame, "event_timestamp"))
+# scale_pos_weight: fraud is about 1% of transactions
+FRAUD = Supervised(FRAUD_INCREASING, "is_fraud", fraud_split, {"scale_pos_weight": 5.0})
+
+
+def validation_pr_auc(how: Supervised, frame: pd.DataFrame, features: list[str], params: dict, seed: int = 42) -> float:
     """PR-AUC on the validation part of `frame` of a model fitted on its training part with
-    `params`: what a search trial scores (the test part stays unseen until the chosen one).
-    `features`: another FeatureService's (fraud_v2's), default the family's."""
-    default, increasing, label, split, fixed = SUPERVISED[family]
-    features = features or default
-    train, valid, _ = split(frame)
-    model = _xgb(features, increasing, seed, **{**fixed, **params})
-    model.fit(train[features], train[label])
-    return float(average_precision_score(valid[label], model.predict_proba(valid[features])[:, 1]))
+    `params`: what a search trial scores (the test part stays unseen until the chosen one)."""
+    train, valid, _ = how.split(frame)
+    model = _xgb(features, how.increasing, seed, **{**how.fixed, **params})
+    model.fit(train[features], train[how.label])
+    return float(average_precision_score(valid[how.label], model.predict_proba(valid[features])[:, 1]))
 
 
-def train_churn(frame: pd.DataFrame, seed: int = 42, params: dict | None = None) -> TrainedModel:
-    """frame: one row per (customer, snapshot) with CHURN_FEATURES, `event_timestamp` and `churned`.
-    params: XGBoost parameters over the defaults (a retraining search's choice)."""
-    train, valid, test = out_of_time_split(frame, "event_timestamp")
-    model = _xgb(CHURN_FEATURES, CHURN_INCREASING, seed, **(params or {}))
-    model.fit(train[CHURN_FEATURES], train["churned"])
+def train_churn(frame: pd.DataFrame, seed: int = 42, params: dict | None = None,
+                features: list[str] = CHURN_FEATURES) -> TrainedModel:
+    """frame: one row per (customer, snapshot) with `features` (default: churn_v1's), `event_timestamp`
+    and `churned`. params: XGBoost parameters over the defaults (a retraining search's choice)."""
+    train, valid, test = CHURN.split(frame)
+    model = _xgb(features, CHURN.increasing, seed, **{**CHURN.fixed, **(params or {})})
+    model.fit(train[features], train["churned"])
 
-    raw_valid = model.predict_proba(valid[CHURN_FEATURES])[:, 1]
+    raw_valid = model.predict_proba(valid[features])[:, 1]
     platt = LogisticRegression(C=1e6).fit(logit(raw_valid)[:, None], valid["churned"])
     calibration = {"method": "platt", "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0])}
     valid_p = calibrate(raw_valid, calibration)
     cutoffs = {level: float(np.quantile(valid_p, 1 - share)) for level, share in RISK_SHARES.items()}
 
-    raw_test = model.predict_proba(test[CHURN_FEATURES])[:, 1]
-    test_p = churn_probability(model, calibration, test)
+    raw_test = model.predict_proba(test[features])[:, 1]
+    test_p = calibrate(raw_test, calibration)
     y = test["churned"].to_numpy()
     metrics = {
         "test_roc_auc": roc_auc_score(y, test_p),
@@ -152,11 +162,11 @@ def train_churn(frame: pd.DataFrame, seed: int = 42, params: dict | None = None)
         chosen = levels == level
         metrics[f"test_churn_rate_{level}"] = float(y[chosen].mean()) if chosen.any() else float("nan")
 
-    contributions = model.get_booster().predict(xgb.DMatrix(test[CHURN_FEATURES].head(2000)), pred_contribs=True)
-    importance = pd.DataFrame({"feature": CHURN_FEATURES, "mean_abs_shap": np.abs(contributions[:, :-1]).mean(axis=0)})
+    contributions = model.get_booster().predict(xgb.DMatrix(test[features].head(2000)), pred_contribs=True)
+    importance = pd.DataFrame({"feature": features, "mean_abs_shap": np.abs(contributions[:, :-1]).mean(axis=0)})
     importance = importance.sort_values("mean_abs_shap", ascending=False, ignore_index=True)
     return TrainedModel(
-        name="churn", model=model, features=CHURN_FEATURES, params=model.get_params(), metrics=metrics,
+        name="churn", model=model, features=list(features), params=model.get_params(), metrics=metrics,
         metadata={"calibration": calibration, "risk_cutoffs": cutoffs, "risk_levels": list(RISK_LEVELS)},
         artifacts={"feature_importance": importance, "calibration_curve": calibration_table(y, test_p)},
     )
@@ -167,8 +177,8 @@ def train_fraud(frame: pd.DataFrame, seed: int = 42, params: dict | None = None,
     """frame: one row per transaction with `features` (default: fraud_v1's), `event_timestamp` and
     `is_fraud`, split by fraud_split. params: XGBoost parameters over the defaults (a retraining
     search's choice)."""
-    train, valid, test = fraud_split(frame)
-    model = _xgb(features, FRAUD_INCREASING, seed, **{"scale_pos_weight": 5.0, **(params or {})})
+    train, valid, test = FRAUD.split(frame)
+    model = _xgb(features, FRAUD.increasing, seed, **{**FRAUD.fixed, **(params or {})})
     model.fit(train[features], train["is_fraud"])
 
     valid_p = model.predict_proba(valid[features])[:, 1]

@@ -22,8 +22,9 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -146,14 +147,15 @@ def _latest_snapshot(settings: Settings, columns: list[str] | None = None) -> pd
     return table.sort_values("customer_id", kind="stable").reset_index(drop=True)
 
 
-def churn_training_set(feature_store, settings: Settings) -> pd.DataFrame:
+def churn_training_set(feature_store, settings: Settings, *feature_services: str) -> pd.DataFrame:
     """The labelled snapshots of settings.training_customers customers (all when there are fewer),
-    stratified on whether the customer ever churned; the sample is in the frame's attrs["sample"]."""
+    stratified on whether the customer ever churned, with the features of `feature_services`
+    (default churn's); the sample is in the frame's attrs["sample"]."""
     labels = pd.read_parquet(settings.features_dir / "churn_labels.parquet")
     ever = labels.groupby("customer_id", sort=True)["churned"].max()
     chosen = ever.index[sampling.stratified(ever.index, ever.to_numpy(), settings.training_customers, settings.seed)]
     labels = labels[labels["customer_id"].isin(chosen)].sort_values(["event_timestamp", "customer_id"])
-    frame = _active(store.historical_features(feature_store, labels, FEATURE_SERVICES["churn"]))
+    frame = _active(store.historical_features(feature_store, labels, *(feature_services or [FEATURE_SERVICES["churn"]])))
     frame.attrs["sample"] = {"sample_customers": len(chosen), "population_customers": len(ever), "sample_seed": settings.seed}
     return frame
 
@@ -225,11 +227,13 @@ def history_by_period(settings: Settings, family: str, training_set: pd.DataFram
     return training_set.assign(period=snapshots.to_numpy()[scored_at])
 
 
-def segment_training_set(feature_store, settings: Settings) -> pd.DataFrame:
-    """The latest snapshot of settings.training_customers customers (all when there are fewer)."""
+def segment_training_set(feature_store, settings: Settings, *feature_services: str) -> pd.DataFrame:
+    """The latest snapshot of settings.training_customers customers (all when there are fewer), with
+    the features of `feature_services` (default segment's)."""
     latest = _latest_snapshot(settings, columns=["customer_id", "event_timestamp"])
     chosen = sampling.stratified(latest["customer_id"], np.zeros(len(latest)), settings.training_customers, settings.seed)
-    frame = _active(store.historical_features(feature_store, latest[chosen].reset_index(drop=True), FEATURE_SERVICES["segment"]))
+    frame = _active(store.historical_features(feature_store, latest[chosen].reset_index(drop=True),
+                                              *(feature_services or [FEATURE_SERVICES["segment"]])))
     frame.attrs["sample"] = {"sample_customers": int(chosen.sum()), "population_customers": len(latest),
                              "sample_seed": settings.seed}
     return frame
@@ -248,31 +252,47 @@ def register_version(feature_store, settings: Settings, trained: models.TrainedM
     return registered
 
 
+@dataclass(frozen=True)
+class Trainer:
+    """How the pipeline trains one family: its training set, with the features of one or more
+    FeatureServices (the one trained on first), and the function that fits a model to it on one
+    FeatureService's features; for a family with labels, what fitting its booster takes (what a
+    retraining search varies it over, and how a candidate is set beside the champion)."""
+
+    training_set: Callable[..., pd.DataFrame]  # (feature store, settings, *feature services)
+    fit: Callable[[pd.DataFrame, Settings, dict | None, list[str]], models.TrainedModel]  # (frame, settings, params, features)
+    supervised: models.Supervised | None = None
+
+
+# The one place training differs by family: core.families holds their facts, this their training.
+TRAINERS = {
+    "churn": Trainer(churn_training_set, lambda frame, settings, params, features: models.train_churn(
+        frame, settings.seed, params, features), models.CHURN),
+    "fraud": Trainer(fraud_training_set, lambda frame, settings, params, features: models.train_fraud(
+        frame, settings.seed, params, features), models.FRAUD),
+    "segment": Trainer(segment_training_set, lambda frame, settings, params, features: models.train_segment(
+        frame, range(settings.segment_k_min, settings.segment_k_max + 1), settings.seed)),
+}
+
+
 def train_all(settings: Settings, progress: bool = True) -> dict:
-    """Train churn, fraud and segment from Feast training sets and register them in MLflow. Fraud is
-    trained on the FeatureService its champion reads (fraud_v2 once `rollout choose` or a canary
-    made it so), fraud_v1 on a new registry."""
+    """Train every family from Feast training sets and register them in MLflow. Each is trained on
+    the FeatureService its champion reads (fraud_v2 once `rollout choose` or a canary made it so),
+    the family's first on a new registry."""
     from tqdm import tqdm
 
     from core.registry import champion_feature_service, mlflow_client
 
     feature_store = store.open_store(settings)
-    fraud_service = champion_feature_service(mlflow_client(settings.tracking_uri), "fraud", FEATURE_SERVICES["fraud"])
-    services = {**FEATURE_SERVICES, "fraud": fraud_service}
-    steps = {
-        "churn": (churn_training_set, lambda f: models.train_churn(f, settings.seed)),
-        "fraud": (lambda fs, s: fraud_training_set(fs, s, fraud_service),
-                  lambda f: models.train_fraud(f, settings.seed, features=SERVICE_FEATURES[fraud_service])),
-        "segment": (segment_training_set, lambda f: models.train_segment(
-            f, range(settings.segment_k_min, settings.segment_k_max + 1), settings.seed)),
-    }
+    client = mlflow_client(settings.tracking_uri)
     results = {}
-    for name, (build, train) in tqdm(steps.items(), desc="training", unit="model", disable=not progress):
+    for name, trainer in tqdm(TRAINERS.items(), desc="training", unit="model", disable=not progress):
         started = time.perf_counter()
-        frame = build(feature_store, settings)
-        trained = train(frame)
+        feature_service = champion_feature_service(client, name, FAMILIES[name].feature_service)
+        frame = trainer.training_set(feature_store, settings, feature_service)
+        trained = trainer.fit(frame, settings, None, SERVICE_FEATURES[feature_service])
         trained.params.update(frame.attrs.get("sample", {}))  # logged with the version: what it was trained on
-        registered = register_version(feature_store, settings, trained, frame, services[name])
+        registered = register_version(feature_store, settings, trained, frame, feature_service)
         results[name] = {"metrics": trained.metrics, "registered": asdict(registered),
                          "seconds": round(time.perf_counter() - started, 1)}
         log.info("%s v%s: %s", name, registered.version,
@@ -281,10 +301,10 @@ def train_all(settings: Settings, progress: bool = True) -> dict:
     return results
 
 
-def train_fraud_candidate(settings: Settings, feature_service: str) -> dict:
-    """A fraud model on another FeatureService (fraud_v2): trained on the same sampled transactions
-    as train_all's, registered as a new version with no alias, and set beside the champion on the
-    same out-of-time test transactions. Serving it is the canary's decision (make canary)."""
+def train_candidate(settings: Settings, family: str, feature_service: str) -> dict:
+    """A model of a labelled family on another of its FeatureServices (fraud_v2): trained on the same
+    sampled rows as train_all's, registered as a new version with no alias, and set beside the
+    champion on the same out-of-time test rows. Serving it is the canary's decision (make canary)."""
     from sklearn.metrics import average_precision_score
 
     from core.registry import CHAMPION, mlflow_client
@@ -292,28 +312,34 @@ def train_fraud_candidate(settings: Settings, feature_service: str) -> dict:
 
     if feature_service not in SERVICE_FEATURES:
         raise ValueError(f"unknown feature service {feature_service!r}; known: {', '.join(SERVICE_FEATURES)}")
+    if feature_service not in FAMILIES[family].feature_services:
+        raise ValueError(f"{feature_service} is not one of {family}'s FeatureServices: "
+                         f"{', '.join(FAMILIES[family].feature_services)}")
+    trainer = TRAINERS[family]
+    if trainer.supervised is None:
+        raise ValueError(f"{family} has no labels to set a candidate beside its champion on")
     started = time.perf_counter()
-    champion_version = str(mlflow_client(settings.tracking_uri).get_model_version_by_alias("fraud", CHAMPION).version)
-    champion = from_registry("fraud", champion_version, settings.tracking_uri, settings.data_dir / "model_cache")
+    champion_version = str(mlflow_client(settings.tracking_uri).get_model_version_by_alias(family, CHAMPION).version)
+    champion = from_registry(family, champion_version, settings.tracking_uri, settings.data_dir / "model_cache")
     feature_store = store.open_store(settings)
-    frame = fraud_training_set(feature_store, settings, feature_service, champion.metadata["feature_service"])
-    trained = models.train_fraud(frame, settings.seed, features=SERVICE_FEATURES[feature_service])
+    frame = trainer.training_set(feature_store, settings, feature_service, champion.metadata["feature_service"])
+    trained = trainer.fit(frame, settings, None, SERVICE_FEATURES[feature_service])
     registered = register_version(feature_store, settings, trained, frame, feature_service)
 
-    _, _, test = models.fraud_split(frame)
-    features = champion.metadata["features"]
-    champion_pr_auc = average_precision_score(test["is_fraud"], champion.model.inplace_predict(test[features].to_numpy(dtype=float)))
+    _, _, test = trainer.supervised.split(frame)
+    label, features = trainer.supervised.label, champion.metadata["features"]
+    champion_pr_auc = average_precision_score(test[label], champion.model.inplace_predict(test[features].to_numpy(dtype=float)))
     result = {
         "candidate": {"version": registered.version, "feature_service": feature_service, "aliases": registered.aliases,
                       "test_pr_auc": trained.metrics["test_pr_auc"], "test_roc_auc": trained.metrics["test_roc_auc"]},
         "champion": {"version": champion_version, "feature_service": champion.metadata["feature_service"],
                      "test_pr_auc": float(champion_pr_auc)},
-        "test": {"rows": len(test), "frauds": int(test["is_fraud"].sum()),
+        "test": {"rows": len(test), "positives": int(test[label].sum()),
                  "from": str(test["event_timestamp"].min()), "to": str(test["event_timestamp"].max())},
         "seconds": round(time.perf_counter() - started, 1),
     }
     (settings.data_dir / f"candidate_{feature_service}.json").write_text(json.dumps(result, indent=2))
-    log.info("fraud v%s (%s): test PR-AUC %.4f; champion v%s (%s) on the same %s transactions: %.4f", registered.version,
+    log.info("%s v%s (%s): test PR-AUC %.4f; champion v%s (%s) on the same %s rows: %.4f", family, registered.version,
              feature_service, trained.metrics["test_pr_auc"], champion_version, champion.metadata["feature_service"],
              f"{len(test):,}", champion_pr_auc)
     return result

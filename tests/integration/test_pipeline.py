@@ -22,7 +22,7 @@ from core.stream_features import STREAM_FEATURES
 from loadtests.servers import ROOT
 from scoring.loading import from_registry
 from training import store
-from training.pipeline import train_all, train_fraud_candidate
+from training.pipeline import train_all, train_candidate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -179,7 +179,7 @@ def test_a_fraud_candidate_on_fraud_v2_is_a_new_version_with_no_alias_measured_o
     own = settings.model_copy(update={"data_dir": tmp_path / "data"})
     before = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        result = train_fraud_candidate(own, "fraud_v2")
+        result = train_candidate(own, "fraud", "fraud_v2")
     finally:  # registering pointed mlflow, and MLFLOW_TRACKING_URI (mlflow sets it), at the copy
         mlflow.set_tracking_uri(settings.tracking_uri)
         os.environ.pop("MLFLOW_TRACKING_URI", None)

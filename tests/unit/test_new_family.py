@@ -3,9 +3,9 @@ HTTP route, one row of bentos/routes.py (with its response model in bentos/schem
 model layer, the service's load checks and metrics, the settings and the HTTP app. What else a
 new family needs is what has per-family code or data of its own: its FeatureService
 (feature_repo/services.py, core/feature_sets.py), its model packed into the bento (one
-BentoModel attribute of bentos/service.py, as BentoML declares models), a training function and
-training set (training/models.py, training/pipeline.py) for the ones the pipeline trains, and the
-retraining cycle's choice of them (rollout/retrain.py)."""
+BentoModel attribute of bentos/service.py, as BentoML declares models), and, for the pipeline to
+train it, its training set and training function (training/models.py, training/pipeline.py) and one
+row of training.pipeline.TRAINERS, which the pipeline, candidates and retraining cycles read."""
 
 import sys
 import types
@@ -80,7 +80,7 @@ def test_the_service_checks_counts_and_settles_a_new_family_without_a_line_of_it
             return FEATURES
 
     loaded = loaded_toy(tmp_path)
-    scorer = checked_scorer(loaded, loaded.info("champion"), Reader(), top_reasons=0)  # the probe rows score finite numbers
+    checked_scorer(loaded, loaded.info("champion"), Reader(), top_reasons=0)  # raises unless the probe rows score finite numbers
     assert ServingSettings(families="churn,toy").served() == ("churn", "toy")
     before = REGISTRY.get_sample_value("fintech_predictions_total", {"model": "toy", "version": "1", "role": "champion",
                                                                      "outcome": "ok"}) or 0
@@ -109,3 +109,14 @@ def test_one_route_row_gives_a_new_family_its_route_and_its_fast_path(toy, monke
     assert f"{API_PREFIX}/churn-score" not in app.openapi()["paths"]  # not served here
     assert FastPath(app, server).routes == {f"{API_PREFIX}/toy-score": route}
     assert TestClient(app).post(f"{API_PREFIX}/toy-score", json={}).status_code == 422  # the route exists, its body is checked
+
+
+def test_training_has_one_row_per_family_and_a_labelled_one_fits_on_its_label():
+    from training.models import Supervised
+    from training.pipeline import TRAINERS
+
+    assert set(TRAINERS) == set(families.FAMILIES)
+    for name, trainer in TRAINERS.items():
+        label = families.FAMILIES[name].label
+        assert (trainer.supervised is None) == (label is None), name
+        assert trainer.supervised is None or (isinstance(trainer.supervised, Supervised) and trainer.supervised.label == label)
