@@ -13,7 +13,7 @@ export DATA_DIR BENTOML_HOME NUMBA_CACHE_DIR
 # Passed through when set: MLFLOW_TRACKING_URI, ONLINE_STORE, REDIS_URL, N_CUSTOMERS, MONTHS, SEED,
 # ENGINE (local or ray), PARTITIONS, RAY_ADDRESS, TRAINING_CUSTOMERS, FRAUD_SAMPLE.
 
-.PHONY: help trained install crd-schemas oidc-provider lock image-base image image-mlflow image-dashboard image-jobs images image-standins pods-up pods-down test-pods data features train train-candidate choose-fraud import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-offline-scale bench-feast-ray bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui docs docs-build clean
+.PHONY: help trained install crd-schemas oidc-provider lock image-base image image-mlflow image-dashboard image-jobs images image-standins pods-up pods-down test-pods data features train train-candidate choose-fraud import-models build api-key serve dashboard screenshots up test faults soak test-fast bench bench-offline bench-offline-scale bench-feast-ray bench-serving loadtest canary promote rollback rollout-status retrain bench-drift drift-report drift-ui docs docs-build clean bench-stream stream consume
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -13,7 +13,7 @@ or a lone request comes to an idle service, it goes at once.
 
 Why not BentoML's own batcher: it batches an API whose input is already a list, so the public body
 would have to be a list too, and its dispatcher lives behind an HTTP hop between two services
-(README, Serving).
+(docs/design/decisions/in-process-batcher.md).
 """
 
 from __future__ import annotations

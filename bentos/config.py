@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.families import FAMILIES
@@ -17,8 +17,9 @@ from core.families import FAMILIES
 API_PREFIX = "/api/v1/inference"
 
 
-class FamilySettings(BaseSettings):
-    """Batching of one model family's single-customer requests, and its canary defaults."""
+class FamilySettings(BaseModel):
+    """Batching of one model family's single-customer requests, and its canary defaults: read
+    through ServingSettings only (SERVING_FRAUD__SHADOW=true), never from a bare SHADOW."""
 
     max_batch_size: int = Field(256, ge=1, description="Most requests scored in one batch.")
     max_wait_ms: float = Field(1.0, ge=0, le=1000, description=(
@@ -61,7 +62,7 @@ class ServingSettings(BaseSettings):
     tracing: bool = Field(False, description=(
         "Trace the scoring routes with OpenTelemetry (BentoML's `tracing` settings say where spans go). Off, "
         "the tracing middleware lets them through untouched: tracing every request cost more than half of "
-        "the framework's throughput here (README, Serving)."))
+        "the framework's throughput here (docs/design/decisions/framework-middlewares-off.md)."))
     inference_log: bool = Field(True, description="Log every prediction with its features (bentos/inference_log.py).")
     inference_log_dir: Path | None = Field(None, description="Where the inference log is written [default DATA_DIR/inference_log].")
     inference_log_flush_s: float = Field(2.0, gt=0, description=(
@@ -116,7 +117,7 @@ def service_options(settings: ServingSettings) -> dict:
     duplicate ours (fintech_requests_total and fintech_request_latency_seconds carry the route,
     the answering version and the status), and OpenTelemetry's, which opens spans per request
     and per ASGI message. A no-op route served by 2 workers answered 2,916 req/s with both, 3,554
-    without the metrics and 7,644 without either (README, Serving). /metrics is then served by the
+    without the metrics and 7,644 without either (docs/design/decisions/framework-middlewares-off.md). /metrics is then served by the
     app itself (bentos/api.py). Access logs are off for the same reason."""
     options = {
         "workers": settings.workers,

@@ -17,7 +17,7 @@ It sits behind BentoML's timeout and tracing middlewares and behind Admission an
 
 Why: on two cores, BentoML's router, its request context and FastAPI's routing, dependencies and
 validation cost more per request than reading the features and scoring them: behind them,
-churn-score answered about half of what a no-op route behind them did (README, Measured figures).
+churn-score answered about half of what a no-op route behind them did (docs/design/decisions/fast-path.md).
 """
 
 from __future__ import annotations

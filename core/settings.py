@@ -54,14 +54,14 @@ class Settings(BaseSettings):
         return f"{self.redis_url},password={self.redis_password_file.read_text().strip()}"
 
     # synthetic data
-    seed: int = 42
-    n_customers: int = 10_000
-    months: int = 12
-    start_date: date = date(2025, 10, 1)
+    seed: int = Field(42, description="Seed of the synthetic data, the training samples and the models: the same seed, the same run.")
+    n_customers: int = Field(10_000, ge=1, description="Customers the synthetic data generator makes.")
+    months: int = Field(12, ge=1, description="Months of transactions the synthetic data generator makes.")
+    start_date: date = Field(date(2025, 10, 1), description="First day of the synthetic transactions.")
 
     # features and labels
     churn_horizon_days: int = Field(60, description="A customer churns when inactive for this many days after a snapshot.")
-    snapshot_every_days: int = 30
+    snapshot_every_days: int = Field(30, ge=1, description="Days between two feature snapshots of every customer.")
     min_history_days: int = Field(90, description="First snapshot comes this long after the first transaction.")
     engine: Literal["local", "ray"] = Field("local", description=(
         "Where the features of each partition of customers are computed: in this process, or as Ray tasks "
@@ -74,8 +74,8 @@ class Settings(BaseSettings):
     training_customers: int = Field(100_000, ge=1, description=(
         "Customers the churn and segment training sets are drawn from when there are more (seeded, churn "
         "stratified on whether the customer ever churned)."))
-    segment_k_min: int = 3
-    segment_k_max: int = 8
+    segment_k_min: int = Field(3, ge=2, description="Fewest segments the segmentation tries (k of k-means, chosen by silhouette).")
+    segment_k_max: int = Field(8, ge=2, description="Most segments the segmentation tries.")
 
     @property
     def tracking_uri(self) -> str:

@@ -66,7 +66,7 @@ def pod_containers(obj: dict) -> list[dict]:
 
 
 def make_secrets(state_dir: Path) -> dict[str, dict[str, str]]:
-    """The Secrets the manifests reference and an operator creates (README, Kubernetes): fresh
+    """The Secrets the manifests reference and an operator creates (docs/guides/kubernetes.md): fresh
     passwords, an API key for the dashboard and one for the retraining jobs, and the service's key
     file holding their hashes and a test client's. The keys are kept under state_dir/keys."""
     keys_dir = state_dir / "keys"

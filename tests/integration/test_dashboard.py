@@ -1,7 +1,7 @@
 """The dashboard against a real `bentoml serve` (authentication on, the local key), the real
 registry and the small test data: every page through Streamlit's AppTest, the widgets that matter,
 and every page in headless Chromium with a screenshot (SCREENSHOTS_DIR keeps them; `make screenshots`
-makes the README's from the `make up` data instead)."""
+makes the documentation's, docs/dashboard, from the `make up` data instead)."""
 
 from __future__ import annotations
 

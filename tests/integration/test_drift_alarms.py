@@ -32,7 +32,7 @@ def test_the_served_reference_is_every_customer_of_the_latest_snapshot_scored(po
 
 
 def test_each_version_stores_the_usual_movement_of_its_features(built, settings):
-    """The season moves fraud's activity counts from month to month (README, Monitoring): their
+    """The season moves fraud's activity counts from month to month (docs/design/decisions/per-feature-drift-thresholds.md): their
     thresholds are raised; features that move little keep the default."""
     fraud = load_population(settings, "fraud")
     assert set(fraud.thresholds) == set(fraud.compared)

@@ -92,8 +92,8 @@ def test_the_drift_report_finds_what_the_scenario_moved(scenario):
     summary = run_report(reference, current, CHURN_FEATURES).summary
     flagged = set(summary["drifted_features"])
     expected = set(DRIFT_FEATURES_MOVED) & set(CHURN_FEATURES)
-    # The decisions are built to find a shift of a quarter of a standard deviation (README,
-    # Monitoring); some of what the scenario moves moves less (a year-long log average: ~0.12 sd).
+    # The decisions are built to find a shift of a quarter of a standard deviation (docs/guides/drift-reports.md);
+    # some of what the scenario moves moves less (a year-long log average: ~0.12 sd).
     shift = {f: abs(current[f].mean() - reference[f].mean()) / reference[f].std() for f in expected}
     large = {f for f in expected if shift[f] >= 0.25}
     precision = len(flagged & expected) / len(flagged) if flagged else 0.0

@@ -95,3 +95,14 @@ def test_a_scorer_that_loses_results_fails_the_batch_instead_of_hanging():
     batcher = Batcher(lambda requests: requests[:-1], max_batch_size=256)
     with pytest.raises(RuntimeError, match="2 results for 3 requests"):
         submit_all(batcher, 3)
+
+
+def test_a_family_setting_is_read_under_the_service_prefix_only(monkeypatch):
+    from bentos.config import ServingSettings
+
+    monkeypatch.setenv("MAX_WAIT_MS", "7")  # another program's variable, not ours
+    monkeypatch.setenv("SHADOW", "true")
+    monkeypatch.setenv("SERVING_FRAUD__MAX_WAIT_MS", "3")
+    settings = ServingSettings()
+    assert settings.fraud.max_wait_ms == 3 and settings.churn.max_wait_ms == 1.0
+    assert not settings.fraud.shadow and not settings.churn.shadow
