@@ -14,11 +14,13 @@ from __future__ import annotations
 import bentoml
 from pydantic import ValidationError
 
-from bentos.api import Admission, create_app
+from bentos.admission import Admission
+from bentos.api import create_app
 from bentos.auth import Authenticate, AuthSettings, check_mode
 from bentos.config import freeze_heap, get_serving_settings, service_options
 from bentos.family import Server
 from bentos.fastpath import FastPath
+from core.families import FAMILIES
 from core.settings import get_settings
 from scoring.loading import from_bento
 
@@ -32,13 +34,18 @@ server = Server(SERVING)
 app = create_app(server, AUTH.mode)
 
 
+def packing_every_family(cls: type) -> type:
+    """A `<family>_model` class attribute per family (the BentoML store's `<family>:latest`): BentoML
+    learns from a service's class attributes which models its bento packs."""
+    for name in FAMILIES:
+        setattr(cls, f"{name}_model", bentoml.models.BentoModel(f"{name}:latest"))
+    return cls
+
+
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(**service_options(SERVING))
+@packing_every_family
 class FintechAPI:
-    churn_model = bentoml.models.BentoModel("churn:latest")
-    fraud_model = bentoml.models.BentoModel("fraud:latest")
-    segment_model = bentoml.models.BentoModel("segment:latest")
-
     def __init__(self) -> None:
         packed = {name: from_bento(getattr(self, f"{name}_model"), name) for name in SERVING.served()}
         server.start(get_settings(), packed)
@@ -50,7 +57,7 @@ class FintechAPI:
         server.stop()
 
 
-# in front of BentoML's routing: what is shed costs next to nothing (bentos/api.py); then who calls
+# in front of BentoML's routing: what is shed costs next to nothing (bentos/admission.py); then who calls
 # (bentos/auth.py); then the single-customer scoring routes, answered there (bentos/fastpath.py)
 FintechAPI.add_asgi_middleware(Admission, limit=SERVING.max_in_progress, max_header_bytes=SERVING.max_header_bytes)
 if AUTH.mode == "on":

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import bentoml
 
-from bentos.api import Admission, create_app
+from bentos.admission import Admission
+from bentos.api import create_app
 from bentos.config import freeze_heap, get_serving_settings, service_options
 from bentos.family import Server
 from bentos.fastpath import FastPath

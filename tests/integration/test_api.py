@@ -35,6 +35,13 @@ def customers(table):
     return latest_rows(table, 5).index.tolist()
 
 
+def test_the_bento_packs_one_model_per_family(client):
+    from bentos.service import FintechAPI
+    from core.families import FAMILIES
+
+    assert sorted(model.tag.name for model in FintechAPI.models) == sorted(FAMILIES)
+
+
 def test_service_routes_answer(client):
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")

@@ -1,11 +1,11 @@
 """A fourth family is one row of core.families, its scorer module (scoring/<family>.py) and, for an
-HTTP route, one row of bentos/routes.py (with its response model in bentos/schemas.py): this test adds a toy one that way and runs it through the
-model layer, the service's load checks and metrics, the settings and the HTTP app. What else a
-new family needs is what has per-family code or data of its own: its FeatureService
-(feature_repo/services.py, core/feature_sets.py), its model packed into the bento (one
-BentoModel attribute of bentos/service.py, as BentoML declares models), and, for the pipeline to
-train it, its training set and training function (training/models.py, training/pipeline.py) and one
-row of training.pipeline.TRAINERS, which the pipeline, candidates and retraining cycles read."""
+HTTP route, one row of bentos/routes.py (with its response model in bentos/schemas.py): this test
+adds a toy one that way and runs it through the model layer, the service's load checks and
+metrics, the settings and the HTTP app. What else a new family needs is what has per-family code
+or data of its own: its FeatureService (feature_repo/services.py, core/feature_sets.py), and, for
+the pipeline to train it, its training set and training function (training/models.py,
+training/pipeline.py) and one row of training.pipeline.TRAINERS, which the pipeline, candidates
+and retraining cycles read. The bento packs a model of every family on its own (bentos/service.py)."""
 
 import sys
 import types

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from bentos.api import Admission, create_app
+from bentos.admission import Admission
+from bentos.api import create_app
 from bentos.config import API_PREFIX, ServingSettings
 from bentos.family import Server
 
