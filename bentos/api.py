@@ -1,4 +1,5 @@
-"""The public HTTP API: routes, request and error bodies, the request's metrics.
+"""The public HTTP API: the JSON routes, from the route table, and the service's own routes
+(health, readiness, status, reload, metrics); the Open Inference Protocol's (bentos/oip.py) beside them.
 
     app = create_app(server, auth_mode="on")   # server: the families this process serves (bentos/family.py)
 
@@ -7,22 +8,16 @@ family in this process, which batches it with the requests arriving at the same 
 (bentos/batching.py) and scores it. Only the routes of the families the server holds exist; the
 others answer 404. Every client error is a JSON 4xx naming the field; nothing a client sends
 produces a 500. In the service, churn-score, segment and fraud-detection are answered before this
-app by bentos/fastpath.py, through the functions below, whenever a request is clean; this app
-answers the rest of them, and every other route.
+app by bentos/fastpath.py, through the same functions (bentos/handling.py), whenever a request is
+clean; this app answers the rest of them, and every other route.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import time
-import uuid
-from contextlib import contextmanager
 from http import HTTPStatus
-from typing import Annotated
 
 import anyio.to_thread
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Body, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
@@ -30,53 +25,28 @@ from starlette.exceptions import HTTPException
 
 from bentos.auth import OFF_WARNING, OPEN, Refused, refusal
 from bentos.config import API_PREFIX
-from bentos.metrics import exposition, request_series, summary
-from bentos.routes import PATH_SCOPES, ROUTES, Route
+from bentos.handling import (
+    Caller,
+    ClientError,
+    Pin,
+    ScoringFailed,
+    answered_by,
+    client_error_response,
+    observed,
+    raise_for,
+    retry_after,
+    score_one,
+    scoring_failed_response,
+)
+from bentos.metrics import exposition, summary
+from bentos.oip import ProtocolError, protocol_error_response, protocol_router
+from bentos.routes import ROUTES, Route, scope_of
 from bentos.schemas import ChurnBatchRequest, CustomerId, ErrorResponse, ReloadRequest
 from core import audit
 from core.settings import get_settings
-from scoring.base import INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION, StoreUnavailable
+from scoring.base import UNKNOWN_VERSION
 
-log = logging.getLogger(__name__)
-PIN_HEADER = "X-Model-Version"
-PIN_MAX_LENGTH = 32
-REQUEST_ID_PATTERN, REQUEST_ID_MAX_LENGTH = r"^[A-Za-z0-9_.:\-]+$", 64
-Pin = Header(None, alias=PIN_HEADER, max_length=PIN_MAX_LENGTH, description=(
-    "Answer with this version: a registry version (7) or a role (champion, challenger). Default: the canary split."))
 ERRORS = {404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
-
-
-async def caller(request: Request, response: Response, x_request_id: str | None = Header(
-        None, max_length=REQUEST_ID_MAX_LENGTH, pattern=REQUEST_ID_PATTERN, description="Your id for this request; default a new one.")) -> dict:
-    """What the inference log files this request's predictions under: the request's id (echoed in
-    X-Request-ID) and the client that sent it (bentos/auth.py; empty with AUTH_MODE=off).
-    (async: FastAPI would run a plain function in its thread pool, a hop per request.)"""
-    who = caller_of(request.scope, x_request_id)
-    response.headers["X-Request-ID"] = who["request_id"]
-    return who
-
-
-def caller_of(scope: dict, request_id: str | None) -> dict:
-    """The request's id (the client's, or a new one) and the client bentos/auth.py identified."""
-    client = scope.get("state", {}).get("client")
-    return {"request_id": request_id or uuid.uuid4().hex, "client_id": client.client_id if client is not None else ""}
-
-
-Caller = Annotated[dict, Depends(caller)]
-
-
-class ClientError(Exception):
-    def __init__(self, status: int, error: str, detail: str, fields: list[dict] | None = None):
-        self.status, self.error, self.detail, self.fields = status, error, detail, fields or []
-
-
-class ScoringFailed(Exception):
-    """A request could not be scored (the feature store did not answer, a model failed): not the
-    client's fault, and worth a retry."""
-
-    def __init__(self, detail: str, error: str = "scoring_failed"):
-        super().__init__(detail)
-        self.error = error
 
 
 class BodyTooLarge(HTTPException):
@@ -144,51 +114,6 @@ def _field(error: dict) -> str:
     return ".".join(str(part) for part in error["loc"] if part != "body") or "body"
 
 
-def raise_for(result: dict) -> dict:
-    """Turn a scorer's error result into the client error it means."""
-    if result.get("error") == UNKNOWN_CUSTOMER:
-        raise ClientError(404, UNKNOWN_CUSTOMER, f"customer {result['customer_id']!r} is not in the feature store",
-                          [{"field": "customer_id", "message": "unknown customer"}])
-    if result.get("error") == UNKNOWN_VERSION:
-        raise ClientError(422, UNKNOWN_VERSION, result["detail"], [{"field": PIN_HEADER, "message": "no such version is served"}])
-    if result.get("error") == INVALID_FEATURE:
-        raise ClientError(422, INVALID_FEATURE, "the model has no such feature, or it cannot be overridden",
-                          [{"field": f, "message": "not a feature of this model"} for f in result["fields"]])
-    return result
-
-
-def answered_by(result: dict) -> dict:
-    """The labels of the version that answered (none for a request no version scored)."""
-    model = result.get("model") or {}
-    return {"version": model.get("version", "none"), "role": model.get("role", "none")}
-
-
-@contextmanager
-def observed(route: str, family: str):
-    """Count the request and time it, labelled by route and the version that answered: the
-    handler fills the yielded dict from the scorer's result."""
-    started = time.perf_counter()
-    status = 200
-    labels = {"version": "none", "role": "none"}
-    try:
-        yield labels
-    except (ClientError, Refused) as e:  # Refused: a route's own rate-limit charge
-        status = e.status
-        raise
-    except StoreUnavailable as e:  # the client gets a stable code; the store's address is the log's
-        status = 503
-        log.warning("%s: %s", route, e)
-        raise ScoringFailed("the feature store did not answer; try again after Retry-After", "store_unavailable") from e
-    except Exception as e:
-        status = 503
-        log.exception("%s: scoring failed", route)
-        raise ScoringFailed("the request could not be scored; the service's log has the cause") from e
-    finally:
-        count, latency = request_series(route, family, labels["version"], labels["role"], status)
-        count.inc()
-        latency.observe(time.perf_counter() - started)
-
-
 def create_app(server, auth_mode: str = "on") -> FastAPI:
     """The FastAPI app of `server`: the service routes, and the scoring routes of its families.
     `auth_mode` is what bentos/auth.py enforces in front of it; off, /models/status says so."""
@@ -211,6 +136,7 @@ def create_app(server, auth_mode: str = "on") -> FastAPI:
         return summary()
 
     app.include_router(scoring)
+    app.include_router(protocol_router(server))
     _describe_credentials(app)
     return app
 
@@ -239,33 +165,23 @@ def _describe_credentials(app: FastAPI) -> None:
                 for operation in operations.values():
                     operation["security"] = [{"bearer": []}, {"apiKey": []}]
                     operation["responses"].update(refusals)
-                    if path in PATH_SCOPES:
+                    if needed := scope_of(path):
                         operation["description"] = (operation.get("description", "") +
-                                                    f"\n\nNeeds the scope `{PATH_SCOPES[path]}`.").strip()
+                                                    f"\n\nNeeds the scope `{needed}`.").strip()
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = document
 
 
-def client_error_response(e: ClientError) -> JSONResponse:
-    return JSONResponse({"error": e.error, "detail": e.detail, "fields": e.fields}, status_code=e.status)
-
-
-def scoring_failed_response(e: ScoringFailed, retry_after_s: int) -> JSONResponse:
-    return JSONResponse({"error": e.error, "detail": str(e), "fields": []}, status_code=503,
-                        headers={"Retry-After": str(retry_after_s)})
-
-
-def retry_after(serving) -> int:
-    """What a 503 tells the client to wait: the store's fail-fast window, in whole seconds."""
-    return max(1, math.ceil(serving.store_retry_s))
-
-
 def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(ClientError)
     async def client_error(_: Request, e: ClientError) -> JSONResponse:
         return client_error_response(e)
+
+    @app.exception_handler(ProtocolError)  # the Open Inference Protocol's own error body
+    async def protocol_error(_: Request, e: ProtocolError) -> JSONResponse:
+        return protocol_error_response(e)
 
     @app.exception_handler(HTTPException)
     async def framework_error(_: Request, e: HTTPException) -> JSONResponse:
@@ -377,14 +293,6 @@ def _service_routes(server, auth_mode: str) -> APIRouter:
         return Response(body, media_type=content_type)
 
     return router
-
-
-async def score_one(server, route: str, family: str, request: dict) -> dict:
-    """One request to a family, counted under the version that answered."""
-    with observed(route, family) as labels:
-        result = await server.families[family].score(request)
-        labels.update(answered_by(result))
-        return raise_for(result)
 
 
 def _score_route(router: APIRouter, server, route: Route) -> None:

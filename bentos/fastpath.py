@@ -27,7 +27,7 @@ import re
 
 from pydantic_core import to_json
 
-from bentos.api import (
+from bentos.handling import (
     PIN_MAX_LENGTH,
     REQUEST_ID_MAX_LENGTH,
     REQUEST_ID_PATTERN,

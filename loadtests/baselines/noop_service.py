@@ -10,8 +10,8 @@ from __future__ import annotations
 import bentoml
 from fastapi import FastAPI
 
-from bentos.api import Caller
 from bentos.config import API_PREFIX, freeze_heap, get_serving_settings, service_options
+from bentos.handling import Caller
 from bentos.schemas import CustomerRequest
 
 SERVING = get_serving_settings()
