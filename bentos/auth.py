@@ -41,7 +41,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bentos.limits import Limit, RateLimits, default_table
 from bentos.redis_limits import RedisBuckets
-from bentos.routes import PATH_SCOPES
+from bentos.routes import PROTOCOL_PREFIX, scope_of
 from core.api_keys import KEYS_FILE, SCOPES, digest, read_keys
 from core.settings import Settings, get_settings
 
@@ -50,7 +50,8 @@ ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 # the JWK key type each algorithm's keys are: a token naming a key of another type is refused before
 # PyJWT sees it (PyJWT raises TypeError on the crossing, which would be a 500)
 KEY_TYPE = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
-OPEN = frozenset({"/health", "/ready", "/livez", "/readyz", "/metrics", "/docs", "/docs.json", "/openapi.json"})
+OPEN = frozenset({"/health", "/ready", "/livez", "/readyz", "/metrics", "/docs", "/docs.json", "/openapi.json",
+                  f"{PROTOCOL_PREFIX}/health/live", f"{PROTOCOL_PREFIX}/health/ready"})
 API_KEY_HEADER = b"x-api-key"
 REALM = "fintech-serving"
 
@@ -338,7 +339,7 @@ class Authenticate:
             return await self.app(scope, receive, send)
         try:
             client = await self.identify(scope["headers"])
-            needed = PATH_SCOPES.get(scope["path"])  # bentos/routes.py; other paths need a valid credential only
+            needed = scope_of(scope["path"])  # bentos/routes.py; other paths need a valid credential only
             if needed is not None:
                 if needed not in client.scopes:
                     raise Refused(403, "insufficient_scope", f"this route needs the scope {needed!r}", scope=needed)

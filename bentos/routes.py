@@ -102,3 +102,14 @@ ROUTES = (
 )
 # every path that needs a scope, and the scope
 PATH_SCOPES = {**{route.url: route.scope for route in ROUTES}, "/admin/reload": "admin", "/admin/whoami": "admin"}
+PROTOCOL_PREFIX = "/v2"  # the Open Inference Protocol's routes (bentos/oip.py)
+
+
+def scope_of(path: str) -> str | None:
+    """The scope a path needs; None: a valid credential alone (or an open path, bentos/auth.py).
+    The protocol's infer paths name a model and a version, so they are matched by their shape."""
+    if path in PATH_SCOPES:
+        return PATH_SCOPES[path]
+    if path.startswith(f"{PROTOCOL_PREFIX}/models/") and path.endswith("/infer"):
+        return "inference"
+    return None

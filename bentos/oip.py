@@ -1,0 +1,285 @@
+"""The Open Inference Protocol (v2, REST), beside the JSON routes: what KServe's, Triton's and
+MLServer's clients and gateways speak. Each family this process serves is a model of that name; its
+versions are the registry versions it serves.
+
+    GET  /v2/health/live   /v2/health/ready           the server (open, like /health)
+    GET  /v2                                          the server's metadata
+    GET  /v2/models/{name}[/versions/{v}]             a model's metadata: its input and output tensors
+    GET  /v2/models/{name}[/versions/{v}]/ready
+    POST /v2/models/{name}[/versions/{v}]/infer       score a batch of rows (scope `inference`)
+
+The tensors are read off the JSON routes' own models (bentos/routes.py), so the two cannot differ:
+an infer request names its customers in `customer_id` (BYTES, [N]), and fraud adds each field of
+the transaction as a tensor of its own ([N]). Each row becomes the request the JSON route makes of
+its body, validated by the same schema and handed to the same family: batched with the other
+requests, split between champion and challenger, counted in the same metrics and written to the
+inference log. A version in the path pins it, as X-Model-Version does.
+
+The outputs are the fields of the JSON answer, one tensor each ([N]), then `model_version` and
+`model_role` (BYTES), `reasons` (BYTES: each row's reason codes as JSON text) when the family gives
+them, and `error` (BYTES): a row that could not be scored (a customer the store does not know) has
+its code there and NaN, 0 or "" in the others, and the other rows are answered. A fault of the
+request itself is {"error": "<message>"}, as the protocol has it: 400 for a malformed body or tensor
+(naming the input), 404 for a model this process does not serve or a version it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import types
+import typing
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from bentos.handling import Caller, ClientError, answered_by, observed
+from bentos.schemas import ErrorResponse
+from bentos.routes import PROTOCOL_PREFIX as PREFIX
+from bentos.routes import ROUTES, Route
+from core.families import FAMILIES
+from scoring.base import UNKNOWN_VERSION
+
+ID_INPUT = "customer_id"
+NOT_OUTPUTS = frozenset({"customer_id", "model", "feature_sources", "reasons"})  # carried otherwise, or not at all
+NUMERIC = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+EMPTY = {"FP64": math.nan, "BOOL": False, "INT64": 0, "BYTES": ""}  # what a row that was not scored holds
+
+
+TENSOR = {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+    "datatype": {"type": "string", "enum": ["BYTES", "BOOL", *sorted(NUMERIC)]}, "parameters": {"type": "object"},
+    "data": {"type": "array"}}}
+# what the app answers a request whose X-Request-ID (or other parameter) is invalid: bentos/api.py's error body
+INVALID = {422: {"model": ErrorResponse}}
+ERROR = {"application/json": {"schema": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}
+# The infer body is read as the protocol has it (errors in its shape), so its schema is written here
+INFER_DOCUMENT = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string"}, "parameters": {"type": "object"},
+            "inputs": {"type": "array", "items": TENSOR, "minItems": 1},
+            "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}}}}},
+    "responses": {"400": {"description": "A malformed body or tensor (the message names the input)", "content": ERROR},
+                  "404": {"description": "A model or version this process does not serve", "content": ERROR}},
+}
+
+
+class ProtocolError(ClientError):
+    """The request breaks the protocol or names what is not served: {"error": message} with `status`
+    (a client error, counted as one)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(status, "protocol_error", message)
+
+
+def datatype(annotation) -> str:
+    """A response or request field's tensor datatype."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        return "BOOL"
+    if annotation is int:
+        return "INT64"
+    if annotation is float or typing.get_origin(annotation) is typing.Annotated and typing.get_args(annotation)[0] is float:
+        return "FP64"
+    return "BYTES"  # str, a Literal of str, a datetime (ISO 8601 text)
+
+
+class Model:
+    """One family as the protocol sees it: its scoring route's request and answer, as tensors."""
+
+    def __init__(self, route: Route):
+        self.route, self.name = route, route.family
+        body = route.body.model_fields
+        # the id, then each field of a nested model (fraud's transaction) as a tensor of its own
+        self.nested = {name: f.annotation for name, f in body.items() if isinstance(f.annotation, type)
+                       and issubclass(f.annotation, BaseModel)}
+        self.inputs = {ID_INPUT: ("BYTES", True)} | {
+            field: (datatype(f.annotation), f.is_required())
+            for model in self.nested.values() for field, f in model.model_fields.items()}
+        self.outputs = {name: datatype(f.annotation) for name, f in route.response.model_fields.items()
+                        if name not in NOT_OUTPUTS}
+        self.outputs |= {"model_version": "BYTES", "model_role": "BYTES"}
+        if "reasons" in route.response.model_fields:
+            self.outputs["reasons"] = "BYTES"
+        self.outputs["error"] = "BYTES"
+
+    def metadata(self, versions: list[str]) -> dict:
+        return {"name": self.name, "versions": versions, "platform": f"fintech-serving_{FAMILIES[self.name].flavour}",
+                "inputs": [{"name": name, "datatype": kind, "shape": [-1], "parameters": {"optional": not required}}
+                           for name, (kind, required) in self.inputs.items()],
+                "outputs": [{"name": name, "datatype": kind, "shape": [-1]} for name, kind in self.outputs.items()]}
+
+    def rows(self, inputs: list) -> list[dict]:
+        """The JSON body of each row, from the request's tensors; 400 naming a tensor that is wrong."""
+        if not isinstance(inputs, list) or not inputs:
+            raise ProtocolError(400, "the request needs `inputs`, a list of tensors")
+        tensors = {}
+        for tensor in inputs:
+            name = tensor.get("name") if isinstance(tensor, dict) else None
+            if name not in self.inputs:
+                raise ProtocolError(400, f"input {name!r} is not an input of model {self.name!r}; its inputs: "
+                                    f"{', '.join(self.inputs)}")
+            tensors[name] = flat(tensor, self.inputs[name][0])
+        missing = [name for name, (_, required) in self.inputs.items() if required and name not in tensors]
+        if missing:
+            raise ProtocolError(400, f"model {self.name!r} needs the input(s) {', '.join(missing)}")
+        n = len(tensors[ID_INPUT])
+        if unequal := [name for name, values in tensors.items() if len(values) != n]:
+            raise ProtocolError(400, f"input(s) {', '.join(unequal)} do not have the {n} rows {ID_INPUT} has")
+        nested = next(iter(self.nested), None)
+        bodies = []
+        for i in range(n):
+            body = {ID_INPUT: tensors[ID_INPUT][i]}
+            if nested:
+                body[nested] = {name: values[i] for name, values in tensors.items() if name != ID_INPUT}
+            bodies.append(body)
+        return bodies
+
+    def validated(self, bodies: list[dict]) -> list[BaseModel]:
+        checked = []
+        for i, body in enumerate(bodies):
+            try:
+                checked.append(self.route.body.model_validate(body))
+            except ValidationError as e:
+                error = e.errors()[0]
+                raise ProtocolError(400, f"input {error['loc'][-1]!r}, row {i}: {error['msg']}") from e
+        return checked
+
+    def answer(self, results: list[dict]) -> list[dict]:
+        """The output tensors of the rows' results."""
+        columns = {name: [] for name in self.outputs}
+        for r in results:
+            scored = "error" not in r
+            for name, kind in self.outputs.items():
+                if name == "error":
+                    value = "" if scored else r["error"]
+                elif not scored:
+                    value = EMPTY[kind]
+                elif name == "model_version":
+                    value = r["model"]["version"]
+                elif name == "model_role":
+                    value = r["model"]["role"]
+                elif name == "reasons":
+                    value = json.dumps([{"feature": x["feature"], "shap_value": x["shap_value"], "direction": x["direction"]}
+                                        for x in r.get("reasons", [])])
+                else:
+                    value = r[name]
+                columns[name].append(value)
+        return [{"name": name, "datatype": self.outputs[name], "shape": [len(results)],
+                 "data": [None if isinstance(v, float) and math.isnan(v) else v for v in values]}
+                for name, values in columns.items()]
+
+
+def flat(tensor: dict, kind: str) -> list:
+    """A tensor's data as a flat list of its rows, checked against its shape and the input's datatype."""
+    name, shape, given, data = tensor["name"], tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
+    if not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int) or shape[0] < 0:
+        raise ProtocolError(400, f"input {name!r}: shape must be [N], one value per row; got {shape!r}")
+    if kind == "BYTES" and given != "BYTES" or kind != "BYTES" and given not in NUMERIC:
+        raise ProtocolError(400, f"input {name!r}: datatype must be {'BYTES' if kind == 'BYTES' else 'numeric'}, got {given!r}")
+    while isinstance(data, list) and data and isinstance(data[0], list):  # row-major nesting is allowed
+        data = [x for row in data for x in row]
+    if not isinstance(data, list) or len(data) != shape[0]:
+        raise ProtocolError(400, f"input {name!r}: data must hold {shape[0]} values (its shape), got "
+                            f"{len(data) if isinstance(data, list) else type(data).__name__}")
+    if kind == "BYTES" and not all(isinstance(x, str) for x in data):
+        raise ProtocolError(400, f"input {name!r}: BYTES data must be strings")
+    if kind != "BYTES" and not all(isinstance(x, int | float) and not isinstance(x, bool) for x in data):
+        raise ProtocolError(400, f"input {name!r}: {given} data must be numbers")
+    return data
+
+
+def protocol_router(server) -> APIRouter:
+    """The v2 routes of the families `server` holds."""
+    models = {route.family: Model(route) for route in ROUTES
+              if route.handler == "score" and route.family in server.serving.served()}
+    router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol v2"])
+    max_rows = server.serving.max_batch_ids
+
+    def model_of(name: str, version: str | None) -> tuple[Model, list[str]]:
+        if name not in models:
+            raise ProtocolError(404, f"model {name!r} is not served here; served: {', '.join(models) or 'none'}")
+        versions = [scorer.info.version for scorer in server.families[name].versions.live.scorers.values()]
+        if version is not None and version not in versions:
+            raise ProtocolError(404, f"model {name!r} has no version {version!r} served here; served: {', '.join(versions)}")
+        return models[name], [version] if version else versions
+
+    @router.get("/health/live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @router.get("/health/ready")
+    async def ready() -> JSONResponse:
+        ready = all(family.ready() for family in server.families.values())
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @router.get("")
+    async def server_metadata() -> dict:
+        return {"name": "fintech-serving", "version": "1.0", "extensions": []}
+
+    @router.get("/models/{name}", responses=INVALID)
+    async def model_metadata(name: str) -> dict:
+        model, versions = model_of(name, None)
+        return model.metadata(versions)
+
+    @router.get("/models/{name}/versions/{version}", responses=INVALID)
+    async def version_metadata(name: str, version: str) -> dict:
+        model, versions = model_of(name, version)
+        return model.metadata(versions)
+
+    @router.get("/models/{name}/ready", responses=INVALID)
+    async def model_ready(name: str) -> dict:
+        model_of(name, None)
+        return {"name": name, "ready": True}
+
+    @router.get("/models/{name}/versions/{version}/ready", responses=INVALID)
+    async def version_ready(name: str, version: str) -> dict:
+        model_of(name, version)
+        return {"name": name, "ready": True}
+
+    @router.post("/models/{name}/infer", openapi_extra=INFER_DOCUMENT, responses=INVALID)
+    async def infer(request: Request, who: Caller, name: str) -> dict:
+        """Score a batch of rows by the canary split: one request of the client's `inference` limit,
+        and one row per customer of its `rows` limit, as churn-batch."""
+        return await scored(request, who, name, None)
+
+    @router.post("/models/{name}/versions/{version}/infer", openapi_extra=INFER_DOCUMENT, responses=INVALID)
+    async def infer_version(request: Request, who: Caller, name: str, version: str) -> dict:
+        """Score a batch of rows by this version: one request of the client's `inference` limit, and
+        one row per customer of its `rows` limit, as churn-batch."""
+        return await scored(request, who, name, version)
+
+    async def scored(request: Request, who: dict, name: str, version: str | None) -> dict:
+        model, _ = model_of(name, version)
+        try:
+            body = json.loads(await request.body())
+        except ValueError as e:
+            raise ProtocolError(400, f"the body is not JSON: {e}") from e
+        if not isinstance(body, dict):
+            raise ProtocolError(400, "the body must be a JSON object with `inputs`")
+        with observed(f"v2/models/{name}/infer", name) as labels:
+            bodies = model.rows(body.get("inputs"))
+            if len(bodies) > max_rows:
+                raise ProtocolError(400, f"at most {max_rows:,} rows per request, got {len(bodies):,}")
+            charge = request.scope.get("state", {}).get("charge_rows")
+            if charge is not None:  # none with AUTH_MODE=off
+                charge(len(bodies))
+            requests = [model.route.request(row, version, who) for row in model.validated(bodies)]
+            results = await asyncio.gather(*(server.families[name].score(r) for r in requests))
+            if refused := next((r for r in results if r.get("error") == UNKNOWN_VERSION), None):
+                raise ProtocolError(404, refused["detail"])
+            answered = next((r for r in results if "error" not in r), {})
+            labels.update(answered_by(answered))
+            return {"model_name": name, "model_version": answered.get("model", {}).get("version", version or ""),
+                    "id": body.get("id") or who["request_id"], "outputs": model.answer(results)}
+
+    return router
+
+
+def protocol_error_response(e: ProtocolError) -> JSONResponse:
+    return JSONResponse({"error": e.detail}, status_code=e.status)
+

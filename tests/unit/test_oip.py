@@ -1,0 +1,145 @@
+"""The Open Inference Protocol routes (bentos/oip.py) over families that answer without models: the
+tensors they describe and read, the rows they hand to the family, the answers, and the protocol's
+errors. The same routes against a real `bentoml serve`, through Triton's own client:
+tests/integration/test_oip.py."""
+
+from types import SimpleNamespace
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bentos.api import create_app
+from bentos.config import ServingSettings
+from bentos.family import Server
+
+MODEL = {"name": "churn", "version": "3", "role": "champion", "feature_service": "churn_v1"}
+TRANSACTION = {"amount": 39.32, "merchant_category": "groceries", "channel": "pos", "country": "GB",
+               "device_id": "D0000001-0", "timestamp": "2026-10-15T13:56:49Z"}
+
+
+class Family:
+    """Answers every customer but NOBODY; serves version 3 only; keeps the requests it was handed."""
+
+    def __init__(self, name: str):
+        self.name, self.handed = name, []
+        self.versions = SimpleNamespace(live=SimpleNamespace(scorers={"champion": SimpleNamespace(info=SimpleNamespace(version="3"))}))
+
+    def ready(self) -> bool:
+        return True
+
+    async def score(self, request: dict) -> dict:
+        self.handed.append(request)
+        model = {**MODEL, "name": self.name}
+        if request["pin"] not in (None, "3"):
+            return {"customer_id": request["customer_id"], "error": "unknown_version", "detail": f"version {request['pin']} is not served"}
+        if request["customer_id"] == "NOBODY":
+            return {"customer_id": request["customer_id"], "error": "unknown_customer", "model": model}
+        reasons = [{"feature": "days_since_last_txn", "shap_value": 0.5, "feature_value": 3.0, "direction": "increases risk"}]
+        answers = {"churn": {"churn_probability": 0.25, "risk_level": "medium", "reasons": reasons},
+                   "fraud": {"fraud_probability": 0.75, "is_fraud": True, "threshold": 0.5, "reasons": reasons},
+                   "segment": {"segment_id": 2, "segment_name": "diners"}}
+        return {"customer_id": request["customer_id"], **answers[self.name], "model": model,
+                "feature_sources": {"request": [], "default": []}}
+
+
+@pytest.fixture
+def served():
+    server = Server(ServingSettings(families="churn,fraud,segment"))
+    server.families = {name: Family(name) for name in ("churn", "fraud", "segment")}
+    return server, TestClient(create_app(server))
+
+
+def infer(client, model: str, inputs: list[dict], version: str | None = None):
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    return client.post(path, json={"id": "r1", "inputs": inputs})
+
+
+def ids(*customers: str) -> dict:
+    return {"name": "customer_id", "datatype": "BYTES", "shape": [len(customers)], "data": list(customers)}
+
+
+def test_the_server_and_each_model_say_they_are_live_ready_and_what_they_take(served):
+    _, client = served
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get("/v2").json()["name"] == "fintech-serving"
+    fraud = client.get("/v2/models/fraud").json()
+    assert fraud["versions"] == ["3"] and fraud["platform"] == "fintech-serving_xgboost"
+    assert [i["name"] for i in fraud["inputs"]] == ["customer_id", "amount", "merchant_category", "channel", "country",
+                                                    "device_id", "timestamp"]
+    assert {i["name"]: i["datatype"] for i in fraud["inputs"]}["amount"] == "FP64"
+    assert {o["name"]: o["datatype"] for o in fraud["outputs"]} == {
+        "fraud_probability": "FP64", "is_fraud": "BOOL", "threshold": "FP64", "model_version": "BYTES",
+        "model_role": "BYTES", "reasons": "BYTES", "error": "BYTES"}
+    segment = client.get("/v2/models/segment/versions/3").json()
+    assert [i["name"] for i in segment["inputs"]] == ["customer_id"] and "reasons" not in {o["name"] for o in segment["outputs"]}
+    assert client.get("/v2/models/churn/ready").json() == {"name": "churn", "ready": True}
+
+
+def test_infer_scores_each_row_through_the_family_and_answers_one_tensor_per_field(served):
+    server, client = served
+    response = infer(client, "churn", [ids("C1", "NOBODY", "C3")])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "churn" and body["model_version"] == "3" and body["id"] == "r1"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["churn_probability"] == {"name": "churn_probability", "datatype": "FP64", "shape": [3], "data": [0.25, None, 0.25]}
+    assert outputs["risk_level"]["data"] == ["medium", "", "medium"]
+    assert outputs["error"]["data"] == ["", "unknown_customer", ""]
+    assert outputs["model_version"]["data"] == ["3", "", "3"]
+    assert outputs["reasons"]["data"][0] == '[{"feature": "days_since_last_txn", "shap_value": 0.5, "direction": "increases risk"}]'
+    assert [r["customer_id"] for r in server.families["churn"].handed] == ["C1", "NOBODY", "C3"]
+
+
+def test_fraud_rows_carry_their_transaction_as_the_json_route_builds_it(served):
+    server, client = served
+    tensors = [ids("C1", "C2")] + [
+        {"name": name, "datatype": "FP32" if name == "amount" else "BYTES", "shape": [2], "data": [value, value]}
+        for name, value in TRANSACTION.items()]
+    response = infer(client, "fraud", tensors, version="3")
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    assert outputs["is_fraud"] == [True, True] and outputs["threshold"] == [0.5, 0.5]
+    handed = server.families["fraud"].handed[0]
+    assert handed["pin"] == "3" and handed["request_data"] == {
+        "amount": 39.32, "merchant_category": "groceries", "channel": "pos", "country": "GB", "device_id": "D0000001-0",
+        "transaction_time": 1792072609}
+
+
+@pytest.mark.parametrize(("inputs", "status", "says"), [
+    ([{"name": "customer_id", "datatype": "FP32", "shape": [1], "data": [1.0]}], 400, "'customer_id': datatype must be BYTES"),
+    ([{"name": "customer_id", "datatype": "BYTES", "shape": [2], "data": ["C1"]}], 400, "'customer_id': data must hold 2"),
+    ([{"name": "customer_id", "datatype": "BYTES", "shape": [1, 2], "data": ["C1", "C2"]}], 400, "shape must be [N]"),
+    ([{"name": "customers", "datatype": "BYTES", "shape": [1], "data": ["C1"]}], 400, "'customers' is not an input"),
+    ([{"name": "customer_id", "datatype": "BYTES", "shape": [1], "data": ["bad id!"]}], 400, "'customer_id', row 0"),
+    ([], 400, "needs `inputs`"),
+])
+def test_a_malformed_request_is_a_400_naming_the_input_in_the_protocols_error_shape(served, inputs, status, says):
+    _, client = served
+    response = infer(client, "churn", inputs)
+    assert response.status_code == status and says in response.json()["error"], response.text
+    assert set(response.json()) == {"error"}
+
+
+def test_a_fraud_row_without_its_transaction_or_with_a_bad_field_names_it(served):
+    _, client = served
+    assert "needs the input(s) amount" in infer(client, "fraud", [ids("C1")]).json()["error"]
+    tensors = [ids("C1")] + [{"name": name, "datatype": "FP64" if name == "amount" else "BYTES", "shape": [1],
+                              "data": [-5.0 if name == "amount" else value]} for name, value in TRANSACTION.items()]
+    response = infer(client, "fraud", tensors)
+    assert response.status_code == 400 and "input 'amount', row 0" in response.json()["error"]
+
+
+def test_an_unknown_model_or_version_is_a_404_in_the_protocols_error_shape(served):
+    _, client = served
+    assert infer(client, "loans", [ids("C1")]).status_code == 404
+    assert "not served here" in client.get("/v2/models/loans").json()["error"]
+    assert client.get("/v2/models/churn/versions/9/ready").status_code == 404
+    missing = infer(client, "churn", [ids("C1")], version="9")
+    assert missing.status_code == 404 and missing.json() == {"error": "model 'churn' has no version '9' served here; served: 3"}
+
+
+def test_a_body_that_is_not_json_is_a_400(served):
+    _, client = served
+    response = client.post("/v2/models/churn/infer", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not JSON" in response.json()["error"]
