@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core import audit
-from core.families import NAMES as FAMILIES
+from core.families import FAMILIES
 from core.registry import (
     CHALLENGER,
     CHAMPION,
