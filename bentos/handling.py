@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from bentos.auth import Refused
 from bentos.metrics import request_series
-from scoring.base import INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION, StoreUnavailable
+from scoring.base import INCOMPLETE_FEATURES, INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION, StoreUnavailable
 
 log = logging.getLogger(__name__)
 PIN_HEADER = "X-Model-Version"
@@ -71,6 +71,11 @@ def raise_for(result: dict) -> dict:
                           [{"field": "customer_id", "message": "unknown customer"}])
     if result.get("error") == UNKNOWN_VERSION:
         raise ClientError(422, UNKNOWN_VERSION, result["detail"], [{"field": PIN_HEADER, "message": "no such version is served"}])
+    if result.get("error") == INCOMPLETE_FEATURES:
+        raise ClientError(422, INCOMPLETE_FEATURES, (
+            f"customer {result['customer_id']!r} is not in the feature store: to score it as given, `features` must hold "
+            f"every feature of the model; {len(result['fields'])} are missing"),
+            [{"field": f, "message": "missing (the store does not know the customer)"} for f in result["fields"]])
     if result.get("error") == INVALID_FEATURE:
         raise ClientError(422, INVALID_FEATURE, "the model has no such feature, or it cannot be overridden",
                           [{"field": f, "message": "not a feature of this model"} for f in result["fields"]])

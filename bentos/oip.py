@@ -15,6 +15,14 @@ its body, validated by the same schema and handed to the same family: batched wi
 requests, split between champion and challenger, counted in the same metrics and written to the
 inference log. A version in the path pins it, as X-Model-Version does.
 
+A request may also carry `features` (numeric, [N, F]): each row's whole feature vector, in the
+order the model's metadata gives (`parameters.feature_names` of that input), scored as given
+instead of read from the store, so a customer the store does not know yet (a prospect) is scored
+too. The order is a version's: the model's metadata gives the champion's, a version's metadata
+its own. When a canary's two versions read different features, an unversioned request with
+`features` is scored by the champion (its order is the one the client was given); to reach the
+challenger, name its version. Fraud rows still carry their transaction, which the inference log keeps.
+
 The outputs are the fields of the JSON answer, one tensor each ([N]), then `model_version` and
 `model_role` (BYTES), `reasons` (BYTES: each row's reason codes as JSON text) when the family gives
 them, and `error` (BYTES): a row that could not be scored (a customer the store does not know) has
@@ -40,9 +48,11 @@ from bentos.schemas import ErrorResponse
 from bentos.routes import PROTOCOL_PREFIX as PREFIX
 from bentos.routes import ROUTES, Route
 from core.families import FAMILIES
+from core.registry import CHAMPION
 from scoring.base import UNKNOWN_VERSION
 
 ID_INPUT = "customer_id"
+FEATURES_INPUT = "features"  # a row's whole feature vector, scored as given
 NOT_OUTPUTS = frozenset({"customer_id", "model", "feature_sources", "reasons"})  # carried otherwise, or not at all
 NUMERIC = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 EMPTY = {"FP64": math.nan, "BOOL": False, "INT64": 0, "BYTES": ""}  # what a row that was not scored holds
@@ -107,28 +117,37 @@ class Model:
             self.outputs["reasons"] = "BYTES"
         self.outputs["error"] = "BYTES"
 
-    def metadata(self, versions: list[str]) -> dict:
+    def metadata(self, versions: list[str], feature_names: list[str]) -> dict:
+        """`feature_names`: the order of the `features` input, the version's the metadata describes."""
+        inputs = [{"name": name, "datatype": kind, "shape": [-1], "parameters": {"optional": not required}}
+                  for name, (kind, required) in self.inputs.items()]
+        inputs.append({"name": FEATURES_INPUT, "datatype": "FP32", "shape": [-1, len(feature_names)],
+                       "parameters": {"optional": True, "feature_names": feature_names}})
         return {"name": self.name, "versions": versions, "platform": f"fintech-serving_{FAMILIES[self.name].flavour}",
-                "inputs": [{"name": name, "datatype": kind, "shape": [-1], "parameters": {"optional": not required}}
-                           for name, (kind, required) in self.inputs.items()],
-                "outputs": [{"name": name, "datatype": kind, "shape": [-1]} for name, kind in self.outputs.items()]}
+                "inputs": inputs, "outputs": [{"name": name, "datatype": kind, "shape": [-1]} for name, kind in self.outputs.items()]}
 
-    def rows(self, inputs: list) -> list[dict]:
-        """The JSON body of each row, from the request's tensors; 400 naming a tensor that is wrong."""
+    def rows(self, inputs: list, feature_names: list[str]) -> tuple[list[dict], list[dict] | None]:
+        """The JSON body of each row, from the request's tensors, and each row's feature vector when
+        the request carries `features` (by name, in `feature_names`' order); 400 naming a tensor
+        that is wrong."""
         if not isinstance(inputs, list) or not inputs:
             raise ProtocolError(400, "the request needs `inputs`, a list of tensors")
-        tensors = {}
+        tensors, vectors = {}, None
         for tensor in inputs:
             name = tensor.get("name") if isinstance(tensor, dict) else None
+            if name == FEATURES_INPUT:
+                vectors = [dict(zip(feature_names, row)) for row in matrix(tensor, len(feature_names))]
+                continue
             if name not in self.inputs:
                 raise ProtocolError(400, f"input {name!r} is not an input of model {self.name!r}; its inputs: "
-                                    f"{', '.join(self.inputs)}")
+                                    f"{', '.join([*self.inputs, FEATURES_INPUT])}")
             tensors[name] = flat(tensor, self.inputs[name][0])
         missing = [name for name, (_, required) in self.inputs.items() if required and name not in tensors]
         if missing:
             raise ProtocolError(400, f"model {self.name!r} needs the input(s) {', '.join(missing)}")
         n = len(tensors[ID_INPUT])
-        if unequal := [name for name, values in tensors.items() if len(values) != n]:
+        if unequal := [name for name, values in tensors.items() if len(values) != n] + (
+                [FEATURES_INPUT] if vectors is not None and len(vectors) != n else []):
             raise ProtocolError(400, f"input(s) {', '.join(unequal)} do not have the {n} rows {ID_INPUT} has")
         nested = next(iter(self.nested), None)
         bodies = []
@@ -137,7 +156,7 @@ class Model:
             if nested:
                 body[nested] = {name: values[i] for name, values in tensors.items() if name != ID_INPUT}
             bodies.append(body)
-        return bodies
+        return bodies, vectors
 
     def validated(self, bodies: list[dict]) -> list[BaseModel]:
         checked = []
@@ -193,6 +212,24 @@ def flat(tensor: dict, kind: str) -> list:
     return data
 
 
+def matrix(tensor: dict, width: int) -> list[list[float]]:
+    """The `features` tensor's rows: shape [N, width], numbers, all finite."""
+    shape, given, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
+    if not isinstance(shape, list) or len(shape) != 2 or shape[1:] != [width] or not isinstance(shape[0], int) or shape[0] < 0:
+        raise ProtocolError(400, f"input {FEATURES_INPUT!r}: shape must be [N, {width}] (the model's {width} features, "
+                            f"in the order its metadata gives); got {shape!r}")
+    if given not in NUMERIC:
+        raise ProtocolError(400, f"input {FEATURES_INPUT!r}: datatype must be numeric, got {given!r}")
+    while isinstance(data, list) and data and isinstance(data[0], list):  # row-major nesting is allowed
+        data = [x for row in data for x in row]
+    if not isinstance(data, list) or len(data) != shape[0] * width:
+        raise ProtocolError(400, f"input {FEATURES_INPUT!r}: data must hold {shape[0] * width} values (its shape), got "
+                            f"{len(data) if isinstance(data, list) else type(data).__name__}")
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in data):
+        raise ProtocolError(400, f"input {FEATURES_INPUT!r}: {given} data must be finite numbers")
+    return [[float(x) for x in data[i:i + width]] for i in range(0, len(data), width)]
+
+
 def protocol_router(server) -> APIRouter:
     """The v2 routes of the families `server` holds."""
     models = {route.family: Model(route) for route in ROUTES
@@ -200,13 +237,19 @@ def protocol_router(server) -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol v2"])
     max_rows = server.serving.max_batch_ids
 
-    def model_of(name: str, version: str | None) -> tuple[Model, list[str]]:
+    def model_of(name: str, version: str | None) -> tuple[Model, dict[str, list[str]]]:
+        """The model, and the feature order of each version the request may reach (the champion's first)."""
         if name not in models:
             raise ProtocolError(404, f"model {name!r} is not served here; served: {', '.join(models) or 'none'}")
-        versions = [scorer.info.version for scorer in server.families[name].versions.live.scorers.values()]
-        if version is not None and version not in versions:
-            raise ProtocolError(404, f"model {name!r} has no version {version!r} served here; served: {', '.join(versions)}")
-        return models[name], [version] if version else versions
+        scorers = server.families[name].versions.live.scorers
+        layouts = {scorer.info.version: scorer.features for _, scorer in sorted(scorers.items(), key=lambda x: x[0] != CHAMPION)}
+        if version is not None and version not in layouts:
+            raise ProtocolError(404, f"model {name!r} has no version {version!r} served here; served: {', '.join(layouts)}")
+        return models[name], {version: layouts[version]} if version else layouts
+
+    def described(name: str, version: str | None) -> dict:
+        model, layouts = model_of(name, version)
+        return model.metadata(list(layouts), next(iter(layouts.values())))
 
     @router.get("/health/live")
     async def live() -> dict:
@@ -223,13 +266,11 @@ def protocol_router(server) -> APIRouter:
 
     @router.get("/models/{name}", responses=INVALID)
     async def model_metadata(name: str) -> dict:
-        model, versions = model_of(name, None)
-        return model.metadata(versions)
+        return described(name, None)
 
     @router.get("/models/{name}/versions/{version}", responses=INVALID)
     async def version_metadata(name: str, version: str) -> dict:
-        model, versions = model_of(name, version)
-        return model.metadata(versions)
+        return described(name, version)
 
     @router.get("/models/{name}/ready", responses=INVALID)
     async def model_ready(name: str) -> dict:
@@ -254,7 +295,7 @@ def protocol_router(server) -> APIRouter:
         return await scored(request, who, name, version)
 
     async def scored(request: Request, who: dict, name: str, version: str | None) -> dict:
-        model, _ = model_of(name, version)
+        model, layouts = model_of(name, version)
         try:
             body = json.loads(await request.body())
         except ValueError as e:
@@ -262,13 +303,19 @@ def protocol_router(server) -> APIRouter:
         if not isinstance(body, dict):
             raise ProtocolError(400, "the body must be a JSON object with `inputs`")
         with observed(f"v2/models/{name}/infer", name) as labels:
-            bodies = model.rows(body.get("inputs"))
+            feature_names = next(iter(layouts.values()))
+            bodies, vectors = model.rows(body.get("inputs"), feature_names)
             if len(bodies) > max_rows:
                 raise ProtocolError(400, f"at most {max_rows:,} rows per request, got {len(bodies):,}")
             charge = request.scope.get("state", {}).get("charge_rows")
             if charge is not None:  # none with AUTH_MODE=off
                 charge(len(bodies))
-            requests = [model.route.request(row, version, who) for row in model.validated(bodies)]
+            pin = version
+            if vectors is not None and version is None and any(names != feature_names for names in layouts.values()):
+                pin = CHAMPION  # a canary whose versions read different features: the vectors are in the champion's order
+            requests = [model.route.request(row, pin, who) for row in model.validated(bodies)]
+            for request, vector in zip(requests, vectors or ()):
+                request["features"] = vector
             results = await asyncio.gather(*(server.families[name].score(r) for r in requests))
             if refused := next((r for r in results if r.get("error") == UNKNOWN_VERSION), None):
                 raise ProtocolError(404, refused["detail"])

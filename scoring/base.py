@@ -14,6 +14,12 @@ with a five-line fake reader:
 A request is a dict: {"customer_id": ..., "features": {name: value} (overrides), and for fraud
 "request_data": the transaction's fields}. A result is a dict; an unknown customer gets {"error": "unknown_customer"}.
 
+A request that carries every feature of the version is scored as given, whether the store knows
+the customer or not: a prospect (an applicant with no history yet) is scored that way, and so is
+a full feature vector sent through the Open Inference Protocol. An unknown customer with only some
+features is not scored ({"error": "incomplete_features"} naming the missing ones): a score from a
+few of a model's features, the rest taken as missing, is not one a bank should act on.
+
 XGBoost and the compiled tree walk (scoring/trees.py) are imported when a scorer is built, not
 with this module: the `bentoml serve` process that only reads the service's definition (and then
 starts the workers) never needs them, and a server starts about 4 s sooner.
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     import xgboost as xgb
 
 UNKNOWN_CUSTOMER = "unknown_customer"
+INCOMPLETE_FEATURES = "incomplete_features"
 INVALID_FEATURE = "invalid_feature"
 UNKNOWN_VERSION = "unknown_version"
 FEATURES_KEY = "_features"  # where a scorer puts a row's feature vector when asked to keep it (the inference log)
@@ -86,32 +93,40 @@ class Assembled:
     known: np.ndarray  # bool per row: the store knows the customer
     invalid: list[list[str]]  # per row: override names the model does not have (or may not override)
     sources: list[dict[str, list[str]]]  # per row: {"request": [...], "default": [...]} (the rest: store)
+    missing: list[list[str]]  # per row the store does not know: the features its request lacks to be scored as given
 
 
 def assemble(reader: FeatureReader, info: ModelInfo, features: list[str], requests: list[dict],
              store_only: frozenset[str] = frozenset()) -> Assembled:
     """One store read for the whole batch; request overrides win; missing values become NaN.
 
-    A customer is unknown when the store has none of the stored features for it."""
+    A customer is unknown when the store has none of the stored features for it; a request with
+    every feature is scored as given (`store_only` then does not apply: nothing is taken from the store)."""
     rows = [{"customer_id": r["customer_id"], **r.get("request_data", {})} for r in requests]
     read = reader.read(info.feature_service, rows)
     matrix = np.column_stack([as_floats(read.values[name]) for name in features]) if requests else np.empty((0, len(features)))
     defaulted = np.isnan(matrix)
-    allowed = set(features) - store_only
+    known = np.array(read.found, dtype=bool)
+    allowed, every = set(features) - store_only, set(features)
     column = {name: j for j, name in enumerate(features)}
     invalid: list[list[str]] = [[] for _ in requests]
+    missing: list[list[str]] = [[] for _ in requests]
     from_request: list[list[str]] = [[] for _ in requests]
     for i, request in enumerate(requests):
         if overrides := request.get("features"):
-            invalid[i] = sorted(set(overrides) - allowed)
-            from_request[i] = [name for name in features if name in overrides and name in allowed]
+            whole = every <= overrides.keys()
+            invalid[i] = sorted(overrides.keys() - (every if whole else allowed))
+            from_request[i] = [name for name in features if name in overrides and (whole or name in allowed)]
             for name in from_request[i]:
                 matrix[i, column[name]] = overrides[name]
                 defaulted[i, column[name]] = False
+            if not known[i]:
+                known[i] = whole
+                missing[i] = [] if whole else [name for name in features if name not in overrides]
     some_default = defaulted.any(axis=1)
     sources = [{"request": from_request[i], "default": [features[j] for j in np.flatnonzero(defaulted[i])] if some_default[i] else []}
                for i in range(len(requests))]
-    return Assembled(matrix, np.asarray(read.found, dtype=bool), invalid, sources)
+    return Assembled(matrix, known, invalid, sources, missing)
 
 
 def as_floats(column: np.ndarray | list) -> np.ndarray:
@@ -125,6 +140,9 @@ def request_error(a: Assembled, i: int, customer_id: str, info: ModelInfo) -> di
     """The error result of row i, if the row cannot be scored (naming the version that was asked)."""
     if a.invalid[i]:
         return {"customer_id": customer_id, "error": INVALID_FEATURE, "fields": [f"features.{n}" for n in a.invalid[i]],
+                "model": info.as_dict()}
+    if a.missing[i]:
+        return {"customer_id": customer_id, "error": INCOMPLETE_FEATURES, "fields": [f"features.{n}" for n in a.missing[i]],
                 "model": info.as_dict()}
     if not a.known[i]:
         return {"customer_id": customer_id, "error": UNKNOWN_CUSTOMER, "model": info.as_dict()}

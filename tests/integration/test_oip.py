@@ -1,15 +1,19 @@
 """The Open Inference Protocol against a real `bentoml serve` (authentication on, an API key),
 through a client we did not write: Triton's (`tritonclient.http`). Readiness and metadata, infer by
-customer id for each family, a batch of many rows, the same probabilities as the JSON routes, and
-the protocol's errors: an unknown model, a malformed tensor, no credential."""
+customer id and by feature tensor for each family, a batch of many rows, the same probabilities as
+the JSON routes, and the protocol's errors: an unknown model, a malformed tensor, no credential.
+Prospects: a customer the store does not know is scored from a whole feature vector (here a known
+customer's, read with Feast's own SDK, under another id) and told what is missing from a partial one."""
 
 import httpx
 import numpy as np
 import pytest
 
+from bentos.schemas import Transaction
 from core.api_keys import new_key
 from loadtests.servers import stop
 from tests.integration.conftest import latest_rows, start_server
+from training import store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 API = "/api/v1/inference"
@@ -113,3 +117,62 @@ def test_an_unknown_model_a_malformed_tensor_and_no_credential_are_the_protocols
     with pytest.raises(InferenceServerException) as refused:
         triton.infer("churn", [tensor("customer_id", customers[:1])])
     assert refused.value.status() == "401"
+
+
+def stored_vectors(settings, served, model: dict, customers: list[str], transaction: dict | None = None) -> np.ndarray:
+    """Each customer's feature vector as Feast's SDK reads it for the FeatureService the champion
+    reads (the JSON route says which), in the order the model's metadata gives."""
+    [given] = [i for i in model["inputs"] if i["name"] == "features"]
+    names = given["parameters"]["feature_names"]
+    path, body = {"churn": ("churn-score", {}), "segment": ("segment", {}), "fraud": ("fraud-detection", {"transaction": TRANSACTION})}[
+        model["name"]]
+    answer = httpx.post(f"{served[0]}{API}/{path}", json={"customer_id": customers[0], **body}, headers=key_header(served)).json()
+    feast = store.open_store(settings)
+    service = feast.get_feature_service(answer["model"]["feature_service"])
+    extra = Transaction(**transaction).request_data() if transaction else {}
+    read = feast.get_online_features(features=service, entity_rows=[{"customer_id": c, **extra} for c in customers]).to_dict()
+    assert given["shape"] == [-1, len(names)] and set(names) <= set(read)
+    return np.array([read[name] for name in names], dtype=np.float64).T
+
+
+def vectors_tensor(vectors: np.ndarray):
+    import tritonclient.http as triton_http
+
+    given = triton_http.InferInput("features", list(vectors.shape), "FP32")
+    given.set_data_from_numpy(vectors.astype(np.float32), binary_data=False)
+    return given
+
+
+@pytest.mark.parametrize("family", ["churn", "fraud", "segment"])
+def test_a_prospect_with_a_whole_feature_vector_scores_as_the_customer_whose_vector_it_is(triton, served, settings, customers, family):
+    headers = key_header(served)
+    metadata = triton.get_model_metadata(family, headers=headers)
+    if metadata["inputs"][-1]["parameters"]["feature_names"] != triton.get_model_metadata(
+            family, model_version=metadata["versions"][0], headers=headers)["inputs"][-1]["parameters"]["feature_names"]:
+        pytest.fail("the unversioned metadata must give the champion's (the first version's) feature order")
+    known = customers[:8]
+    vectors = stored_vectors(settings, served, metadata, known, TRANSACTION if family == "fraud" else None)
+    prospects = [f"PROSPECT-{i}" for i in range(len(known))]
+    by_id = triton.infer(family, fraud_inputs(known) if family == "fraud" else [tensor("customer_id", known)], headers=headers)
+    ids = fraud_inputs(prospects) if family == "fraud" else [tensor("customer_id", prospects)]
+    as_given = triton.infer(family, [*ids, vectors_tensor(vectors)], headers=headers)
+    assert as_given.as_numpy("error").astype(str).tolist() == [""] * len(known)
+    output = {"churn": "churn_probability", "fraud": "fraud_probability", "segment": "segment_id"}[family]
+    # float32 on the wire: the vectors are the stored values to 7 digits, and so are the answers
+    assert np.allclose(as_given.as_numpy(output), by_id.as_numpy(output), rtol=1e-5, atol=1e-6)
+
+
+def test_the_json_route_scores_a_prospect_with_every_feature_and_names_what_a_partial_one_lacks(triton, served, settings, customers):
+    url, _ = served
+    metadata = triton.get_model_metadata("churn", headers=key_header(served))
+    names = metadata["inputs"][-1]["parameters"]["feature_names"]
+    [vector] = stored_vectors(settings, served, metadata, customers[:1])
+    with httpx.Client(base_url=url, headers=key_header(served), timeout=30) as http:
+        known = http.post(f"{API}/churn-score", json={"customer_id": customers[0]}).json()
+        whole = http.post(f"{API}/churn-score", json={"customer_id": "APPLICANT-1", "features": dict(zip(names, vector.tolist()))})
+        partial = http.post(f"{API}/churn-score", json={"customer_id": "APPLICANT-2", "features": {"days_since_last_txn": 80}})
+    assert whole.status_code == 200 and whole.json()["churn_probability"] == known["churn_probability"], whole.text
+    assert whole.json()["feature_sources"]["request"] == names and whole.json()["feature_sources"]["default"] == []
+    assert partial.status_code == 422 and partial.json()["error"] == "incomplete_features", partial.text
+    missing = {e["field"] for e in partial.json()["fields"]}
+    assert len(missing) == len(names) - 1 and "features.days_since_last_txn" not in missing and "features.spend_30d" in missing

@@ -17,12 +17,20 @@ TRANSACTION = {"amount": 39.32, "merchant_category": "groceries", "channel": "po
                "device_id": "D0000001-0", "timestamp": "2026-10-15T13:56:49Z"}
 
 
+LAYOUT = ["days_since_last_txn", "spend_30d", "txn_count_30d"]
+
+
+def version(number: str, features: list[str] = LAYOUT) -> SimpleNamespace:
+    return SimpleNamespace(info=SimpleNamespace(version=number), features=features)
+
+
 class Family:
-    """Answers every customer but NOBODY; serves version 3 only; keeps the requests it was handed."""
+    """Answers every customer but NOBODY; serves version 3 (a test may add a challenger); keeps the
+    requests it was handed."""
 
     def __init__(self, name: str):
         self.name, self.handed = name, []
-        self.versions = SimpleNamespace(live=SimpleNamespace(scorers={"champion": SimpleNamespace(info=SimpleNamespace(version="3"))}))
+        self.versions = SimpleNamespace(live=SimpleNamespace(scorers={"champion": version("3")}))
 
     def ready(self) -> bool:
         return True
@@ -30,7 +38,8 @@ class Family:
     async def score(self, request: dict) -> dict:
         self.handed.append(request)
         model = {**MODEL, "name": self.name}
-        if request["pin"] not in (None, "3"):
+        scorers = self.versions.live.scorers
+        if request["pin"] not in (None, *scorers, *(v.info.version for v in scorers.values())):
             return {"customer_id": request["customer_id"], "error": "unknown_version", "detail": f"version {request['pin']} is not served"}
         if request["customer_id"] == "NOBODY":
             return {"customer_id": request["customer_id"], "error": "unknown_customer", "model": model}
@@ -66,13 +75,13 @@ def test_the_server_and_each_model_say_they_are_live_ready_and_what_they_take(se
     fraud = client.get("/v2/models/fraud").json()
     assert fraud["versions"] == ["3"] and fraud["platform"] == "fintech-serving_xgboost"
     assert [i["name"] for i in fraud["inputs"]] == ["customer_id", "amount", "merchant_category", "channel", "country",
-                                                    "device_id", "timestamp"]
+                                                    "device_id", "timestamp", "features"]
     assert {i["name"]: i["datatype"] for i in fraud["inputs"]}["amount"] == "FP64"
     assert {o["name"]: o["datatype"] for o in fraud["outputs"]} == {
         "fraud_probability": "FP64", "is_fraud": "BOOL", "threshold": "FP64", "model_version": "BYTES",
         "model_role": "BYTES", "reasons": "BYTES", "error": "BYTES"}
     segment = client.get("/v2/models/segment/versions/3").json()
-    assert [i["name"] for i in segment["inputs"]] == ["customer_id"] and "reasons" not in {o["name"] for o in segment["outputs"]}
+    assert [i["name"] for i in segment["inputs"]] == ["customer_id", "features"] and "reasons" not in {o["name"] for o in segment["outputs"]}
     assert client.get("/v2/models/churn/ready").json() == {"name": "churn", "ready": True}
 
 
@@ -104,6 +113,59 @@ def test_fraud_rows_carry_their_transaction_as_the_json_route_builds_it(served):
     assert handed["pin"] == "3" and handed["request_data"] == {
         "amount": 39.32, "merchant_category": "groceries", "channel": "pos", "country": "GB", "device_id": "D0000001-0",
         "transaction_time": 1792072609}
+
+
+def features(*rows: list[float]) -> dict:
+    return {"name": "features", "datatype": "FP32", "shape": [len(rows), len(rows[0])], "data": [x for r in rows for x in r]}
+
+
+def test_a_feature_tensor_hands_each_row_its_whole_vector_by_name_in_the_order_the_metadata_gives(served):
+    server, client = served
+    [described] = [i for i in client.get("/v2/models/churn").json()["inputs"] if i["name"] == "features"]
+    assert described == {"name": "features", "datatype": "FP32", "shape": [-1, 3],
+                         "parameters": {"optional": True, "feature_names": LAYOUT}}
+    response = infer(client, "churn", [ids("PROSPECT1", "C2"), features([1.0, 20.5, 3.0], [4.0, 5.0, 6.0])])
+    assert response.status_code == 200, response.text
+    handed = server.families["churn"].handed
+    assert [h["features"] for h in handed] == [dict(zip(LAYOUT, [1.0, 20.5, 3.0])), dict(zip(LAYOUT, [4.0, 5.0, 6.0]))]
+    assert [h["pin"] for h in handed] == [None, None]  # one layout: the canary split applies
+
+
+def test_during_a_canary_whose_versions_read_different_features_a_vector_goes_to_the_version_whose_order_it_is(served):
+    server, client = served
+    family = server.families["churn"]
+    family.versions.live.scorers["challenger"] = version("4", LAYOUT[:2])
+    assert client.get("/v2/models/churn").json()["versions"] == ["3", "4"]
+    [by_id, champion, challenger] = [infer(client, "churn", [ids("C1")]), infer(client, "churn", [ids("C1"), features([1.0, 2.0, 3.0])]),
+                                     infer(client, "churn", [ids("C1"), features([1.0, 2.0])], version="4")]
+    assert by_id.status_code == champion.status_code == 200, champion.text
+    assert [h["pin"] for h in family.handed[:2]] == [None, "champion"]
+    [described] = [i for i in client.get("/v2/models/churn/versions/4").json()["inputs"] if i["name"] == "features"]
+    assert described["parameters"]["feature_names"] == LAYOUT[:2]
+    assert challenger.status_code == 200 and family.handed[2]["features"] == dict(zip(LAYOUT[:2], [1.0, 2.0]))
+
+
+@pytest.mark.parametrize(("tensor", "says"), [
+    (features([1.0, 2.0]), "shape must be [N, 3]"),
+    ({**features([1.0, 2.0, 3.0]), "shape": [3]}, "shape must be [N, 3]"),
+    ({**features([1.0, 2.0, 3.0]), "data": [1.0, 2.0]}, "must hold 3 values"),
+    ({**features([1.0, 2.0, 3.0]), "datatype": "BYTES", "data": ["a", "b", "c"]}, "datatype must be numeric"),
+    (features([1.0, True, 3.0]), "must be finite numbers"),
+    (features([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]), "do not have the 1 rows"),
+])
+def test_a_malformed_feature_tensor_is_a_400_naming_it(served, tensor, says):
+    _, client = served
+    response = infer(client, "churn", [ids("C1"), tensor])
+    assert response.status_code == 400 and says in response.json()["error"] and "features" in response.text, response.text
+
+
+def test_a_feature_that_is_not_finite_is_refused(served):
+    """JSON as Python reads it takes NaN and Infinity: the tensor is checked, not trusted."""
+    _, client = served
+    body = b'{"inputs": [{"name": "customer_id", "datatype": "BYTES", "shape": [1], "data": ["C1"]}, ' \
+           b'{"name": "features", "datatype": "FP32", "shape": [1, 3], "data": [1.0, NaN, Infinity]}]}'
+    response = client.post("/v2/models/churn/infer", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "finite" in response.json()["error"]
 
 
 @pytest.mark.parametrize(("inputs", "status", "says"), [

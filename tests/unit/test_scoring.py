@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from scoring.base import INVALID_FEATURE, UNKNOWN_CUSTOMER, ModelInfo, OnlineFeatures
+from scoring.base import INCOMPLETE_FEATURES, INVALID_FEATURE, UNKNOWN_CUSTOMER, ModelInfo, OnlineFeatures
 from scoring.churn import ChurnScorer
 from scoring.fraud import FraudScorer
 
@@ -72,6 +72,29 @@ def test_unknown_customers_and_unknown_features_are_errors_not_scores(churn):
     unknown, invalid = churn.score([{"customer_id": "Z"}, {"customer_id": "A", "features": {"nope": 1.0}}])
     assert unknown == {"customer_id": "Z", "error": UNKNOWN_CUSTOMER, "model": churn.info.as_dict()}
     assert invalid["error"] == INVALID_FEATURE and invalid["fields"] == ["features.nope"]
+
+
+def test_a_prospect_with_every_feature_is_scored_as_given_and_one_with_some_is_told_what_is_missing(churn):
+    as_customer = dict(zip(FEATURES, FakeReader.STORE["B"]))
+    known, prospect, partial = churn.score([{"customer_id": "B"}, {"customer_id": "NEW1", "features": as_customer},
+                                            {"customer_id": "NEW2", "features": {"spend_30d": 20.0}}])
+    assert prospect["churn_probability"] == known["churn_probability"] and prospect["risk_level"] == known["risk_level"]
+    assert prospect["feature_sources"] == {"request": FEATURES, "default": []}
+    assert partial == {"customer_id": "NEW2", "error": INCOMPLETE_FEATURES, "model": churn.info.as_dict(),
+                       "fields": ["features.days_since_last_txn", "features.txn_count_30d"]}
+
+
+def test_a_whole_vector_may_hold_the_features_a_request_cannot_override_alone(booster, monkeypatch):
+    """Fraud's request-time features come from the transaction; a request with every feature is
+    scored as given, those too, and one that overrides only them is refused as before."""
+    monkeypatch.setattr("scoring.fraud.REQUEST_TIME_FEATURES", frozenset({"spend_30d"}))  # one of these features
+    metadata = {"features": FEATURES, "threshold": 0.5}
+    scorer = FraudScorer(booster, metadata, ModelInfo("fraud", "1", "champion", "fraud_v1"), FakeReader())
+    whole, alone = scorer.score([{"customer_id": "A", "features": dict(zip(FEATURES, FakeReader.STORE["B"]))},
+                                 {"customer_id": "A", "features": {"spend_30d": 5.0}}])
+    [as_b] = scorer.score([{"customer_id": "B"}])
+    assert whole["fraud_probability"] == as_b["fraud_probability"]
+    assert alone["error"] == INVALID_FEATURE and alone["fields"] == ["features.spend_30d"]
 
 
 def test_exact_explanations_add_up_to_the_margin(churn, booster):
