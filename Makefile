@@ -21,10 +21,14 @@ help: ## Show this help
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/activate
+KSERVE_CLIENT := tests/clients/kserve-requirements.txt
+
+$(VENV)/.installed: requirements.lock pyproject.toml $(KSERVE_CLIENT) | $(BIN)/activate
 	$(BIN)/pip install --quiet uv
 	$(BIN)/uv pip sync --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	@# KServe's SDK for its client's tests, without its pins of protobuf, psutil and python-dateutil (see the file)
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode --no-deps -r $(KSERVE_CLIENT)
 	@# the bytecode of python -O too, which the service runs under (PYTHONOPTIMIZE=1: docs/design/decisions/python-optimize.md)
 	$(BIN)/python -O -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages > /dev/null || true
 	touch $@

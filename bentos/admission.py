@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from bentos.metrics import metrics
-from bentos.routes import ROUTES
+from bentos.routes import ROUTES, protocol_infer
 
 
 def _canned(status: int, body: dict, *headers: tuple[bytes, bytes]) -> list[dict]:
@@ -23,8 +23,9 @@ def _canned(status: int, body: dict, *headers: tuple[bytes, bytes]) -> list[dict
 
 class Admission:
     """ASGI middleware: a request whose headers pass `max_header_bytes` is refused (431) before
-    anything reads them. At most `limit` scoring requests in progress in this process; the next are
-    refused at once (503 `overloaded`, Retry-After: 1) before anything reads, parses or routes them,
+    anything reads them. At most `limit` scoring requests (the protocol's infer too) in progress in
+    this process; the next are refused at once (503 `overloaded`, Retry-After: 1) before anything
+    reads, parses or routes them,
     so an overloaded process spends little on what it sheds instead of queueing without bound
     behind the event loop. The service puts it in front of BentoML's routing and the FastAPI app
     (bentos/service.py): a refusal there costs a fifth of one raised from a route (measured: 9,400
@@ -48,6 +49,8 @@ class Admission:
                 await send(message)
             return
         scoring = self.families.get(scope["path"])
+        if scoring is None and (model := protocol_infer(scope["path"])) is not None:
+            scoring = (f"v2/models/{model}/infer", model)  # the labels the protocol's route counts under
         if scoring is None:
             return await self.app(scope, receive, send)
         if self.in_progress >= self.limit:

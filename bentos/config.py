@@ -59,6 +59,10 @@ class ServingSettings(BaseSettings):
         "The model families this process serves, comma-separated (churn, fraud, segment). The routes of the "
         "others answer 404: one image can run each family as its own Deployment."))
     workers: int = Field(1, ge=1, description="Worker processes of the service; each serves every family it holds.")
+    grpc_port: int = Field(8001, ge=0, le=65535, description=(
+        "The port of the Open Inference Protocol over gRPC, served by every worker (SO_REUSEPORT); 0 = off. "
+        "Two servers on one host need two ports: the kernel would share one between them."))
+    grpc_host: str = Field("0.0.0.0", description="The address the gRPC port is bound to (127.0.0.1: this host only).")
     tracing: bool = Field(False, description=(
         "Trace the scoring routes with OpenTelemetry (BentoML's `tracing` settings say where spans go). Off, "
         "the tracing middleware lets them through untouched: tracing every request cost more than half of "

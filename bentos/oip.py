@@ -36,17 +36,19 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import struct
 import types
 import typing
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from bentos.handling import Caller, ClientError, answered_by, observed
-from bentos.schemas import ErrorResponse
 from bentos.routes import PROTOCOL_PREFIX as PREFIX
 from bentos.routes import ROUTES, Route
+from bentos.schemas import ErrorResponse
 from core.families import FAMILIES
 from core.registry import CHAMPION
 from scoring.base import UNKNOWN_VERSION
@@ -56,6 +58,12 @@ FEATURES_INPUT = "features"  # a row's whole feature vector, scored as given
 NOT_OUTPUTS = frozenset({"customer_id", "model", "feature_sources", "reasons"})  # carried otherwise, or not at all
 NUMERIC = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 EMPTY = {"FP64": math.nan, "BOOL": False, "INT64": 0, "BYTES": ""}  # what a row that was not scored holds
+BINARY_HEADER = "inference-header-content-length"  # the binary tensor extension: the JSON part's length
+# each numeric datatype's little-endian layout in raw tensor bytes
+RAW = {"BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1", "UINT16": "<u2",
+       "UINT32": "<u4", "UINT64": "<u8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+LENGTH = struct.Struct("<I")  # a raw BYTES element: its length, then its bytes
+SERVER_METADATA = {"name": "fintech-serving", "version": "1.0", "extensions": []}
 
 
 TENSOR = {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
@@ -168,8 +176,8 @@ class Model:
                 raise ProtocolError(400, f"input {error['loc'][-1]!r}, row {i}: {error['msg']}") from e
         return checked
 
-    def answer(self, results: list[dict]) -> list[dict]:
-        """The output tensors of the rows' results."""
+    def answer(self, results: list[dict]) -> list[tuple[str, str, list]]:
+        """The output tensors of the rows' results: (name, datatype, one value per row) each."""
         columns = {name: [] for name in self.outputs}
         for r in results:
             scored = "error" not in r
@@ -188,9 +196,7 @@ class Model:
                 else:
                     value = r[name]
                 columns[name].append(value)
-        return [{"name": name, "datatype": self.outputs[name], "shape": [len(results)],
-                 "data": [None if isinstance(v, float) and math.isnan(v) else v for v in values]}
-                for name, values in columns.items()]
+        return [(name, self.outputs[name], values) for name, values in columns.items()]
 
 
 def flat(tensor: dict, kind: str) -> list:
@@ -230,26 +236,64 @@ def matrix(tensor: dict, width: int) -> list[list[float]]:
     return [[float(x) for x in data[i:i + width]] for i in range(0, len(data), width)]
 
 
-def protocol_router(server) -> APIRouter:
-    """The v2 routes of the families `server` holds."""
-    models = {route.family: Model(route) for route in ROUTES
-              if route.handler == "score" and route.family in server.serving.served()}
-    router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol v2"])
-    max_rows = server.serving.max_batch_ids
+class Protocol:
+    """What the protocol answers, whichever transport carries it: the REST routes below and the gRPC
+    service (bentos/oip_grpc.py) both ask this."""
 
-    def model_of(name: str, version: str | None) -> tuple[Model, dict[str, list[str]]]:
+    def __init__(self, server):
+        self.server = server
+        self.models = {route.family: Model(route) for route in ROUTES
+                       if route.handler == "score" and route.family in server.serving.served()}
+        self.max_rows = server.serving.max_batch_ids
+
+    def model_of(self, name: str, version: str | None) -> tuple[Model, dict[str, list[str]]]:
         """The model, and the feature order of each version the request may reach (the champion's first)."""
-        if name not in models:
-            raise ProtocolError(404, f"model {name!r} is not served here; served: {', '.join(models) or 'none'}")
-        scorers = server.families[name].versions.live.scorers
+        if name not in self.models:
+            raise ProtocolError(404, f"model {name!r} is not served here; served: {', '.join(self.models) or 'none'}")
+        scorers = self.server.families[name].versions.live.scorers
         layouts = {scorer.info.version: scorer.features for _, scorer in sorted(scorers.items(), key=lambda x: x[0] != CHAMPION)}
         if version is not None and version not in layouts:
             raise ProtocolError(404, f"model {name!r} has no version {version!r} served here; served: {', '.join(layouts)}")
-        return models[name], {version: layouts[version]} if version else layouts
+        return self.models[name], {version: layouts[version]} if version else layouts
 
-    def described(name: str, version: str | None) -> dict:
-        model, layouts = model_of(name, version)
+    def ready(self) -> bool:
+        return all(family.ready() for family in self.server.families.values())
+
+    def metadata(self, name: str, version: str | None) -> dict:
+        model, layouts = self.model_of(name, version)
         return model.metadata(list(layouts), next(iter(layouts.values())))
+
+    async def infer(self, route: str, name: str, version: str | None, body: dict, who: dict, charge) -> dict:
+        """Score the rows of an infer request (`body`: its `inputs` as JSON tensors, and its `id`),
+        counted in the request metrics under `route`. `charge(rows)` takes the rows from the client's
+        `rows` limit (None with AUTH_MODE=off). The outputs are (name, datatype, values) each."""
+        model, layouts = self.model_of(name, version)
+        with observed(route, name) as labels:
+            feature_names = next(iter(layouts.values()))
+            bodies, vectors = model.rows(body.get("inputs"), feature_names)
+            if len(bodies) > self.max_rows:
+                raise ProtocolError(400, f"at most {self.max_rows:,} rows per request, got {len(bodies):,}")
+            if charge is not None:
+                charge(len(bodies))
+            pin = version
+            if vectors is not None and version is None and any(names != feature_names for names in layouts.values()):
+                pin = CHAMPION  # a canary whose versions read different features: the vectors are in the champion's order
+            requests = [model.route.request(row, pin, who) for row in model.validated(bodies)]
+            for request, vector in zip(requests, vectors or ()):
+                request["features"] = vector
+            results = await asyncio.gather(*(self.server.families[name].score(r) for r in requests))
+            if refused := next((r for r in results if r.get("error") == UNKNOWN_VERSION), None):
+                raise ProtocolError(404, refused["detail"])
+            answered = next((r for r in results if "error" not in r), {})
+            labels.update(answered_by(answered))
+            return {"model_name": name, "model_version": answered.get("model", {}).get("version", version or ""),
+                    "id": body.get("id") or who["request_id"], "outputs": model.answer(results)}
+
+
+def protocol_router(server) -> APIRouter:
+    """The v2 REST routes of the families `server` holds."""
+    protocol = Protocol(server)
+    router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol v2"])
 
     @router.get("/health/live")
     async def live() -> dict:
@@ -257,29 +301,29 @@ def protocol_router(server) -> APIRouter:
 
     @router.get("/health/ready")
     async def ready() -> JSONResponse:
-        ready = all(family.ready() for family in server.families.values())
+        ready = protocol.ready()
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @router.get("")
     async def server_metadata() -> dict:
-        return {"name": "fintech-serving", "version": "1.0", "extensions": []}
+        return SERVER_METADATA
 
     @router.get("/models/{name}", responses=INVALID)
     async def model_metadata(name: str) -> dict:
-        return described(name, None)
+        return protocol.metadata(name, None)
 
     @router.get("/models/{name}/versions/{version}", responses=INVALID)
     async def version_metadata(name: str, version: str) -> dict:
-        return described(name, version)
+        return protocol.metadata(name, version)
 
     @router.get("/models/{name}/ready", responses=INVALID)
     async def model_ready(name: str) -> dict:
-        model_of(name, None)
+        protocol.model_of(name, None)
         return {"name": name, "ready": True}
 
     @router.get("/models/{name}/versions/{version}/ready", responses=INVALID)
     async def version_ready(name: str, version: str) -> dict:
-        model_of(name, version)
+        protocol.model_of(name, version)
         return {"name": name, "ready": True}
 
     @router.post("/models/{name}/infer", openapi_extra=INFER_DOCUMENT, responses=INVALID)
@@ -295,36 +339,89 @@ def protocol_router(server) -> APIRouter:
         return await scored(request, who, name, version)
 
     async def scored(request: Request, who: dict, name: str, version: str | None) -> dict:
-        model, layouts = model_of(name, version)
-        try:
-            body = json.loads(await request.body())
-        except ValueError as e:
-            raise ProtocolError(400, f"the body is not JSON: {e}") from e
-        if not isinstance(body, dict):
-            raise ProtocolError(400, "the body must be a JSON object with `inputs`")
-        with observed(f"v2/models/{name}/infer", name) as labels:
-            feature_names = next(iter(layouts.values()))
-            bodies, vectors = model.rows(body.get("inputs"), feature_names)
-            if len(bodies) > max_rows:
-                raise ProtocolError(400, f"at most {max_rows:,} rows per request, got {len(bodies):,}")
-            charge = request.scope.get("state", {}).get("charge_rows")
-            if charge is not None:  # none with AUTH_MODE=off
-                charge(len(bodies))
-            pin = version
-            if vectors is not None and version is None and any(names != feature_names for names in layouts.values()):
-                pin = CHAMPION  # a canary whose versions read different features: the vectors are in the champion's order
-            requests = [model.route.request(row, pin, who) for row in model.validated(bodies)]
-            for request, vector in zip(requests, vectors or ()):
-                request["features"] = vector
-            results = await asyncio.gather(*(server.families[name].score(r) for r in requests))
-            if refused := next((r for r in results if r.get("error") == UNKNOWN_VERSION), None):
-                raise ProtocolError(404, refused["detail"])
-            answered = next((r for r in results if "error" not in r), {})
-            labels.update(answered_by(answered))
-            return {"model_name": name, "model_version": answered.get("model", {}).get("version", version or ""),
-                    "id": body.get("id") or who["request_id"], "outputs": model.answer(results)}
+        protocol.model_of(name, version)  # a 404 before the body is read
+        body = infer_body(await request.body(), request.headers.get(BINARY_HEADER))
+        charge = request.scope.get("state", {}).get("charge_rows")  # none with AUTH_MODE=off
+        answer = await protocol.infer(f"v2/models/{name}/infer", name, version, body, who, charge)
+        answer["outputs"] = [{"name": name, "datatype": kind, "shape": [len(values)],
+                              "data": [None if isinstance(v, float) and math.isnan(v) else v for v in values]}
+                             for name, kind, values in answer["outputs"]]
+        return answer
 
     return router
+
+
+def infer_body(content: bytes, header_length: str | None) -> dict:
+    """An infer request's JSON, its inputs' data in place. With the binary tensor extension
+    (`header_length`: the JSON's length; Triton's and KServe's clients send tensors so by default)
+    the JSON is followed by the tensors' bytes, each input that has them saying how many
+    (parameters.binary_data_size), in the order of the inputs."""
+    binary = b""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(content):
+            raise ProtocolError(400, f"{BINARY_HEADER} must be the length of the body's JSON part, at most "
+                                f"{len(content)}; got {header_length!r}")
+        content, binary = content[:int(header_length)], content[int(header_length):]
+    try:
+        body = json.loads(content)
+    except ValueError as e:
+        raise ProtocolError(400, f"the body is not JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise ProtocolError(400, "the body must be a JSON object with `inputs`")
+    at = 0
+    for tensor in body.get("inputs") if isinstance(body.get("inputs"), list) else ():
+        size = tensor.get("parameters", {}).get("binary_data_size") if isinstance(tensor, dict) else None
+        if size is None:
+            continue
+        name, kind = tensor.get("name"), tensor.get("datatype")
+        if not isinstance(size, int) or size < 0 or at + size > len(binary):
+            raise ProtocolError(400, f"input {name!r}: binary_data_size {size!r} is more than the "
+                                f"{len(binary) - at} bytes left after the JSON")
+        tensor["data"] = raw_values(binary[at:at + size], kind, name)
+        at += size
+    if at != len(binary):
+        raise ProtocolError(400, f"{len(binary) - at} bytes after the JSON belong to no input (binary_data_size)")
+    return body
+
+
+def raw_values(raw: bytes, kind: str, name: str) -> list:
+    """A tensor's values from its raw bytes: little-endian numbers, or BYTES elements each
+    preceded by its length (4 bytes, little-endian)."""
+    if kind == "BYTES":
+        return text_elements(raw, name)
+    if kind not in RAW:
+        raise ProtocolError(400, f"input {name!r}: unknown datatype {kind!r}")
+    if len(raw) % np.dtype(RAW[kind]).itemsize:
+        raise ProtocolError(400, f"input {name!r}: {len(raw)} bytes are not a whole number of {kind} values")
+    return np.frombuffer(raw, RAW[kind]).tolist()
+
+
+def text_elements(raw: bytes, name: str) -> list[str]:
+    """A raw BYTES tensor's elements, as UTF-8 text."""
+    elements, at = [], 0
+    while at < len(raw):
+        if at + LENGTH.size > len(raw):
+            raise ProtocolError(400, f"input {name!r}: raw BYTES contents end inside an element's length")
+        (size,), at = LENGTH.unpack_from(raw, at), at + LENGTH.size
+        if at + size > len(raw):
+            raise ProtocolError(400, f"input {name!r}: raw BYTES contents end inside an element")
+        elements.append(raw[at:at + size])
+        at += size
+    return decoded(elements, name)
+
+
+def decoded(elements, name: str) -> list[str]:
+    try:
+        return [bytes(e).decode() for e in elements]
+    except UnicodeDecodeError as e:
+        raise ProtocolError(400, f"input {name!r}: BYTES elements must be UTF-8 text") from e
+
+
+def raw_contents(kind: str, values: list) -> bytes:
+    """The raw bytes of a tensor's values (raw_values' inverse)."""
+    if kind == "BYTES":
+        return b"".join(LENGTH.pack(len(e)) + e for e in (str(v).encode() for v in values))
+    return np.asarray(values, dtype=RAW[kind]).tobytes()
 
 
 def protocol_error_response(e: ProtocolError) -> JSONResponse:

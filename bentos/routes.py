@@ -110,6 +110,13 @@ def scope_of(path: str) -> str | None:
     The protocol's infer paths name a model and a version, so they are matched by their shape."""
     if path in PATH_SCOPES:
         return PATH_SCOPES[path]
-    if path.startswith(f"{PROTOCOL_PREFIX}/models/") and path.endswith("/infer"):
+    if protocol_infer(path) is not None:
         return "inference"
     return None
+
+
+def protocol_infer(path: str) -> str | None:
+    """The model a protocol infer path names (/v2/models/{name}[/versions/{v}]/infer), else None."""
+    if not (path.startswith(f"{PROTOCOL_PREFIX}/models/") and path.endswith("/infer")):
+        return None
+    return path.removeprefix(f"{PROTOCOL_PREFIX}/models/").split("/", 1)[0]

@@ -3,6 +3,7 @@ that answers the request.
 
     bentoml serve bentos.service:FintechAPI          # port 3000, every family
     SERVING_FAMILIES=fraud bentoml serve ...        # only fraud-detection (the others: 404)
+    SERVING_GRPC_PORT=0 bentoml serve ...           # no gRPC (default: the Open Inference Protocol on 8001)
     AUTH_MODE=off bentoml serve ...                 # open to anyone (default: callers need a key or a token)
 
 The models are the versions `make import-models` packed into the bento; each worker loads them,
@@ -49,11 +50,22 @@ class FintechAPI:
     def __init__(self) -> None:
         packed = {name: from_bento(getattr(self, f"{name}_model"), name) for name in SERVING.served()}
         server.start(get_settings(), packed)
+        self.grpc = None
         freeze_heap()
 
+    @bentoml.on_startup
+    async def serve_grpc(self) -> None:
+        """The Open Inference Protocol over gRPC, on this worker's event loop (bentos/oip_grpc.py)."""
+        if SERVING.grpc_port:
+            from bentos.oip_grpc import start_grpc
+
+            self.grpc = await start_grpc(server, AUTH, SERVING.grpc_host, SERVING.grpc_port, SERVING.max_in_progress)
+
     @bentoml.on_shutdown
-    def stop(self) -> None:
-        """Write the inference logs' last rows before the process exits."""
+    async def stop(self) -> None:
+        """Answer the gRPC calls in flight, and write the inference logs' last rows, before the process exits."""
+        if self.grpc is not None:
+            await self.grpc.stop(grace=5)
         server.stop()
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bentos.schemas import Transaction
 from core.api_keys import new_key
-from loadtests.servers import stop
+from loadtests.servers import free_port, stop
 from tests.integration.conftest import latest_rows, start_server
 from training import store
 
@@ -23,11 +23,14 @@ TRANSACTION = {"amount": 39.32, "merchant_category": "groceries", "channel": "po
 
 @pytest.fixture(scope="module")
 def served(settings, served_models, tmp_path_factory):
+    """The server's URL and a key; its gRPC port is served[2] (test_oip_grpc.py)."""
     work = tmp_path_factory.mktemp("oip")
     keys = work / "api_keys.json"
     key = new_key(keys, "oip-tests", ["inference"])
-    process, url = start_server(settings, work, AUTH_MODE="on", AUTH_API_KEYS_FILE=str(keys), SERVING_REGISTRY_POLL_S="0")
-    yield url, key
+    grpc_port = free_port()
+    process, url = start_server(settings, work, AUTH_MODE="on", AUTH_API_KEYS_FILE=str(keys), SERVING_REGISTRY_POLL_S="0",
+                                SERVING_GRPC_PORT=str(grpc_port), SERVING_WORKERS="2")
+    yield url, key, grpc_port
     stop(process)
 
 
@@ -35,7 +38,7 @@ def served(settings, served_models, tmp_path_factory):
 def triton(served):
     import tritonclient.http as triton_http
 
-    url, _ = served
+    url = served[0]
     client = triton_http.InferenceServerClient(url.removeprefix("http://"))
     yield client
     client.close()
@@ -76,7 +79,7 @@ def test_the_server_and_its_models_are_live_ready_and_described(triton, served):
 
 
 def test_infer_by_id_answers_what_the_json_routes_answer_for_each_family(triton, served, customers):
-    url, _ = served
+    url = served[0]
     headers = key_header(served)
     with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
         churn = triton.infer("churn", [tensor("customer_id", customers)], headers=headers)
@@ -163,7 +166,7 @@ def test_a_prospect_with_a_whole_feature_vector_scores_as_the_customer_whose_vec
 
 
 def test_the_json_route_scores_a_prospect_with_every_feature_and_names_what_a_partial_one_lacks(triton, served, settings, customers):
-    url, _ = served
+    url = served[0]
     metadata = triton.get_model_metadata("churn", headers=key_header(served))
     names = metadata["inputs"][-1]["parameters"]["feature_names"]
     [vector] = stored_vectors(settings, served, metadata, customers[:1])
@@ -176,3 +179,19 @@ def test_the_json_route_scores_a_prospect_with_every_feature_and_names_what_a_pa
     assert partial.status_code == 422 and partial.json()["error"] == "incomplete_features", partial.text
     missing = {e["field"] for e in partial.json()["fields"]}
     assert len(missing) == len(names) - 1 and "features.days_since_last_txn" not in missing and "features.spend_30d" in missing
+
+
+def test_tensors_sent_as_the_clients_send_them_by_default_in_binary_get_the_same_answers(triton, served, customers):
+    import tritonclient.http as triton_http
+
+    def binary(name: str, values: list, datatype: str = "BYTES"):
+        given = triton_http.InferInput(name, [len(values)], datatype)
+        given.set_data_from_numpy(np.array(values, dtype=object if datatype == "BYTES" else np.float64))  # binary_data=True
+        return given
+
+    headers, ids = key_header(served), customers[:10]
+    as_json = triton.infer("fraud", fraud_inputs(ids), headers=headers)
+    as_binary = triton.infer("fraud", [binary("customer_id", ids)] + [
+        binary(name, [value] * len(ids), "FP64" if name == "amount" else "BYTES") for name, value in TRANSACTION.items()], headers=headers)
+    assert as_binary.as_numpy("fraud_probability").tolist() == as_json.as_numpy("fraud_probability").tolist()
+    assert as_binary.as_numpy("error").astype(str).tolist() == [""] * len(ids)

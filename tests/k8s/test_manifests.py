@@ -170,6 +170,7 @@ def test_probes_use_routes_the_service_has_on_the_port_it_listens_on(monkeypatch
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     from bentos.auth import OPEN
+    from bentos.config import ServingSettings
 
     monkeypatch.setenv("AUTH_MODE", "off")  # the same routes; on, the import needs a credential source
     from bentos.service import app
@@ -179,7 +180,7 @@ def test_probes_use_routes_the_service_has_on_the_port_it_listens_on(monkeypatch
     for deployment in deployments:
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"http": BentoMLContainer.http.port.get()}
+        assert ports == {"http": BentoMLContainer.http.port.get(), "grpc": ServingSettings().grpc_port}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             action = container[probe]["httpGet"]
             assert action["path"] in routes and action["port"] == "http", (probe, action)

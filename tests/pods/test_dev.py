@@ -58,6 +58,27 @@ def test_the_serving_pod_answers_every_route_with_the_secrets_key_and_refuses_a_
         assert serving.request(method, f"{API}/{route}", **request, headers={"X-API-Key": ""}).status_code == 401, route
 
 
+# Triton's gRPC client, which the image holds for the protocol's messages, asking the pod's own gRPC port
+GRPC_CALL = """
+import sys, numpy as np, tritonclient.grpc as triton
+client = triton.InferenceServerClient(f"127.0.0.1:{sys.argv[1]}")
+ids = triton.InferInput("customer_id", [1], "BYTES")
+ids.set_data_from_numpy(np.array([sys.argv[3]], dtype=object))
+answer = client.infer("churn", [ids], headers={"x-api-key": sys.argv[2]})
+print(client.is_server_ready(), answer.as_numpy("churn_probability")[0])
+"""
+
+
+def test_the_serving_pod_answers_the_protocol_over_grpc_on_its_manifests_grpc_port(dev, serving):
+    pod = dev.plan.pod("fintech-serving-0")
+    [container] = pod.containers
+    done = dev.runtime.exec(pod, container, "python", "-c", GRPC_CALL, str(container.ports["grpc"]), dev.client_key, CUSTOMER)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ready, probability = done.stdout.split()
+    assert ready == "True" and float(probability) == serving.post(f"{API}/churn-score", json={"customer_id": CUSTOMER}).json()[
+        "churn_probability"]
+
+
 def test_the_serving_pod_answers_from_the_rows_the_features_cronjob_wrote_to_the_redis_pod(dev, serving):
     redis = dev.plan.pod("fintech-redis-0")
     password = dev.secrets["fintech-redis"]["password"]

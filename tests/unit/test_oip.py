@@ -3,6 +3,7 @@ tensors they describe and read, the rows they hand to the family, the answers, a
 errors. The same routes against a real `bentoml serve`, through Triton's own client:
 tests/integration/test_oip.py."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -205,3 +206,35 @@ def test_a_body_that_is_not_json_is_a_400(served):
     _, client = served
     response = client.post("/v2/models/churn/infer", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 400 and "not JSON" in response.json()["error"]
+
+
+def binary_request(tensors: list[tuple[str, str, list, list[int]]]) -> tuple[bytes, dict]:
+    """A body in the binary tensor extension's form, as Triton's and KServe's clients send by default."""
+    from bentos.oip import raw_contents
+
+    raws = [raw_contents(kind, values) for _, kind, values, _ in tensors]
+    header = json.dumps({"inputs": [{"name": name, "datatype": kind, "shape": shape, "parameters": {"binary_data_size": len(raw)}}
+                                    for (name, kind, _, shape), raw in zip(tensors, raws)]}).encode()
+    return header + b"".join(raws), {"inference-header-content-length": str(len(header)), "content-type": "application/octet-stream"}
+
+
+def test_tensors_in_the_binary_extension_are_read_as_their_json_form(served):
+    server, client = served
+    body, headers = binary_request([("customer_id", "BYTES", ["C1", "C2"], [2]),
+                                    ("features", "FP32", [1.0, 20.5, 3.0, 4.0, 5.0, 6.0], [2, 3])])
+    response = client.post("/v2/models/churn/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    handed = server.families["churn"].handed
+    assert [h["customer_id"] for h in handed] == ["C1", "C2"] and handed[0]["features"] == dict(zip(LAYOUT, [1.0, 20.5, 3.0]))
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda body, headers: (body, {**headers, "inference-header-content-length": "99999"}), "length of the body's JSON part"),
+    (lambda body, headers: (body + b"\x00", headers), "1 bytes after the JSON belong to no input"),
+    (lambda body, headers: (body[:-1], headers), "more than the"),
+])
+def test_a_binary_body_that_does_not_add_up_is_a_400_saying_why(served, change, says):
+    _, client = served
+    body, headers = change(*binary_request([("customer_id", "BYTES", ["C1"], [1])]))
+    response = client.post("/v2/models/churn/infer", content=body, headers=headers)
+    assert response.status_code == 400 and says in response.json()["error"], response.text

@@ -72,7 +72,7 @@ def test_a_dollar_pair_is_a_literal_dollar_and_an_unknown_name_stays_as_written(
 def test_services_reach_their_pods_target_ports_by_name(dev):
     plan = make_plan(dev, SECRETS, images_of(dev))
     serving = next(s for s in plan.services if s.name == "fintech-serving")
-    assert serving.ports == [(80, 3000)] and serving.pods == ["fintech-serving-0"]
+    assert serving.ports == [(80, 3000), (8001, 8001)] and serving.pods == ["fintech-serving-0"]
 
 
 def test_secret_volumes_are_read_only_folders_with_the_manifests_items_mode_and_group(dev):

@@ -105,8 +105,11 @@ class Held:
 
     def __init__(self):
         import asyncio
+        from types import SimpleNamespace
 
         self.release = asyncio.Event()
+        champion = SimpleNamespace(info=SimpleNamespace(version="1"), features=["spend_30d"])
+        self.versions = SimpleNamespace(live=SimpleNamespace(scorers={"champion": champion}))  # what the protocol's routes ask
 
     async def score(self, request):
         await self.release.wait()
@@ -128,16 +131,21 @@ def test_past_its_limit_of_requests_in_progress_a_process_refuses_at_once_with_5
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             def post(i):
                 return client.post(f"{API_PREFIX}/churn-score", json={"customer_id": f"C{i:07d}"})
-            held = [asyncio.create_task(post(i)) for i in range(3)]
+
+            def infer(i):  # the Open Inference Protocol's route counts the same
+                return client.post("/v2/models/churn/infer", json={"inputs": [
+                    {"name": "customer_id", "datatype": "BYTES", "shape": [1], "data": [f"C{i:07d}"]}]})
+            held = [asyncio.create_task(post(1)), asyncio.create_task(post(2)), asyncio.create_task(infer(3))]
             await asyncio.sleep(0.05)  # the three are in progress
-            refused = await asyncio.wait_for(post(9), timeout=5)  # refused at once, not held
+            refused = [await asyncio.wait_for(call(9), timeout=5) for call in (post, infer)]  # refused at once, not held
             family.release.set()
             answered = await asyncio.gather(*held)
-            after = await post(10)
+            after = await infer(10)
         return refused, answered, after
 
     refused, answered, after = asyncio.run(scenario())
-    assert refused.status_code == 503 and refused.json()["error"] == "overloaded" and refused.headers["Retry-After"]
+    for response in refused:
+        assert response.status_code == 503 and response.json()["error"] == "overloaded" and response.headers["Retry-After"]
     assert [r.status_code for r in answered] == [200, 200, 200] and after.status_code == 200
 
 
