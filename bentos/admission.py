@@ -49,8 +49,8 @@ class Admission:
                 await send(message)
             return
         scoring = self.families.get(scope["path"])
-        if scoring is None and (model := protocol_infer(scope["path"])) is not None:
-            scoring = (f"v2/models/{model}/infer", model)  # the labels the protocol's route counts under
+        if scoring is None and (named := protocol_infer(scope["path"])) is not None:
+            scoring = (f"v2/models/{named[0]}/infer", named[0])  # the labels the protocol's route counts under
         if scoring is None:
             return await self.app(scope, receive, send)
         if self.in_progress >= self.limit:

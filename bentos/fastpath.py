@@ -1,5 +1,5 @@
-"""The single-customer scoring routes (churn-score, segment, fraud-detection), answered before
-BentoML's router and FastAPI see the request.
+"""The single-customer scoring routes (churn-score, segment, fraud-detection), and the Open
+Inference Protocol's infer, answered before BentoML's router and FastAPI see the request.
 
     FintechAPI.add_asgi_middleware(FastPath, server=server)   # bentos/service.py, after authentication
 
@@ -11,6 +11,10 @@ route or method, another content type, a body too large, malformed or refused by
 header the routes would refuse — goes on, body and all, to BentoML's stack and the FastAPI app,
 which answer it exactly as before: the fast path never decides what is invalid. Tests hold both
 paths to the same status, body and headers (tests/unit/test_fastpath.py).
+
+The protocol's infer (bentos/oip.py) is answered here whatever its body: its answers, errors
+included, come from the same Protocol object the REST route asks, so both give the same status and
+body. Only a body too large, a client that left, or an X-Request-ID the route would refuse go on.
 
 It sits behind BentoML's timeout and tracing middlewares and behind Admission and Authenticate
 (bentos/service.py), so shedding, authentication, rate limits, the 504 and tracing apply as before.
@@ -25,8 +29,10 @@ from __future__ import annotations
 import json
 import re
 
+from fastapi.responses import Response
 from pydantic_core import to_json
 
+from bentos.auth import Refused, refusal
 from bentos.handling import (
     PIN_MAX_LENGTH,
     REQUEST_ID_MAX_LENGTH,
@@ -39,7 +45,8 @@ from bentos.handling import (
     score_one,
     scoring_failed_response,
 )
-from bentos.routes import ROUTES, Route
+from bentos.oip import BINARY_HEADER, Protocol, ProtocolError, infer_body, json_answer, protocol_error_response
+from bentos.routes import ROUTES, Route, protocol_infer
 
 REQUEST_ID = re.compile(REQUEST_ID_PATTERN.removeprefix("^").removesuffix("$"))  # matched whole, as pydantic does
 
@@ -52,9 +59,13 @@ class FastPath:
         self.routes = {r.url: r for r in ROUTES if r.handler == "score" and r.family in server.serving.served()}
         self.max_body_bytes = server.serving.max_body_bytes
         self.retry_after_s = retry_after(server.serving)
+        self.protocol = Protocol(server)
 
     async def __call__(self, scope, receive, send):
         route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None and scope["type"] == "http" and scope["method"] == "POST" and (
+                named := protocol_infer(scope["path"])) is not None and named[0] in self.protocol.models:
+            return await self.infer(scope, receive, send, *named)
         headers = route and plain_headers(scope["headers"], self.max_body_bytes)
         if headers is None:
             return await self.app(scope, receive, send)
@@ -72,6 +83,37 @@ class FastPath:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-length", b"%d" % len(content)), (b"content-type", b"application/json"),
             (b"x-request-id", request["request_id"].encode())]})
+        await send({"type": "http.response.body", "body": content})
+
+
+    async def infer(self, scope, receive, send, name: str, version: str | None):
+        """The protocol's infer, as the REST route answers it (bentos/oip.py)."""
+        headers: dict[bytes, bytes] = {}
+        for header, value in scope["headers"]:
+            headers.setdefault(header, value)
+        length, request_id = headers.get(b"content-length"), headers.get(b"x-request-id")
+        if length is not None and not (length.isdigit() and int(length) <= self.max_body_bytes) or request_id is not None and not (
+                len(request_id) <= REQUEST_ID_MAX_LENGTH and REQUEST_ID.fullmatch(request_id.decode("latin-1"))):
+            return await self.app(scope, receive, send)
+        messages, body = await read_body(receive, self.max_body_bytes)
+        if body is None:
+            return await self.app(scope, replay(messages, receive), send)
+        who = caller_of(scope, latin1(request_id))
+        try:
+            payload = infer_body(body, latin1(headers.get(BINARY_HEADER.encode())))
+            answer = await self.protocol.infer(f"v2/models/{name}/infer", name, version, payload, who,
+                                               scope.get("state", {}).get("charge_rows"))  # none with AUTH_MODE=off
+        except ProtocolError as e:
+            return await protocol_error_response(e)(scope, receive, send)
+        except Refused as e:  # over the client's rows limit
+            content, refused_headers = refusal(e)
+            return await Response(content, e.status, refused_headers, "application/json")(scope, receive, send)
+        except ScoringFailed as e:
+            return await scoring_failed_response(e, self.retry_after_s)(scope, receive, send)
+        content = to_json(json_answer(answer))
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-length", b"%d" % len(content)), (b"content-type", b"application/json"),
+            (b"x-request-id", who["request_id"].encode())]})
         await send({"type": "http.response.body", "body": content})
 
 

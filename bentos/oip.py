@@ -342,13 +342,16 @@ def protocol_router(server) -> APIRouter:
         protocol.model_of(name, version)  # a 404 before the body is read
         body = infer_body(await request.body(), request.headers.get(BINARY_HEADER))
         charge = request.scope.get("state", {}).get("charge_rows")  # none with AUTH_MODE=off
-        answer = await protocol.infer(f"v2/models/{name}/infer", name, version, body, who, charge)
-        answer["outputs"] = [{"name": name, "datatype": kind, "shape": [len(values)],
-                              "data": [None if isinstance(v, float) and math.isnan(v) else v for v in values]}
-                             for name, kind, values in answer["outputs"]]
-        return answer
+        return json_answer(await protocol.infer(f"v2/models/{name}/infer", name, version, body, who, charge))
 
     return router
+
+
+def json_answer(answer: dict) -> dict:
+    """Protocol.infer's answer as the REST body has it: each output a JSON tensor, NaN as null."""
+    return {**answer, "outputs": [{"name": name, "datatype": kind, "shape": [len(values)],
+                                   "data": [None if isinstance(v, float) and math.isnan(v) else v for v in values]}
+                                  for name, kind, values in answer["outputs"]]}
 
 
 def infer_body(content: bytes, header_length: str | None) -> dict:

@@ -115,8 +115,13 @@ def scope_of(path: str) -> str | None:
     return None
 
 
-def protocol_infer(path: str) -> str | None:
-    """The model a protocol infer path names (/v2/models/{name}[/versions/{v}]/infer), else None."""
+def protocol_infer(path: str) -> tuple[str, str | None] | None:
+    """The model and version a protocol infer path names (/v2/models/{name}[/versions/{v}]/infer), else None."""
     if not (path.startswith(f"{PROTOCOL_PREFIX}/models/") and path.endswith("/infer")):
         return None
-    return path.removeprefix(f"{PROTOCOL_PREFIX}/models/").split("/", 1)[0]
+    parts = path.removeprefix(f"{PROTOCOL_PREFIX}/models/").removesuffix("/infer").split("/")
+    if len(parts) == 1:
+        return parts[0], None
+    if len(parts) == 3 and parts[1] == "versions":
+        return parts[0], parts[2]
+    return None

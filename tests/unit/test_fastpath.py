@@ -3,6 +3,7 @@ the same status, body and headers for good requests and bad ones, and it hands e
 not take whole to the FastAPI app."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -25,8 +26,9 @@ SEGMENT = {"segment_id": 2, "segment_name": "steady savers", "feature_sources": 
 class Family:
     """Answers like a family of this process: a real scorer over the fake reader, pins included."""
 
-    def __init__(self, score):
+    def __init__(self, score, scorer):
         self.score_one, self.asked = score, []
+        self.versions = SimpleNamespace(live=SimpleNamespace(scorers={"champion": scorer}))  # what the protocol describes
 
     async def score(self, request):
         self.asked.append(request)
@@ -42,11 +44,12 @@ def server(churn, booster):  # noqa: F811
     fraud = FraudScorer(booster, {"features": churn.features, "threshold": 0.5}, ModelInfo("fraud", "2", "champion", "fraud_v1"),
                         FakeReader(), top_n=2)
     server = Server(ServingSettings(store_retry_s=2))
+    segment = SimpleNamespace(info=SimpleNamespace(version="4"), features=["spend_30d"])
     server.families = {
-        "churn": Family(lambda r: churn.score([r], keep_features=True)[0]),
-        "fraud": Family(lambda r: fraud.score([r], keep_features=True)[0]),
+        "churn": Family(lambda r: churn.score([r], keep_features=True)[0], churn),
+        "fraud": Family(lambda r: fraud.score([r], keep_features=True)[0], fraud),
         "segment": Family(lambda r: {"customer_id": r["customer_id"], **SEGMENT} if r["customer_id"] in "AB" else
-                          {"customer_id": r["customer_id"], "error": "unknown_customer", "model": SEGMENT["model"]}),
+                          {"customer_id": r["customer_id"], "error": "unknown_customer", "model": SEGMENT["model"]}, segment),
     }
     return server
 
@@ -165,3 +168,46 @@ def test_each_answer_is_byte_for_byte_what_the_response_model_makes_of_the_resul
         result["reasons"][0]["feature_value"] = None  # a default the store had no value for
     assert to_json(route.answer(result)) == adapter.dump_json(adapter.validate_python(result), by_alias=True)
     assert json.loads(to_json(route.answer(result)))["customer_id"] == "B"
+
+
+def ids(*customers: str) -> dict:
+    return {"name": "customer_id", "datatype": "BYTES", "shape": [len(customers)], "data": list(customers)}
+
+
+BINARY_HEADER = json.dumps({"inputs": [{**ids("A"), "data": None, "parameters": {"binary_data_size": 5}}]}).encode()
+# (path under /v2/models, request, answered by the fast path)
+PROTOCOL = [
+    ("churn/infer", {"json": {"inputs": [ids("A", "B", "NOBODY")]}}, True),
+    ("churn/infer", {"json": {"id": "mine", "inputs": [ids("A")]}, "headers": {"x-request-id": "r-2"}}, True),
+    ("churn/versions/3/infer", {"json": {"inputs": [ids("A")]}}, True),
+    ("churn/versions/9/infer", {"json": {"inputs": [ids("A")]}}, True),  # 404
+    ("fraud/infer", {"json": {"inputs": [ids("A"), *({"name": k, "datatype": "FP64" if k == "amount" else "BYTES", "shape": [1],
+                                                        "data": [v]} for k, v in TRANSACTION.items())]}}, True),
+    ("segment/infer", {"json": {"inputs": [ids("B", "Z")]}}, True),
+    ("churn/infer", {"json": {"inputs": [ids("DOWN")]}}, True),  # 503 with Retry-After
+    ("churn/infer", {"content": b"{not json", "headers": {"content-type": "application/json"}}, True),  # 400
+    ("churn/infer", {"json": {"inputs": [{**ids("A"), "datatype": "FP32"}]}}, True),  # 400 naming the input
+    ("churn/infer", {"content": BINARY_HEADER + b"\x01\x00\x00\x00A",
+                     "headers": {"inference-header-content-length": str(len(BINARY_HEADER))}}, True),
+    ("loans/infer", {"json": {"inputs": [ids("A")]}}, False),  # 404: no such model here
+    ("churn/infer", {"json": {"inputs": [ids("A")]}, "headers": {"x-request-id": "has space"}}, False),  # 422
+    ("churn/infer", {"json": {"inputs": [ids("C" * 2000)]}}, False),  # 413
+]
+
+
+def protocol_exchange(client: TestClient, path: str, **request) -> tuple:
+    response = client.post(f"/v2/models/{path}", **request)
+    headers = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "content-length")}
+    body = response.json()
+    if "id" in body and body["id"] == response.headers.get("x-request-id"):  # a new id each time, the same in both
+        body["id"] = "the request's id"
+    return response.status_code, body, headers, request.get("headers", {}).get("x-request-id") == response.headers.get("x-request-id")
+
+
+@pytest.mark.parametrize(("path", "request_", "taken"), PROTOCOL)
+def test_the_fast_path_answers_the_protocols_infer_as_its_rest_route_does(server, path, request_, taken):
+    server.serving = server.serving.model_copy(update={"max_body_bytes": 1000})
+    app = Counted(create_app(server))
+    fast = protocol_exchange(TestClient(FastPath(app, server)), path, **request_)
+    assert fast == protocol_exchange(TestClient(create_app(server)), path, **request_)
+    assert app.calls == (0 if taken else 1)
