@@ -89,7 +89,8 @@ def start_server(settings, tmp_path: Path, **env) -> tuple[subprocess.Popen, str
     metrics of a server still running on the same home."""
     env.setdefault("AUTH_MODE", "off")
     env.setdefault("SERVING_GRPC_PORT", "0")  # several servers at once: a test that calls gRPC gives each its own port
-    env.setdefault("SERVING_GRPC_HOST", "127.0.0.1")    env.setdefault("PYTHONOPTIMIZE", "1")  # as `make serve` and the image run it: half the start-up
+    env.setdefault("SERVING_GRPC_HOST", "127.0.0.1")
+    env.setdefault("PYTHONOPTIMIZE", "1")  # as `make serve` and the image run it: half the start-up
     port = free_port()
     home = tmp_path / f"bentoml-{port}"
     home.mkdir(parents=True)
