@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.families import FAMILIES
 
 API_PREFIX = "/api/v1/inference"
+PROTOCOL_PREFIX = "/v2"  # the Open Inference Protocol's routes (bentos/oip.py)
 
 
 class FamilySettings(BaseModel):
@@ -130,7 +131,7 @@ def service_options(settings: ServingSettings) -> dict:
         "metrics": {"enabled": False},
     }
     if not settings.tracing:
-        options["tracing"] = {"excluded_urls": [API_PREFIX]}
+        options["tracing"] = {"excluded_urls": [API_PREFIX, f"{PROTOCOL_PREFIX}/"]}
     return options
 
 

@@ -45,7 +45,7 @@ from bentos.handling import (
     score_one,
     scoring_failed_response,
 )
-from bentos.oip import BINARY_HEADER, Protocol, ProtocolError, infer_body, json_answer, protocol_error_response
+from bentos.oip import BINARY_HEADER, Protocol, ProtocolError, infer_body, protocol_error_response
 from bentos.routes import ROUTES, Route, protocol_infer
 
 REQUEST_ID = re.compile(REQUEST_ID_PATTERN.removeprefix("^").removesuffix("$"))  # matched whole, as pydantic does
@@ -110,7 +110,7 @@ class FastPath:
             return await Response(content, e.status, refused_headers, "application/json")(scope, receive, send)
         except ScoringFailed as e:
             return await scoring_failed_response(e, self.retry_after_s)(scope, receive, send)
-        content = to_json(json_answer(answer))
+        content = to_json(answer)
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-length", b"%d" % len(content)), (b"content-type", b"application/json"),
             (b"x-request-id", who["request_id"].encode())]})

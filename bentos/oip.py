@@ -39,11 +39,14 @@ import math
 import struct
 import types
 import typing
+from collections.abc import Callable
+from operator import itemgetter
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
 
 from bentos.handling import Caller, ClientError, answered_by, observed
 from bentos.routes import PROTOCOL_PREFIX as PREFIX
@@ -57,7 +60,7 @@ ID_INPUT = "customer_id"
 FEATURES_INPUT = "features"  # a row's whole feature vector, scored as given
 NOT_OUTPUTS = frozenset({"customer_id", "model", "feature_sources", "reasons"})  # carried otherwise, or not at all
 NUMERIC = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
-EMPTY = {"FP64": math.nan, "BOOL": False, "INT64": 0, "BYTES": ""}  # what a row that was not scored holds
+EMPTY = {"FP64": None, "BOOL": False, "INT64": 0, "BYTES": ""}  # what a row that was not scored holds (None: JSON's null, NaN raw)
 BINARY_HEADER = "inference-header-content-length"  # the binary tensor extension: the JSON part's length
 # each numeric datatype's little-endian layout in raw tensor bytes
 RAW = {"BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1", "UINT16": "<u2",
@@ -123,7 +126,11 @@ class Model:
         self.outputs |= {"model_version": "BYTES", "model_role": "BYTES"}
         if "reasons" in route.response.model_fields:
             self.outputs["reasons"] = "BYTES"
-        self.outputs["error"] = "BYTES"
+        self.outputs["error"] = "BYTES"  # last: answer() relies on it
+        # how each output is read off a scored row's result
+        special = {"model_version": lambda r: r["model"]["version"], "model_role": lambda r: r["model"]["role"],
+                   "reasons": reasons_text, "error": lambda r: ""}
+        self.getters = [special.get(name) or itemgetter(name) for name in self.outputs]
 
     def metadata(self, versions: list[str], feature_names: list[str]) -> dict:
         """`feature_names`: the order of the `features` input, the version's the metadata describes."""
@@ -134,9 +141,9 @@ class Model:
         return {"name": self.name, "versions": versions, "platform": f"fintech-serving_{FAMILIES[self.name].flavour}",
                 "inputs": inputs, "outputs": [{"name": name, "datatype": kind, "shape": [-1]} for name, kind in self.outputs.items()]}
 
-    def rows(self, inputs: list, feature_names: list[str]) -> tuple[list[dict], list[dict] | None]:
+    def rows(self, inputs: list, order: Callable[[], list[str]]) -> tuple[list[dict], list[dict] | None]:
         """The JSON body of each row, from the request's tensors, and each row's feature vector when
-        the request carries `features` (by name, in `feature_names`' order); 400 naming a tensor
+        the request carries `features` (by name, in the order `order()` gives); 400 naming a tensor
         that is wrong."""
         if not isinstance(inputs, list) or not inputs:
             raise ProtocolError(400, "the request needs `inputs`, a list of tensors")
@@ -144,6 +151,7 @@ class Model:
         for tensor in inputs:
             name = tensor.get("name") if isinstance(tensor, dict) else None
             if name == FEATURES_INPUT:
+                feature_names = order()
                 vectors = [dict(zip(feature_names, row)) for row in matrix(tensor, len(feature_names))]
                 continue
             if name not in self.inputs:
@@ -176,27 +184,26 @@ class Model:
                 raise ProtocolError(400, f"input {error['loc'][-1]!r}, row {i}: {error['msg']}") from e
         return checked
 
-    def answer(self, results: list[dict]) -> list[tuple[str, str, list]]:
-        """The output tensors of the rows' results: (name, datatype, one value per row) each."""
-        columns = {name: [] for name in self.outputs}
+    def answer(self, results: list[dict]) -> list[dict]:
+        """The output tensors of the rows' results, in the REST form ({name, datatype, shape, data})."""
+        columns = [[] for _ in self.outputs]
+        empty = [EMPTY[kind] for kind in self.outputs.values()]
         for r in results:
-            scored = "error" not in r
-            for name, kind in self.outputs.items():
-                if name == "error":
-                    value = "" if scored else r["error"]
-                elif not scored:
-                    value = EMPTY[kind]
-                elif name == "model_version":
-                    value = r["model"]["version"]
-                elif name == "model_role":
-                    value = r["model"]["role"]
-                elif name == "reasons":
-                    value = json.dumps([{"feature": x["feature"], "shap_value": x["shap_value"], "direction": x["direction"]}
-                                        for x in r.get("reasons", [])])
-                else:
-                    value = r[name]
-                columns[name].append(value)
-        return [(name, self.outputs[name], values) for name, values in columns.items()]
+            if "error" in r:  # not scored: empty values, and the code in `error`
+                for column, value in zip(columns, empty):
+                    column.append(value)
+                columns[-1][-1] = r["error"]
+            else:
+                for column, get in zip(columns, self.getters):
+                    column.append(get(r))
+        return [{"name": name, "datatype": kind, "shape": [len(results)], "data": column}
+                for (name, kind), column in zip(self.outputs.items(), columns)]
+
+
+def reasons_text(result: dict) -> str:
+    """A row's reason codes as the JSON text the `reasons` output holds."""
+    return to_json([{"feature": x["feature"], "shap_value": x["shap_value"], "direction": x["direction"]}
+                    for x in result.get("reasons", [])]).decode()
 
 
 def flat(tensor: dict, kind: str) -> list:
@@ -250,8 +257,8 @@ class Protocol:
         """The model, and the feature order of each version the request may reach (the champion's first)."""
         if name not in self.models:
             raise ProtocolError(404, f"model {name!r} is not served here; served: {', '.join(self.models) or 'none'}")
-        scorers = self.server.families[name].versions.live.scorers
-        layouts = {scorer.info.version: scorer.features for _, scorer in sorted(scorers.items(), key=lambda x: x[0] != CHAMPION)}
+        scorers = self.server.families[name].versions.live.scorers  # the champion first (bentos/versions.py)
+        layouts = {scorer.info.version: scorer.features for scorer in scorers.values()}
         if version is not None and version not in layouts:
             raise ProtocolError(404, f"model {name!r} has no version {version!r} served here; served: {', '.join(layouts)}")
         return self.models[name], {version: layouts[version]} if version else layouts
@@ -266,22 +273,23 @@ class Protocol:
     async def infer(self, route: str, name: str, version: str | None, body: dict, who: dict, charge) -> dict:
         """Score the rows of an infer request (`body`: its `inputs` as JSON tensors, and its `id`),
         counted in the request metrics under `route`. `charge(rows)` takes the rows from the client's
-        `rows` limit (None with AUTH_MODE=off). The outputs are (name, datatype, values) each."""
+        `rows` limit (None with AUTH_MODE=off). The answer is the REST body."""
         model, layouts = self.model_of(name, version)
         with observed(route, name) as labels:
-            feature_names = next(iter(layouts.values()))
-            bodies, vectors = model.rows(body.get("inputs"), feature_names)
+            bodies, vectors = model.rows(body.get("inputs"), lambda: next(iter(layouts.values())))
             if len(bodies) > self.max_rows:
                 raise ProtocolError(400, f"at most {self.max_rows:,} rows per request, got {len(bodies):,}")
             if charge is not None:
                 charge(len(bodies))
             pin = version
-            if vectors is not None and version is None and any(names != feature_names for names in layouts.values()):
+            if vectors is not None and version is None and len({tuple(names) for names in layouts.values()}) > 1:
                 pin = CHAMPION  # a canary whose versions read different features: the vectors are in the champion's order
             requests = [model.route.request(row, pin, who) for row in model.validated(bodies)]
             for request, vector in zip(requests, vectors or ()):
                 request["features"] = vector
-            results = await asyncio.gather(*(self.server.families[name].score(r) for r in requests))
+            family = self.server.families[name]
+            # one row awaited as churn-score awaits it: a task of its own would join its batch one turn of the loop later
+            results = [await family.score(requests[0])] if len(requests) == 1 else await asyncio.gather(*map(family.score, requests))
             if refused := next((r for r in results if r.get("error") == UNKNOWN_VERSION), None):
                 raise ProtocolError(404, refused["detail"])
             answered = next((r for r in results if "error" not in r), {})
@@ -342,16 +350,9 @@ def protocol_router(server) -> APIRouter:
         protocol.model_of(name, version)  # a 404 before the body is read
         body = infer_body(await request.body(), request.headers.get(BINARY_HEADER))
         charge = request.scope.get("state", {}).get("charge_rows")  # none with AUTH_MODE=off
-        return json_answer(await protocol.infer(f"v2/models/{name}/infer", name, version, body, who, charge))
+        return await protocol.infer(f"v2/models/{name}/infer", name, version, body, who, charge)
 
     return router
-
-
-def json_answer(answer: dict) -> dict:
-    """Protocol.infer's answer as the REST body has it: each output a JSON tensor, NaN as null."""
-    return {**answer, "outputs": [{"name": name, "datatype": kind, "shape": [len(values)],
-                                   "data": [None if isinstance(v, float) and math.isnan(v) else v for v in values]}
-                                  for name, kind, values in answer["outputs"]]}
 
 
 def infer_body(content: bytes, header_length: str | None) -> dict:

@@ -67,9 +67,9 @@ def tensors_of(request: pb.ModelInferRequest) -> list[dict]:
 
 def response_of(answer: dict) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(model_name=answer["model_name"], model_version=answer["model_version"], id=answer["id"])
-    for name, kind, values in answer["outputs"]:
-        response.outputs.add(name=name, datatype=kind, shape=[len(values)])
-        response.raw_output_contents.append(raw_contents(kind, values))
+    for tensor in answer["outputs"]:
+        response.outputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+        response.raw_output_contents.append(raw_contents(tensor["datatype"], tensor["data"]))  # null: NaN
     return response
 
 

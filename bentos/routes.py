@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from bentos.config import API_PREFIX
+from bentos.config import API_PREFIX, PROTOCOL_PREFIX
 from bentos.schemas import (
     ChurnBatchRequest,
     ChurnBatchResponse,
@@ -102,7 +102,6 @@ ROUTES = (
 )
 # every path that needs a scope, and the scope
 PATH_SCOPES = {**{route.url: route.scope for route in ROUTES}, "/admin/reload": "admin", "/admin/whoami": "admin"}
-PROTOCOL_PREFIX = "/v2"  # the Open Inference Protocol's routes (bentos/oip.py)
 
 
 def scope_of(path: str) -> str | None:

@@ -77,7 +77,9 @@ RESULTS = ROOT / "loadtests" / "results"
 CHURN_TARGETS = ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop", "f_service_auth", "g_bentoml_api_noop")
 # fraud target -> the server it is sent to: the service and the naive app each serve both routes
 FRAUD_TARGETS = {"h_fraud_service": "a_service", "i_fraud_naive": "b_naive"}
-TARGETS = CHURN_TARGETS + tuple(FRAUD_TARGETS)
+# the Open Inference Protocol's infer by id (churn, one row), sent to the service beside churn-score
+PROTOCOL_TARGETS = {"j_v2_service": "a_service"}
+TARGETS = CHURN_TARGETS + tuple(FRAUD_TARGETS) + tuple(PROTOCOL_TARGETS)
 ROUTE = "/api/v1/inference/churn-score"
 BIN = Path(sys.executable).parent
 # The transaction every fraud request carries: a typical one of the generator's later month (its
@@ -141,12 +143,17 @@ class Route:
 
     path: str
     transaction: dict | None = None  # fraud-detection: the transaction every request carries
+    protocol: bool = False  # the Open Inference Protocol's infer: the id as a one-row BYTES tensor
 
     def body(self, customer_id: str) -> dict:
+        if self.protocol:
+            return {"inputs": [{"name": "customer_id", "datatype": "BYTES", "shape": [1], "data": [customer_id]}]}
         return {"customer_id": customer_id, **({"transaction": self.transaction} if self.transaction else {})}
 
     def around_id(self) -> tuple[str, str]:
         """The JSON body's text before and after the customer id, as the wrk script joins them."""
+        if self.protocol:
+            return '{"inputs":[{"name":"customer_id","datatype":"BYTES","shape":[1],"data":["', '"]}]}'
         transaction = f',"transaction":{json.dumps(self.transaction, separators=(",", ":"))}' if self.transaction else ""
         return '{"customer_id":"', f'"{transaction}}}'
 
@@ -155,15 +162,17 @@ class Route:
         return WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), *self.around_id())
 
 
-ROUTES = {"churn": Route(ROUTE), "fraud": Route("/api/v1/inference/fraud-detection", TRANSACTION)}
+ROUTES = {"churn": Route(ROUTE), "fraud": Route("/api/v1/inference/fraud-detection", TRANSACTION),
+          "v2": Route("/v2/models/churn/infer", protocol=True)}
 
 
 def server_of(target: str) -> str:
-    return FRAUD_TARGETS.get(target, target)
+    return {**FRAUD_TARGETS, **PROTOCOL_TARGETS}.get(target, target)
 
 
 def family_of(target: str) -> str:
-    return "fraud" if target in FRAUD_TARGETS else "churn"
+    """The route a target is sent: churn, fraud or v2."""
+    return "fraud" if target in FRAUD_TARGETS else "v2" if target in PROTOCOL_TARGETS else "churn"
 
 
 def route_of(target: str) -> Route:
@@ -394,7 +403,7 @@ def main(
     connections: Annotated[int, typer.Option(help="wrk connections.")] = 32,
     rate: Annotated[float, typer.Option(help="Fixed offered rate (requests/s) for the latency comparison.")] = 300.0,
     routes: Annotated[str, typer.Option(help="The routes whose targets run, comma-separated: churn (a-g), "
-                                             "fraud (h, i).")] = "churn,fraud",
+                                             "fraud (h, i), v2 (j: the Open Inference Protocol).")] = "churn,fraud,v2",
     only: Annotated[str | None, typer.Option(help=f"Run only these targets, comma-separated ({', '.join(TARGETS)}), "
                                                   "and print them.")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the results; default loadtests/results, for a run of "
@@ -517,14 +526,16 @@ def main(
 RATIOS = (("a_service", "b_naive", 2, "rounds"), ("a_service", "c_noop", 3, "rounds"),
           ("a_service", "g_bentoml_api_noop", 3, "rounds"), ("a_service", "d_canned", 3, "rounds"),
           ("d_canned", "c_noop", 3, "medians"), ("c_noop", "e_asgi_noop", 3, "medians"), ("f_service_auth", "a_service", 3, "medians"),
-          ("h_fraud_service", "i_fraud_naive", 2, "rounds"), ("h_fraud_service", "a_service", 3, "rounds"))
+          ("h_fraud_service", "i_fraud_naive", 2, "rounds"), ("h_fraud_service", "a_service", 3, "rounds"),
+          ("j_v2_service", "a_service", 3, "rounds"))
 
 
 def ratios(results: dict, names: list[str]) -> tuple[dict, dict]:
-    """Per round, (a) against every other churn target and (h) against (i) and (a): each pair ran
-    minutes apart at most, on the same machine; then RATIOS, for the pairs that ran."""
+    """Per round, (a) against every other churn target, (h) against (i) and (a), and (j) against (a):
+    each pair ran minutes apart at most, on the same machine; then RATIOS, for the pairs that ran."""
     per_round = {name: [r["requests_per_s"] for r in results[name]["rounds"]] for name in names}
     pairs = [("a_service", t) for t in CHURN_TARGETS if t != "a_service"] + [("h_fraud_service", t) for t in ("i_fraud_naive", "a_service")]
+    pairs.append(("j_v2_service", "a_service"))
     each = {f"{x[0]}_over_{y[0]}": [round(p / q, 3) for p, q in zip(per_round[x], per_round[y])]
             for x, y in pairs if x in names and y in names}
     medians = {}
@@ -571,6 +582,13 @@ def met(r: dict, names: list[str], rate: float, batch_limit: float) -> dict[str,
     if fraud:
         targets["h idle: p50 of a lone fraud request <= 3 ms"] = fraud["idle"]["p50_ms"] <= 3
         targets[f"h's p99 at {rate:.0f} req/s <= 10 ms"] = fraud["fixed_rate"]["p99_ms"] <= 10
+    if (v2 := r.get("j_v2_service")) and ran("a_service"):
+        # no more than 10% more per request: a request's cost is the inverse of the throughput at saturation
+        targets["j (v2 infer by id) at least 1/1.1 of a's throughput (churn-score, same server)"] = \
+            statistics.median(each["j_over_a"]) >= 1 / 1.1
+        targets["j idle: p50 of a lone v2 infer no more than 1.1x a's"] = v2["idle"]["p50_ms"] <= 1.1 * r["a_service"]["idle"]["p50_ms"]
+    if v2:
+        targets["v2: no non-2xx in any run (j)"] = _clean(r, ["j_v2_service"])
     if fraud_names := [k for k in names if k in FRAUD_TARGETS]:
         targets["fraud: no non-2xx in any run (h, i)"] = _clean(r, fraud_names)
     if agreement := r.get("fraud_agreement"):
@@ -619,7 +637,8 @@ NAMES = {"a_service": "(a) this service", "b_naive": "(b) naive FastAPI + Feast 
          "e_asgi_noop": "(e) bare ASGI no-op on BentoML, same options",
          "f_service_auth": "(f) this service, AUTH_MODE=on (an API key)",
          "g_bentoml_api_noop": "(g) `@bentoml.api` no-op, same options",
-         "h_fraud_service": "(h) this service, fraud-detection", "i_fraud_naive": "(i) naive fraud: FastAPI + Feast + XGBoost"}
+         "h_fraud_service": "(h) this service, fraud-detection", "i_fraud_naive": "(i) naive fraud: FastAPI + Feast + XGBoost",
+         "j_v2_service": "(j) this service, v2 infer by id (churn, one row)"}
 
 
 def _per_round(r: dict, against: str) -> str:
@@ -632,12 +651,13 @@ def render(r: dict) -> str:
     cfg = r["config"]
     names = [key for key in NAMES if key in r]
     fraud = [key for key in names if key in FRAUD_TARGETS]
-    churn = [key for key in names if key not in FRAUD_TARGETS]
-    what = (f"POST churn-score with ids drawn from {cfg['customers']:,} customers." if not fraud else
-            "POST " + " and ".join(f"{route} to {', '.join(f'({k[0]})' for k in keys)}"
-                                   for route, keys in (("churn-score", churn), ("fraud-detection", fraud)) if keys)
-            + f", with ids drawn from {cfg['customers']:,} customers; every fraud request carries the transaction "
-            f"`{json.dumps(cfg['fraud_transaction'])}`.")
+    v2 = [key for key in names if key in PROTOCOL_TARGETS]
+    churn = [key for key in names if key not in FRAUD_TARGETS and key not in PROTOCOL_TARGETS]
+    what = ("POST " + "; ".join(f"{route} to {', '.join(f'({k[0]})' for k in keys)}"
+                                for route, keys in (("churn-score", churn), ("fraud-detection", fraud),
+                                                    ("/v2/models/churn/infer (one customer_id)", v2)) if keys)
+            + f", with ids drawn from {cfg['customers']:,} customers"
+            + (f"; every fraud request carries the transaction `{json.dumps(cfg['fraud_transaction'])}`." if fraud else "."))
     lines = [
         "# Serving benchmark", "",
         f"One run, {cfg['cpus']} CPUs, {cfg['workers']} workers per server, {cfg['online_store']} online store, every server "
@@ -667,7 +687,7 @@ def render(r: dict) -> str:
         batch = r["a_service"]["churn_batch_1000"]
         lines += ["", f"churn-batch of {batch['customers']:,} customers: median {batch['median_ms']} ms, p90 {batch['p90_ms']} ms "
                   f"over {batch['calls']} calls."]
-    for against in ("a", "h"):
+    for against in ("a", "h", "j"):
         if each := _per_round(r, against):
             lines += ["", f"({against}) against each target, round by round (median first): {each}."]
     if r["ratios"]:

@@ -97,7 +97,7 @@ def test_infer_scores_each_row_through_the_family_and_answers_one_tensor_per_fie
     assert outputs["risk_level"]["data"] == ["medium", "", "medium"]
     assert outputs["error"]["data"] == ["", "unknown_customer", ""]
     assert outputs["model_version"]["data"] == ["3", "", "3"]
-    assert outputs["reasons"]["data"][0] == '[{"feature": "days_since_last_txn", "shap_value": 0.5, "direction": "increases risk"}]'
+    assert outputs["reasons"]["data"][0] == '[{"feature":"days_since_last_txn","shap_value":0.5,"direction":"increases risk"}]'
     assert [r["customer_id"] for r in server.families["churn"].handed] == ["C1", "NOBODY", "C3"]
 
 

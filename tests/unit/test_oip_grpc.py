@@ -3,6 +3,7 @@ REST form that bentos/oip.py checks, outputs written as raw contents, and what i
 The service answering over gRPC through Triton's client: tests/integration/test_oip_grpc.py."""
 
 import math
+import struct
 
 import pytest
 from tritonclient.grpc import service_pb2 as pb
@@ -50,9 +51,11 @@ def test_raw_contents_that_do_not_pair_with_the_inputs_or_an_unknown_datatype_ar
 
 def test_outputs_go_as_raw_contents_one_per_output_in_order():
     answer = {"model_name": "fraud", "model_version": "3", "id": "r1", "outputs": [
-        ("fraud_probability", "FP64", [0.25, math.nan]), ("is_fraud", "BOOL", [True, False]), ("error", "BYTES", ["", "unknown_customer"])]}
+        {"name": name, "datatype": kind, "shape": [2], "data": data} for name, kind, data in (
+            ("fraud_probability", "FP64", [0.25, None]), ("is_fraud", "BOOL", [True, False]), ("error", "BYTES", ["", "unknown_customer"]))]}
     response = response_of(answer)
     assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
         ("fraud_probability", "FP64", [2]), ("is_fraud", "BOOL", [2]), ("error", "BYTES", [2])]
     assert response.raw_output_contents[1] == b"\x01\x00"
+    assert math.isnan(struct.unpack("<2d", response.raw_output_contents[0])[1])  # a row not scored: null in JSON, NaN raw
     assert text_elements(response.raw_output_contents[2], "error") == ["", "unknown_customer"]
