@@ -643,7 +643,7 @@ NAMES = {"a_service": "(a) this service", "b_naive": "(b) naive FastAPI + Feast 
 
 def _per_round(r: dict, against: str) -> str:
     """`against`'s ratios to each target, round by round (median first)."""
-    return "; ".join(f"({key.rsplit('_', 1)[1]}) {statistics.median(v)} ({', '.join(map(str, v))})"
+    return "; ".join(f"({key.rsplit('_', 1)[1]}) {round(statistics.median(v), 3)} ({', '.join(map(str, v))})"
                      for key, v in r["ratios_per_round"].items() if key.startswith(f"{against}_over_"))
 
 
