@@ -1,6 +1,7 @@
-"""The Open Inference Protocol (v2, REST), beside the JSON routes: what KServe's, Triton's and
-MLServer's clients and gateways speak. Each family this process serves is a model of that name; its
-versions are the registry versions it serves.
+"""The Open Inference Protocol (v2), beside the JSON routes: what KServe's, Triton's and MLServer's
+clients and gateways speak. Each family this process serves is a model of that name; its versions
+are the registry versions it serves. `Protocol` answers; the REST routes below, the fast path
+(bentos/fastpath.py, for infer) and the gRPC service (bentos/oip_grpc.py) carry its answers.
 
     GET  /v2/health/live   /v2/health/ready           the server (open, like /health)
     GET  /v2                                          the server's metadata
@@ -26,9 +27,11 @@ challenger, name its version. Fraud rows still carry their transaction, which th
 The outputs are the fields of the JSON answer, one tensor each ([N]), then `model_version` and
 `model_role` (BYTES), `reasons` (BYTES: each row's reason codes as JSON text) when the family gives
 them, and `error` (BYTES): a row that could not be scored (a customer the store does not know) has
-its code there and NaN, 0 or "" in the others, and the other rows are answered. A fault of the
-request itself is {"error": "<message>"}, as the protocol has it: 400 for a malformed body or tensor
-(naming the input), 404 for a model this process does not serve or a version it does not.
+its code there and null (NaN in raw gRPC tensors), false, 0 or "" in the others, and the other rows
+are answered. A fault of the request itself is {"error": "<message>"}, as the protocol has it: 400
+for a malformed body or tensor (naming the input), 404 for a model this process does not serve or a
+version it does not. Tensors may come as JSON or in the binary tensor extension (`infer_body`);
+answers are JSON.
 """
 
 from __future__ import annotations
