@@ -153,6 +153,8 @@ class Model:
         tensors, vectors = {}, None
         for tensor in inputs:
             name = tensor.get("name") if isinstance(tensor, dict) else None
+            if not isinstance(name, str):
+                raise ProtocolError(400, f"each input must be an object with a `name`; got {str(tensor)[:100]}")
             if name == FEATURES_INPUT:
                 feature_names = order()
                 vectors = [dict(zip(feature_names, row)) for row in matrix(tensor, len(feature_names))]
@@ -214,18 +216,35 @@ def flat(tensor: dict, kind: str) -> list:
     name, shape, given, data = tensor["name"], tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
     if not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int) or shape[0] < 0:
         raise ProtocolError(400, f"input {name!r}: shape must be [N], one value per row; got {shape!r}")
-    if kind == "BYTES" and given != "BYTES" or kind != "BYTES" and given not in NUMERIC:
+    if kind == "BYTES" and given != "BYTES" or kind != "BYTES" and not (isinstance(given, str) and given in NUMERIC):
         raise ProtocolError(400, f"input {name!r}: datatype must be {'BYTES' if kind == 'BYTES' else 'numeric'}, got {given!r}")
-    while isinstance(data, list) and data and isinstance(data[0], list):  # row-major nesting is allowed
-        data = [x for row in data for x in row]
+    data = flattened(data)
     if not isinstance(data, list) or len(data) != shape[0]:
         raise ProtocolError(400, f"input {name!r}: data must hold {shape[0]} values (its shape), got "
                             f"{len(data) if isinstance(data, list) else type(data).__name__}")
     if kind == "BYTES" and not all(isinstance(x, str) for x in data):
         raise ProtocolError(400, f"input {name!r}: BYTES data must be strings")
-    if kind != "BYTES" and not all(isinstance(x, int | float) and not isinstance(x, bool) for x in data):
-        raise ProtocolError(400, f"input {name!r}: {given} data must be numbers")
+    if kind != "BYTES" and not all(finite(x) for x in data):
+        raise ProtocolError(400, f"input {name!r}: {given} data must be finite numbers")
     return data
+
+
+def flattened(data):
+    """Row-major nesting is allowed: [[a, b], [c, d]] is [a, b, c, d]. Data nested unevenly stays
+    nested, and the checks of its values refuse it."""
+    while isinstance(data, list) and data and all(isinstance(row, list) for row in data):
+        data = [x for row in data for x in row]
+    return data
+
+
+def finite(x) -> bool:
+    """A number, not a boolean, and finite as a float (an integer too large for one is not)."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def matrix(tensor: dict, width: int) -> list[list[float]]:
@@ -234,14 +253,13 @@ def matrix(tensor: dict, width: int) -> list[list[float]]:
     if not isinstance(shape, list) or len(shape) != 2 or shape[1:] != [width] or not isinstance(shape[0], int) or shape[0] < 0:
         raise ProtocolError(400, f"input {FEATURES_INPUT!r}: shape must be [N, {width}] (the model's {width} features, "
                             f"in the order its metadata gives); got {shape!r}")
-    if given not in NUMERIC:
+    if not (isinstance(given, str) and given in NUMERIC):
         raise ProtocolError(400, f"input {FEATURES_INPUT!r}: datatype must be numeric, got {given!r}")
-    while isinstance(data, list) and data and isinstance(data[0], list):  # row-major nesting is allowed
-        data = [x for row in data for x in row]
+    data = flattened(data)
     if not isinstance(data, list) or len(data) != shape[0] * width:
         raise ProtocolError(400, f"input {FEATURES_INPUT!r}: data must hold {shape[0] * width} values (its shape), got "
                             f"{len(data) if isinstance(data, list) else type(data).__name__}")
-    if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in data):
+    if not all(finite(x) for x in data):
         raise ProtocolError(400, f"input {FEATURES_INPUT!r}: {given} data must be finite numbers")
     return [[float(x) for x in data[i:i + width]] for i in range(0, len(data), width)]
 
@@ -371,13 +389,16 @@ def infer_body(content: bytes, header_length: str | None) -> dict:
         content, binary = content[:int(header_length)], content[int(header_length):]
     try:
         body = json.loads(content)
-    except ValueError as e:
-        raise ProtocolError(400, f"the body is not JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes
+        raise ProtocolError(400, f"the body is not JSON: {str(e)[:200]}") from e
     if not isinstance(body, dict):
         raise ProtocolError(400, "the body must be a JSON object with `inputs`")
+    if not isinstance(body.get("id", ""), str):
+        raise ProtocolError(400, "the request's `id` must be a string")
     at = 0
     for tensor in body.get("inputs") if isinstance(body.get("inputs"), list) else ():
-        size = tensor.get("parameters", {}).get("binary_data_size") if isinstance(tensor, dict) else None
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
         if size is None:
             continue
         name, kind = tensor.get("name"), tensor.get("datatype")
@@ -396,7 +417,7 @@ def raw_values(raw: bytes, kind: str, name: str) -> list:
     preceded by its length (4 bytes, little-endian)."""
     if kind == "BYTES":
         return text_elements(raw, name)
-    if kind not in RAW:
+    if not isinstance(kind, str) or kind not in RAW:
         raise ProtocolError(400, f"input {name!r}: unknown datatype {kind!r}")
     if len(raw) % np.dtype(RAW[kind]).itemsize:
         raise ProtocolError(400, f"input {name!r}: {len(raw)} bytes are not a whole number of {kind} values")

@@ -211,3 +211,42 @@ def test_the_fast_path_answers_the_protocols_infer_as_its_rest_route_does(server
     fast = protocol_exchange(TestClient(FastPath(app, server)), path, **request_)
     assert fast == protocol_exchange(TestClient(create_app(server)), path, **request_)
     assert app.calls == (0 if taken else 1)
+
+
+ID_A = {"name": "customer_id", "datatype": "BYTES", "shape": [1], "data": ["A"]}
+# bodies a fuzzer found, or would: each is the client's fault, answered 400 naming what is wrong
+HOSTILE_PROTOCOL_BODIES = {
+    "a name that is a list": ({"inputs": [{**ID_A, "name": ["customer_id"]}]}, "must be an object with a `name`"),
+    "a datatype that is a list": ({"inputs": [{**ID_A, "datatype": ["BYTES"]}]}, "datatype must be BYTES"),
+    "parameters that are a list": ({"inputs": [{**ID_A, "parameters": []}]}, None),  # no binary data: read as JSON, scored
+    "a binary size that is a list": ({"inputs": [{**ID_A, "parameters": {"binary_data_size": [1]}}]}, "binary_data_size [1]"),
+    "an id that is a list": ({"id": ["r"], "inputs": [ID_A]}, "`id` must be a string"),
+    "features with a datatype list": ({"inputs": [ID_A, {"name": "features", "datatype": ["FP32"], "shape": [1, 3],
+                                                         "data": [1, 2, 3]}]}, "datatype must be numeric"),
+    "features nested unevenly": ({"inputs": [ID_A, {"name": "features", "datatype": "FP32", "shape": [1, 3],
+                                                    "data": [[1], 2, 3]}]}, "finite numbers"),
+    "an integer too large for a float": ({"inputs": [ID_A, {"name": "features", "datatype": "INT64", "shape": [1, 3],
+                                                            "data": [10**400, 2, 3]}]}, "finite numbers"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_PROTOCOL_BODIES)
+def test_a_hostile_protocol_body_is_a_400_naming_the_problem_on_both_paths(server, case):
+    body, says = HOSTILE_PROTOCOL_BODIES[case]
+    for app in (FastPath(create_app(server), server), create_app(server)):
+        response = TestClient(app, raise_server_exceptions=False).post("/v2/models/churn/infer", content=json.dumps(body),
+                                                                       headers={"content-type": "application/json"})
+        if says is None:
+            assert response.status_code == 200, response.text
+        else:
+            assert response.status_code == 400 and says in response.json()["error"], response.text
+
+
+def test_a_protocol_body_nested_past_the_json_parser_is_a_400():
+    body = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    server = Server(ServingSettings(families="churn", max_body_bytes=1_000_000))
+    server.families = {"churn": Family(lambda r: {}, SimpleNamespace(info=SimpleNamespace(version="3"), features=["a"]))}
+    for app in (FastPath(create_app(server), server), create_app(server)):
+        response = TestClient(app, raise_server_exceptions=False).post("/v2/models/churn/infer", content=body,
+                                                                       headers={"content-type": "application/json"})
+        assert response.status_code == 400 and "not JSON" in response.json()["error"], response.text
