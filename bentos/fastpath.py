@@ -27,6 +27,7 @@ churn-score answered about half of what a no-op route behind them did (docs/desi
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 from fastapi.responses import Response
@@ -48,6 +49,7 @@ from bentos.handling import (
 from bentos.oip import BINARY_HEADER, Protocol, ProtocolError, infer_body, protocol_error_response
 from bentos.routes import ROUTES, Route, protocol_infer
 
+log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(REQUEST_ID_PATTERN.removeprefix("^").removesuffix("$"))  # matched whole, as pydantic does
 
 
@@ -110,6 +112,10 @@ class FastPath:
             return await Response(content, e.status, refused_headers, "application/json")(scope, receive, send)
         except ScoringFailed as e:
             return await scoring_failed_response(e, self.retry_after_s)(scope, receive, send)
+        except Exception:  # a fault of ours in reading the request: answer it, or BentoML's timeout waits 10 s for nothing
+            log.exception("v2/models/%s/infer: the request could not be read", name)
+            failed = ScoringFailed("the request could not be scored; the service's log has the cause")
+            return await scoring_failed_response(failed, self.retry_after_s)(scope, receive, send)
         content = to_json(answer)
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-length", b"%d" % len(content)), (b"content-type", b"application/json"),

@@ -250,3 +250,14 @@ def test_a_protocol_body_nested_past_the_json_parser_is_a_400():
         response = TestClient(app, raise_server_exceptions=False).post("/v2/models/churn/infer", content=body,
                                                                        headers={"content-type": "application/json"})
         assert response.status_code == 400 and "not JSON" in response.json()["error"], response.text
+
+
+def test_a_fault_of_ours_on_the_protocols_fast_path_is_a_503_at_once_not_a_request_left_unanswered(server, monkeypatch):
+    """An exception out of the middleware would leave BentoML's timeout waiting its 10 s, then a 500."""
+    def broken(*_):
+        raise AttributeError("a bug")
+
+    monkeypatch.setattr("bentos.fastpath.infer_body", broken)
+    response = TestClient(FastPath(create_app(server), server), raise_server_exceptions=False).post(
+        "/v2/models/churn/infer", json={"inputs": [ID_A]})
+    assert response.status_code == 503 and response.json()["error"] == "scoring_failed"
