@@ -1,9 +1,10 @@
 """The dev overlay run as a cluster would run it (tests/pods/conftest.py): every pod probed in
 time, every container as unprivileged as its manifest says, the serving pod answering from the
-features job's rows and the registry pod's models, the jobs exiting 0, the dashboard rendering,
+features job's rows and the registry pod's models, the jobs doing their work, the dashboard rendering,
 and a stop within the grace period that loses no accepted request. The tests run in file order:
 the last one stops the serving pod."""
 
+import re
 import subprocess
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.families import FAMILIES
 from core.schema import CHANNELS, MERCHANT_CATEGORIES
 from pods.cluster import TRAINING_JOB
 from tests.pods.conftest import API, assert_probed_in_time, assert_unprivileged, client, free_port, running
@@ -109,10 +111,17 @@ def test_the_serving_pod_follows_the_registry_of_the_mlflow_pod_on_the_postgres_
     assert status["registry_error"] is None
 
 
-def test_the_drift_report_and_retention_cronjobs_exit_0_and_a_retraining_dry_run_ends_its_cycle(dev):
-    for job in ("fintech-drift-report", "fintech-inference-log-retention"):
-        code, logs = dev.job(job)
-        assert code == 0, (job, logs[-3000:])
+def test_the_drift_cronjob_reports_on_each_family_the_retention_one_exits_0_and_a_retraining_dry_run_ends_its_cycle(dev):
+    code, logs = dev.job("fintech-drift-report")
+    # a report per family from the log the serving pod wrote; the job's exit 1 is its verdict on that
+    # log (a share of drifted features above its --fail-above), which this suite's traffic decides: a
+    # few customers asked for many times is a window unlike the population, and may be called drifted
+    for family in FAMILIES:
+        assert re.search(rf"^{family} version \d+: \d+ of \d+ features drifted", logs, re.MULTILINE), (family, logs[-3000:])
+    assert not re.search(r"^error:", logs, re.MULTILINE), logs[-3000:]
+    assert code == 0 or (code == 1 and "is above 0.1" in logs), logs[-3000:]
+    code, logs = dev.job("fintech-inference-log-retention")
+    assert code == 0, logs[-3000:]
     retrain = dev.plan.jobs["fintech-retrain-churn"].containers[0]
     code, logs = dev.job("fintech-retrain-churn", [*retrain.command, "--dry-run"], {"RETRAIN_BUDGET_MIN": "1"})
     # the cycle searched, registered and guarded against the serving pod; on the seed's small data the
