@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +73,11 @@ class ServingSettings(BaseSettings):
     inference_log_dir: Path | None = Field(None, description="Where the inference log is written [default DATA_DIR/inference_log].")
     inference_log_flush_s: float = Field(2.0, gt=0, description=(
         "The inference log is written every this many seconds (or 5,000 rows), and at shutdown."))
+    inference_log_journal: Literal["write", "fsync", "off"] = Field("write", description=(
+        "Each scored batch goes to the inference log's journal before its answers leave. `write`: to the "
+        "operating system, so an answered decision survives the process being killed (an OOM kill, a "
+        "SIGKILL); `fsync`: to the disk, so it survives the machine failing too; `off`: held in memory until "
+        "the next file, so a kill loses up to inference_log_flush_s of answered decisions."))
     inference_log_max_rows: int = Field(100_000, ge=1, description=(
         "Predictions a family holds in memory while its inference log cannot be written (about 0.5 KB each "
         "for churn); past this the oldest are dropped and counted in fintech_inference_log_dropped_rows_total."))

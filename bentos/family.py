@@ -171,7 +171,7 @@ class FamilyServer:
         if serving.inference_log:
             self.inference_log = InferenceLog(serving.inference_log_dir or settings.data_dir / "inference_log", self.family,
                                               flush_s=serving.inference_log_flush_s, on_backlog=self._backlog,
-                                              max_rows=serving.inference_log_max_rows,
+                                              max_rows=serving.inference_log_max_rows, journal=serving.inference_log_journal,
                                               on_dropped=metrics().log_dropped.labels(self.family).inc).start()
             self._backlog(0)  # the series exists from the first scrape, not from the first flush
         self.shadow = ShadowRunner(self.family, settings.data_dir / "logs" / "shadow", self.inference_log)

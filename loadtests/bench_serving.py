@@ -23,7 +23,10 @@ The targets, each on 2 worker processes, the same machine, store, model and load
       fixed transaction (TRANSACTION) for a customer drawn as churn's are;
   (i) the same requests to the naive design's fraud route, on (b)'s server (the FeatureService of
       the fraud version packed in the bento, fraud_v2 after `make up`, through
-      `get_online_features`, its on-demand views fed the transaction; XGBoost per request).
+      `get_online_features`, its on-demand views fed the transaction; XGBoost per request);
+  (j) the Open Inference Protocol's infer by id on (a)'s server, one customer_id per request;
+  (k) (a) without the inference log: what keeping, chaining and journaling each decision before it
+      is answered, and writing the files, cost.
 Before the rounds, (h) and (i) answer the same requests (the fixed transaction for 100 customers,
 100 replayed transactions, an unknown customer): the results say whether their probabilities,
 decisions and versions agree (`fraud_agreement`).
@@ -74,7 +77,8 @@ from loadtests.servers import ROOT, ServerDidNotStart, free_port, start, stop
 from loadtests.stall_probe import StallProbe
 
 RESULTS = ROOT / "loadtests" / "results"
-CHURN_TARGETS = ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop", "f_service_auth", "g_bentoml_api_noop")
+CHURN_TARGETS = ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop", "f_service_auth", "g_bentoml_api_noop",
+                 "k_service_no_log")
 # fraud target -> the server it is sent to: the service and the naive app each serve both routes
 FRAUD_TARGETS = {"h_fraud_service": "a_service", "i_fraud_naive": "b_naive"}
 # the Open Inference Protocol's infer by id (churn, one row), sent to the service beside churn-score
@@ -451,6 +455,7 @@ def main(
         "e_asgi_noop": ([bentoml, "serve", "loadtests.baselines.asgi_noop_service:AsgiNoopAPI"], "/readyz", plain),
         "f_service_auth": ([bentoml, "serve", "bentos.service:FintechAPI"], "/ready", auth),
         "g_bentoml_api_noop": ([bentoml, "serve", "loadtests.baselines.bentoml_api_noop_service:BentoApiNoop"], "/readyz", plain),
+        "k_service_no_log": ([bentoml, "serve", "bentos.service:FintechAPI"], "/ready", {**plain, "SERVING_INFERENCE_LOG": "false"}),
     }
     scripts = {}
     for name in names:
@@ -527,7 +532,7 @@ RATIOS = (("a_service", "b_naive", 2, "rounds"), ("a_service", "c_noop", 3, "rou
           ("a_service", "g_bentoml_api_noop", 3, "rounds"), ("a_service", "d_canned", 3, "rounds"),
           ("d_canned", "c_noop", 3, "medians"), ("c_noop", "e_asgi_noop", 3, "medians"), ("f_service_auth", "a_service", 3, "medians"),
           ("h_fraud_service", "i_fraud_naive", 2, "rounds"), ("h_fraud_service", "a_service", 3, "rounds"),
-          ("j_v2_service", "a_service", 3, "rounds"))
+          ("j_v2_service", "a_service", 3, "rounds"), ("a_service", "k_service_no_log", 3, "rounds"))
 
 
 def ratios(results: dict, names: list[str]) -> tuple[dict, dict]:
@@ -570,6 +575,9 @@ def met(r: dict, names: list[str], rate: float, batch_limit: float) -> dict[str,
         targets["a idle: p50 of a lone request <= 5 ms"] = service["idle"]["p50_ms"] <= 5
         targets[f"a's p99 at {rate:.0f} req/s <= 15 ms"] = service["fixed_rate"]["p99_ms"] <= 15
         targets[f"churn-batch of 1,000: median < {batch_limit} ms"] = service["churn_batch_1000"]["median_ms"] < batch_limit
+    if ran("a_service") and ran("k_service_no_log"):
+        # each decision kept, chained and in the journal before it is answered, against no log at all
+        targets["a at least 0.95x k's throughput (the inference log costs at most 5%)"] = statistics.median(each["a_over_k"]) >= 0.95
     if churn := [k for k in names if k in CHURN_TARGETS]:
         targets["no non-2xx in any run"] = _clean(r, churn)
     fraud, naive = r.get("h_fraud_service"), r.get("i_fraud_naive")
@@ -638,7 +646,8 @@ NAMES = {"a_service": "(a) this service", "b_naive": "(b) naive FastAPI + Feast 
          "f_service_auth": "(f) this service, AUTH_MODE=on (an API key)",
          "g_bentoml_api_noop": "(g) `@bentoml.api` no-op, same options",
          "h_fraud_service": "(h) this service, fraud-detection", "i_fraud_naive": "(i) naive fraud: FastAPI + Feast + XGBoost",
-         "j_v2_service": "(j) this service, v2 infer by id (churn, one row)"}
+         "j_v2_service": "(j) this service, v2 infer by id (churn, one row)",
+         "k_service_no_log": "(k) this service without the inference log (SERVING_INFERENCE_LOG=false)"}
 
 
 def _per_round(r: dict, against: str) -> str:

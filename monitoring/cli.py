@@ -4,6 +4,9 @@
     python -m monitoring drift-report --model churn --reference training # against its training rows instead
     python -m monitoring drift-report --model fraud --current window.parquet --fail-above 0.3
     python -m monitoring drift-report --model churn --labels outcomes.csv # adds quality
+    python -m monitoring verify                                          # the inference log against its chain
+    python -m monitoring replay --model churn                            # its decisions, scored again
+    python -m monitoring recover-log                                     # journals a killed service left
 
 Each report goes to DATA_DIR/reports/drift/<model>-<time>/ (drift.html, drift.json, summary.json,
 and quality.html when labels are given) and into the Evidently workspace DATA_DIR/evidently,
@@ -23,7 +26,7 @@ import typer
 from core.families import FAMILIES
 from core.settings import get_settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Monitoring: drift reports.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Monitoring: drift reports, and the inference log's checks.")
 log = logging.getLogger(__name__)
 
 
@@ -160,6 +163,8 @@ def prune_log(
     data: customer ids and their feature values). Run daily by the CronJob fintech-inference-log-retention."""
     import shutil
 
+    from core.decision_log import note_pruned
+
     settings = get_settings()
     oldest = (datetime.now(UTC) - timedelta(days=days)).date()
     removed = 0
@@ -169,8 +174,97 @@ def prune_log(
         except ValueError:
             continue  # not a day's folder of the log
         if day < oldest:
+            note_pruned(folder)  # where each writer's chain now starts, for `verify`
             shutil.rmtree(folder)
             removed += 1
             log.info("removed %s (older than %d days)", folder, days)
     typer.echo(f"removed {removed} day(s) of the inference log older than {oldest} (retention {days} days)")
 
+
+
+def _families(model: str | None) -> list[str]:
+    if model is not None and model not in FAMILIES:
+        raise typer.BadParameter(f"choose one of {', '.join(FAMILIES)}", param_hint="--model")
+    return [model] if model else list(FAMILIES)
+
+
+@app.command("verify")
+def verify(
+    model: Annotated[str | None, typer.Option(help="One family (default: every family with a log).")] = None,
+    log_dir: Annotated[Path | None, typer.Option(help="The inference log (default: DATA_DIR/inference_log).")] = None,
+) -> None:
+    """Check the inference log against its hash chain: name every row edited, removed, reordered or
+    inserted, and print each writer's head (its last row and chain) to compare with the one the
+    service logged. Exit 1 when anything is found."""
+    from monitoring.integrity import check_chain
+
+    root = log_dir or get_settings().data_dir / "inference_log"
+    found = 0
+    for family in _families(model):
+        if not (root / family).exists():
+            continue
+        report = check_chain(root / family, family)
+        broken = [f for f in report.findings if f.kind != "unchained"]
+        found += len(broken)
+        typer.echo(f"{family}: {report.rows:,} rows of {report.writers} writer(s), "
+                   + (f"{len(broken)} finding(s)" if broken else "the chain holds"))
+        for finding in report.findings:
+            typer.secho(f"  {finding}", fg="red" if finding.kind != "unchained" else None)
+        for writer, (seq, chain) in sorted(report.heads.items()):
+            typer.echo(f"  head {writer}: seq {seq} {chain}")
+    if found:
+        raise typer.Exit(1)
+
+
+@app.command("replay")
+def replay_log(
+    model: Annotated[str, typer.Option(help="The family whose decisions to replay.")],
+    since: Annotated[datetime | None, typer.Option(help="From this time (UTC) [default: 24 hours before --until].")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Until this time (UTC) [default: now].")] = None,
+    log_dir: Annotated[Path | None, typer.Option(help="The inference log (default: DATA_DIR/inference_log).")] = None,
+) -> None:
+    """Score the logged decisions of a window again, each with its logged version and features, and
+    say how many come out exactly as logged (score and decision). Exit 1 when any does not."""
+    from core.registry import RegistryUnavailable
+    from monitoring.drift import read_log
+    from monitoring.integrity import replay
+    from scoring.loading import from_registry
+
+    settings = get_settings()
+    _families(model)
+    until = until or datetime.now(UTC)
+    since = since or until - timedelta(hours=24)
+    try:
+        window = read_log((log_dir or settings.data_dir / "inference_log") / model, since, until,
+                          roles=("champion", "challenger", "shadow"), overridden=True)
+        report = replay(window, model, lambda version: from_registry(model, version, settings.tracking_uri,
+                                                                     settings.data_dir / "model_cache"))
+    except (ValueError, RegistryUnavailable, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"{model}: {report.reproduced:,} of {report.rows:,} logged decisions reproduced exactly "
+               f"({since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC)")
+    for version, (rows, same) in report.by_version.items():
+        typer.echo(f"  version {version}: {same:,} of {rows:,}")
+    for difference in report.differences:
+        typer.secho(f"  differs: {json.dumps(difference)}", fg="red")
+    if report.reproduced != report.rows:
+        raise typer.Exit(1)
+
+
+@app.command("recover-log")
+def recover_log(
+    log_dir: Annotated[Path | None, typer.Option(help="The inference log (default: DATA_DIR/inference_log).")] = None,
+) -> None:
+    """Write the journals that stopped services left (killed before their last rows were written
+    as files) into the log, for every family. A running service's journal is left alone; a
+    service does this itself when it starts."""
+    from core.decision_log import recover
+
+    root = log_dir or get_settings().data_dir / "inference_log"
+    rows = 0
+    for family in FAMILIES:
+        for path, count in recover(root / family, family) if (root / family).exists() else []:
+            typer.echo(f"{family}: {count:,} rows to {path}")
+            rows += count
+    typer.echo(f"recovered {rows:,} rows from stopped services' journals")

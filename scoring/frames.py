@@ -32,6 +32,12 @@ class FrameReader:
 def score_frame(loaded, frame: pd.DataFrame) -> np.ndarray:
     """The version's score of each row of `frame` (which holds at least its features; NaN where a
     value is missing): churn or fraud probability, or segment id."""
+    return scored_frame(loaded, frame)[0]
+
+
+def scored_frame(loaded, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """Each row's score, and its decision as the inference log writes it (risk level, is_fraud,
+    segment name, as text)."""
     features = loaded.metadata["features"]
     if missing := [name for name in features if name not in frame.columns]:
         raise ValueError(f"the table lacks {len(missing)} feature(s) of {loaded.family} version {loaded.version}: "
@@ -41,10 +47,11 @@ def score_frame(loaded, frame: pd.DataFrame) -> np.ndarray:
     except (TypeError, ValueError) as e:
         raise ValueError(f"a feature column of the table is not numeric: {e}") from e
     scorer = build_scorer(loaded, loaded.info("offline"), FrameReader(table), top_reasons=0)
-    field = FAMILIES[loaded.family].score_field
-    scores = np.empty(len(table))
+    family = FAMILIES[loaded.family]
+    scores, decisions = np.empty(len(table)), []
     for start in range(0, len(table), CHUNK_ROWS):
         requests = [{"customer_id": str(i)} for i in range(start, min(start + CHUNK_ROWS, len(table)))]
         results = scorer.score(requests, reasons=False)
-        scores[start:start + len(requests)] = [result[field] for result in results]
-    return scores
+        scores[start:start + len(requests)] = [result[family.score_field] for result in results]
+        decisions += [str(result[family.decision_field]) for result in results]
+    return scores, decisions

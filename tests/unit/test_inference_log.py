@@ -60,9 +60,11 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(pq, "write_table", disk_full)
     with pytest.raises(OSError, match="No space"):
         log.flush()
-    assert [p.name for p in (tmp_path / "log").rglob("*") if p.is_file()] == []
+    files = [p.relative_to(tmp_path / "log" / "churn") for p in (tmp_path / "log").rglob("*") if p.is_file()]
+    assert [p.parent.name for p in files] == ["_journal"]  # the rows wait in the journal, and nothing else was left
     monkeypatch.undo()
     assert log.flush() == 10
+    assert not any((tmp_path / "log" / "churn" / "_journal").iterdir())  # written: the journal let go of them
     log.close()
 
 
