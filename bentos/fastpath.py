@@ -87,7 +87,6 @@ class FastPath:
             (b"x-request-id", request["request_id"].encode())]})
         await send({"type": "http.response.body", "body": content})
 
-
     async def infer(self, scope, receive, send, name: str, version: str | None):
         """The protocol's infer, as the REST route answers it (bentos/oip.py)."""
         headers: dict[bytes, bytes] = {}

@@ -134,6 +134,7 @@ class Model:
         special = {"model_version": lambda r: r["model"]["version"], "model_role": lambda r: r["model"]["role"],
                    "reasons": reasons_text, "error": lambda r: ""}
         self.getters = [special.get(name) or itemgetter(name) for name in self.outputs]
+        self.read = list(zip(self.outputs, self.outputs.values(), self.getters))  # name, datatype, getter
 
     def metadata(self, versions: list[str], feature_names: list[str]) -> dict:
         """`feature_names`: the order of the `features` input, the version's the metadata describes."""
@@ -150,6 +151,8 @@ class Model:
         that is wrong."""
         if not isinstance(inputs, list) or not inputs:
             raise ProtocolError(400, "the request needs `inputs`, a list of tensors")
+        if not self.nested and len(inputs) == 1 and (one := lone_id(inputs[0])) is not None:
+            return [{ID_INPUT: one}], None  # one customer_id, the commonest request: what the loop below makes of it
         tensors, vectors = {}, None
         for tensor in inputs:
             name = tensor.get("name") if isinstance(tensor, dict) else None
@@ -191,6 +194,8 @@ class Model:
 
     def answer(self, results: list[dict]) -> list[dict]:
         """The output tensors of the rows' results, in the REST form ({name, datatype, shape, data})."""
+        if len(results) == 1 and "error" not in results[0]:  # one scored row, the commonest answer
+            return [{"name": name, "datatype": kind, "shape": [1], "data": [get(results[0])]} for name, kind, get in self.read]
         columns = [[] for _ in self.outputs]
         empty = [EMPTY[kind] for kind in self.outputs.values()]
         for r in results:
@@ -203,6 +208,17 @@ class Model:
                     column.append(get(r))
         return [{"name": name, "datatype": kind, "shape": [len(results)], "data": column}
                 for (name, kind), column in zip(self.outputs.items(), columns)]
+
+
+def lone_id(tensor) -> str | None:
+    """The id of a tensor that is exactly one customer_id (BYTES, shape [1], one string), else None."""
+    shape = tensor.get("shape") if isinstance(tensor, dict) else None
+    if isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int) and shape[0] == 1 and \
+            tensor.get("name") == ID_INPUT and tensor.get("datatype") == "BYTES":
+        data = tensor.get("data")
+        if isinstance(data, list) and len(data) == 1 and isinstance(data[0], str):
+            return data[0]
+    return None
 
 
 def reasons_text(result: dict) -> str:
@@ -273,13 +289,17 @@ class Protocol:
         self.models = {route.family: Model(route) for route in ROUTES
                        if route.handler == "score" and route.family in server.serving.served()}
         self.max_rows = server.serving.max_batch_ids
+        self._layouts: dict[str, tuple] = {}  # family -> (its live set, each version's feature order)
 
     def model_of(self, name: str, version: str | None) -> tuple[Model, dict[str, list[str]]]:
         """The model, and the feature order of each version the request may reach (the champion's first)."""
         if name not in self.models:
             raise ProtocolError(404, f"model {name!r} is not served here; served: {', '.join(self.models) or 'none'}")
-        scorers = self.server.families[name].versions.live.scorers  # the champion first (bentos/versions.py)
-        layouts = {scorer.info.version: scorer.features for scorer in scorers.values()}
+        live = self.server.families[name].versions.live
+        cached = self._layouts.get(name)
+        if cached is None or cached[0] is not live:  # built once per live set: it changes only when the registry does
+            cached = self._layouts[name] = (live, {scorer.info.version: scorer.features for scorer in live.scorers.values()})
+        layouts = cached[1]  # the champion first (bentos/versions.py)
         if version is not None and version not in layouts:
             raise ProtocolError(404, f"model {name!r} has no version {version!r} served here; served: {', '.join(layouts)}")
         return self.models[name], {version: layouts[version]} if version else layouts
@@ -311,9 +331,12 @@ class Protocol:
             family = self.server.families[name]
             # one row awaited as churn-score awaits it: a task of its own would join its batch one turn of the loop later
             results = [await family.score(requests[0])] if len(requests) == 1 else await asyncio.gather(*map(family.score, requests))
-            if refused := next((r for r in results if r.get("error") == UNKNOWN_VERSION), None):
-                raise ProtocolError(404, refused["detail"])
-            answered = next((r for r in results if "error" not in r), {})
+            answered = {}
+            for r in results:
+                if "error" not in r:
+                    answered = answered or r
+                elif r["error"] == UNKNOWN_VERSION:
+                    raise ProtocolError(404, r["detail"])
             labels.update(answered_by(answered))
             return {"model_name": name, "model_version": answered.get("model", {}).get("version", version or ""),
                     "id": body.get("id") or who["request_id"], "outputs": model.answer(results)}
