@@ -76,8 +76,9 @@ class ServingSettings(BaseSettings):
     inference_log_journal: Literal["write", "fsync", "off"] = Field("write", description=(
         "Each scored batch goes to the inference log's journal before its answers leave. `write`: to the "
         "operating system, so an answered decision survives the process being killed (an OOM kill, a "
-        "SIGKILL); `fsync`: to the disk, so it survives the machine failing too; `off`: held in memory until "
-        "the next file, so a kill loses up to inference_log_flush_s of answered decisions."))
+        "SIGKILL); `fsync`: to the disk, so it survives the machine failing too. Both number and chain the "
+        "rows (`python -m monitoring verify`). `off`: the log as it was before: held in memory until the next "
+        "file, so a kill loses up to inference_log_flush_s of answered decisions, and not chained."))
     inference_log_max_rows: int = Field(100_000, ge=1, description=(
         "Predictions a family holds in memory while its inference log cannot be written (about 0.5 KB each "
         "for churn); past this the oldest are dropped and counted in fintech_inference_log_dropped_rows_total."))

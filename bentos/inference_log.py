@@ -14,8 +14,9 @@ are 0640 and folders 0750 (the service's group reads them: the jobs run in it), 
 A model service appends each scored batch as it is scored, before the answers leave: the batch is
 numbered and chained, written to the writer's journal (`journal`: `write` hands it to the operating
 system, which keeps it if the process is killed; `fsync` also waits for the disk, which keeps it if
-the machine fails; `off` keeps it in memory only, as the log did before the journal, and a kill
-loses what was not yet written) and held in memory; a background thread (`start()`) writes what has
+the machine fails) and held in memory. `off` is the log as it was before the journal: rows held in
+memory only, so a kill loses what was not yet written, and not chained either (recovery tells the
+rows a file already holds by their numbers). a background thread (`start()`) writes what has
 gathered as one Parquet file every `flush_s` seconds or `flush_rows` rows and then removes the
 journal segments it covered; `close()`, called when the service stops, writes the rest. A journal
 left by a process that died is written as Parquet by the next log of its family to start
@@ -105,9 +106,10 @@ class InferenceLog:
             np.vstack([result.pop(FEATURES_KEY) for _, result in rows]),
         )
         with self._lock:  # one order for the chain, the journal and the files
-            self._head = batch.link(self.family, self._head, self._seq + 1)
-            self._seq += len(batch)
-            self._journaled(batch)
+            if self.journal != "off":
+                self._head = batch.link(self.family, self._head, self._seq + 1)
+                self._seq += len(batch)
+                self._journaled(batch)
             self._pending.append(batch)
             self._pending_rows += len(batch)
             dropped = self._keep_within_bound()
@@ -118,8 +120,6 @@ class InferenceLog:
     def _journaled(self, batch: Batch) -> None:
         """Append the batch to the journal (with the lock held). A journal that cannot be written
         leaves the batch in memory only, as with `journal=off`, and says why in write_error."""
-        if self.journal == "off":
-            return
         try:
             if self._journal_fd is None:
                 self._segment += 1

@@ -130,14 +130,17 @@ def table_of(family: str, batches: list[Batch]):
             "score": pa.array(np.concatenate([b.scores for b in chosen]), pa.float64()),
             "decision": pa.array([d for b in chosen for d in b.decisions], pa.string()),
             "overridden": pa.array([o for b in chosen for o in b.overridden], pa.bool_()),
-            "seq": pa.array(np.concatenate([np.arange(b.first_seq, b.first_seq + len(b)) for b in chosen]), pa.int64()),
-            "chain": pa.array([c for b in chosen for c in b.chain], pa.string()),
         }
+        if all(b.chain for b in chosen):  # numbered and chained (a log with its journal off is neither)
+            columns["seq"] = pa.array(np.concatenate([np.arange(b.first_seq, b.first_seq + len(b)) for b in chosen]), pa.int64())
+            columns["chain"] = pa.array([c for b in chosen for c in b.chain], pa.string())
         # from_pandas: a missing feature (NaN) is stored as null, as pandas stored it
         columns |= {name: pa.array(matrix[:, i], pa.float64(), from_pandas=True) for i, name in enumerate(features)}
         tables.append(pa.table(columns))
     table = pa.concat_tables(tables, promote_options="default")
-    return table.take(np.argsort(table["seq"].to_numpy(), kind="stable")) if len(tables) > 1 else table
+    if len(tables) == 1 or "seq" not in table.column_names:
+        return table
+    return table.take(np.argsort(table["seq"].to_numpy(), kind="stable"))
 
 
 def write_file(directory: Path, family: str, writer: str, number: int, batches: list[Batch], durable: bool = False) -> Path:
@@ -146,9 +149,10 @@ def write_file(directory: Path, family: str, writer: str, number: int, batches: 
     import pyarrow.parquet as pq
 
     table = table_of(family, batches)
-    features = {b.version: list(b.features) for b in batches}
-    table = table.replace_schema_metadata({WRITER_KEY: writer.encode(), FILE_KEY: str(number).encode(),
-                                           PREVIOUS_KEY: batches[0].previous.encode(), FEATURES_KEY: json.dumps(features).encode()})
+    if "chain" in table.column_names:  # what `verify` needs to follow the chain through the file
+        features = {b.version: list(b.features) for b in batches}
+        table = table.replace_schema_metadata({WRITER_KEY: writer.encode(), FILE_KEY: str(number).encode(),
+                                               PREVIOUS_KEY: batches[0].previous.encode(), FEATURES_KEY: json.dumps(features).encode()})
     when = batches[0].time
     folder = directory / f"date={when:%Y-%m-%d}"
     folder.mkdir(mode=0o750, parents=True, exist_ok=True)

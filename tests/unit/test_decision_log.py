@@ -163,3 +163,13 @@ def test_days_the_retention_removed_are_not_taken_for_tampering(written):
     assert check_chain(directory, "churn").findings == []
     (directory / "_pruned.jsonl").unlink()  # the same files gone without the note: removed
     assert [f.kind for f in check_chain(directory, "churn").findings] == ["removed"]
+
+
+def test_a_log_with_its_journal_off_is_written_unchained_and_verify_says_so(tmp_path):
+    log = InferenceLog(tmp_path, "churn", flush_s=60, journal="off")
+    append(log, 0, 10)
+    assert not (tmp_path / "churn" / JOURNAL).exists()
+    log.close()
+    [file] = log_files(tmp_path / "churn")
+    assert file.writer is None and "chain" not in pq.read_schema(file.path).names
+    assert [f.kind for f in check_chain(tmp_path / "churn", "churn").findings] == ["unchained"]
