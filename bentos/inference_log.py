@@ -12,13 +12,14 @@ are 0640 and folders 0750 (the service's group reads them: the jobs run in it), 
 `python -m monitoring prune-log` removes the days past the retention.
 
 A model service appends each scored batch as it is scored, before the answers leave: the batch is
-numbered and chained, written to the writer's journal (`journal`: `write` hands it to the operating
-system, which keeps it if the process is killed; `fsync` also waits for the disk, which keeps it if
-the machine fails) and held in memory. `off` is the log as it was before the journal: rows held in
-memory only, so a kill loses what was not yet written, and not chained either (recovery tells the
-rows a file already holds by their numbers). a background thread (`start()`) writes what has
-gathered as one Parquet file every `flush_s` seconds or `flush_rows` rows and then removes the
-journal segments it covered; `close()`, called when the service stops, writes the rest. A journal
+numbered, written to the writer's journal (`journal`: `write` hands it to the operating system,
+which keeps it if the process is killed; `fsync` also waits for the disk, which keeps it if the
+machine fails) and held in memory. A background thread (`start()`) chains the rows gathered (a
+row's chain follows from its content and the row before it, so it is computed off the request
+path), writes them as one Parquet file every `flush_s` seconds or `flush_rows` rows, and then
+removes the journal segments it covered. `off` is the log as it was before the journal: rows held
+in memory only, so a kill loses what was not yet written, and not numbered or chained either
+(recovery tells the rows a file already holds by their numbers); `close()`, called when the service stops, writes the rest. A journal
 left by a process that died is written as Parquet by the next log of its family to start
 (`recover`), or by `python -m monitoring recover-log`. Rows that could not be scored (unknown
 customer, invalid feature) are not predictions and are not logged; the metrics count them.
@@ -67,7 +68,7 @@ class InferenceLog:
         self.write_error: str | None = None  # why the last write failed, until one succeeds
         self._pending: list[Batch] = []
         self._pending_rows = 0
-        self._seq, self._head = 0, GENESIS  # the writer's last row number and chain
+        self._seq, self._head = 0, GENESIS  # the writer's last row number, and the last chain it wrote
         self._segment = 0  # the journal segment being appended to (its descriptor: _journal_fd)
         self._journal_fd: int | None = None
         self._covered: list[tuple[Path, int]] = []  # closed segments whose rows are not in a file yet, still locked
@@ -105,10 +106,9 @@ class InferenceLog:
             [float(result[score_key]) for _, result in rows], [str(result[decision_key]) for _, result in rows],
             np.vstack([result.pop(FEATURES_KEY) for _, result in rows]),
         )
-        with self._lock:  # one order for the chain, the journal and the files
+        with self._lock:  # one order for the numbers, the journal and the files
             if self.journal != "off":
-                self._head = batch.link(self.family, self._head, self._seq + 1)
-                self._seq += len(batch)
+                batch.first_seq, self._seq = self._seq + 1, self._seq + len(batch)
                 self._journaled(batch)
             self._pending.append(batch)
             self._pending_rows += len(batch)
@@ -185,6 +185,10 @@ class InferenceLog:
             if not batches:
                 self._forget(covered)
                 return 0
+            if self.journal != "off":
+                for batch in batches:  # in their order; those put back by a failed write are chained already
+                    if not batch.chain:
+                        self._head = batch.link(self.family, self._head)
             try:
                 path = write_file(self.directory, self.family, self.writer, self._files + 1, batches, self.journal == "fsync")
             except Exception:
@@ -200,9 +204,9 @@ class InferenceLog:
             with self._lock:
                 self._pending_rows -= written
             self.written_rows += written
-            # the chain's head, outside the files: what `python -m monitoring verify` shows can be checked against it
-            log.info("%s: %d rows to %s; chain head %d %s", self.family, written, path.name,
-                     batches[-1].first_seq + len(batches[-1]) - 1, batches[-1].chain[-1])
+            if batches[-1].chain:  # the chain's head, outside the files: what `monitoring verify` shows is checked against it
+                log.info("%s: %d rows to %s; chain head %d %s", self.family, written, path.name,
+                         batches[-1].first_seq + len(batches[-1]) - 1, batches[-1].chain[-1])
             return written
 
     @staticmethod

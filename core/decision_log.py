@@ -14,9 +14,10 @@ with). The chain has no key: it shows what changed to whoever holds a head the w
 (each file written is logged with its last `seq` and `chain`), not to whoever can rewrite the
 files and every later record.
 
-The journal is a writer's batches as they are scored, appended (and, with `fsync`, flushed to the
-disk) before the answers leave: a process killed at any moment has every answered decision in its
-journal, and `recover` turns a dead writer's journal into Parquet files of the same chain.
+The journal is a writer's batches as they are scored, numbered and appended (and, with `fsync`,
+flushed to the disk) before the answers leave: a process killed at any moment has every answered
+decision in its journal, and `recover` turns a dead writer's journal into Parquet files that carry
+its chain on from its last file. The chain itself is computed when the rows are written as a file.
 """
 
 from __future__ import annotations
@@ -69,15 +70,16 @@ class Batch:
     def __len__(self) -> int:
         return len(self.request_ids)
 
-    def link(self, family: str, previous: str, first_seq: int) -> str:
-        """Number and chain the rows after `previous`; the last row's chain."""
-        self.previous, self.first_seq, self.chain = previous, first_seq, []
+    def link(self, family: str, previous: str) -> str:
+        """Chain the rows (numbered from first_seq) after `previous`; the last row's chain. The files'
+        writer does it, off the request path: a row's chain follows from its content alone."""
+        self.previous, self.chain = previous, []
         time_ns = (self.time - EPOCH) // timedelta(microseconds=1) * 1000
         named = ",".join(self.features)
         values = canonical(self.matrix)
         for i in range(len(self)):
             previous = link(previous, content(
-                family, first_seq + i, time_ns, self.request_ids[i], self.client_ids[i], self.customer_ids[i], self.version,
+                family, self.first_seq + i, time_ns, self.request_ids[i], self.client_ids[i], self.customer_ids[i], self.version,
                 self.role, self.scores[i], self.decisions[i], self.overridden[i], named, values[i]))
             self.chain.append(previous)
         return previous
@@ -214,8 +216,7 @@ def journal_record(batch: Batch) -> bytes:
     header = to_json({
         "time": batch.time.isoformat(), "version": batch.version, "role": batch.role, "features": batch.features,
         "request_ids": batch.request_ids, "client_ids": batch.client_ids, "overridden": batch.overridden,
-        "customer_ids": batch.customer_ids, "scores": batch.scores, "decisions": batch.decisions,
-        "first_seq": batch.first_seq, "previous": batch.previous, "chain": batch.chain})
+        "customer_ids": batch.customer_ids, "scores": batch.scores, "decisions": batch.decisions, "first_seq": batch.first_seq})
     matrix = np.ascontiguousarray(batch.matrix, dtype="<f8").tobytes()
     return FRAME.pack(MAGIC, len(header), len(matrix)) + header + matrix
 
@@ -237,7 +238,7 @@ def journal_batches(data: bytes) -> Iterator[Batch]:
         matrix = np.frombuffer(data[end - matrix_size:end], dtype="<f8").reshape(len(header["request_ids"]), len(features))
         yield Batch(datetime.fromisoformat(header["time"]), header["version"], header["role"], features,
                     header["request_ids"], header["client_ids"], header["overridden"], header["customer_ids"],
-                    header["scores"], header["decisions"], matrix.copy(), header["first_seq"], header["previous"], header["chain"])
+                    header["scores"], header["decisions"], matrix.copy(), header["first_seq"])
         at = end
 
 
@@ -274,11 +275,12 @@ def recover(directory: Path, family: str, durable: bool = False) -> list[tuple[P
                 continue  # recovered and removed while this process waited for the lock
             writer = match["writer"]
             files = log_files(directory) if files is None else files
-            own = [f for f in files if f.writer == writer]
-            done = max((last_seq(f) for f in own), default=0)
+            done, head = last_row([f for f in files if f.writer == writer], pruned_heads(directory).get(writer))
             batches = [kept for b in journal_batches(read_all(descriptor)) if (kept := rows_after(b, done)) is not None]
             if batches:
-                number = max((f.number for f in own), default=0) + 1
+                for batch in batches:  # the chain continues from the writer's last row in a file
+                    head = batch.link(family, head)
+                number = max((f.number for f in files if f.writer == writer), default=0) + 1
                 out = write_file(directory, family, writer, number, batches, durable)
                 written.append((out, sum(len(b) for b in batches)))
                 files = None  # read again: the next segment of this writer continues after these
@@ -295,12 +297,32 @@ def read_all(descriptor: int) -> bytes:
     return b"".join(chunks)
 
 
-def last_seq(file: LogFile) -> int:
+def last_row(files: list[LogFile], pruned: tuple[int, str] | None) -> tuple[int, str]:
+    """A writer's last row in its files (its seq and chain); before any, where prune-log left its
+    chain, or the chain's start."""
     import pyarrow.parquet as pq
 
-    if file.writer is None or not file.rows:
-        return 0
-    return int(pq.read_table(file.path, columns=["seq"])["seq"].to_numpy().max())
+    seq, chain = pruned or (0, GENESIS)
+    for f in files:
+        if f.writer is None or not f.rows:
+            continue
+        table = pq.read_table(f.path, columns=["seq", "chain"])
+        at = int(np.argmax(table["seq"].to_numpy()))
+        if int(table["seq"][at].as_py()) > seq:
+            seq, chain = int(table["seq"][at].as_py()), table["chain"][at].as_py()
+    return seq, chain
+
+
+def pruned_heads(directory: Path) -> dict[str, tuple[int, str]]:
+    """Per writer, the last row `prune-log` removed: where the rows that are left start."""
+    path = directory / PRUNED
+    heads: dict[str, tuple[int, str]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["seq"] > heads.get(entry["writer"], (0, ""))[0]:
+                heads[entry["writer"]] = (entry["seq"], entry["chain"])
+    return heads
 
 
 def rows_after(batch: Batch, seq: int) -> Batch | None:
@@ -313,23 +335,15 @@ def rows_after(batch: Batch, seq: int) -> Batch | None:
     keep = slice(skip, None)
     return Batch(batch.time, batch.version, batch.role, batch.features, batch.request_ids[keep], batch.client_ids[keep],
                  batch.overridden[keep], batch.customer_ids[keep], batch.scores[keep], batch.decisions[keep],
-                 batch.matrix[keep], batch.first_seq + skip, batch.chain[skip - 1], batch.chain[keep])
+                 batch.matrix[keep], batch.first_seq + skip)
 
 
 def note_pruned(folder: Path) -> None:
     """Before a day's folder of one family's log is removed: append, per writer, its last row there
     to the family's PRUNED file, where `verify` learns that the writer's chain now starts after it."""
-    import pyarrow.parquet as pq
-
-    heads: dict[str, tuple[int, str]] = {}
-    for f in log_files(folder.parent):
-        if f.writer is None or f.path.parent != folder or not f.rows:
-            continue
-        table = pq.read_table(f.path, columns=["seq", "chain"])
-        at = int(np.argmax(table["seq"].to_numpy()))
-        seq, chain = int(table["seq"][at].as_py()), table["chain"][at].as_py()
-        if seq > heads.get(f.writer, (0, ""))[0]:
-            heads[f.writer] = (seq, chain)
+    files = [f for f in log_files(folder.parent) if f.writer is not None and f.path.parent == folder]
+    heads = {writer: last_row([f for f in files if f.writer == writer], None) for writer in {f.writer for f in files}}
+    heads = {writer: head for writer, head in heads.items() if head[0]}
     if heads:
         with (folder.parent / PRUNED).open("a") as out:
             out.writelines(json.dumps({"writer": w, "seq": s, "chain": c, "folder": folder.name}) + "\n" for w, (s, c) in heads.items())

@@ -7,13 +7,12 @@ come out the same when scored again (`replay`). The format and the chain: core/d
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from core.decision_log import GENESIS, PRUNED, LogFile, canonical, content, link, log_files
+from core.decision_log import GENESIS, LogFile, canonical, content, link, log_files, pruned_heads
 
 
 @dataclass
@@ -133,18 +132,6 @@ def _rows(f: LogFile, family: str) -> list[_Row]:
     # a row of a version the footer does not name has no content to check: it cannot follow the chain
     return [_Row(columns["seq"][at], columns["chain"][at], built.get(at, b""), f.path, columns["request_id"][at])
             for at in range(len(table))]
-
-
-def pruned_heads(directory: Path) -> dict[str, tuple[int, str]]:
-    """Per writer, the last row `prune-log` removed: where the rows that are left start."""
-    path = directory / PRUNED
-    heads: dict[str, tuple[int, str]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            if entry["seq"] > heads.get(entry["writer"], (0, ""))[0]:
-                heads[entry["writer"]] = (entry["seq"], entry["chain"])
-    return heads
 
 
 @dataclass
