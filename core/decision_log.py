@@ -249,8 +249,10 @@ def segment_path(directory: Path, writer: str, number: int) -> Path:
 def open_segment(path: Path) -> int:
     """A journal segment opened for appending and locked: `recover` leaves a locked one alone."""
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    unnamed = path.with_name(f".{path.name}.new")  # locked before it has its name: never seen unlocked
+    descriptor = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(unnamed, path)
     return descriptor
 
 
@@ -271,7 +273,11 @@ def recover(directory: Path, family: str, durable: bool = False) -> list[tuple[P
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # its writer is alive
                 continue
-            if not path.exists() or os.fstat(descriptor).st_ino != path.stat().st_ino:
+            try:
+                same = os.fstat(descriptor).st_ino == path.stat().st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
                 continue  # recovered and removed while this process waited for the lock
             writer = match["writer"]
             files = log_files(directory) if files is None else files
