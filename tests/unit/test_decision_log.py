@@ -64,20 +64,21 @@ def test_a_log_as_written_checks_clean_and_its_head_is_the_writers(written):
     assert not any((directory / JOURNAL).iterdir())
 
 
-def test_an_edited_score_is_named(written):
-    directory, _ = written
-    second = files_of(directory)[1]
-    rewrite(second, lambda t: t.set_column(t.schema.get_field_index("score"), "score",
-                                           pa.array([0.01 if r == "r13" else s for r, s in zip(t["request_id"].to_pylist(), t["score"].to_pylist())])))
-    assert kinds(directory) == [("edited", "r13")]
+def edited(t, column: str, request_id: str, value):
+    """The table with `column` set to `value` in the row of `request_id`."""
+    values = [value if r == request_id else v for r, v in zip(t["request_id"].to_pylist(), t[column].to_pylist())]
+    return t.set_column(t.schema.get_field_index(column), column, pa.array(values))
 
 
-def test_an_edited_feature_of_the_second_version_is_named(written):
+@pytest.mark.parametrize(("file", "column", "request_id", "value"), [
+    (1, "score", "r13", 0.01),  # a decision's score
+    (2, "spend_30d", "r27", 9.0),  # a feature only the second version reads
+    (0, "decision", "r3", "high"),
+])
+def test_an_edited_value_is_named(written, file, column, request_id, value):
     directory, _ = written
-    third = files_of(directory)[2]
-    rewrite(third, lambda t: t.set_column(t.schema.get_field_index("spend_30d"), "spend_30d",
-                                          pa.array([9.0 if r == "r27" else s for r, s in zip(t["request_id"].to_pylist(), t["spend_30d"].to_pylist())])))
-    assert kinds(directory) == [("edited", "r27")]
+    rewrite(files_of(directory)[file], lambda t: edited(t, column, request_id, value))
+    assert kinds(directory) == [("edited", request_id)]
 
 
 def test_a_removed_row_and_a_removed_file_are_named(written):
