@@ -349,6 +349,24 @@ def test_a_sigterm_under_load_finishes_what_was_accepted_refuses_the_rest_and_fl
           f"connection; exit {exited_s:.2f} s after the signal; {len(answered)} answers, all in the log")
 
 
+def answered_fraud_and_segments(url: str, customers: list[str], n: int = 60) -> dict[str, int]:
+    """`n` fraud-detection requests, each with a transaction of its own, and `n` segment requests;
+    how many of each were answered 200."""
+    rng = random.Random(5)
+    answered = {"fraud": 0, "segment": 0}
+    with httpx.Client(timeout=30) as client:
+        for i in range(n):
+            transaction = {"amount": rng.choice([4.5, 39.3, 820.0, 2600.0]), "merchant_category": rng.choice(["groceries", "travel", "electronics"]),
+                           "channel": rng.choice(["pos", "online"]), "country": rng.choice(["GB", "FR"]), "device_id": f"D-new-{i}",
+                           "timestamp": "2026-10-15T13:56:49Z"}
+            customer = rng.choice(customers)
+            answered["fraud"] += post(client, f"{url}/api/v1/inference/fraud-detection",
+                                      {"customer_id": customer, "transaction": transaction}).status == 200
+            answered["segment"] += post(client, f"{url}/api/v1/inference/segment", {"customer_id": customer}).status == 200
+    assert answered == {"fraud": n, "segment": n}, answered
+    return answered
+
+
 def test_a_sigkill_under_load_loses_no_answered_decision_and_each_replays_exactly(settings, served_models, table, tmp_path):
     """SIGKILL to the server and its workers while six clients score, what an OOM kill or a node's
     failure does: every request answered 200 is in the log once the journal the workers left is
@@ -364,6 +382,7 @@ def test_a_sigkill_under_load_loses_no_answered_decision_and_each_replays_exactl
                                 SERVING_INFERENCE_LOG_FLUSH_S="3600", SERVING_REGISTRY_POLL_S="0")
     customers = list(latest_rows(table, 500).index)
     with Clients(url, customers, threads=6, fresh_connections=1) as clients:
+        other_families = answered_fraud_and_segments(url, customers)  # in the journal too, with churn's
         wait_for(lambda: len(clients.since(0, 200)) >= 1_000, "answers before the kill", 60)
         for victim in [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]:
             victim.kill()
@@ -376,14 +395,17 @@ def test_a_sigkill_under_load_loses_no_answered_decision_and_each_replays_exactl
     assert recovered.exit_code == 0, recovered.output
     logged = logged_request_ids(log_dir)
     assert answered <= logged, f"{len(answered - logged)} answered decisions missing from the log"
-    verified = cli(["verify", "--model", "churn", "--log-dir", str(log_dir)])
-    assert verified.exit_code == 0 and "the chain holds" in verified.output, verified.output
+    verified = cli(["verify", "--log-dir", str(log_dir)])  # every family's
+    assert verified.exit_code == 0 and verified.output.count("the chain holds") == 3, verified.output
     replayed = cli(["replay", "--model", "churn", "--log-dir", str(log_dir)])
     assert replayed.exit_code == 0 and f"{len(logged):,} of {len(logged):,} logged decisions reproduced exactly" in replayed.output, \
         replayed.output
+    for family, count in other_families.items():  # fraud's request-time features and segment's ids replay as exactly
+        replayed = cli(["replay", "--model", family, "--log-dir", str(log_dir)])
+        assert replayed.exit_code == 0 and f"{count:,} of {count:,} logged decisions" in replayed.output, replayed.output
     print(f"SIGKILL under load: {len(answered)} answered, {len(in_files)} of them in files before the kill, all "
-          f"{len(logged)} logged after recovery ({len(logged - answered)} scored and not answered); chain holds; "
-          f"replay: {len(logged)} of {len(logged)} exact")
+          f"{len(logged)} logged after recovery ({len(logged - answered)} scored and not answered); every family's chain "
+          f"holds; replay: {len(logged)} of {len(logged)} churn rows exact, and the {other_families} fraud and segment rows")
 
 
 def family_status(url: str, family: str = "churn") -> dict:
