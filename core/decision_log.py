@@ -44,7 +44,6 @@ MAGIC = b"FJ01"
 FRAME = struct.Struct("<4sII")  # magic, header bytes, matrix bytes
 PRUNED = "_pruned.jsonl"  # what `prune-log` removed, per writer: where each chain now starts
 WRITER_KEY, FILE_KEY, PREVIOUS_KEY, FEATURES_KEY = b"fintech.writer", b"fintech.file", b"fintech.previous", b"fintech.features"
-FILE_NAME = re.compile(r"part-\d{6}-(?P<writer>.+)-(?P<n>\d{6})\.parquet")
 SEGMENT_NAME = re.compile(r"(?P<writer>.+)-(?P<n>\d{6})\.wal")
 
 
