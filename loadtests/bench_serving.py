@@ -31,9 +31,9 @@ The targets, each on 2 worker processes, the same machine, store, model and load
 Before the rounds, (h) and (i) answer the same requests (the fixed transaction for 100 customers,
 100 replayed transactions, an unknown customer): the results say whether their probabilities,
 decisions and versions agree (`fraud_agreement`).
-Every server is started first and stays up. Then, per target: a 5 s warm-up, a wait until the
-server has written the warm-up's inference log, and the latency of a lone request on the idle
-server (sequential requests). Then rounds: each round takes every target in turn, in a rotated
+Every server is started first and stays up. Then, per target: a 5 s warm-up and a wait until the
+server has written the warm-up's inference log. Then the latency of a lone request on the idle
+servers (sequential requests), the targets taking turns in blocks of 20. Then rounds: each round takes every target in turn, in a rotated
 order, first at a fixed offered rate (an open-loop generator that times each request from when it
 was due, so a stall is not hidden: p50/p99), then at saturation (wrk, closed loop), so that the
 machine's slow and fast stretches (the same code moved by 30% between runs here, and a no-op's p99
@@ -295,20 +295,29 @@ def settle(port: int, timeout_s: float = 60) -> float:
     return round(time.monotonic() - started, 1)
 
 
-def idle_latency(port: int, ids: list[str], calls: int = 200, headers: dict | None = None,
-                 route: Route = ROUTES["churn"]) -> dict:
-    """One request at a time on a kept-alive connection: what a lone caller waits."""
+def idle_latencies(targets: dict[str, tuple[int, dict | None, Route]], ids: list[str], calls: int = 200,
+                   block: int = 20) -> dict[str, dict]:
+    """One request at a time on a kept-alive connection per target: what a lone caller waits. The
+    targets take turns, `block` calls each, so every one meets the same stretches of the machine
+    (measured one after the other, minutes apart, (j)'s p50 came out below (a)'s in one run and
+    18% above it in the next)."""
     import httpx
 
-    times = []
-    with httpx.Client(timeout=30, headers=headers) as client:
-        for i in range(calls + 10):
-            started = time.perf_counter()
-            client.post(f"http://127.0.0.1:{port}{route.path}", json=route.body(random.choice(ids)))
-            if i >= 10:
-                times.append(1000 * (time.perf_counter() - started))
-    times.sort()
-    return {"calls": calls, "p50_ms": round(statistics.median(times), 2), "p99_ms": round(times[int(calls * 0.99) - 1], 2)}
+    clients = {name: httpx.Client(timeout=30, headers=headers) for name, (_, headers, _) in targets.items()}
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    try:
+        for turn in range(-1, calls // block):  # turn -1 warms each connection, not recorded
+            for name, (port, _, route) in targets.items():
+                for _ in range(block if turn >= 0 else 10):
+                    started = time.perf_counter()
+                    clients[name].post(f"http://127.0.0.1:{port}{route.path}", json=route.body(random.choice(ids)))
+                    if turn >= 0:
+                        times[name].append(1000 * (time.perf_counter() - started))
+    finally:
+        for client in clients.values():
+            client.close()
+    return {name: {"calls": len(t), "p50_ms": round(statistics.median(t), 2),
+                   "p99_ms": round(sorted(t)[int(len(t) * 0.99) - 1], 2)} for name, t in times.items()}
 
 
 def churn_batch_times(port: int, ids: list[str], calls: int = 10, size: int = 1000) -> list[float]:
@@ -486,8 +495,12 @@ def main(
             # measured while it writes them, a lone request or the fixed rate times that transient
             # (a p99 of 16-24 ms over the first 15 s at 300 req/s, 8-9 ms over the next)
             settled_s = settle(port) if server_of(name) in LOGGED else 0.0
-            results[name] = {"settled_s": settled_s, "idle": idle_latency(port, ids, headers=server_headers, route=route_of(name)),
-                             "fixed_rate_rounds": [], "rounds": []}
+            results[name] = {"settled_s": settled_s, "fixed_rate_rounds": [], "rounds": []}
+        print("idle: a lone request at a time, the targets taking turns", flush=True)
+        idle = idle_latencies({name: (servers[server_of(name)][1], headers.get(server_of(name)), route_of(name))
+                               for name in names}, ids)
+        for name in names:
+            results[name]["idle"] = idle[name]
             print(f"{name}: {json.dumps(results[name])}", flush=True)
         batch_times: list[float] = []
         for r in range(rounds):  # each round in another order, so no target always follows the same one
