@@ -102,8 +102,8 @@ class FastPath:
         who = caller_of(scope, latin1(request_id))
         try:
             payload = infer_body(body, latin1(headers.get(BINARY_HEADER.encode())))
-            answer = await self.protocol.infer(f"v2/models/{name}/infer", name, version, payload, who,
-                                               scope.get("state", {}).get("charge_rows"))  # none with AUTH_MODE=off
+            content = await self.protocol.infer_content(f"v2/models/{name}/infer", name, version, payload, who,
+                                                        scope.get("state", {}).get("charge_rows"))  # none with AUTH_MODE=off
         except ProtocolError as e:
             return await protocol_error_response(e)(scope, receive, send)
         except Refused as e:  # over the client's rows limit
@@ -115,7 +115,6 @@ class FastPath:
             log.exception("v2/models/%s/infer: the request could not be read", name)
             failed = ScoringFailed("the request could not be scored; the service's log has the cause")
             return await scoring_failed_response(failed, self.retry_after_s)(scope, receive, send)
-        content = to_json(answer)
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-length", b"%d" % len(content)), (b"content-type", b"application/json"),
             (b"x-request-id", who["request_id"].encode())]})

@@ -135,12 +135,17 @@ class Inference(rpc.GRPCInferenceServiceServicer):
         try:
             tensors = tensors_of(request)
             answer = await self.protocol.infer(f"grpc/v2/models/{request.model_name}/infer", request.model_name, version,
-                                               {"inputs": tensors, "id": request.id}, who, charge)
+                                               {"inputs": tensors, "id": request.id, **asked_outputs(request)}, who, charge)
         except (ClientError, Refused) as e:  # ProtocolError is a ClientError; Refused: over the rows limit
             await context.abort(CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.detail)
         except ScoringFailed as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return response_of(answer)
+
+
+def asked_outputs(request) -> dict:
+    """The outputs a request names, as the REST body's `outputs`; none: every output."""
+    return {"outputs": [{"name": o.name} for o in request.outputs]} if request.outputs else {}
 
 
 async def start_grpc(server, auth: AuthSettings, host: str, port: int, max_in_progress: int) -> grpc.aio.Server:

@@ -52,14 +52,16 @@ def _sources(s: dict) -> dict:
     return {"request": s["request"], "default": s["default"], "store": STORE_NOTE}
 
 
-def _reasons(reasons: list[dict]) -> list[dict]:
-    return [{"feature": r["feature"], "shap_value": r["shap_value"], "direction": r["direction"]} for r in reasons]
+def public_reasons(reasons: list[dict]) -> list[dict]:
+    """Reasons as an answer gives them: a customer's stored values are explain's alone."""
+    return [{"feature": r["feature"], "code": r["code"], "sentence": r["sentence"], "shap_value": r["shap_value"],
+             "direction": r["direction"]} for r in reasons]
 
 
 def churn_body(r: dict) -> dict:
     return {"customer_id": r["customer_id"], "churn_probability": r["churn_probability"], "risk_level": r["risk_level"],
             "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
-            "reasons": _reasons(r.get("reasons", []))}
+            "reasons": public_reasons(r.get("reasons", [])), "principal_reasons": public_reasons(r.get("principal_reasons", []))}
 
 
 def segment_body(r: dict) -> dict:
@@ -70,7 +72,7 @@ def segment_body(r: dict) -> dict:
 def fraud_body(r: dict) -> dict:
     return {"customer_id": r["customer_id"], "fraud_probability": r["fraud_probability"], "is_fraud": r["is_fraud"],
             "threshold": r["threshold"], "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
-            "reasons": _reasons(r["reasons"])}
+            "reasons": public_reasons(r["reasons"]), "principal_reasons": public_reasons(r.get("principal_reasons", []))}
 
 
 @dataclass(frozen=True)

@@ -70,10 +70,18 @@ class FeatureSources(BaseModel):
     store: str = "every other feature came from the online store"
 
 
+PRINCIPAL = ("An adverse decision's principal reasons (churn: risk level high or critical; fraud: is_fraud): the "
+             "features that raised the score most, at most four, largest first. Empty for any other decision.")
+
+
 class Reason(BaseModel):
     """Why a score is what it is. The feature's value is not given here: a customer's stored values
     are read through explain, which needs the `explain` scope and is recorded."""
     feature: str
+    code: str | None = Field(description="The feature's reason code (core/reason_codes.toml); null for a feature "
+                                         "the catalogue does not have.")
+    sentence: str | None = Field(description="What the reason means for the customer: which side of typical their "
+                                             "value is on. Null for a version registered without typical values.")
     shap_value: float = Field(description="Contribution to the score in log-odds (approximate SHAP).")
     direction: Literal["increases risk", "decreases risk"]
 
@@ -85,6 +93,7 @@ class ChurnScore(BaseModel):
     model: ModelRef
     feature_sources: FeatureSources
     reasons: list[Reason] = []
+    principal_reasons: list[Reason] = Field([], description=PRINCIPAL)
 
 
 class ChurnBatchItem(BaseModel):
@@ -110,6 +119,7 @@ class FraudScore(BaseModel):
     model: ModelRef
     feature_sources: FeatureSources
     reasons: list[Reason]
+    principal_reasons: list[Reason] = Field([], description=PRINCIPAL)
 
 
 class SegmentResult(BaseModel):

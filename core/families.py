@@ -26,6 +26,7 @@ class Family:
     importance: bool = False  # each version carries a mean |SHAP| table (global importance, explain)
     calibrated: bool = False  # the score is calibrated: each version carries its calibration curve
     alternatives: tuple[str, ...] = ()  # other FeatureServices a later version may read (`rollout choose`, canaries)
+    adverse: tuple = ()  # the decisions adverse to the customer: they carry principal reasons (core/reasons.py)
 
     @property
     def feature_services(self) -> tuple[str, ...]:
@@ -40,9 +41,9 @@ class Family:
 
 FAMILIES = {family.name: family for family in (
     Family("churn", "churn_v1", "churn_probability", "risk_level", "churned", rows="customer", flavour="xgboost",
-           importance=True, calibrated=True),
+           importance=True, calibrated=True, adverse=("high", "critical")),
     Family("fraud", "fraud_v1", "fraud_probability", "is_fraud", "is_fraud", rows="transaction", flavour="xgboost",
-           alternatives=("fraud_v2",)),
+           alternatives=("fraud_v2",), adverse=(True,)),
     Family("segment", "segment_v1", "segment_id", "segment_name", None, rows="customer", flavour="sklearn",
            categorical=True),
 )}

@@ -28,7 +28,6 @@ starts the workers) never needs them, and a server starts about 4 s sooner.
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -179,20 +178,6 @@ def exact_contributions(booster: xgb.Booster, matrix: np.ndarray, bias: bool = F
 
     contributions = booster.predict(xgb.DMatrix(matrix, nthread=1), pred_contribs=True, validate_features=False)
     return contributions if bias else contributions[:, :-1]
-
-
-def top_reasons(contributions: np.ndarray, values: np.ndarray, features: list[str], n: int) -> list[dict]:
-    """The n features that moved this score most, with their contribution (log-odds) and value."""
-    order = np.argsort(-np.abs(contributions))[:n]
-    return [
-        {
-            "feature": features[j],
-            "shap_value": float(contributions[j]),
-            "feature_value": None if math.isnan(values[j]) else float(values[j]),
-            "direction": "increases risk" if contributions[j] > 0 else "decreases risk",
-        }
-        for j in order
-    ]
 
 
 def tree_ensemble(booster: xgb.Booster):

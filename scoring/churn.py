@@ -11,6 +11,8 @@ import math
 from typing import TYPE_CHECKING
 
 from core.decisions import calibrate, risk_level
+from core.families import FAMILIES
+from core.reasons import Explainer
 from scoring.base import (
     FeatureReader,
     ModelInfo,
@@ -20,7 +22,6 @@ from scoring.base import (
     load_booster,
     request_error,
     row_results,
-    top_reasons,
     tree_ensemble,
 )
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     import xgboost as xgb
 
 load_model = load_booster
+ADVERSE = FAMILIES["churn"].adverse
 
 
 class ChurnScorer:
@@ -38,6 +40,7 @@ class ChurnScorer:
         self.features: list[str] = metadata["features"]
         in_booster_order(booster, self.features)
         self.trees = tree_ensemble(booster)
+        self.explainer = Explainer(self.features, metadata.get("typical"))
 
     def score(self, requests: list[dict], reasons: bool = True, keep_features: bool = False) -> list[dict]:
         """Reason codes are approximate contributions (Saabas): about a hundred times cheaper than
@@ -51,7 +54,9 @@ class ChurnScorer:
             result = {"customer_id": customer_id, "churn_probability": float(probability[i]), "risk_level": str(levels[i]),
                       "model": self.info.as_dict(), "feature_sources": a.sources[i]}
             if reasons:
-                result["reasons"] = top_reasons(contributions[i], a.matrix[i], self.features, self.top_n)
+                result["reasons"] = self.explainer.top(contributions[i], a.matrix[i], self.top_n)
+                result["principal_reasons"] = self.explainer.principal(contributions[i], a.matrix[i]) \
+                    if result["risk_level"] in ADVERSE else []
             return result
 
         return row_results(a, requests, self.info, scored, keep_features)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from core.families import FAMILIES
 from core.realtime import OUTPUT_FEATURES
+from core.reasons import Explainer
 from scoring.base import (
     FeatureReader,
     ModelInfo,
@@ -18,7 +20,6 @@ from scoring.base import (
     in_booster_order,
     load_booster,
     row_results,
-    top_reasons,
     tree_ensemble,
 )
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     import xgboost as xgb
 
 load_model = load_booster
+ADVERSE = FAMILIES["fraud"].adverse
 # computed by Feast's on-demand view from the request: a request cannot override them
 REQUEST_TIME_FEATURES = frozenset(OUTPUT_FEATURES)
 
@@ -37,6 +39,7 @@ class FraudScorer:
         self.threshold = float(metadata["threshold"])
         in_booster_order(booster, self.features)
         self.trees = tree_ensemble(booster)
+        self.explainer = Explainer(self.features, metadata.get("typical"))
 
     def score(self, requests: list[dict], reasons: bool = True, keep_features: bool = False) -> list[dict]:
         a = assemble(self.reader, self.info, self.features, requests, store_only=REQUEST_TIME_FEATURES)
@@ -47,7 +50,9 @@ class FraudScorer:
                       "is_fraud": bool(probability[i] >= self.threshold), "threshold": self.threshold,
                       "model": self.info.as_dict(), "feature_sources": a.sources[i]}
             if reasons:
-                result["reasons"] = top_reasons(contributions[i], a.matrix[i], self.features, self.top_n)
+                result["reasons"] = self.explainer.top(contributions[i], a.matrix[i], self.top_n)
+                result["principal_reasons"] = self.explainer.principal(contributions[i], a.matrix[i]) \
+                    if result["is_fraud"] in ADVERSE else []
             return result
 
         return row_results(a, requests, self.info, scored, keep_features)

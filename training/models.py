@@ -25,6 +25,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from core.decisions import RISK_LEVELS, calibrate, logit, risk_level
 from core.feature_sets import CHURN_FEATURES, FRAUD_FEATURES, SEGMENT_FEATURES
+from core.reasons import catalogue, typical_values
 
 # Share of the validation population above each cut-off: critical = top 5%, high = next 10%, ...
 RISK_SHARES = {"medium": 0.35, "high": 0.15, "critical": 0.05}
@@ -136,6 +137,7 @@ def train_churn(frame: pd.DataFrame, seed: int = 42, params: dict | None = None,
                 features: list[str] = CHURN_FEATURES) -> TrainedModel:
     """frame: one row per (customer, snapshot) with `features` (default: churn_v1's), `event_timestamp`
     and `churned`. params: XGBoost parameters over the defaults (a retraining search's choice)."""
+    catalogue().require(features, "churn")
     train, valid, test = CHURN.split(frame)
     model = _xgb(features, CHURN.increasing, seed, **{**CHURN.fixed, **(params or {})})
     model.fit(train[features], train["churned"])
@@ -167,7 +169,8 @@ def train_churn(frame: pd.DataFrame, seed: int = 42, params: dict | None = None,
     importance = importance.sort_values("mean_abs_shap", ascending=False, ignore_index=True)
     return TrainedModel(
         name="churn", model=model, features=list(features), params=model.get_params(), metrics=metrics,
-        metadata={"calibration": calibration, "risk_cutoffs": cutoffs, "risk_levels": list(RISK_LEVELS)},
+        metadata={"calibration": calibration, "risk_cutoffs": cutoffs, "risk_levels": list(RISK_LEVELS),
+                  "typical": typical_values(train, features)},
         artifacts={"feature_importance": importance, "calibration_curve": calibration_table(y, test_p)},
     )
 
@@ -177,6 +180,7 @@ def train_fraud(frame: pd.DataFrame, seed: int = 42, params: dict | None = None,
     """frame: one row per transaction with `features` (default: fraud_v1's), `event_timestamp` and
     `is_fraud`, split by fraud_split. params: XGBoost parameters over the defaults (a retraining
     search's choice)."""
+    catalogue().require(features, "fraud")
     train, valid, test = FRAUD.split(frame)
     model = _xgb(features, FRAUD.increasing, seed, **{**FRAUD.fixed, **(params or {})})
     model.fit(train[features], train["is_fraud"])
@@ -200,7 +204,8 @@ def train_fraud(frame: pd.DataFrame, seed: int = 42, params: dict | None = None,
     }
     return TrainedModel(
         name="fraud", model=model, features=list(features), params=model.get_params(), metrics=metrics,
-        metadata={"threshold": threshold, "threshold_rule": "maximum F1 on the validation period"},
+        metadata={"threshold": threshold, "threshold_rule": "maximum F1 on the validation period",
+                  "typical": typical_values(train, features)},
         artifacts={"precision_recall": precision_recall_table(y, test_p)},
     )
 
@@ -226,6 +231,7 @@ def segment_names(centroids: np.ndarray) -> dict[int, str]:
 
 def train_segment(frame: pd.DataFrame, k_range: range, seed: int = 42, sample: int = 5000) -> TrainedModel:
     """frame: one row per active customer with SEGMENT_FEATURES (the latest snapshot)."""
+    catalogue().require(SEGMENT_FEATURES, "segment")
     x = frame[SEGMENT_FEATURES]
     scores: dict[int, float] = {}
     for k in k_range:

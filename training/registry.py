@@ -20,6 +20,7 @@ from mlflow.models import infer_signature
 
 from core.decisions import calibrate
 from core.families import FAMILIES
+from core.reasons import catalogue
 from core.registry import CHAMPION, REFERENCE_ARTIFACT, SERVED_REFERENCE_ARTIFACT, THRESHOLDS_ARTIFACT, mlflow_client
 from training.models import TrainedModel
 
@@ -73,10 +74,12 @@ def use_experiment(name: str, tracking_uri: str, artifact_root: Path | None = No
 
 def log_and_register(trained: TrainedModel, training_frame: pd.DataFrame, feature_service: str, tracking_uri: str,
                      artifact_root: Path | None = None) -> Registered:
+    reasons = catalogue()
+    reasons.require(trained.features, f"{trained.name} (feature service {feature_service})")
     use_experiment(EXPERIMENT, tracking_uri, artifact_root)
     example = training_frame[trained.features].head(5)
     metadata = {**trained.metadata, "feature_service": feature_service, "features": trained.features,
-                "data_fingerprint": fingerprint(training_frame)}
+                "data_fingerprint": fingerprint(training_frame), "reason_catalogue": reasons.version}
     with mlflow.start_run(run_name=f"train-{trained.name}") as run:
         mlflow.set_tags({"model": trained.name, "feature_service": feature_service, "data_fingerprint": metadata["data_fingerprint"]})
         mlflow.log_params({k: v for k, v in trained.params.items() if v is not None and len(str(v)) < 500})

@@ -51,13 +51,37 @@ def test_service_routes_answer(client):
     assert client.get("/").json()["models"]["churn"]["versions"][0]["version"] == "1"
 
 
+REASON = {"feature", "code", "sentence", "shap_value", "direction"}
+
+
+def test_an_adverse_churn_score_gives_its_principal_reasons_in_words(client, table):
+    """Customers scored high or critical get at most four principal reasons, each a catalogued
+    code and sentence that raised the risk, largest first; the others none."""
+    from core.reasons import catalogue
+
+    sentences = {s for e in catalogue().entries.values() for s in (e.high, e.low)}
+    batch = client.post(f"{API}/churn-batch", json={"customer_ids": latest_rows(table, 300).index.tolist()}).json()["results"]
+    adverse = [r["customer_id"] for r in batch if r["risk_level"] in ("high", "critical")][:10]
+    others = [r["customer_id"] for r in batch if r["risk_level"] in ("low", "medium")][:5]
+    assert adverse and others
+    for customer in adverse + others:
+        body = client.post(f"{API}/churn-score", json={"customer_id": customer}).json()
+        principal = body["principal_reasons"]
+        assert (1 <= len(principal) <= 4) if customer in adverse else principal == []
+        assert all(r["shap_value"] > 0 and r["sentence"] in sentences for r in principal)
+        assert [r["shap_value"] for r in principal] == sorted((r["shap_value"] for r in principal), reverse=True)
+
+
 def test_churn_score_names_model_risk_and_reasons(client, customers):
     body = client.post(f"{API}/churn-score", json={"customer_id": customers[0]}).json()
     assert 0 <= body["churn_probability"] <= 1
     assert body["risk_level"] in ("low", "medium", "high", "critical")
     assert body["model"] == {"name": "churn", "version": "1", "role": "champion", "feature_service": "churn_v1"}
-    # a reason names the feature, its contribution and its direction; its value only explain tells
-    assert len(body["reasons"]) == 5 and all(set(r) == {"feature", "shap_value", "direction"} for r in body["reasons"])
+    # a reason names the feature, its code, its sentence, its contribution and its direction; its value only explain tells
+    assert len(body["reasons"]) == 5 and all(set(r) == REASON for r in body["reasons"])
+    assert all(r["code"] and r["sentence"] for r in body["reasons"])
+    adverse = body["risk_level"] in ("high", "critical")
+    assert (len(body["principal_reasons"]) in range(1, 5)) if adverse else body["principal_reasons"] == []
     assert body["feature_sources"]["request"] == []
 
 
@@ -75,7 +99,7 @@ def test_segment_fraud_and_explain(client, customers):
                    "device_id": "dev-1", "timestamp": "2026-10-01T12:00:00Z"}
     fraud = client.post(f"{API}/fraud-detection", json={"customer_id": customers[0], "transaction": transaction}).json()
     assert 0 <= fraud["fraud_probability"] <= 1 and fraud["is_fraud"] == (fraud["fraud_probability"] >= fraud["threshold"])
-    assert fraud["reasons"] and all(set(r) == {"feature", "shap_value", "direction"} for r in fraud["reasons"])
+    assert fraud["reasons"] and all(set(r) == REASON and r["code"] and r["sentence"] for r in fraud["reasons"])
     explained = client.get(f"{API}/explain", params={"customer_id": customers[0]}).json()
     assert explained["kind"] == "shap_values" and [v["feature"] for v in explained["values"]] == CHURN_FEATURES
     overall = client.get(f"{API}/explain").json()

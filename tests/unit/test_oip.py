@@ -3,6 +3,7 @@ tensors they describe and read, the rows they hand to the family, the answers, a
 errors. The same routes against a real `bentoml serve`, through Triton's own client:
 tests/integration/test_oip.py."""
 
+import asyncio
 import json
 from types import SimpleNamespace
 
@@ -44,9 +45,11 @@ class Family:
             return {"customer_id": request["customer_id"], "error": "unknown_version", "detail": f"version {request['pin']} is not served"}
         if request["customer_id"] == "NOBODY":
             return {"customer_id": request["customer_id"], "error": "unknown_customer", "model": model}
-        reasons = [{"feature": "days_since_last_txn", "shap_value": 0.5, "feature_value": 3.0, "direction": "increases risk"}]
-        answers = {"churn": {"churn_probability": 0.25, "risk_level": "medium", "reasons": reasons},
-                   "fraud": {"fraud_probability": 0.75, "is_fraud": True, "threshold": 0.5, "reasons": reasons},
+        reasons = [{"feature": "days_since_last_txn", "code": "ACT01", "sentence": "Long ago", "shap_value": 0.5,
+                    "feature_value": 3.0, "direction": "increases risk"}]
+        answers = {"churn": {"churn_probability": 0.25, "risk_level": "medium", "reasons": reasons, "principal_reasons": []},
+                   "fraud": {"fraud_probability": 0.75, "is_fraud": True, "threshold": 0.5, "reasons": reasons,
+                             "principal_reasons": reasons},
                    "segment": {"segment_id": 2, "segment_name": "diners"}}
         return {"customer_id": request["customer_id"], **answers[self.name], "model": model,
                 "feature_sources": {"request": [], "default": []}}
@@ -80,7 +83,7 @@ def test_the_server_and_each_model_say_they_are_live_ready_and_what_they_take(se
     assert {i["name"]: i["datatype"] for i in fraud["inputs"]}["amount"] == "FP64"
     assert {o["name"]: o["datatype"] for o in fraud["outputs"]} == {
         "fraud_probability": "FP64", "is_fraud": "BOOL", "threshold": "FP64", "model_version": "BYTES",
-        "model_role": "BYTES", "reasons": "BYTES", "error": "BYTES"}
+        "model_role": "BYTES", "reasons": "BYTES", "principal_reasons": "BYTES", "error": "BYTES"}
     segment = client.get("/v2/models/segment/versions/3").json()
     assert [i["name"] for i in segment["inputs"]] == ["customer_id", "features"] and "reasons" not in {o["name"] for o in segment["outputs"]}
     assert client.get("/v2/models/churn/ready").json() == {"name": "churn", "ready": True}
@@ -97,7 +100,10 @@ def test_infer_scores_each_row_through_the_family_and_answers_one_tensor_per_fie
     assert outputs["risk_level"]["data"] == ["medium", "", "medium"]
     assert outputs["error"]["data"] == ["", "unknown_customer", ""]
     assert outputs["model_version"]["data"] == ["3", "", "3"]
-    assert outputs["reasons"]["data"][0] == '[{"feature":"days_since_last_txn","shap_value":0.5,"direction":"increases risk"}]'
+    # as the JSON route gives them: the customer's stored value is not among them
+    assert outputs["reasons"]["data"][0] == ('[{"feature":"days_since_last_txn","code":"ACT01","sentence":"Long ago",'
+                                             '"shap_value":0.5,"direction":"increases risk"}]')
+    assert outputs["principal_reasons"]["data"] == ["[]", "", "[]"]  # a medium risk is not adverse
     assert [r["customer_id"] for r in server.families["churn"].handed] == ["C1", "NOBODY", "C3"]
 
 
@@ -238,3 +244,29 @@ def test_a_binary_body_that_does_not_add_up_is_a_400_saying_why(served, change, 
     body, headers = change(*binary_request([("customer_id", "BYTES", ["C1"], [1])]))
     response = client.post("/v2/models/churn/infer", content=body, headers=headers)
     assert response.status_code == 400 and says in response.json()["error"], response.text
+
+
+@pytest.mark.parametrize("name", ["churn", "fraud", "segment"])
+def test_one_scored_rows_answer_is_written_byte_for_byte_as_the_general_answer_encodes(served, name):
+    from pydantic_core import to_json
+
+    from bentos.oip import Model
+    from bentos.routes import ROUTES
+
+    server, _ = served
+    model = Model(next(r for r in ROUTES if r.family == name and r.handler == "score"))
+    result = asyncio.run(server.families[name].score({"customer_id": "C1", "pin": None}))
+    head = {"model_name": name, "model_version": "3", "id": 'quote " and \\ back'}
+    assert model.one_row(head, result) == to_json({**head, "outputs": model.answer([result])})
+
+
+def test_a_request_naming_its_outputs_gets_those_in_its_order_and_an_unknown_one_is_a_400(served):
+    _, client = served
+    asked = {"id": "r2", "inputs": [ids("C1", "C2")], "outputs": [{"name": "risk_level"}, {"name": "churn_probability"}]}
+    response = client.post("/v2/models/churn/infer", json=asked)
+    assert response.status_code == 200, response.text
+    assert [(o["name"], o["data"]) for o in response.json()["outputs"]] == [("risk_level", ["medium", "medium"]),
+                                                                           ("churn_probability", [0.25, 0.25])]
+    unknown = client.post("/v2/models/churn/infer", json={**asked, "outputs": [{"name": "segment_id"}]})
+    assert unknown.status_code == 400 and "'segment_id'" in unknown.json()["error"]
+    assert client.post("/v2/models/churn/infer", json={**asked, "outputs": "all"}).status_code == 400
