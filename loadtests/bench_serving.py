@@ -27,7 +27,9 @@ The targets, each on 2 worker processes, the same machine, store, model and load
   (j) the Open Inference Protocol's infer by id on (a)'s server, one customer_id per request;
   (k) (a) with the inference log as it was before its journal (SERVING_INFERENCE_LOG_JOURNAL=off:
       rows in memory until the next file, not chained): (a)/(k) is what numbering, chaining and
-      journaling each decision before it is answered cost.
+      journaling each decision before it is answered cost;
+  (l) (a) with Python's collector at its default young threshold (SERVING_GC_YOUNG_THRESHOLD=700,
+      against 20,000): (a)/(l) is what the threshold gains.
 Before the rounds, (h) and (i) answer the same requests (the fixed transaction for 100 customers,
 100 replayed transactions, an unknown customer): the results say whether their probabilities,
 decisions and versions agree (`fraud_agreement`).
@@ -79,7 +81,7 @@ from loadtests.stall_probe import StallProbe
 
 RESULTS = ROOT / "loadtests" / "results"
 CHURN_TARGETS = ("a_service", "b_naive", "c_noop", "d_canned", "e_asgi_noop", "f_service_auth", "g_bentoml_api_noop",
-                 "k_log_unjournaled")
+                 "k_log_unjournaled", "l_gc_default")
 # fraud target -> the server it is sent to: the service and the naive app each serve both routes
 FRAUD_TARGETS = {"h_fraud_service": "a_service", "i_fraud_naive": "b_naive"}
 # the Open Inference Protocol's infer by id (churn, one row), sent to the service beside churn-score
@@ -277,7 +279,7 @@ async def _open_loop(port: int, ids: list[str], rate: float, seconds: float, hea
             "sent_late_p99_ms": round(1000 * late[int(len(late) * 0.99) - 1], 2)}
 
 
-LOGGED = {"a_service", "d_canned", "f_service_auth", "k_log_unjournaled"}  # the servers that write an inference log
+LOGGED = {"a_service", "d_canned", "f_service_auth", "k_log_unjournaled", "l_gc_default"}  # the servers that write an inference log
 
 
 def settle(port: int, timeout_s: float = 60) -> float:
@@ -466,6 +468,7 @@ def main(
         "f_service_auth": ([bentoml, "serve", "bentos.service:FintechAPI"], "/ready", auth),
         "g_bentoml_api_noop": ([bentoml, "serve", "loadtests.baselines.bentoml_api_noop_service:BentoApiNoop"], "/readyz", plain),
         "k_log_unjournaled": ([bentoml, "serve", "bentos.service:FintechAPI"], "/ready", {**plain, "SERVING_INFERENCE_LOG_JOURNAL": "off"}),
+        "l_gc_default": ([bentoml, "serve", "bentos.service:FintechAPI"], "/ready", {**plain, "SERVING_GC_YOUNG_THRESHOLD": "700"}),
     }
     scripts = {}
     for name in names:
@@ -546,7 +549,8 @@ RATIOS = (("a_service", "b_naive", 2, "rounds"), ("a_service", "c_noop", 3, "rou
           ("a_service", "g_bentoml_api_noop", 3, "rounds"), ("a_service", "d_canned", 3, "rounds"),
           ("d_canned", "c_noop", 3, "medians"), ("c_noop", "e_asgi_noop", 3, "medians"), ("f_service_auth", "a_service", 3, "medians"),
           ("h_fraud_service", "i_fraud_naive", 2, "rounds"), ("h_fraud_service", "a_service", 3, "rounds"),
-          ("j_v2_service", "a_service", 3, "rounds"), ("a_service", "k_log_unjournaled", 3, "rounds"))
+          ("j_v2_service", "a_service", 3, "rounds"), ("a_service", "k_log_unjournaled", 3, "rounds"),
+          ("a_service", "l_gc_default", 3, "rounds"))
 
 
 def ratios(results: dict, names: list[str]) -> tuple[dict, dict]:
@@ -592,6 +596,9 @@ def met(r: dict, names: list[str], rate: float, batch_limit: float) -> dict[str,
     if ran("a_service") and ran("k_log_unjournaled"):
         # each decision chained and in the journal before it is answered, against the log as it was
         targets["a at least 0.95x k's throughput (the journal and the chain cost at most 5%)"] = statistics.median(each["a_over_k"]) >= 0.95
+    if ran("a_service") and ran("l_gc_default"):
+        targets["a at least l's throughput (the collector's young threshold at 20,000, not Python's 700)"] = \
+            statistics.median(each["a_over_l"]) >= 1.0
     if churn := [k for k in names if k in CHURN_TARGETS]:
         targets["no non-2xx in any run"] = _clean(r, churn)
     fraud, naive = r.get("h_fraud_service"), r.get("i_fraud_naive")
@@ -661,7 +668,8 @@ NAMES = {"a_service": "(a) this service", "b_naive": "(b) naive FastAPI + Feast 
          "g_bentoml_api_noop": "(g) `@bentoml.api` no-op, same options",
          "h_fraud_service": "(h) this service, fraud-detection", "i_fraud_naive": "(i) naive fraud: FastAPI + Feast + XGBoost",
          "j_v2_service": "(j) this service, v2 infer by id (churn, one row)",
-         "k_log_unjournaled": "(k) this service, its inference log unjournaled and unchained (SERVING_INFERENCE_LOG_JOURNAL=off)"}
+         "k_log_unjournaled": "(k) this service, its inference log unjournaled and unchained (SERVING_INFERENCE_LOG_JOURNAL=off)",
+         "l_gc_default": "(l) this service, the collector at Python's default young threshold (SERVING_GC_YOUNG_THRESHOLD=700)"}
 
 
 def _per_round(r: dict, against: str) -> str:
