@@ -172,7 +172,7 @@ soak: install ## The soak: 10 minutes at 70% of saturation (make test runs 30 s 
 test-fast: install ## Run the tests not marked slow or integration
 	$(BIN)/python -m pytest -m "not slow and not integration and not pods"
 
-bench: bench-offline bench-serving bench-drift bench-stream ## Every benchmark; results under loadtests/results/
+bench: bench-offline bench-serving bench-drift bench-stream bench-reasons ## Every benchmark; results under loadtests/results/
 
 bench-offline: install ## Time every offline stage on the default data set (in a temporary folder)
 	$(BIN)/python -m loadtests.bench_features
@@ -187,6 +187,9 @@ bench-feast-ray: install ## Feast's Ray compute engine and Ray offline store aga
 
 bench-serving: install ## Service vs naive design vs no-op, side by side (needs `make up` data and wrk)
 	$(BIN)/python -m loadtests.bench_serving
+
+bench-reasons: install ## How often a 1% change of the inputs keeps an adverse decision's principal reasons (needs `make up`)
+	$(BIN)/python -m loadtests.bench_reasons
 
 bench-stream: install ## Stream freshness at 1,000 events/s beside fraud-detection traffic, and the consumer's maximum (builds its own data; needs redis-server)
 	$(BIN)/python -m loadtests.bench_stream

@@ -54,14 +54,17 @@ with ui.shown("Scores over the customer base"):
     top = known.nlargest(dashboard.top_n, "churn_probability")
     rows = []
     for customer_id, probability, level in top[["customer_id", "churn_probability", "risk_level"]].itertuples(index=False):
-        reasons = ui.service().churn_score(customer_id)["reasons"]
+        scored = ui.service().churn_score(customer_id)
+        reasons = scored.get("principal_reasons") or scored["reasons"]  # principal: the adverse decision's own
         first = next((r for r in reasons if r["direction"] == "increases risk"), reasons[0] if reasons else None)
         meaning, action = retention.action_for(first["feature"]) if first else retention.DEFAULT
         rows.append({"customer": customer_id, "churn probability": probability, "risk level": level,
-                     "first reason": first["feature"] if first else "", "what it says": meaning, "action": action})
+                     "first reason": first["feature"] if first else "", "code": (first or {}).get("code") or "",
+                     "for the customer": (first or {}).get("sentence") or "", "what it says": meaning, "action": action})
     st.dataframe(pd.DataFrame(rows), hide_index=True,
                  column_config={"churn probability": st.column_config.NumberColumn(format="percent")})
-    ui.source("the service: churn-score's reasons (the first that raises the risk), and the retention table below")
+    ui.source("the service: churn-score's first principal reason (or, below high risk, the first reason that raises "
+              "it), its code and sentence from core/reason_codes.toml, and the retention table below")
 
 with ui.shown("Global importance"):
     st.subheader("What drives churn risk overall")

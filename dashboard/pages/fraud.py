@@ -30,6 +30,8 @@ if submitted:
         columns[0].metric("Decision", "flag as fraud" if result["is_fraud"] else "allow")
         columns[1].metric("Fraud probability", f"{result['fraud_probability']:.2%}")
         columns[2].metric("Threshold", f"{result['threshold']:.2%}")
+        if result.get("principal_reasons"):
+            st.markdown("**Principal reasons**: " + "; ".join(f"{r['code']}: {r['sentence']}" for r in result["principal_reasons"]))
         reasons = pd.DataFrame(result["reasons"])
         st.dataframe(reasons, hide_index=True)
         ui.source(f"the service: fraud-detection, fraud version {result['model']['version']} ({result['model']['role']})")
