@@ -120,8 +120,8 @@ def family_stability(family: str, settings, rows: int, cache: Path, seed: int = 
 
 def render(results: dict) -> str:
     lines = ["# Principal reasons under a 1% change of the inputs", "",
-             f"{results['config']['rows']} rows with an adverse decision per family, drawn from the champion's served "
-             "reference; each feature with fractional values moved by +1% and by -1% in turn (`one at a time`), then "
+             f"Up to {results['config']['rows']} rows with an adverse decision per family (all there are, when fewer), "
+             "drawn from the champion's served reference; each feature with fractional values moved by +1% and by -1% in turn (`one at a time`), then "
              "every such feature at once by +1% or -1% at random (`all at once`). Flags, category indices and counts "
              "are not moved: they have no value 1% away. Kept: the same principal reasons (codes) after the change; a "
              "change of the decision itself counts as not kept and is given apart. No target: this is what the "
