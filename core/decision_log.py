@@ -352,3 +352,44 @@ def note_pruned(folder: Path) -> None:
     if heads:
         with (folder.parent / PRUNED).open("a") as out:
             out.writelines(json.dumps({"writer": w, "seq": s, "chain": c, "folder": folder.name}) + "\n" for w, (s, c) in heads.items())
+
+
+class NoLog(ValueError):
+    """There is no inference log to read (no folder, or no file in it yet)."""
+
+
+def read_window(directory: Path, since: datetime | None = None, until: datetime | None = None,
+                version: str | None = None, roles: tuple[str, ...] = ("champion", "challenger"),
+                overridden: bool = False):
+    """A window of the inference log of one family, as a DataFrame (shadow rows are left out unless `roles` names them),
+    without the rows whose features the caller set unless `overridden` (a client's overrides are
+    not the population's data, and must not move a drift report or trigger a retraining)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    if not directory.exists():
+        raise NoLog(f"no inference log at {directory}")
+    found = ds.dataset(directory, format="parquet", partitioning="hive")
+    if not found.files:  # rows still in the journal (bentos/inference_log.py) are in no file yet
+        raise NoLog(f"no inference log file under {directory} yet")
+    # every file's columns (versions read different features; older files lack `overridden`)
+    schema = pa.unify_schemas([found.schema, *(f.physical_schema for f in found.get_fragments())])
+    dataset = ds.dataset(directory, format="parquet", partitioning="hive", schema=schema)
+    condition = ds.field("role").isin(list(roles))
+    if not overridden and "overridden" in schema.names:
+        condition &= ds.field("overridden").is_null() | (ds.field("overridden") == False)  # noqa: E712 - an expression
+    if since is not None:
+        condition &= ds.field("time") >= _utc(since)
+    if until is not None:
+        condition &= ds.field("time") < _utc(until)
+    if version is not None:
+        condition &= ds.field("version") == version
+    return dataset.to_table(filter=condition).to_pandas()
+
+
+def _utc(moment: datetime):
+    """A time as the log stores it: UTC, and a naive time (as --since parses) taken as UTC."""
+    import pandas as pd
+
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")

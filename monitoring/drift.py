@@ -107,34 +107,14 @@ def load_thresholds(family: str, version: str, tracking_uri: str, cache_dir: Pat
 def read_log(directory: Path, since: datetime | None = None, until: datetime | None = None,
              version: str | None = None, roles: tuple[str, ...] = ("champion", "challenger"),
              overridden: bool = False) -> pd.DataFrame:
-    """A window of the inference log of one family (shadow rows are left out: nobody got them),
-    without the rows whose features the caller set unless `overridden` (a client's overrides are
-    not the population's data, and must not move a drift report or trigger a retraining)."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
+    """A window of the inference log of one family (core/decision_log.py: read_window), or
+    DriftInputError saying why there is none."""
+    from core.decision_log import NoLog, read_window
 
-    if not directory.exists():
-        raise DriftInputError(f"no inference log at {directory}")
-    found = ds.dataset(directory, format="parquet", partitioning="hive")
-    # every file's columns (versions read different features; older files lack `overridden`)
-    schema = pa.unify_schemas([found.schema, *(f.physical_schema for f in found.get_fragments())])
-    dataset = ds.dataset(directory, format="parquet", partitioning="hive", schema=schema)
-    condition = ds.field("role").isin(list(roles))
-    if not overridden and "overridden" in schema.names:
-        condition &= ds.field("overridden").is_null() | (ds.field("overridden") == False)  # noqa: E712 - an expression
-    if since is not None:
-        condition &= ds.field("time") >= _utc(since)
-    if until is not None:
-        condition &= ds.field("time") < _utc(until)
-    if version is not None:
-        condition &= ds.field("version") == version
-    return dataset.to_table(filter=condition).to_pandas()
-
-
-def _utc(moment: datetime) -> pd.Timestamp:
-    """A time as the log stores it: UTC, and a naive time (as --since parses) taken as UTC."""
-    stamp = pd.Timestamp(moment)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    try:
+        return read_window(directory, since, until, version, roles, overridden)
+    except NoLog as e:
+        raise DriftInputError(str(e)) from e
 
 
 def attach_labels(current: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:

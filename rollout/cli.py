@@ -107,12 +107,18 @@ def canary(
 
 @app.command()
 def status(family: Family, service_url: ServiceUrl = None) -> None:
-    """What the registry asks for, and what the service serves."""
+    """What the registry asks for, what the service serves, and during a canary, the decision flips
+    on the challenger's rows so far (how often the champion would have decided otherwise)."""
     import httpx
 
     settings, gates = get_settings(), get_gate_settings()
     plan = _run(lambda: read_plan(family, settings.tracking_uri))
     typer.echo(json.dumps({"registry": plan.__dict__}))
+    if plan.challenger is not None:
+        from rollout.flips import decision_flips
+
+        flips = _run(lambda: decision_flips(settings, family, plan.champion, plan.challenger))
+        typer.echo(json.dumps({"flips": flips}))
     try:
         answer = httpx.get(f"{service_url or gates.service_url}/models/status", headers=client_headers(settings.secrets_dir),
                            timeout=10)

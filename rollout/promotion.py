@@ -111,8 +111,10 @@ class Gate:
         return asdict(self)
 
 
-def judge(evidence: dict[str, VersionEvidence], quality: dict | None, gates: GateSettings) -> list[Gate]:
-    """Every gate, in order; the challenger is promoted only if none fails."""
+def judge(evidence: dict[str, VersionEvidence], quality: dict | None, gates: GateSettings,
+          flips: dict | None = None) -> list[Gate]:
+    """Every gate, in order; the challenger is promoted only if none fails. `flips`: the decision
+    flips on the challenger's rows (rollout/flips.py), gated when gates.max_flip_rate is set."""
     champion, challenger = evidence[CHAMPION], evidence[CHALLENGER]
     enough = challenger.predictions >= gates.min_predictions
     out = [Gate("evidence", enough, f"challenger scored at least {gates.min_predictions} rows",
@@ -149,7 +151,19 @@ def judge(evidence: dict[str, VersionEvidence], quality: dict | None, gates: Gat
         drop = quality["champion"] - quality["challenger"]
         out.append(Gate("quality", drop <= gates.max_quality_drop,
                         f"challenger {quality['metric']} >= champion's - {gates.max_quality_drop}", quality))
+    out.append(flip_gate(flips, gates.max_flip_rate))
     return out
+
+
+def flip_gate(flips: dict | None, limit: float | None) -> Gate:
+    """The decision flips, as a gate when `limit` is set (n/a otherwise, its figures still shown)."""
+    figures = {k: v for k, v in (flips or {}).items() if k in (
+        "compared", "decision_flips", "flip_rate", "principal_change_rate", "skipped")}
+    if limit is None:
+        return Gate("decision_flips", None, "no gate (PROMOTE_MAX_FLIP_RATE unset): reported only", figures)
+    rate = (flips or {}).get("flip_rate")
+    return Gate("decision_flips", rate is not None and rate <= limit,
+                f"share of the challenger's rows the champion decides otherwise <= {limit}", figures)
 
 
 def decide(gates: list[Gate]) -> tuple[bool, list[str]]:

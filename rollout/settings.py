@@ -25,6 +25,9 @@ class GateSettings(BaseSettings):
         "0.2: the usual line for a significant one)."))
     max_quality_drop: float = Field(0.02, ge=0, description=(
         "On the latest labelled data, the challenger's PR-AUC may fall short of the champion's by at most this."))
+    max_flip_rate: float | None = Field(None, ge=0, le=1, description=(
+        "Share of the challenger's rows on which the champion, given the same features, decides otherwise "
+        "(rollout/flips.py), at most; unset: the flips are reported and not a gate."))
     reports_dir: Path | None = Field(None, description="Where reports are written [default DATA_DIR/reports/promotions].")
 
 

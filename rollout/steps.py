@@ -119,6 +119,7 @@ def end_canary(client, family: str) -> None:
 
 def evaluate(settings: Settings, gates: GateSettings, family: str, metrics_text: str) -> dict:
     """The figures, the gates and the decision for the current canary (no registry change)."""
+    from rollout.flips import decision_flips
     from rollout.promotion import decide, judge, read_evidence
 
     check_family(family)
@@ -127,12 +128,13 @@ def evaluate(settings: Settings, gates: GateSettings, family: str, metrics_text:
         raise RolloutError(f"{family} has no challenger: start a canary first (make canary MODEL={family})")
     evidence = read_evidence(metrics_text, family, plan.champion, plan.challenger)
     quality = guard_quality(settings, family, plan.champion, plan.challenger)
-    checked = judge(evidence, quality, gates)
+    flips = decision_flips(settings, family, plan.champion, plan.challenger)
+    checked = judge(evidence, quality, gates, flips)
     promote, failed = decide(checked)
     return {
         "family": family, "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "champion": plan.champion, "challenger": plan.challenger, "share": plan.share, "shadow": plan.shadow,
-        "evidence": {role: e.summary() for role, e in evidence.items()},
+        "evidence": {role: e.summary() for role, e in evidence.items()}, "flips": flips,
         "gates": [g.as_dict() for g in checked], "decision": "promote" if promote else "refuse", "failed_gates": failed,
     }
 
@@ -151,7 +153,22 @@ def readable(report: dict) -> str:
     lines += ["", "| role | version | predictions | failures | error rate | p99 ms |", "|---|---|---:|---:|---:|---:|"]
     for role, e in report["evidence"].items():
         lines.append(f"| {role} | {e['version']} | {e['predictions']} | {e['failures']} | {_fmt(e['error_rate'])} | {_fmt(e['p99_ms'])} |")
+    if flips := report.get("flips"):
+        lines += ["", flips_text(flips)]
     return "\n".join(lines) + "\n"
+
+
+def flips_text(flips: dict) -> str:
+    """A sentence on the decision flips (rollout/flips.py)."""
+    if flips.get("skipped"):
+        return f"Decision flips: not counted ({flips['skipped']})."
+    changes = ", ".join(f"{change}: {n}" for change, n in list(flips["changes"].items())[:6]) or "none"
+    text = (f"Decision flips: on {flips['compared']:,} rows the challenger scored, the champion would have decided "
+            f"otherwise on {flips['decision_flips']:,} ({_fmt(flips['flip_rate'])}; {changes}).")
+    if flips.get("adverse_under_both"):
+        text += (f" Of {flips['adverse_under_both']:,} rows adverse under both, {flips['principal_reasons_changed']:,} "
+                 f"have other principal reasons ({_fmt(flips['principal_change_rate'])}).")
+    return text
 
 
 def _fmt(value) -> str:

@@ -64,6 +64,13 @@ def canary(family: str, model: sources.RegisteredModel, status: dict, metrics_te
     got = evidence["challenger"].predictions
     st.progress(min(got / needed, 1.0), text=f"Evidence: {got:,} of the {needed:,} challenger predictions the gates need")
     ui.source(f"the registry's aliases and tags, and the service's /metrics at {ui.service().url(family)}")
+    if st.button("Count the decision flips so far", key=f"flips_{family}",
+                 help="Both versions score the challenger's logged rows again: how often the champion decides otherwise"):
+        from rollout.flips import decision_flips
+        from rollout.steps import flips_text
+
+        st.write(flips_text(decision_flips(data, family, champion.version, challenger.version)))
+        ui.source(f"the inference log under {data.data_dir / 'inference_log' / family}, scored by both versions (rollout/flips.py)")
 
 
 def drift(family: str) -> None:

@@ -106,6 +106,7 @@ def promotion(server, settings, customers, key):
         {CHAMPION: before, CHALLENGER: good}, 50.0, True), churn
     with LoadClient(url, customers, headers=key) as load:
         wait_for(lambda: challenger_predictions(url, before, good) >= GATES.min_predictions, "the canary's evidence")
+        wait_for(lambda: logged_rows(settings, good) > 0, "the challenger's rows in the inference log's files")
         promoted_at = time.monotonic()
         report = promote(settings, GATES, "churn", fetch_metrics(url))
         reloaded = reload(url, key)
@@ -113,6 +114,16 @@ def promotion(server, settings, customers, key):
                  "answers from the new champion")
     return {"before": before, "good": good, "report": report, "reload": reloaded, "load": load,
             "promoted_at": promoted_at, "process": process}
+
+
+def logged_rows(settings, version: str) -> int:
+    """Rows of `version` in the churn log's files (the flips count those; rows still in the journal are not)."""
+    from core.decision_log import NoLog, read_window
+
+    try:
+        return len(read_window(settings.data_dir / "inference_log" / "churn", version=version, roles=("challenger", "shadow")))
+    except NoLog:
+        return 0
 
 
 def test_a_canary_is_sticky_and_both_versions_answer(promotion):
@@ -136,6 +147,11 @@ def test_a_good_challenger_is_promoted_under_load_without_a_failed_request(promo
     assert server[0].poll() is None and promotion["process"].pid == server[0].pid  # no restart
     json_file, md_file = report["report_files"]
     assert "Decision: **promote**" in open(md_file).read()
+    # the champion, given the rows the challenger scored, mostly decides as it did: counted, not gated by default
+    flips = report["flips"]
+    assert flips["compared"] > 0 and flips["flip_rate"] < 0.5, flips
+    assert next(g for g in report["gates"] if g["name"] == "decision_flips")["passed"] is None
+    assert "Decision flips: on " in open(md_file).read()
     mlflow.set_tracking_uri(settings.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[PROMOTIONS_EXPERIMENT])
     assert "promote" in set(runs["tags.decision"])
@@ -148,8 +164,12 @@ def test_a_bad_challenger_is_refused_and_rollback_restores_the_old_champion(prom
     reload(url, key)
     with LoadClient(url, customers, threads=4, headers=key) as load:
         wait_for(lambda: challenger_predictions(url, champion, bad) >= GATES.min_predictions, "the canary's evidence")
-    report = promote(settings, GATES, "churn", fetch_metrics(url))
+        wait_for(lambda: logged_rows(settings, bad) > 0, "the challenger's rows in the inference log's files")
+    report = promote(settings, GATES.model_copy(update={"max_flip_rate": 0.2}), "churn", fetch_metrics(url))
     assert report["decision"] == "refuse" and "quality" in report["failed_gates"], report["gates"]
+    # a model of shuffled labels orders customers at random: its risk levels are the champion's by chance alone
+    assert report["flips"]["flip_rate"] > promotion["report"]["flips"]["flip_rate"], report["flips"]
+    assert "decision_flips" in report["failed_gates"], report["flips"]
     assert load.failures == []
     assert read_plan("churn", settings.tracking_uri).champion == champion  # nothing moved
 
