@@ -70,8 +70,8 @@ def catalogue(path: Path = CATALOGUE) -> Catalogue:
 
 def typical_values(frame, features: list[str]) -> dict[str, list[float]]:
     """Each feature's median and mean over `frame` (a training split): what a reason's side is
-    measured against. A feature with no value in any row has neither (NaN)."""
-    return {f: [float(frame[f].median()), float(frame[f].mean())] for f in features}
+    measured against. A feature with no value in any row is left out (its reasons get no sentence)."""
+    return {f: [float(frame[f].median()), float(frame[f].mean())] for f in features if frame[f].notna().any()}
 
 
 class Explainer:
@@ -85,16 +85,17 @@ class Explainer:
         self.high = [e.high if e else None for e in entries]
         self.low = [e.low if e else None for e in entries]
         self.missing = [book.missing.format(label=e.label) if e else None for e in entries]
-        # a version registered before the catalogue has no typical values: its reasons carry codes, no sentences
-        self.typical = None if typical is None else np.array(
-            [typical.get(f, [math.nan, math.nan]) for f in features], dtype=float).reshape(len(features), 2)
+        # each feature's (median, mean), as Python floats (read per reason, on the request path); None for a
+        # feature without them, and for every feature of a version registered before they were stored
+        typical = typical or {}
+        self.typical = [tuple(typical[f]) if f in typical else None for f in features]
 
     def sentence(self, j: int, value: float) -> str | None:
-        if math.isnan(value):
+        if value != value:  # NaN: no value
             return self.missing[j]
-        if self.typical is None or math.isnan(self.typical[j, 0]):
+        if (typical := self.typical[j]) is None:
             return None
-        median, mean = self.typical[j]
+        median, mean = typical
         above = value > median or value == median and value > mean
         return self.high[j] if above else self.low[j]
 

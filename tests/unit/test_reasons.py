@@ -64,8 +64,8 @@ def test_principal_reasons_are_the_largest_increases_at_most_four_largest_first(
 
 
 def test_typical_values_are_each_features_median_and_mean():
-    frame = pd.DataFrame({"a": [1.0, 2.0, 9.0], "b": [np.nan, 4.0, 4.0]})
-    assert typical_values(frame, ["a", "b"]) == {"a": [2.0, 4.0], "b": [4.0, 4.0]}
+    frame = pd.DataFrame({"a": [1.0, 2.0, 9.0], "b": [np.nan, 4.0, 4.0], "never": [np.nan] * 3})
+    assert typical_values(frame, ["a", "b", "never"]) == {"a": [2.0, 4.0], "b": [4.0, 4.0]}  # "never": no sentence
 
 
 def scorer(kind, booster, typical):  # noqa: F811
