@@ -116,6 +116,16 @@ def newest_drift_report(settings: Settings, family: str) -> DriftReport:
     return DriftReport(folders[-1].parent, json.loads(folders[-1].read_text()))
 
 
+def newest_promotion_report(settings: Settings, family: str, challenger: str) -> dict | None:
+    """The newest promotion report (make promote) of `challenger`, with its `path` and when it was
+    `made`; None when there is none."""
+    reports = sorted((settings.data_dir / "reports" / "promotions").glob(f"{family}-v{challenger}-*.json"),
+                     key=lambda path: path.stat().st_mtime)
+    if not reports:
+        return None
+    return {**json.loads(reports[-1].read_text()), "path": reports[-1], "made": modified(reports[-1])}
+
+
 # --- the registry ----------------------------------------------------------------------------
 
 @dataclass

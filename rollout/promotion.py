@@ -169,3 +169,21 @@ def flip_gate(flips: dict | None, limit: float | None) -> Gate:
 def decide(gates: list[Gate]) -> tuple[bool, list[str]]:
     failed = [g.name for g in gates if g.passed is False]
     return not failed, failed
+
+
+def flips_text(flips: dict) -> str:
+    """A sentence on the decision flips (rollout/flips.py)."""
+    if flips.get("skipped"):
+        return f"Decision flips: not counted ({flips['skipped']})."
+    changes = ", ".join(f"{change}: {n}" for change, n in list(flips["changes"].items())[:6]) or "none"
+    text = (f"Decision flips: on {flips['compared']:,} rows the challenger scored, the champion would have decided "
+            f"otherwise on {flips['decision_flips']:,} ({figure(flips['flip_rate'])}; {changes}).")
+    if flips.get("adverse_under_both"):
+        text += (f" Of {flips['adverse_under_both']:,} rows adverse under both, {flips['principal_reasons_changed']:,} "
+                 f"have other principal reasons ({figure(flips['principal_change_rate'])}).")
+    return text
+
+
+def figure(value) -> str:
+    """A report's figure: four significant digits for a float."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -30,6 +30,7 @@ from core.registry import (
     read_plan,
 )
 from core.settings import Settings
+from rollout.promotion import figure, flips_text
 from rollout.settings import GateSettings, get_gate_settings
 
 log = logging.getLogger(__name__)
@@ -148,31 +149,14 @@ def readable(report: dict) -> str:
              "| gate | result | rule | figures |", "|---|---|---|---|"]
     for gate in report["gates"]:
         result = {True: "pass", False: "FAIL", None: "n/a"}[gate["passed"]]
-        figures = ", ".join(f"{k}={_fmt(v)}" for k, v in gate["figures"].items())
+        figures = ", ".join(f"{k}={figure(v)}" for k, v in gate["figures"].items())
         lines.append(f"| {gate['name']} | {result} | {gate['rule']} | {figures} |")
     lines += ["", "| role | version | predictions | failures | error rate | p99 ms |", "|---|---|---:|---:|---:|---:|"]
     for role, e in report["evidence"].items():
-        lines.append(f"| {role} | {e['version']} | {e['predictions']} | {e['failures']} | {_fmt(e['error_rate'])} | {_fmt(e['p99_ms'])} |")
+        lines.append(f"| {role} | {e['version']} | {e['predictions']} | {e['failures']} | {figure(e['error_rate'])} | {figure(e['p99_ms'])} |")
     if flips := report.get("flips"):
         lines += ["", flips_text(flips)]
     return "\n".join(lines) + "\n"
-
-
-def flips_text(flips: dict) -> str:
-    """A sentence on the decision flips (rollout/flips.py)."""
-    if flips.get("skipped"):
-        return f"Decision flips: not counted ({flips['skipped']})."
-    changes = ", ".join(f"{change}: {n}" for change, n in list(flips["changes"].items())[:6]) or "none"
-    text = (f"Decision flips: on {flips['compared']:,} rows the challenger scored, the champion would have decided "
-            f"otherwise on {flips['decision_flips']:,} ({_fmt(flips['flip_rate'])}; {changes}).")
-    if flips.get("adverse_under_both"):
-        text += (f" Of {flips['adverse_under_both']:,} rows adverse under both, {flips['principal_reasons_changed']:,} "
-                 f"have other principal reasons ({_fmt(flips['principal_change_rate'])}).")
-    return text
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def write_report(report: dict, reports_dir: Path, settings: Settings) -> tuple[Path, Path]:

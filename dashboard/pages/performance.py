@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.families import FAMILIES, NAMES
 from dashboard import sources, ui
-from rollout.promotion import read_evidence
+from rollout.promotion import flips_text, read_evidence
 from rollout.settings import get_gate_settings
 
 st.title("Model performance")
@@ -64,13 +64,13 @@ def canary(family: str, model: sources.RegisteredModel, status: dict, metrics_te
     got = evidence["challenger"].predictions
     st.progress(min(got / needed, 1.0), text=f"Evidence: {got:,} of the {needed:,} challenger predictions the gates need")
     ui.source(f"the registry's aliases and tags, and the service's /metrics at {ui.service().url(family)}")
-    if st.button("Count the decision flips so far", key=f"flips_{family}",
-                 help="Both versions score the challenger's logged rows again: how often the champion decides otherwise"):
-        from rollout.flips import decision_flips
-        from rollout.steps import flips_text
-
-        st.write(flips_text(decision_flips(data, family, champion.version, challenger.version)))
-        ui.source(f"the inference log under {data.data_dir / 'inference_log' / family}, scored by both versions (rollout/flips.py)")
+    report = sources.newest_promotion_report(data, family, challenger.version)
+    if report is not None and report.get("flips"):
+        st.write(flips_text(report["flips"]))
+        ui.source(f"the promotion report {report['path'].name} (make promote)", report["made"])
+    else:
+        st.caption(f"Decision flips: `python -m rollout status {family}` counts them so far (both versions score the "
+                   "challenger's logged rows again); `make promote` reports them, and this page shows its newest report.")
 
 
 def drift(family: str) -> None:
