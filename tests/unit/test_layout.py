@@ -100,6 +100,20 @@ def test_the_bento_ships_only_what_runs_in_it():
     assert folders == {"bentos", "scoring", "core", "feature_repo"}
 
 
+def test_every_file_of_the_packages_in_the_bento_is_shipped_in_it():
+    """A data file beside the code (the reason-code catalogue) is read at run time: a pattern
+    naming only *.py would leave it out, and the serving pod would not start."""
+    from fnmatch import fnmatch
+
+    import yaml
+
+    included = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["include"]
+    files = [str(path.relative_to(ROOT)) for folder in ("bentos", "scoring", "core") for path in (ROOT / folder).iterdir()
+             if path.is_file() and path.suffix != ".pyc"]
+    assert "core/reason_codes.toml" in files
+    assert [f for f in files if not any(fnmatch(f, pattern) for pattern in included)] == []
+
+
 def test_the_bentos_lock_holds_no_test_or_load_tools_and_pins_what_the_tests_ran():
     def pins(name: str) -> dict[str, str]:
         lines = (ROOT / name).read_text().splitlines()
