@@ -19,25 +19,19 @@ from collections import Counter
 import pandas as pd
 
 from core.families import FAMILIES
-from core.registry import CHAMPION
 from core.settings import Settings
-from scoring.base import build_scorer
-from scoring.frames import CHUNK_ROWS, FrameReader
+from scoring.frames import results_of
 
 ROLES = ("challenger", "shadow")  # the roles a challenger's rows are logged under
 
 
 def decisions(loaded, frame: pd.DataFrame) -> tuple[list[str], list[tuple[str, ...]]]:
     """Each row's decision (as text) and its principal reasons' codes (none for a family without reasons)."""
-    features = loaded.metadata["features"]
-    scorer = build_scorer(loaded, loaded.info(CHAMPION), FrameReader(frame[features].astype(float)), top_reasons=1)
-    field, reasons = FAMILIES[loaded.family].decision_field, bool(FAMILIES[loaded.family].adverse)
+    field = FAMILIES[loaded.family].decision_field
     out, codes = [], []
-    for start in range(0, len(frame), CHUNK_ROWS):
-        requests = [{"customer_id": str(i)} for i in range(start, min(start + CHUNK_ROWS, len(frame)))]
-        for result in scorer.score(requests, reasons=reasons):
-            out.append(str(result[field]))
-            codes.append(tuple(r["code"] or r["feature"] for r in result.get("principal_reasons", [])))
+    for result in results_of(loaded, frame, reasons=bool(FAMILIES[loaded.family].adverse)):
+        out.append(str(result[field]))
+        codes.append(tuple(r["code"] or r["feature"] for r in result.get("principal_reasons", [])))
     return out, codes
 
 

@@ -38,6 +38,17 @@ def score_frame(loaded, frame: pd.DataFrame) -> np.ndarray:
 def scored_frame(loaded, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     """Each row's score, and its decision as the inference log writes it (risk level, is_fraud,
     segment name, as text)."""
+    family = FAMILIES[loaded.family]
+    scores, decisions = np.empty(len(frame)), []
+    for i, result in enumerate(results_of(loaded, frame)):
+        scores[i] = result[family.score_field]
+        decisions.append(str(result[family.decision_field]))
+    return scores, decisions
+
+
+def results_of(loaded, frame: pd.DataFrame, reasons: bool = False):
+    """Each row's result as the service's scorer gives it (with its reasons when `reasons`), in
+    chunks of CHUNK_ROWS."""
     features = loaded.metadata["features"]
     if missing := [name for name in features if name not in frame.columns]:
         raise ValueError(f"the table lacks {len(missing)} feature(s) of {loaded.family} version {loaded.version}: "
@@ -46,12 +57,7 @@ def scored_frame(loaded, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         table = frame[features].astype(float)
     except (TypeError, ValueError) as e:
         raise ValueError(f"a feature column of the table is not numeric: {e}") from e
-    scorer = build_scorer(loaded, loaded.info("offline"), FrameReader(table), top_reasons=0)
-    family = FAMILIES[loaded.family]
-    scores, decisions = np.empty(len(table)), []
+    scorer = build_scorer(loaded, loaded.info("offline"), FrameReader(table), top_reasons=1 if reasons else 0)
     for start in range(0, len(table), CHUNK_ROWS):
         requests = [{"customer_id": str(i)} for i in range(start, min(start + CHUNK_ROWS, len(table)))]
-        results = scorer.score(requests, reasons=False)
-        scores[start:start + len(requests)] = [result[family.score_field] for result in results]
-        decisions += [str(result[family.decision_field]) for result in results]
-    return scores, decisions
+        yield from scorer.score(requests, reasons=reasons)
