@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.families import FAMILIES
+from core.rules import RULES
 
 API_PREFIX = "/api/v1/inference"
 PROTOCOL_PREFIX = "/v2"  # the Open Inference Protocol's routes (bentos/oip.py)
@@ -34,13 +35,17 @@ class FamilySettings(BaseModel):
     shadow: bool = Field(False, description=(
         "The challenger also scores the champion's requests in the background, for comparison only. "
         "The tag serving.shadow wins over this."))
+    rules: Path | None = Field(None, description=(
+        "Rules each request meets before the model's outcome stands (core/rules.py); fraud's default is "
+        "core/fraud_rules.toml (SERVING_FRAUD__RULES names another file). Read at start-up: a file that cannot be "
+        "used stops the start, naming the rule."))
 
 
 class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVING_", env_nested_delimiter="__", extra="ignore")
 
     churn: FamilySettings = FamilySettings()
-    fraud: FamilySettings = FamilySettings()
+    fraud: FamilySettings = FamilySettings(rules=RULES)
     segment: FamilySettings = FamilySettings()
     registry_poll_s: float = Field(15.0, ge=0, description=(
         "How often each family asks the MLflow registry for alias and canary changes; 0 = only at start "

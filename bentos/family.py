@@ -31,6 +31,7 @@ from bentos.versions import LiveSet, Versions
 from core.families import FAMILIES
 from core.registry import CHALLENGER, CHAMPION, fail_fast
 from core.reports import latest_summary
+from core.rules import Rules, load_rules
 from core.settings import Settings
 from scoring.base import UNKNOWN_CUSTOMER, UNKNOWN_VERSION, ModelInfo, OnlineFeatures, build_scorer
 from scoring.loading import LoadedVersion, VersionRefused
@@ -127,9 +128,10 @@ class ProbeReader:
         return OnlineFeatures({name: np.array(self.ROWS[:len(rows)]) for name in self.features}, np.ones(len(rows), dtype=bool))
 
 
-def checked_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, top_reasons: int):
+def checked_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, top_reasons: int, rules: Rules | None = None):
     """The scorer of a version that reads only features its FeatureService serves and scores the
-    probe rows with finite numbers; VersionRefused says which check it failed."""
+    probe rows with finite numbers, with the family's `rules` when it has some; VersionRefused says
+    which check it failed."""
     features, service = loaded.metadata["features"], info.feature_service
     try:
         served = set(reader.features_of(service))
@@ -146,6 +148,8 @@ def checked_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, 
     if not np.isfinite(scores).all():
         raise VersionRefused(loaded.family, loaded.version, f"scores {scores} on rows of missing, zero and one values")
     scorer.reader = reader  # checked: from now on it reads the feature store
+    if rules is not None:
+        scorer.use_rules(rules)
     return scorer
 
 
@@ -162,7 +166,10 @@ class FamilyServer:
         log's writer, the registry poll and the drift watch."""
         serving, settings, own = self.serving, self.settings, self.serving.family(self.family)
         self.reader = reader
-        self.versions = Versions(self.family, packed, lambda loaded, info: checked_scorer(loaded, info, reader, serving.top_reasons),
+        rules = load_rules(own.rules) if own.rules else None
+        if rules is not None:
+            log.info("%s: rules version %s from %s (%d rules)", self.family, rules.version, own.rules, len(rules.rules))
+        self.versions = Versions(self.family, packed, lambda loaded, info: checked_scorer(loaded, info, reader, serving.top_reasons, rules),
                                  settings.tracking_uri, serving.model_cache or settings.data_dir / "model_cache",
                                  own.challenger_share, own.shadow, on_change=self._registry_state)
         self.versions.reload()

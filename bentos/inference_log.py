@@ -6,8 +6,9 @@ hash, each batch in a journal before its answers leave (core/decision_log.py has
 Columns: request_id, client_id (who sent the request: bentos/auth.py; empty with AUTH_MODE=off),
 scope (the scope it was scored under: `inference`, or empty), time (UTC), customer_id, model,
 version, role (champion, challenger, shadow), score, decision, overridden (the caller set some of
-the features: drift reports and retraining leave such rows out), seq and chain (the row's place in
-its writer's hash chain), then one column per feature the version read. It is personal data: files
+the features: drift reports and retraining leave such rows out), rules (fraud: the rules that hit,
+`name:outcome`, comma-separated), seq and chain (the row's place in its writer's hash chain), then
+one column per feature the version read. It is personal data: files
 are 0640 and folders 0750 (the service's group reads them: the jobs run in it), and
 `python -m monitoring prune-log` removes the days past the retention.
 
@@ -48,6 +49,7 @@ import numpy as np
 
 from core.decision_log import GENESIS, Batch, journal_record, open_segment, recover, segment_path, write_file
 from core.families import FAMILIES
+from core.rules import as_logged
 from scoring.base import FEATURES_KEY
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class InferenceLog:
             [result["customer_id"] for _, result in rows],
             [float(result[score_key]) for _, result in rows], [str(result[decision_key]) for _, result in rows],
             np.vstack([result.pop(FEATURES_KEY) for _, result in rows]),
+            rules=[as_logged(result["rules"]) for _, result in rows] if "rules" in rows[0][1] else None,
         )
         with self._lock:  # one order for the numbers, the journal and the files
             if self.journal != "off":

@@ -38,6 +38,8 @@ class Metrics:
     registry_failures: object
     version_refused: object
     drift_share: object
+    decisions: object
+    rule_hits: object
     retrain_cycles: object
     retrain_failures_in_a_row: object
     api_keys_file_valid: object
@@ -62,6 +64,10 @@ def metrics() -> Metrics:
         scores=Histogram("fintech_score", "Churn and fraud probabilities by model version.", version, buckets=SCORE_BUCKETS),
         segments=Counter("fintech_segment_assignments", "Customers assigned to each segment, by model version.",
                          [*version, "segment"]),
+        decisions=Counter("fintech_decisions", "Decisions by model version: churn's risk levels, fraud's outcomes "
+                          "(accept, review, block).", [*version, "decision"]),
+        rule_hits=Counter("fintech_rule_hits", "Fraud rules met, by rule and the outcome it set (core/fraud_rules.toml).",
+                          [*version, "rule", "outcome"]),
         shadow_dropped=Counter("fintech_shadow_dropped", "Shadow batches skipped because the shadow scorer was behind.",
                                ["model"]),
         feature_age=Histogram("fintech_feature_age_seconds", "Age of the online features read (the oldest feature view "
@@ -122,13 +128,21 @@ def record_batch(family: str, version: str, role: str, results: list[dict], seco
     labels = (family, version, role)
     m.batch_size.labels(*labels).observe(len(results))
     outcomes: dict[str, int] = {}
+    decisions: dict[str, int] = {}
     scores = []
+    family_facts = FAMILIES[family]
     for result in results:
         outcome = result.get("error", "ok")
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if outcome == "ok":
-            scores.append(result[FAMILIES[family].score_field])
-    if FAMILIES[family].categorical:
+            scores.append(result[family_facts.score_field])
+            if not family_facts.categorical and (decision := result.get(family_facts.decision_field)) is not None:
+                decisions[str(decision)] = decisions.get(str(decision), 0) + 1
+            for hit in result.get("rules", ()):
+                m.rule_hits.labels(*labels, hit["rule"], hit["outcome"]).inc()
+    for decision, count in decisions.items():
+        m.decisions.labels(*labels, decision).inc(count)
+    if family_facts.categorical:
         for segment, count in zip(*np.unique(np.asarray(scores, dtype=int), return_counts=True)):
             m.segments.labels(*labels, str(segment)).inc(int(count))
     else:

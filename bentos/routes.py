@@ -70,8 +70,9 @@ def segment_body(r: dict) -> dict:
 
 
 def fraud_body(r: dict) -> dict:
-    return {"customer_id": r["customer_id"], "fraud_probability": r["fraud_probability"], "is_fraud": r["is_fraud"],
-            "threshold": r["threshold"], "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
+    return {"customer_id": r["customer_id"], "fraud_probability": r["fraud_probability"], "outcome": r["outcome"],
+            "is_fraud": r["is_fraud"], "threshold": r["threshold"], "block_threshold": r["block_threshold"],
+            "rules": r["rules"], "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
             "reasons": public_reasons(r["reasons"]), "principal_reasons": public_reasons(r.get("principal_reasons", []))}
 
 

@@ -70,7 +70,7 @@ class FeatureSources(BaseModel):
     store: str = "every other feature came from the online store"
 
 
-PRINCIPAL = ("An adverse decision's principal reasons (churn: risk level high or critical; fraud: is_fraud): the "
+PRINCIPAL = ("An adverse decision's principal reasons (churn: risk level high or critical; fraud: review or block): the "
              "features that raised the score most, at most four, largest first. Empty for any other decision.")
 
 
@@ -111,11 +111,24 @@ class ChurnBatchResponse(BaseModel):
     results: list[ChurnBatchItem]
 
 
+class RuleHit(BaseModel):
+    """A fraud rule the transaction met (core/fraud_rules.toml): it raised the outcome to its own."""
+    rule: str
+    code: str
+    outcome: Literal["review", "block"]
+    sentence: str
+
+
 class FraudScore(BaseModel):
     customer_id: str
-    fraud_probability: float
-    is_fraud: bool
-    threshold: float
+    fraud_probability: float = Field(description="Calibrated: of transactions scored p, about p are fraudulent.")
+    outcome: Literal["accept", "review", "block"] = Field(description=(
+        "accept below `threshold`, review from it, block from `block_threshold` (both chosen at training from the "
+        "stated costs of a missed fraud, a review and a blocked good customer); a rule in `rules` may raise it."))
+    is_fraud: bool = Field(description="The outcome is review or block: the transaction is not accepted as it is.")
+    threshold: float = Field(description="The version's review threshold on fraud_probability.")
+    block_threshold: float = Field(description="The version's block threshold on fraud_probability.")
+    rules: list[RuleHit] = Field([], description="The fraud rules the transaction met, each with the outcome it set.")
     model: ModelRef
     feature_sources: FeatureSources
     reasons: list[Reason]

@@ -65,6 +65,7 @@ class Batch:
     first_seq: int = 0
     previous: str = GENESIS
     chain: list[str] = field(default_factory=list)
+    rules: list[str] | None = None  # per row, fraud's rules that hit (core/rules.py: as_logged); None: no rules
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -79,7 +80,8 @@ class Batch:
         for i in range(len(self)):
             previous = link(previous, content(
                 family, self.first_seq + i, time_ns, self.request_ids[i], self.client_ids[i], self.customer_ids[i], self.version,
-                self.role, self.scores[i], self.decisions[i], self.overridden[i], named, values[i]))
+                self.role, self.scores[i], self.decisions[i], self.overridden[i], named, values[i],
+                self.rules[i] if self.rules else ""))
             self.chain.append(previous)
         return previous
 
@@ -94,10 +96,14 @@ def canonical(matrix: np.ndarray) -> np.ndarray:
 
 
 def content(family: str, seq: int, time_ns: int, request_id: str, client_id: str, customer_id: str, version: str,
-            role: str, score: float, decision: str, overridden: bool, features: str, values: np.ndarray) -> bytes:
-    """What a row's chain covers: every column, and the names of the features its values are of."""
+            role: str, score: float, decision: str, overridden: bool, features: str, values: np.ndarray,
+            rules: str = "") -> bytes:
+    """What a row's chain covers: every column, and the names of the features its values are of.
+    The rules that hit are appended only when some did: a row without them (every row written
+    before rules existed) covers what it always did."""
     text = "\x1f".join((family, str(seq), str(time_ns), request_id, client_id, SCORING_SCOPE if client_id else "",
-                        customer_id, version, role, decision, "1" if overridden else "0", features))
+                        customer_id, version, role, decision, "1" if overridden else "0", features,
+                        *((rules,) if rules else ())))
     return text.encode() + struct.pack("<d", score) + values.tobytes()
 
 
@@ -132,6 +138,8 @@ def table_of(family: str, batches: list[Batch]):
             "decision": pa.array([d for b in chosen for d in b.decisions], pa.string()),
             "overridden": pa.array([o for b in chosen for o in b.overridden], pa.bool_()),
         }
+        if any(b.rules is not None for b in chosen):
+            columns["rules"] = pa.array([r for b in chosen for r in (b.rules or [""] * len(b))], pa.string())
         if all(b.chain for b in chosen):  # numbered and chained (a log with its journal off is neither)
             columns["seq"] = pa.array(np.concatenate([np.arange(b.first_seq, b.first_seq + len(b)) for b in chosen]), pa.int64())
             columns["chain"] = pa.array([c for b in chosen for c in b.chain], pa.string())
@@ -215,7 +223,8 @@ def journal_record(batch: Batch) -> bytes:
     header = to_json({
         "time": batch.time.isoformat(), "version": batch.version, "role": batch.role, "features": batch.features,
         "request_ids": batch.request_ids, "client_ids": batch.client_ids, "overridden": batch.overridden,
-        "customer_ids": batch.customer_ids, "scores": batch.scores, "decisions": batch.decisions, "first_seq": batch.first_seq})
+        "customer_ids": batch.customer_ids, "scores": batch.scores, "decisions": batch.decisions, "first_seq": batch.first_seq,
+        "rules": batch.rules})
     matrix = np.ascontiguousarray(batch.matrix, dtype="<f8").tobytes()
     return FRAME.pack(MAGIC, len(header), len(matrix)) + header + matrix
 
@@ -237,7 +246,7 @@ def journal_batches(data: bytes) -> Iterator[Batch]:
         matrix = np.frombuffer(data[end - matrix_size:end], dtype="<f8").reshape(len(header["request_ids"]), len(features))
         yield Batch(datetime.fromisoformat(header["time"]), header["version"], header["role"], features,
                     header["request_ids"], header["client_ids"], header["overridden"], header["customer_ids"],
-                    header["scores"], header["decisions"], matrix.copy(), header["first_seq"])
+                    header["scores"], header["decisions"], matrix.copy(), header["first_seq"], rules=header.get("rules"))
         at = end
 
 
@@ -340,7 +349,7 @@ def rows_after(batch: Batch, seq: int) -> Batch | None:
     keep = slice(skip, None)
     return Batch(batch.time, batch.version, batch.role, batch.features, batch.request_ids[keep], batch.client_ids[keep],
                  batch.overridden[keep], batch.customer_ids[keep], batch.scores[keep], batch.decisions[keep],
-                 batch.matrix[keep], batch.first_seq + skip)
+                 batch.matrix[keep], batch.first_seq + skip, rules=batch.rules[keep] if batch.rules else None)
 
 
 def note_pruned(folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""How a model's raw output becomes a decision: calibration and churn risk levels.
+"""How a model's raw output becomes a decision: calibration, churn risk levels and fraud outcomes.
 
 Shared by training (which fits the coefficients and cut-offs) and serving (which applies the ones
 stored with the model); only numpy, so the services import it cheaply.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 RISK_LEVELS = ("low", "medium", "high", "critical")
+OUTCOMES = ("accept", "review", "block")  # a fraud decision, least severe first
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -27,3 +28,16 @@ def risk_level(probability: np.ndarray, cutoffs: dict[str, float]) -> np.ndarray
     for level in RISK_LEVELS[1:]:
         levels[probability >= cutoffs[level]] = level
     return levels
+
+
+def fraud_outcome(probability: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
+    """accept below the `review` threshold, review below the `block` one, block from it on."""
+    outcomes = np.full(len(probability), OUTCOMES[0], dtype=object)
+    for outcome in OUTCOMES[1:]:
+        outcomes[probability >= thresholds[outcome]] = outcome
+    return outcomes
+
+
+def severest(outcomes: list[str]) -> str:
+    """The most severe of fraud outcomes (accept when there are none)."""
+    return max(outcomes, key=OUTCOMES.index, default=OUTCOMES[0])

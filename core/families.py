@@ -4,6 +4,7 @@ its quality is measured on. Code that differs by family asks this table (or the 
 module, scoring/<family>.py), never the family's name.
 
     FAMILIES["fraud"].score_field      # "fraud_probability"
+    FAMILIES["fraud"].decision_field   # "outcome": accept, review or block
     FAMILIES["fraud"].rows             # "transaction"
     NAMES                              # ("churn", "fraud", "segment")
 """
@@ -42,8 +43,8 @@ class Family:
 FAMILIES = {family.name: family for family in (
     Family("churn", "churn_v1", "churn_probability", "risk_level", "churned", rows="customer", flavour="xgboost",
            importance=True, calibrated=True, adverse=("high", "critical")),
-    Family("fraud", "fraud_v1", "fraud_probability", "is_fraud", "is_fraud", rows="transaction", flavour="xgboost",
-           alternatives=("fraud_v2",), adverse=(True,)),
+    Family("fraud", "fraud_v1", "fraud_probability", "outcome", "is_fraud", rows="transaction", flavour="xgboost",
+           calibrated=True, alternatives=("fraud_v2",), adverse=("review", "block")),
     Family("segment", "segment_v1", "segment_id", "segment_name", None, rows="customer", flavour="sklearn",
            categorical=True),
 )}

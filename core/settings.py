@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     training_customers: int = Field(100_000, ge=1, description=(
         "Customers the churn and segment training sets are drawn from when there are more (seeded, churn "
         "stratified on whether the customer ever churned)."))
+    fraud_cost_missed: float = Field(200.0, gt=0, description=(
+        "What a fraudulent transaction that is accepted costs (the loss and the chargeback): with the two below, "
+        "it chooses the fraud model's review and block thresholds at training (training/outcomes.py)."))
+    fraud_cost_review: float = Field(4.0, gt=0, description="What reviewing one transaction costs (an analyst's time).")
+    fraud_cost_blocked_good: float = Field(25.0, gt=0, description=(
+        "What blocking a good transaction costs (the margin lost, a customer annoyed)."))
     segment_k_min: int = Field(3, ge=2, description="Fewest segments the segmentation tries (k of k-means, chosen by silhouette).")
     segment_k_max: int = Field(8, ge=2, description="Most segments the segmentation tries.")
 

@@ -84,13 +84,20 @@ def latest_snapshot_ids(settings: Settings) -> tuple[list[str], pd.Timestamp]:
 # --- the inference log and drift reports ----------------------------------------------------
 
 def read_inference_log(settings: Settings, family: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """What the service scored for a family and logged (champion and challenger rows)."""
+    """What the service scored for a family and logged (champion and challenger rows); of `columns`,
+    those the log has."""
     import pyarrow.dataset as ds
 
     directory = settings.data_dir / "inference_log" / family
     if not directory.exists() or not any(directory.rglob("*.parquet")):
         raise SourceMissing(f"The service has logged no {family} predictions yet ({directory}).")
-    dataset = ds.dataset(directory, format="parquet", partitioning="hive", exclude_invalid_files=True)
+    import pyarrow as pa
+
+    found = ds.dataset(directory, format="parquet", partitioning="hive", exclude_invalid_files=True)
+    # every file's columns: a newer one may have a column (fraud's `rules`) older ones lack
+    schema = pa.unify_schemas([found.schema, *(f.physical_schema for f in found.get_fragments())])
+    dataset = ds.dataset(directory, format="parquet", partitioning="hive", exclude_invalid_files=True, schema=schema)
+    columns = [c for c in columns if c in schema.names] if columns else None
     table = dataset.to_table(columns=columns, filter=ds.field("role").isin(["champion", "challenger"]))
     return table.to_pandas()
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from core.decision_log import GENESIS, LogFile, canonical, content, link, log_files, pruned_heads
+from core.decisions import severest
+from core.rules import logged_outcomes
 
 
 @dataclass
@@ -119,6 +121,7 @@ def _rows(f: LogFile, family: str) -> list[_Row]:
     table = pq.read_table(f.path).to_pandas()
     columns = {name: table[name].tolist() for name in
                ("seq", "chain", "request_id", "client_id", "customer_id", "version", "role", "score", "decision", "overridden")}
+    rules = table["rules"].fillna("").tolist() if "rules" in table.columns else [""] * len(table)
     times = (table["time"].astype("int64") // 1000 * 1000).tolist()
     built: dict[int, bytes] = {}
     for version, features in f.features.items():
@@ -128,7 +131,7 @@ def _rows(f: LogFile, family: str) -> list[_Row]:
         for i, at in enumerate(mine):
             built[at] = content(family, columns["seq"][at], times[at], columns["request_id"][at], columns["client_id"][at],
                                 columns["customer_id"][at], version, columns["role"][at], columns["score"][at],
-                                columns["decision"][at], bool(columns["overridden"][at]), named, values[i])
+                                columns["decision"][at], bool(columns["overridden"][at]), named, values[i], rules[at])
     # a row of a version the footer does not name has no content to check: it cannot follow the chain
     return [_Row(columns["seq"][at], columns["chain"][at], built.get(at, b""), f.path, columns["request_id"][at])
             for at in range(len(table))]
@@ -146,13 +149,18 @@ class ReplayReport:
 def replay(window, family: str, load, keep: int = 20) -> ReplayReport:
     """Score each logged row again with its logged version and its logged features (`load(version)`
     gives the version, scoring/loading.py) and count those whose score and decision are the logged
-    ones exactly. Shadow rows are replayed too: their version scored them."""
+    ones exactly. Shadow rows are replayed too: their version scored them. A fraud row's logged
+    rule hits raise the replayed outcome as they raised the served one (the transaction's own
+    fields, which some rules read, are not logged; the hits are, under the chain)."""
     from scoring.frames import scored_frame
 
     report = ReplayReport(family)
     for version, rows in window.groupby("version", sort=True):
         loaded = load(str(version))
         scores, decisions = scored_frame(loaded, rows)
+        if "rules" in rows.columns:
+            decisions = [severest([d, *logged_outcomes(hits)]) if hits else d
+                         for d, hits in zip(decisions, rows["rules"].fillna("").tolist())]
         same = (scores == rows["score"].to_numpy(dtype=float)) & (np.array(decisions) == rows["decision"].to_numpy(dtype=str))
         report.rows += len(rows)
         report.reproduced += int(same.sum())

@@ -1,18 +1,25 @@
-"""Fraud: the probability that a card transaction is fraudulent, the decision at the version's
-threshold, and the reasons. The transaction's own features (core/realtime.py) come from the
-request through the reader and cannot be overridden.
+"""Fraud: the calibrated probability that a card transaction is fraudulent, the outcome (accept,
+review or block) at the version's two thresholds raised by any fraud rule that hits (core/rules.py),
+and the reasons. The transaction's own features (core/realtime.py) come from the request through
+the reader and cannot be overridden.
 
     scorer = build(loaded, info, reader, top_reasons=5)
+    scorer.use_rules(load_rules())          # the service does; offline scoring (replay) does not
     scorer.score([{"customer_id": "C0000001", "request_data": {"amount": 39.3, ...}}])
+
+A version registered before calibration and outcomes existed serves as it was trained: its raw
+probability, review and block both at its one threshold.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from core.decisions import calibrate, fraud_outcome, severest
 from core.families import FAMILIES
 from core.realtime import OUTPUT_FEATURES
 from core.reasons import Explainer
+from core.rules import Rules
 from scoring.base import (
     FeatureReader,
     ModelInfo,
@@ -36,23 +43,39 @@ class FraudScorer:
     def __init__(self, booster: xgb.Booster, metadata: dict, info: ModelInfo, reader: FeatureReader, top_n: int = 5):
         self.booster, self.metadata, self.info, self.reader, self.top_n = booster, metadata, info, reader, top_n
         self.features: list[str] = metadata["features"]
-        self.threshold = float(metadata["threshold"])
+        self.calibration = metadata.get("calibration")
+        one = float(metadata["threshold"])
+        self.thresholds = {name: float(t) for name, t in metadata.get("outcome_thresholds", {"review": one, "block": one}).items()}
         in_booster_order(booster, self.features)
         self.trees = tree_ensemble(booster)
         self.explainer = Explainer(self.features, metadata.get("typical"))
+        self.rules: Rules | None = None
+        self._check = None
+
+    def use_rules(self, rules: Rules) -> None:
+        """Check each transaction against `rules` before its outcome stands."""
+        self.rules, self._check = rules, rules.checker(self.features)
 
     def score(self, requests: list[dict], reasons: bool = True, keep_features: bool = False) -> list[dict]:
         a = assemble(self.reader, self.info, self.features, requests, store_only=REQUEST_TIME_FEATURES)
-        probability, contributions = self.trees.predict(a.matrix, contributions=reasons)
+        raw, contributions = self.trees.predict(a.matrix, contributions=reasons)
+        probability = calibrate(raw, self.calibration) if self.calibration else raw
+        outcomes = fraud_outcome(probability, self.thresholds)
+        check = self._check
 
         def scored(i: int, customer_id: str) -> dict:
-            result = {"customer_id": customer_id, "fraud_probability": float(probability[i]),
-                      "is_fraud": bool(probability[i] >= self.threshold), "threshold": self.threshold,
+            outcome = str(outcomes[i])
+            hits = check(customer_id, requests[i].get("request_data", {}), a.matrix[i]) if check else []
+            if hits:
+                outcome = severest([outcome, *(rule.outcome for rule in hits)])
+            result = {"customer_id": customer_id, "fraud_probability": float(probability[i]), "outcome": outcome,
+                      "is_fraud": outcome in ADVERSE, "threshold": self.thresholds["review"],
+                      "block_threshold": self.thresholds["block"], "rules": [rule.as_dict() for rule in hits],
                       "model": self.info.as_dict(), "feature_sources": a.sources[i]}
             if reasons:
                 result["reasons"] = self.explainer.top(contributions[i], a.matrix[i], self.top_n)
                 result["principal_reasons"] = self.explainer.principal(contributions[i], a.matrix[i]) \
-                    if result["is_fraud"] in ADVERSE else []
+                    if outcome in ADVERSE else []
             return result
 
         return row_results(a, requests, self.info, scored, keep_features)

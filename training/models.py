@@ -1,7 +1,8 @@
 """The three models, trained from plain DataFrames (no Feast, no MLflow here).
 
 * churn: XGBoost with Platt-calibrated probabilities and risk-level cut-offs;
-* fraud: XGBoost with an operating threshold chosen on validation data;
+* fraud: XGBoost with Platt-calibrated probabilities and accept / review / block thresholds
+  chosen on validation data from stated costs;
 * segment: scaling + k-means, k chosen by silhouette, segments named from their centroids.
 
 Monotone constraints keep the model honest where the direction is known: more days since the
@@ -19,18 +20,20 @@ import pandas as pd
 import xgboost as xgb
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, brier_score_loss, precision_recall_curve, roc_auc_score, silhouette_score
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, silhouette_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from core.decisions import RISK_LEVELS, calibrate, logit, risk_level
 from core.feature_sets import CHURN_FEATURES, FRAUD_FEATURES, SEGMENT_FEATURES
 from core.reasons import catalogue, typical_values
+from training.outcomes import Costs, choose_thresholds, outcome_metrics
 
 # Share of the validation population above each cut-off: critical = top 5%, high = next 10%, ...
 RISK_SHARES = {"medium": 0.35, "high": 0.15, "critical": 0.05}
 CHURN_INCREASING = ("days_since_last_txn", "recency_vs_gap")
 FRAUD_INCREASING = ("amount_log_z", "amount_to_median", "amount_to_max")
+DEFAULT_COSTS = Costs(missed=200.0, review=4.0, blocked_good=25.0)  # Settings.fraud_cost_* are these by default
 
 
 @dataclass
@@ -176,37 +179,43 @@ def train_churn(frame: pd.DataFrame, seed: int = 42, params: dict | None = None,
 
 
 def train_fraud(frame: pd.DataFrame, seed: int = 42, params: dict | None = None,
-                features: list[str] = FRAUD_FEATURES) -> TrainedModel:
+                features: list[str] = FRAUD_FEATURES, costs: Costs = DEFAULT_COSTS) -> TrainedModel:
     """frame: one row per transaction with `features` (default: fraud_v1's), `event_timestamp` and
     `is_fraud`, split by fraud_split. params: XGBoost parameters over the defaults (a retraining
-    search's choice)."""
+    search's choice). The probability is Platt-calibrated on the validation period (the booster is
+    trained with scale_pos_weight, which inflates its raw output), and the review and block
+    thresholds are the least costly there under `costs` (training/outcomes.py); the test period
+    reports them."""
     catalogue().require(features, "fraud")
     train, valid, test = FRAUD.split(frame)
     model = _xgb(features, FRAUD.increasing, seed, **{**FRAUD.fixed, **(params or {})})
     model.fit(train[features], train["is_fraud"])
 
-    valid_p = model.predict_proba(valid[features])[:, 1]
-    precision, recall, thresholds = precision_recall_curve(valid["is_fraud"], valid_p)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    threshold = float(thresholds[np.argmax(f1[:-1])])
+    raw_valid = model.predict_proba(valid[features])[:, 1]
+    platt = LogisticRegression(C=1e6).fit(logit(raw_valid)[:, None], valid["is_fraud"])
+    calibration = {"method": "platt", "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0])}
+    thresholds = choose_thresholds(valid["is_fraud"].to_numpy(), calibrate(raw_valid, calibration), costs)
 
-    test_p = model.predict_proba(test[features])[:, 1]
+    raw_test = model.predict_proba(test[features])[:, 1]
+    test_p = calibrate(raw_test, calibration)
     y = test["is_fraud"].to_numpy()
-    flagged = test_p >= threshold
     metrics = {
         "test_pr_auc": average_precision_score(y, test_p),
         "test_roc_auc": roc_auc_score(y, test_p),
-        "test_precision_at_threshold": float(y[flagged].mean()) if flagged.any() else 0.0,
-        "test_recall_at_threshold": float(flagged[y == 1].mean()) if (y == 1).any() else 0.0,
-        "threshold": threshold,
+        "test_brier": brier_score_loss(y, test_p),
+        "test_brier_uncalibrated": brier_score_loss(y, raw_test),
+        **{f"test_{name}": value for name, value in outcome_metrics(y, test_p, thresholds, costs).items()},
+        "threshold": thresholds["review"], "review_threshold": thresholds["review"], "block_threshold": thresholds["block"],
         "test_fraud_rate": float(y.mean()),
         "train_rows": len(train), "valid_rows": len(valid), "test_rows": len(test),
     }
     return TrainedModel(
         name="fraud", model=model, features=list(features), params=model.get_params(), metrics=metrics,
-        metadata={"threshold": threshold, "threshold_rule": "maximum F1 on the validation period",
+        metadata={"calibration": calibration, "outcome_thresholds": thresholds, "costs": costs.as_dict(),
+                  "threshold": thresholds["review"],
+                  "threshold_rule": "least stated cost on the validation period (review from `review`, block from `block`)",
                   "typical": typical_values(train, features)},
-        artifacts={"precision_recall": precision_recall_table(y, test_p)},
+        artifacts={"precision_recall": precision_recall_table(y, test_p), "calibration_curve": calibration_table(y, test_p)},
     )
 
 

@@ -37,6 +37,7 @@ from core.feature_sets import FEATURE_SERVICES, GROWS_WITH_TIME, SERVICE_FEATURE
 from core.movement import usual_movement
 from core.settings import Settings
 from training import features, generate, models, partitions, registry, sampling, store
+from training.outcomes import Costs
 
 log = logging.getLogger(__name__)
 SERVED_REFERENCE_ROWS = 20_000
@@ -264,12 +265,16 @@ class Trainer:
     supervised: models.Supervised | None = None
 
 
+def fraud_costs(settings: Settings) -> Costs:
+    return Costs(settings.fraud_cost_missed, settings.fraud_cost_review, settings.fraud_cost_blocked_good)
+
+
 # The one place training differs by family: core.families holds their facts, this their training.
 TRAINERS = {
     "churn": Trainer(churn_training_set, lambda frame, settings, params, features: models.train_churn(
         frame, settings.seed, params, features), models.CHURN),
     "fraud": Trainer(fraud_training_set, lambda frame, settings, params, features: models.train_fraud(
-        frame, settings.seed, params, features), models.FRAUD),
+        frame, settings.seed, params, features, fraud_costs(settings)), models.FRAUD),
     "segment": Trainer(segment_training_set, lambda frame, settings, params, features: models.train_segment(
         frame, range(settings.segment_k_min, settings.segment_k_max + 1), settings.seed)),
 }

@@ -1,10 +1,11 @@
-"""Fraud: score a transaction from a form, the transactions the service flagged, and what the
-stored threshold trades between precision and recall."""
+"""Fraud: score a transaction from a form, the outcomes (accept, review, block) the service gave
+and the transactions it held, and what the stored thresholds trade at the stated costs."""
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.decisions import OUTCOMES
 from core.schema import CHANNELS, MERCHANT_CATEGORIES
 from dashboard import ui
 
@@ -26,46 +27,60 @@ if submitted:
         transaction = {"amount": amount, "merchant_category": category, "channel": channel,
                        "country": country.strip().upper(), "device_id": device.strip()}
         result = ui.service().fraud(customer_id.strip(), transaction)
-        columns = st.columns(3)
-        columns[0].metric("Decision", "flag as fraud" if result["is_fraud"] else "allow")
+        columns = st.columns(4)
+        columns[0].metric("Outcome", result["outcome"])
         columns[1].metric("Fraud probability", f"{result['fraud_probability']:.2%}")
-        columns[2].metric("Threshold", f"{result['threshold']:.2%}")
+        columns[2].metric("Review from", f"{result['threshold']:.2%}")
+        columns[3].metric("Block from", f"{result['block_threshold']:.2%}")
+        for hit in result.get("rules", []):
+            st.markdown(f"**Rule {hit['code']}** ({hit['rule']}): {hit['sentence']} → {hit['outcome']}")
         if result.get("principal_reasons"):
             st.markdown("**Principal reasons**: " + "; ".join(f"{r['code']}: {r['sentence']}" for r in result["principal_reasons"]))
         reasons = pd.DataFrame(result["reasons"])
         st.dataframe(reasons, hide_index=True)
         ui.source(f"the service: fraud-detection, fraud version {result['model']['version']} ({result['model']['role']})")
 
-with ui.shown("Flagged transactions"):
-    st.subheader("Recently flagged by the service")
-    log = ui.inference_log("fraud", ("time", "customer_id", "version", "role", "score", "decision"))
-    flagged = log[log["decision"].astype(str).str.lower().isin(["true", "1"])].sort_values("time", ascending=False).head(50)
-    st.metric("Flagged / scored (inference log)", f"{len(log[log['decision'].astype(str).str.lower().isin(['true', '1'])]):,} / {len(log):,}")
-    if flagged.empty:
-        st.info("The service has flagged no transaction yet.")
+with ui.shown("Outcomes"):
+    st.subheader("Outcomes the service gave")
+    log = ui.inference_log("fraud", ("time", "customer_id", "version", "role", "score", "decision", "rules"))
+    counts = log["decision"].astype(str).value_counts()
+    columns = st.columns(len(OUTCOMES))
+    for column, outcome in zip(columns, OUTCOMES):
+        column.metric(outcome.capitalize(), f"{counts.get(outcome, 0):,}",
+                      f"{counts.get(outcome, 0) / max(len(log), 1):.1%} of {len(log):,}", delta_color="off")
+    held = log[log["decision"].isin(OUTCOMES[1:])].sort_values("time", ascending=False).head(50)
+    if held.empty:
+        st.info("The service has sent no transaction to review and blocked none yet.")
     else:
-        st.dataframe(flagged.rename(columns={"score": "fraud probability"}), hide_index=True)
-    ui.source("the inference log of the fraud family")
+        st.markdown("**Recently sent to review or blocked**")
+        st.dataframe(held.rename(columns={"score": "fraud probability", "decision": "outcome"}), hide_index=True)
+    ui.source("the inference log of the fraud family (rows logged before outcomes existed say True or False)")
 
-with ui.shown("Threshold"):
-    st.subheader("Precision and recall of the stored threshold")
+with ui.shown("Thresholds"):
+    st.subheader("What the stored thresholds trade")
     champion = ui.champion("fraud")
-    curve = ui.version_table(champion.run_id, "precision_recall")
-    threshold = champion.metrics.get("threshold")
-    columns = st.columns(3)
-    columns[0].metric("Threshold", f"{threshold:.2%}" if threshold is not None else "not recorded")
-    columns[1].metric("Precision at it (test)", f"{champion.metrics.get('test_precision_at_threshold', float('nan')):.1%}")
-    columns[2].metric("Recall at it (test)", f"{champion.metrics.get('test_recall_at_threshold', float('nan')):.1%}")
-    if curve is None:
-        st.info(f"Fraud version {champion.version} was trained before the precision-recall table was stored; retrain to see it.")
+    metrics = champion.metrics
+    review, block = metrics.get("review_threshold"), metrics.get("block_threshold")
+    if review is None:
+        st.info(f"Fraud version {champion.version} was trained before outcomes existed (one threshold); retrain to see them.")
     else:
+        columns = st.columns(4)
+        columns[0].metric("Review from", f"{review:.2%}", f"{metrics['test_review_rate']:.2%} of transactions", delta_color="off")
+        columns[1].metric("Block from", f"{block:.2%}", f"{metrics['test_block_rate']:.2%} of transactions", delta_color="off")
+        columns[2].metric("Frauds stopped (reviewed or blocked)", f"{metrics['test_recall_stopped']:.1%}",
+                          f"{metrics['test_recall_blocked']:.1%} blocked", delta_color="off")
+        columns[3].metric("Cost per 1,000 transactions", f"{metrics['test_cost_per_1000']:,.0f}",
+                          f"{metrics['test_cost_per_1000_accept_all']:,.0f} if all were accepted", delta_color="off")
+    curve = ui.version_table(champion.run_id, "precision_recall")
+    if curve is not None:
         long = curve.melt("threshold", ["precision", "recall"], var_name="measure", value_name="value")
         chart = alt.Chart(long).mark_line().encode(
             x=alt.X("threshold:Q", title="Threshold on the fraud probability", axis=alt.Axis(format=".0%")),
             y=alt.Y("value:Q", title="Precision or recall (test period)", axis=alt.Axis(format=".0%")),
             color=alt.Color("measure:N", title=None))
-        if threshold is not None:
-            chart += alt.Chart(pd.DataFrame({"threshold": [threshold]})).mark_rule(strokeDash=[4, 4]).encode(x="threshold:Q")
+        marks = pd.DataFrame({"threshold": [t for t in (review, block) if t is not None]})
+        if not marks.empty:
+            chart += alt.Chart(marks).mark_rule(strokeDash=[4, 4]).encode(x="threshold:Q")
         st.altair_chart(chart, width="stretch")
     ui.source(f"the registry: fraud version {champion.version} (champion), its out-of-time test period",
               f"{champion.created:%Y-%m-%d %H:%M UTC}")

@@ -17,11 +17,12 @@ import math
 import os
 
 import bentoml
+import numpy as np
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from bentos.schemas import FraudRequest
-from core.decisions import calibrate
+from core.decisions import calibrate, fraud_outcome
 from core.realtime import OUTPUT_FEATURES as REQUEST_TIME_FEATURES
 from core.settings import get_settings
 from core.store import open_store
@@ -69,14 +70,16 @@ def churn_route(store, loaded: LoadedVersion):
 def fraud_route(store, loaded: LoadedVersion):
     info, meta, booster = loaded.info("champion"), loaded.metadata, loaded.model
     service = store.get_feature_service(info.feature_service)
-    threshold = float(meta["threshold"])
+    thresholds = meta["outcome_thresholds"]
     # the request-time features always have a value: a customer is known by the stored ones
     stored = [f for f in meta["features"] if f not in REQUEST_TIME_FEATURES]
 
     def fraud_detection(body: FraudRequest) -> dict:
         entity_row = {"customer_id": body.customer_id, **body.transaction.request_data()}
-        probability = float(booster.inplace_predict(feature_row(store, service, meta["features"], stored, entity_row))[0])
-        return {"customer_id": body.customer_id, "fraud_probability": probability, "is_fraud": probability >= threshold,
-                "threshold": threshold, "model": info.as_dict()}
+        raw = booster.inplace_predict(feature_row(store, service, meta["features"], stored, entity_row))
+        probability = float(calibrate(raw, meta["calibration"])[0])
+        outcome = str(fraud_outcome(np.array([probability]), thresholds)[0])
+        return {"customer_id": body.customer_id, "fraud_probability": probability, "outcome": outcome,
+                "threshold": thresholds["review"], "model": info.as_dict()}
 
     return fraud_detection

@@ -99,6 +99,12 @@ def test_segment_fraud_and_explain(client, customers):
                    "device_id": "dev-1", "timestamp": "2026-10-01T12:00:00Z"}
     fraud = client.post(f"{API}/fraud-detection", json={"customer_id": customers[0], "transaction": transaction}).json()
     assert 0 <= fraud["fraud_probability"] <= 1 and fraud["is_fraud"] == (fraud["fraud_probability"] >= fraud["threshold"])
+    p, review, block = fraud["fraud_probability"], fraud["threshold"], fraud["block_threshold"]
+    assert fraud["rules"] == [] and fraud["outcome"] == ("block" if p >= block else "review" if p >= review else "accept")
+    sanctioned = client.post(f"{API}/fraud-detection", json={"customer_id": customers[0],
+                                                             "transaction": {**transaction, "country": "KP"}}).json()
+    assert sanctioned["outcome"] == "block" and sanctioned["is_fraud"] and sanctioned["principal_reasons"]
+    assert [(h["rule"], h["outcome"]) for h in sanctioned["rules"]] == [("sanctioned-country", "block")]
     assert fraud["reasons"] and all(set(r) == REASON and r["code"] and r["sentence"] for r in fraud["reasons"])
     explained = client.get(f"{API}/explain", params={"customer_id": customers[0]}).json()
     assert explained["kind"] == "shap_values" and [v["feature"] for v in explained["values"]] == CHURN_FEATURES

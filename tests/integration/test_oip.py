@@ -92,6 +92,7 @@ def test_infer_by_id_answers_what_the_json_routes_answer_for_each_family(triton,
                     for c in customers[:10]]
         assert fraud.as_numpy("fraud_probability").tolist() == [e["fraud_probability"] for e in expected]
         assert fraud.as_numpy("is_fraud").tolist() == [e["is_fraud"] for e in expected]
+        assert fraud.as_numpy("outcome").astype(str).tolist() == [e["outcome"] for e in expected]
 
         segment = triton.infer("segment", [tensor("customer_id", customers[:10])], headers=headers)
         expected = [http.post(f"{API}/segment", json={"customer_id": c}).json() for c in customers[:10]]

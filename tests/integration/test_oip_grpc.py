@@ -53,7 +53,7 @@ def values(result, output: str) -> list:
     return [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy(output).tolist()]
 
 
-OUTPUTS = {"churn": ("churn_probability", "risk_level"), "fraud": ("fraud_probability", "is_fraud", "threshold"),
+OUTPUTS = {"churn": ("churn_probability", "risk_level"), "fraud": ("fraud_probability", "outcome", "is_fraud", "threshold"),
            "segment": ("segment_id", "segment_name")}
 
 

@@ -107,8 +107,28 @@ def test_shuffled_labels_give_a_chance_level_auc(churn_frame):
     assert abs(model.metrics["test_roc_auc"] - 0.5) < 0.07
 
 
-def test_an_amount_far_above_the_norm_never_lowers_fraud_risk(fraud_frame):
-    fraud = train_fraud(fraud_frame, seed=1)
+@pytest.fixture(scope="module")
+def fraud(fraud_frame):
+    return train_fraud(fraud_frame, seed=1)
+
+
+def test_fraud_probabilities_are_calibrated_and_the_costs_choose_accept_review_and_block(fraud):
+    """Calibrated on the validation period, the mean probability on the test period is near its
+    fraud rate, and the Brier score is no worse than the booster's own (trained with
+    scale_pos_weight, which can overstate the odds)."""
+    m = fraud.metrics
+    assert m["test_brier"] <= 1.05 * m["test_brier_uncalibrated"]
+    curve = fraud.artifacts["calibration_curve"]
+    mean_p = (curve["mean_predicted"] * curve["rows"]).sum() / curve["rows"].sum()
+    assert 0.5 < mean_p / m["test_fraud_rate"] < 2.0
+    thresholds = fraud.metadata["outcome_thresholds"]
+    assert 0 < thresholds["review"] <= thresholds["block"] <= 1 and fraud.metadata["threshold"] == thresholds["review"]
+    assert fraud.metadata["costs"] == {"missed": 200.0, "review": 4.0, "blocked_good": 25.0}
+    assert m["test_cost_per_1000"] < m["test_cost_per_1000_accept_all"]  # the outcomes pay for themselves out of time
+    assert 0 < m["test_review_rate"] < 0.5 and m["test_recall_stopped"] >= m["test_recall_blocked"]
+
+
+def test_an_amount_far_above_the_norm_never_lowers_fraud_risk(fraud_frame, fraud):
     assert fraud.metrics["test_pr_auc"] > 0.3 and 0 < fraud.metadata["threshold"] < 1
     rows = fraud_frame[fraud_frame["is_fraud"] == 0].sample(2000, random_state=0)
     before = fraud.model.predict_proba(rows[fraud.features])[:, 1]

@@ -175,3 +175,29 @@ def test_a_log_with_its_journal_off_is_written_unchained_and_verify_says_so(tmp_
     [file] = log_files(tmp_path / "churn")
     assert file.writer is None and "chain" not in pq.read_schema(file.path).names
     assert [f.kind for f in check_chain(tmp_path / "churn", "churn").findings] == ["unchained"]
+
+
+def append_fraud(log: InferenceLog, first: int, rows: int) -> None:
+    """Fraud rows; every third met a rule (the outcome it raised is the logged decision)."""
+    requests = [{"customer_id": f"C{n}", "request_id": f"f{n}", "client_id": "app"} for n in range(first, first + rows)]
+    hits = [[{"rule": "large-amount", "code": "RUL04", "outcome": "review", "sentence": "Large"}] if n % 3 == 0 else []
+            for n in range(first, first + rows)]
+    results = [{"customer_id": r["customer_id"], "fraud_probability": n / 1000, "outcome": "review" if hit else "accept",
+                "rules": hit, FEATURES_KEY: np.array([float(n), 1.0])}
+               for n, r, hit in zip(range(first, first + rows), requests, hits)]
+    log.append("1", "champion", FEATURES, requests, results)
+
+
+def test_the_rules_a_fraud_row_met_are_logged_under_the_chain_and_survive_a_kill(tmp_path):
+    log = InferenceLog(tmp_path, "fraud", flush_s=60)
+    append_fraud(log, 0, 9)
+    log.flush()
+    append_fraud(log, 9, 6)
+    os.close(log._journal_fd)  # killed before the second batch was written as a file
+    assert [rows for _, rows in recover(tmp_path / "fraud", "fraud")] == [6]
+    directory = tmp_path / "fraud"
+    table = pa.concat_tables(pq.read_table(path) for path in files_of(directory))
+    assert table["rules"].to_pylist() == ["large-amount:review" if n % 3 == 0 else "" for n in range(15)]
+    assert check_chain(directory, "fraud").findings == []
+    rewrite(files_of(directory)[0], lambda t: edited(t, "rules", "f3", ""))  # a hit removed
+    assert [(f.kind, f.where.rsplit("request ", 1)[-1]) for f in check_chain(directory, "fraud").findings] == [("edited", "f3")]

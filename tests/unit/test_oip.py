@@ -48,8 +48,10 @@ class Family:
         reasons = [{"feature": "days_since_last_txn", "code": "ACT01", "sentence": "Long ago", "shap_value": 0.5,
                     "feature_value": 3.0, "direction": "increases risk"}]
         answers = {"churn": {"churn_probability": 0.25, "risk_level": "medium", "reasons": reasons, "principal_reasons": []},
-                   "fraud": {"fraud_probability": 0.75, "is_fraud": True, "threshold": 0.5, "reasons": reasons,
-                             "principal_reasons": reasons},
+                   "fraud": {"fraud_probability": 0.75, "outcome": "review", "is_fraud": True, "threshold": 0.5,
+                             "block_threshold": 0.9, "rules": [{"rule": "large-amount", "code": "RUL04", "outcome": "review",
+                                                                "sentence": "Above the limit"}],
+                             "reasons": reasons, "principal_reasons": reasons},
                    "segment": {"segment_id": 2, "segment_name": "diners"}}
         return {"customer_id": request["customer_id"], **answers[self.name], "model": model,
                 "feature_sources": {"request": [], "default": []}}
@@ -82,8 +84,9 @@ def test_the_server_and_each_model_say_they_are_live_ready_and_what_they_take(se
                                                     "device_id", "timestamp", "features"]
     assert {i["name"]: i["datatype"] for i in fraud["inputs"]}["amount"] == "FP64"
     assert {o["name"]: o["datatype"] for o in fraud["outputs"]} == {
-        "fraud_probability": "FP64", "is_fraud": "BOOL", "threshold": "FP64", "model_version": "BYTES",
-        "model_role": "BYTES", "reasons": "BYTES", "principal_reasons": "BYTES", "error": "BYTES"}
+        "fraud_probability": "FP64", "outcome": "BYTES", "is_fraud": "BOOL", "threshold": "FP64", "block_threshold": "FP64",
+        "model_version": "BYTES", "model_role": "BYTES", "reasons": "BYTES", "principal_reasons": "BYTES", "rules": "BYTES",
+        "error": "BYTES"}
     segment = client.get("/v2/models/segment/versions/3").json()
     assert [i["name"] for i in segment["inputs"]] == ["customer_id", "features"] and "reasons" not in {o["name"] for o in segment["outputs"]}
     assert client.get("/v2/models/churn/ready").json() == {"name": "churn", "ready": True}
@@ -115,7 +118,8 @@ def test_fraud_rows_carry_their_transaction_as_the_json_route_builds_it(served):
     response = infer(client, "fraud", tensors, version="3")
     assert response.status_code == 200, response.text
     outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
-    assert outputs["is_fraud"] == [True, True] and outputs["threshold"] == [0.5, 0.5]
+    assert outputs["outcome"] == ["review", "review"] and outputs["is_fraud"] == [True, True] and outputs["threshold"] == [0.5, 0.5]
+    assert json.loads(outputs["rules"][0]) == [{"rule": "large-amount", "code": "RUL04", "outcome": "review", "sentence": "Above the limit"}]
     handed = server.families["fraud"].handed[0]
     assert handed["pin"] == "3" and handed["request_data"] == {
         "amount": 39.32, "merchant_category": "groceries", "channel": "pos", "country": "GB", "device_id": "D0000001-0",

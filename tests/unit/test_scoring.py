@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
+from core.decisions import calibrate
+from core.rules import Rule, Rules
 from scoring.base import INCOMPLETE_FEATURES, INVALID_FEATURE, UNKNOWN_CUSTOMER, ModelInfo, OnlineFeatures
 from scoring.churn import ChurnScorer
 from scoring.fraud import FraudScorer
@@ -106,11 +108,57 @@ def test_exact_explanations_add_up_to_the_margin(churn, booster):
     assert total == pytest.approx(float(booster.predict(row, output_margin=True)[0]), abs=1e-4)
 
 
-def test_fraud_decision_uses_the_stored_threshold(booster):
+def test_a_version_with_one_threshold_accepts_below_it_and_blocks_from_it(booster):
+    """A version registered before outcomes existed: its raw probability, review and block both at its threshold."""
     metadata = {"features": FEATURES, "threshold": 0.5}
     scorer = FraudScorer(booster, metadata, ModelInfo("fraud", "1", "champion", "fraud_v1"), FakeReader())
     low, high = scorer.score([{"customer_id": "A"}, {"customer_id": "B"}])
-    assert low["is_fraud"] is False and high["is_fraud"] is True and high["threshold"] == 0.5
+    assert (low["outcome"], high["outcome"]) == ("accept", "block")
+    assert low["is_fraud"] is False and high["is_fraud"] is True and high["threshold"] == high["block_threshold"] == 0.5
+
+
+def test_the_fraud_outcome_is_the_calibrated_probability_at_the_two_thresholds(booster):
+    raw = booster.predict(xgb.DMatrix(np.array([FakeReader.STORE["A"], FakeReader.STORE["B"]]), feature_names=FEATURES))
+    calibration = {"method": "platt", "a": 0.8, "b": -1.5}
+    p_a, p_b = calibrate(raw, calibration)
+    review, block = (p_a + p_b) / 2, p_b + 1e-4  # A below review, B between review and block
+    metadata = {"features": FEATURES, "threshold": review, "calibration": calibration,
+                "outcome_thresholds": {"review": review, "block": block}}
+    scorer = FraudScorer(booster, metadata, ModelInfo("fraud", "4", "champion", "fraud_v1"), FakeReader())
+    a, b = scorer.score([{"customer_id": "A"}, {"customer_id": "B"}])
+    assert a["fraud_probability"] == pytest.approx(p_a) and b["fraud_probability"] == pytest.approx(p_b)
+    assert (a["outcome"], b["outcome"]) == ("accept", "review") and (a["is_fraud"], b["is_fraud"]) == (False, True)
+    assert (b["threshold"], b["block_threshold"]) == (review, block)
+    assert a["principal_reasons"] == [] and b["principal_reasons"]  # review is adverse, accept is not
+    metadata["outcome_thresholds"]["block"] = p_b - 1e-4
+    assert FraudScorer(booster, metadata, ModelInfo("fraud", "4", "champion", "fraud_v1"), FakeReader()).score(
+        [{"customer_id": "B"}])[0]["outcome"] == "block"
+
+
+def test_a_rule_that_hits_raises_the_outcome_never_lowers_it_and_is_named(booster):
+    rules = Rules(7, (
+        Rule("denied-customer", "RUL01", "customer_id", "block", "Denied", deny=frozenset({"C-DENIED"})),
+        Rule("large-amount", "RUL04", "amount", "review", "Large", above=1000.0),
+        Rule("velocity-1h", "RUL05", "prev_txn_count_1h", "block", "Fast", above=0.0),  # a feature this version lacks
+    ))
+    metadata = {"features": FEATURES, "threshold": 0.5}
+    scorer = FraudScorer(booster, metadata, ModelInfo("fraud", "1", "champion", "fraud_v1"), FakeReader())
+    scorer.use_rules(rules)
+    small, large, blocked_large = scorer.score([
+        {"customer_id": "A", "request_data": {"amount": 10.0}}, {"customer_id": "A", "request_data": {"amount": 5000.0}},
+        {"customer_id": "B", "request_data": {"amount": 5000.0}}])
+    assert (small["outcome"], small["rules"]) == ("accept", [])
+    assert large["outcome"] == "review" and [h["rule"] for h in large["rules"]] == ["large-amount"]
+    assert large["principal_reasons"]  # the outcome is adverse, whichever part decided it
+    assert blocked_large["outcome"] == "block" and large["rules"][0] == {
+        "rule": "large-amount", "code": "RUL04", "outcome": "review", "sentence": "Large"}
+    store = FakeReader.STORE
+    store["C-DENIED"] = store["A"]
+    try:
+        [denied] = scorer.score([{"customer_id": "C-DENIED", "request_data": {"amount": 1.0}}])
+    finally:
+        del store["C-DENIED"]
+    assert denied["outcome"] == "block" and [h["rule"] for h in denied["rules"]] == ["denied-customer"]
 
 
 def test_stored_values_convert_as_feast_converts_them():
