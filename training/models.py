@@ -61,11 +61,18 @@ def _xgb(features: list[str], increasing: tuple[str, ...], seed: int, **override
     return xgb.XGBClassifier(**params)
 
 
-def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
-    """The calibration curve on the test set: rows in `bins` equal-count bins of predicted probability,
-    each bin's mean prediction beside the share that churned."""
+# Fraud is about 0.5% of transactions: equal-count bins would put every fraud in the last one
+FRAUD_CALIBRATION_EDGES = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9, 1.0)
+
+
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10, edges: tuple[float, ...] | None = None) -> pd.DataFrame:
+    """The calibration curve on the test set: rows in `bins` equal-count bins of predicted probability
+    (or in bins between `edges`), each bin's mean prediction beside the share that was positive."""
     frame = pd.DataFrame({"predicted": p, "observed": y})
-    frame["bin"] = pd.qcut(frame["predicted"], bins, labels=False, duplicates="drop")
+    if edges is None:
+        frame["bin"] = pd.qcut(frame["predicted"], bins, labels=False, duplicates="drop")
+    else:
+        frame["bin"] = pd.cut(frame["predicted"], edges, labels=False, include_lowest=True)
     table = frame.groupby("bin").agg(mean_predicted=("predicted", "mean"), observed_rate=("observed", "mean"),
                                      rows=("observed", "size"))
     return table.reset_index()
@@ -215,7 +222,7 @@ def train_fraud(frame: pd.DataFrame, seed: int = 42, params: dict | None = None,
                   "threshold": thresholds["review"],
                   "threshold_rule": "least stated cost on the validation period (review from `review`, block from `block`)",
                   "typical": typical_values(train, features)},
-        artifacts={"precision_recall": precision_recall_table(y, test_p), "calibration_curve": calibration_table(y, test_p)},
+        artifacts={"precision_recall": precision_recall_table(y, test_p), "calibration_curve": calibration_table(y, test_p, edges=FRAUD_CALIBRATION_EDGES)},
     )
 
 

@@ -80,8 +80,9 @@ def test_every_page_renders_against_the_real_service(page, environment, settings
         assert len(app.dataframe[0].value) == 20  # the top-N table, each with a reason and an action
         assert app.dataframe[0].value["action"].str.len().min() > 0
     if page == "fraud":
-        assert metrics["Threshold"].endswith("%")
-        assert "Flagged / scored (inference log)" in metrics
+        assert metrics["Review from"].endswith("%") and metrics["Block from"].endswith("%")
+        counts = [int(metrics[outcome].replace(",", "")) for outcome in ("Accept", "Review", "Block")]
+        assert sum(counts) >= 10  # the fixture's ten transactions at least, each under one outcome
     if page == "performance":
         assert metrics["Champion (registry / served)"] == "1 / 1"
     assert all(c.value.startswith("Source: ") for c in app.caption if c.value.startswith("Source"))
@@ -109,16 +110,23 @@ def test_search_finds_a_known_customer_and_says_so_for_an_unknown_one(environmen
     assert customer in app.selectbox(key="customer_pick").options
 
 
-def test_the_fraud_form_returns_a_decision(environment, customer):
+def test_the_fraud_form_returns_an_outcome_and_the_rules_it_met(environment, customer):
     app = run("fraud")
     app.text_input(key="fraud_customer").input(customer)
     app.number_input(key="fraud_amount").set_value(9000.0)
     app.button[0].click().run()
     assert not app.exception and not app.error, [*app.exception, *app.error]
     metrics = {m.label: m.value for m in app.metric}
-    assert metrics["Decision"] in ("flag as fraud", "allow")
-    probability, threshold = (float(metrics[k].rstrip("%")) for k in ("Fraud probability", "Threshold"))
-    assert (metrics["Decision"] == "flag as fraud") == (probability >= threshold)
+    probability, review, block = (float(metrics[k].rstrip("%")) for k in ("Fraud probability", "Review from", "Block from"))
+    assert metrics["Outcome"] == ("block" if probability >= block else "review" if probability >= review else "accept")
+    app.number_input(key="fraud_amount").set_value(20_000.0)  # over the large-amount rule's limit
+    app.button[0].click().run()
+    assert metrics_of(app)["Outcome"] in ("review", "block")
+    assert any("RUL04" in m.value and "large-amount" in m.value for m in app.markdown)
+
+
+def metrics_of(app) -> dict[str, str]:
+    return {m.label: m.value for m in app.metric}
 
 
 def test_every_page_in_a_real_browser(environment, settings, customer, tmp_path):

@@ -350,14 +350,16 @@ def test_a_sigterm_under_load_finishes_what_was_accepted_refuses_the_rest_and_fl
 
 
 def answered_fraud_and_segments(url: str, customers: list[str], n: int = 60) -> dict[str, int]:
-    """`n` fraud-detection requests, each with a transaction of its own, and `n` segment requests;
-    how many of each were answered 200."""
+    """`n` fraud-detection requests, each with a transaction of its own (some meet a fraud rule: an
+    amount over its limit, a sanctioned country), and `n` segment requests; how many of each were
+    answered 200."""
     rng = random.Random(5)
     answered = {"fraud": 0, "segment": 0}
     with httpx.Client(timeout=30) as client:
         for i in range(n):
-            transaction = {"amount": rng.choice([4.5, 39.3, 820.0, 2600.0]), "merchant_category": rng.choice(["groceries", "travel", "electronics"]),
-                           "channel": rng.choice(["pos", "online"]), "country": rng.choice(["GB", "FR"]), "device_id": f"D-new-{i}",
+            transaction = {"amount": rng.choice([4.5, 39.3, 820.0, 2600.0, 12_000.0]),
+                           "merchant_category": rng.choice(["groceries", "travel", "electronics"]),
+                           "channel": rng.choice(["pos", "online"]), "country": rng.choice(["GB", "FR", "KP"]), "device_id": f"D-new-{i}",
                            "timestamp": "2026-10-15T13:56:49Z"}
             customer = rng.choice(customers)
             answered["fraud"] += post(client, f"{url}/api/v1/inference/fraud-detection",
@@ -400,7 +402,9 @@ def test_a_sigkill_under_load_loses_no_answered_decision_and_each_replays_exactl
     replayed = cli(["replay", "--model", "churn", "--log-dir", str(log_dir)])
     assert replayed.exit_code == 0 and f"{len(logged):,} of {len(logged):,} logged decisions reproduced exactly" in replayed.output, \
         replayed.output
-    for family, count in other_families.items():  # fraud's request-time features and segment's ids replay as exactly
+    hits = pd.read_parquet(log_dir / "fraud", columns=["rules"])["rules"]
+    assert hits.str.contains("sanctioned-country:block").any() and hits.str.contains("large-amount:review").any()
+    for family, count in other_families.items():  # fraud's request-time features, its rule hits and segment's ids replay as exactly
         replayed = cli(["replay", "--model", family, "--log-dir", str(log_dir)])
         assert replayed.exit_code == 0 and f"{count:,} of {count:,} logged decisions" in replayed.output, replayed.output
     print(f"SIGKILL under load: {len(answered)} answered, {len(in_files)} of them in files before the kill, all "
