@@ -44,7 +44,7 @@ from bentos.routes import ROUTES, Route, scope_of
 from bentos.schemas import ChurnBatchRequest, CustomerId, ErrorResponse, ReloadRequest
 from core import audit
 from core.settings import get_settings
-from scoring.base import UNKNOWN_VERSION
+from scoring.base import UNKNOWN_CUSTOMER, UNKNOWN_VERSION
 
 ERRORS = {404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 
@@ -334,10 +334,10 @@ def _batch_route(router: APIRouter, server, route: Route) -> None:
             labels.update(answered_by({"model": models[0]} if models else {}))
             items = [{"customer_id": r["customer_id"], "churn_probability": r.get("churn_probability"),
                       "risk_level": r.get("risk_level"), "version": None if "error" in r else r["model"]["version"],
-                      "error": r.get("error")}
+                      "error": r.get("error"), "stale_views": r.get("stale_views") or r.get("views") or []}
                      for r in results]
             return {"models": models, "count": len(items),
-                    "unknown": sum(1 for r in results if "error" in r), "results": items}
+                    "unknown": sum(1 for r in results if r.get("error") == UNKNOWN_CUSTOMER), "results": items}
 
 
 def _explain_route(router: APIRouter, server, route: Route) -> None:

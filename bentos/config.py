@@ -10,14 +10,22 @@ import gc
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.families import FAMILIES
 from core.rules import RULES
+from core.stream_features import STREAM_VIEW
 
 API_PREFIX = "/api/v1/inference"
 PROTOCOL_PREFIX = "/v2"  # the Open Inference Protocol's routes (bentos/oip.py)
+
+
+# How old a feature view may be before its rows are stale: the features job writes the batch views
+# daily (k8s/base: the fintech-features CronJob), so 36 hours is one missed run with some slack; the
+# stream consumer says every second when it has drained the stream (streaming/consumer.py)
+MAX_AGE_S = {"customer_activity": 36 * 3600.0, "customer_spend_mix": 36 * 3600.0, "customer_risk_profile": 36 * 3600.0,
+             STREAM_VIEW: 300.0}
 
 
 class FamilySettings(BaseModel):
@@ -35,6 +43,13 @@ class FamilySettings(BaseModel):
     shadow: bool = Field(False, description=(
         "The challenger also scores the champion's requests in the background, for comparison only. "
         "The tag serving.shadow wins over this."))
+    max_age_s: dict[str, float] = Field(MAX_AGE_S, description=(
+        "The oldest each feature view's online row may be, in seconds, by view (a JSON object: "
+        "SERVING_FRAUD__MAX_AGE_S='{\"customer_stream\": 60}'); a view not named has no limit. Each answer says "
+        "every view's age (`feature_age_s`) and names the older ones (`stale_views`)."))
+    stale: Literal["mark", "refuse", "review"] = Field("mark", description=(
+        "What a row with a stale view gets: `mark` scores it and names the views; `refuse` answers 503 "
+        "`stale_features` naming them; `review` (fraud) scores it with an outcome of at least review."))
     rules: Path | None = Field(None, description=(
         "Rules each request meets before the model's outcome stands (core/rules.py); fraud's default is "
         "core/fraud_rules.toml (SERVING_FRAUD__RULES names another file). Read at start-up: a file that cannot be "
@@ -119,6 +134,14 @@ class ServingSettings(BaseSettings):
         if unknown or not names:
             raise ValueError(f"unknown model families {unknown or value!r}; choose from {', '.join(FAMILIES)}")
         return ",".join(name for name in FAMILIES if name in names)
+
+    @model_validator(mode="after")
+    def _review_only_where_there_is_one(self) -> ServingSettings:
+        for name in FAMILIES:
+            own = getattr(self, name, None)
+            if own is not None and own.stale == "review" and "review" not in FAMILIES[name].adverse:
+                raise ValueError(f"{name} has no review outcome: its stale policy may be mark or refuse")
+        return self
 
     def served(self) -> tuple[str, ...]:
         """The families this process serves, in the canonical order."""

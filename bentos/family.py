@@ -33,7 +33,7 @@ from core.registry import CHALLENGER, CHAMPION, fail_fast
 from core.reports import latest_summary
 from core.rules import Rules, load_rules
 from core.settings import Settings
-from scoring.base import UNKNOWN_CUSTOMER, UNKNOWN_VERSION, ModelInfo, OnlineFeatures, build_scorer
+from scoring.base import UNKNOWN_CUSTOMER, UNKNOWN_VERSION, Freshness, ModelInfo, OnlineFeatures, build_scorer
 from scoring.loading import LoadedVersion, VersionRefused
 
 if TYPE_CHECKING:
@@ -59,7 +59,8 @@ def score_as(live: LiveSet, role: str, requests: list[dict], inference_log: Infe
         log.exception("%s: challenger version %s failed on %d rows; the champion answers", live.family,
                       scorer.info.version, len(requests))
         return score_as(live, CHAMPION, requests, inference_log, method, **kwargs)
-    record_batch(live.family, scorer.info.version, role, results, time.perf_counter() - started)
+    record_batch(live.family, scorer.info.version, role, results, time.perf_counter() - started,
+                 freshness.policy if (freshness := getattr(scorer, "freshness", None)) else "mark")
     if inference_log is not None:
         inference_log.append(scorer.info.version, role, scorer.features, requests, results)
     if role == CHALLENGER and (unknown := [i for i, r in enumerate(results) if r.get("error") == UNKNOWN_CUSTOMER]):
@@ -128,10 +129,11 @@ class ProbeReader:
         return OnlineFeatures({name: np.array(self.ROWS[:len(rows)]) for name in self.features}, np.ones(len(rows), dtype=bool))
 
 
-def checked_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, top_reasons: int, rules: Rules | None = None):
+def checked_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, top_reasons: int, rules: Rules | None = None,
+                   freshness: Freshness | None = None):
     """The scorer of a version that reads only features its FeatureService serves and scores the
-    probe rows with finite numbers, with the family's `rules` when it has some; VersionRefused says
-    which check it failed."""
+    probe rows with finite numbers, with the family's `rules` when it has some and its `freshness`;
+    VersionRefused says which check it failed."""
     features, service = loaded.metadata["features"], info.feature_service
     try:
         served = set(reader.features_of(service))
@@ -150,6 +152,7 @@ def checked_scorer(loaded: LoadedVersion, info: ModelInfo, reader: FeastReader, 
     scorer.reader = reader  # checked: from now on it reads the feature store
     if rules is not None:
         scorer.use_rules(rules)
+    scorer.freshness = freshness
     return scorer
 
 
@@ -169,7 +172,9 @@ class FamilyServer:
         rules = load_rules(own.rules) if own.rules else None
         if rules is not None:
             log.info("%s: rules version %s from %s (%d rules)", self.family, rules.version, own.rules, len(rules.rules))
-        self.versions = Versions(self.family, packed, lambda loaded, info: checked_scorer(loaded, info, reader, serving.top_reasons, rules),
+        freshness = Freshness(own.max_age_s, own.stale)
+        self.versions = Versions(self.family, packed, lambda loaded, info: checked_scorer(loaded, info, reader, serving.top_reasons, rules,
+                                                                                         freshness),
                                  settings.tracking_uri, serving.model_cache or settings.data_dir / "model_cache",
                                  own.challenger_share, own.shadow, on_change=self._registry_state)
         self.versions.reload()

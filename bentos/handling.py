@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from bentos.auth import Refused
 from bentos.metrics import request_series
-from scoring.base import INCOMPLETE_FEATURES, INVALID_FEATURE, UNKNOWN_CUSTOMER, UNKNOWN_VERSION, StoreUnavailable
+from scoring.base import INCOMPLETE_FEATURES, INVALID_FEATURE, STALE_FEATURES, UNKNOWN_CUSTOMER, UNKNOWN_VERSION, StoreUnavailable
 
 log = logging.getLogger(__name__)
 PIN_HEADER = "X-Model-Version"
@@ -76,6 +76,10 @@ def raise_for(result: dict) -> dict:
             f"customer {result['customer_id']!r} is not in the feature store: to score it as given, `features` must hold "
             f"every feature of the model; {len(result['fields'])} are missing"),
             [{"field": f, "message": "missing (the store does not know the customer)"} for f in result["fields"]])
+    if result.get("error") == STALE_FEATURES:
+        ages = ", ".join(f"{view} {result['feature_age_s'][view]:,.0f} s" for view in result["views"])
+        raise ScoringFailed(f"the online features are older than this service accepts ({ages} old); "
+                            "try again once they are fresh", STALE_FEATURES)
     if result.get("error") == INVALID_FEATURE:
         raise ClientError(422, INVALID_FEATURE, "the model has no such feature, or it cannot be overridden",
                           [{"field": f, "message": "not a feature of this model"} for f in result["fields"]])
@@ -99,6 +103,9 @@ def observed(route: str, family: str):
         yield labels
     except (ClientError, Refused) as e:  # Refused: a route's own rate-limit charge
         status = e.status
+        raise
+    except ScoringFailed:  # already the answer: stale features
+        status = 503
         raise
     except StoreUnavailable as e:  # the client gets a stable code; the store's address is the log's
         status = 503

@@ -19,7 +19,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 10_000)
 # Probabilities: fine where churn and fraud scores crowd (near 0), coarse above.
 SCORE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-AGE_BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86_400, 2 * 86_400, 7 * 86_400, 30 * 86_400, 90 * 86_400)
+AGE_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 86_400, 2 * 86_400, 7 * 86_400, 30 * 86_400, 90 * 86_400)
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Metrics:
     version_refused: object
     drift_share: object
     decisions: object
+    stale_rows: object
     rule_hits: object
     retrain_cycles: object
     retrain_failures_in_a_row: object
@@ -66,12 +67,14 @@ def metrics() -> Metrics:
                          [*version, "segment"]),
         decisions=Counter("fintech_decisions", "Decisions by model version: churn's risk levels, fraud's outcomes "
                           "(accept, review, block).", [*version, "decision"]),
+        stale_rows=Counter("fintech_stale_rows", "Rows scored (or refused) with a feature view older than its maximum "
+                           "age, by view and the family's policy (mark, refuse, review).", ["model", "view", "policy"]),
         rule_hits=Counter("fintech_rule_hits", "Fraud rules met, by rule and the outcome it set (core/fraud_rules.toml).",
                           [*version, "rule", "outcome"]),
         shadow_dropped=Counter("fintech_shadow_dropped", "Shadow batches skipped because the shadow scorer was behind.",
                                ["model"]),
-        feature_age=Histogram("fintech_feature_age_seconds", "Age of the online features read (the oldest feature view "
-                              "of the row), per FeatureService.", ["feature_service"], buckets=AGE_BUCKETS),
+        feature_age=Histogram("fintech_feature_age_seconds", "Age of the online features read (now less the event time "
+                              "stored), per FeatureService and feature view.", ["feature_service", "view"], buckets=AGE_BUCKETS),
         log_backlog=Gauge("fintech_inference_log_backlog_rows", "Predictions held in memory, not yet in the inference log.",
                           ["model"], multiprocess_mode="livesum"),
         log_dropped=Counter("fintech_inference_log_dropped_rows", "Predictions dropped from the inference log: it could not "
@@ -122,8 +125,11 @@ def observe_many(histogram, values) -> None:
             bucket.inc(int(count))
 
 
-def record_batch(family: str, version: str, role: str, results: list[dict], seconds: float) -> None:
-    """Evidence per model version: outcomes, scoring latency and the score distribution."""
+def record_batch(family: str, version: str, role: str, results: list[dict], seconds: float,
+                 policy: str | None = None) -> None:
+    """Evidence per model version: outcomes, decisions, rule hits, scoring latency and the score
+    distribution; the stale rows too, under the family's stale `policy`, when it is given (the
+    answering version's batch, not the shadow's)."""
     m = metrics()
     labels = (family, version, role)
     m.batch_size.labels(*labels).observe(len(results))
@@ -140,6 +146,9 @@ def record_batch(family: str, version: str, role: str, results: list[dict], seco
                 decisions[str(decision)] = decisions.get(str(decision), 0) + 1
             for hit in result.get("rules", ()):
                 m.rule_hits.labels(*labels, hit["rule"], hit["outcome"]).inc()
+        if policy is not None:
+            for view in result.get("stale_views") or result.get("views") or ():  # scored and marked, or refused
+                m.stale_rows.labels(family, view, policy).inc()
     for decision, count in decisions.items():
         m.decisions.labels(*labels, decision).inc(count)
     if family_facts.categorical:

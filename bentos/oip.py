@@ -25,8 +25,9 @@ its own. When a canary's two versions read different features, an unversioned re
 challenger, name its version. Fraud rows still carry their transaction, which the inference log keeps.
 
 The outputs are the fields of the JSON answer, one tensor each ([N]), then `model_version` and
-`model_role` (BYTES), `reasons`, `principal_reasons` and (fraud) `rules` (BYTES: each row's list as
-the JSON answer gives it, as JSON text) when the family gives them, and `error` (BYTES): a row that could not be scored (a customer the store does not know) has
+`model_role` (BYTES), `reasons`, `principal_reasons`, (fraud) `rules`, `feature_age_s` and
+`stale_views` (BYTES: each row's list or object as the JSON answer gives it, as JSON text) when the
+family gives them, and `error` (BYTES): a row that could not be scored (a customer the store does not know) has
 its code there and null (NaN in raw gRPC tensors), false, 0 or "" in the others, and the other rows
 are answered. A fault of the request itself is {"error": "<message>"}, as the protocol has it: 400
 for a malformed body or tensor (naming the input), 404 for a model this process does not serve or a
@@ -61,10 +62,11 @@ from scoring.base import UNKNOWN_VERSION
 
 ID_INPUT = "customer_id"
 FEATURES_INPUT = "features"  # a row's whole feature vector, scored as given
-NOT_OUTPUTS = frozenset({"customer_id", "model", "feature_sources", "reasons", "principal_reasons", "rules"})  # carried otherwise, or not at all
+NOT_OUTPUTS = frozenset({"customer_id", "model", "feature_sources", "reasons", "principal_reasons", "rules", "feature_age_s",
+                         "stale_views"})  # carried otherwise, or not at all
 NUMERIC = frozenset({"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 REASONS = ("reasons", "principal_reasons")  # outputs of JSON text, each row's list of reasons
-LISTS = (*REASONS, "rules")  # every output of JSON text: fraud's rule hits too
+LISTS = (*REASONS, "rules", "feature_age_s", "stale_views")  # every output of JSON text: rule hits, ages, stale views
 EMPTY = {"FP64": None, "BOOL": False, "INT64": 0, "BYTES": ""}  # what a row that was not scored holds (None: JSON's null, NaN raw)
 BINARY_HEADER = "inference-header-content-length"  # the binary tensor extension: the JSON part's length
 # each numeric datatype's little-endian layout in raw tensor bytes
@@ -134,7 +136,9 @@ class Model:
         # how each output is read off a scored row's result
         special = {"model_version": lambda r: r["model"]["version"], "model_role": lambda r: r["model"]["role"],
                    "error": lambda r: "", **{name: reasons_text(name) for name in REASONS},
-                   "rules": lambda r: to_json(r.get("rules", [])).decode()}
+                   "rules": lambda r: to_json(r.get("rules", [])).decode(),
+                   "feature_age_s": lambda r: to_json(r.get("feature_age_s", {})).decode(),
+                   "stale_views": lambda r: to_json(r.get("stale_views", [])).decode()}
         self.getters = [special.get(name) or itemgetter(name) for name in self.outputs]
         self.read = list(zip(self.outputs, self.outputs.values(), self.getters))  # name, datatype, getter
         # each output tensor of one row, up to its value (one_row)

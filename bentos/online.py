@@ -18,6 +18,10 @@ Feast's registry holds and runs (core/realtime.py, core/stream_features.py), is 
 whole batch with those values and the request's fields. The same code as in training, without
 `get_online_features`, which spent milliseconds a call converting values to protos and back.
 
+Each view's event times come back with its features (`<view>__ts`): how old each row's features
+are. The stream's view is complete as of the consumer's last drained read (its CAUGHT_UP_ID row,
+read in the same round trip), which stands for every customer's row when it is later than theirs.
+
 A store that answers but refuses one service's read (SQLite: no table for one of its views) raises
 FeaturesUnreadable for that service alone; the store is not taken for down.
 
@@ -49,11 +53,11 @@ from redis.exceptions import RedisError
 from bentos.metrics import metrics, observe_many
 from core.settings import Settings
 from core.store import open_store
-from scoring.base import FeaturesUnreadable, OnlineFeatures, StoreUnavailable
+from core.stream_features import CAUGHT_UP_ID, STREAM_VIEW
+from scoring.base import TS_SUFFIX, FeaturesUnreadable, OnlineFeatures, StoreUnavailable
 
 PROBE_FEATURE = "customer_activity:days_since_last_txn"
 JOIN_KEY = "customer_id"
-TS_SUFFIX = "__ts"  # key of a view's (or, from the SDK, a feature's) event time, epoch seconds; 0 = none
 DOUBLE_TAG = 0x29  # field 5 (double_val), wire type 1 (64-bit): how every serialised Float64 Value starts
 DOUBLE_ROW = np.dtype([("tag", "u1"), ("value", "<f8")])
 # An empty Value (Feast's "no value": the stream's NaNs are stored so) stands in the hex as nine zero
@@ -187,12 +191,21 @@ class FeastReader:
 
     def _read(self, feature_service: str, rows: list[dict]) -> OnlineFeatures:
         plan = self._plan(feature_service)
-        columns, stamps = self._read_stored(feature_service, plan.reads, [row[JOIN_KEY] for row in rows])
+        ids = [row[JOIN_KEY] for row in rows]
+        streamed = any(read.view.name == STREAM_VIEW for read in plan.reads)
+        columns, stamps = self._read_stored(feature_service, plan.reads, ids + [CAUGHT_UP_ID] if streamed else ids)
+        if streamed:  # every row is complete as of the consumer's last drained read (streaming/consumer.py)
+            caught_up = stamps[STREAM_VIEW][-1]
+            columns = {name: column[:-1] for name, column in columns.items()}
+            stamps = {view: column[:-1] for view, column in stamps.items()}
+            if caught_up > 0:
+                stamps[STREAM_VIEW] = np.maximum(stamps[STREAM_VIEW], caught_up)
         found = np.zeros(len(rows), dtype=bool)
         for view in plan.views:
             found |= stamps[view] > 0
         values = {name: columns[name] for name in plan.features}
-        values |= {view + TS_SUFFIX: stamps[view] for view in plan.views}
+        # every view read, the on-demand views' sources too (fraud_v2's stream): how old each is
+        values |= {view + TS_SUFFIX: column for view, column in stamps.items()}
         for run in plan.on_demand:
             inputs = {name: as_list(columns[name], name in plan.floats) for name in run.inputs}
             inputs |= {name: [row.get(name) for row in rows] for name in run.request}
@@ -445,13 +458,10 @@ def timestamp_seconds(blob: bytes | None) -> int:
 
 
 def observe_age(feature_service: str, features: OnlineFeatures) -> None:
-    """Age of each known row's oldest feature view; 0 stands for "no value" (unknown customer,
-    request-time features)."""
-    stamps = [np.asarray(v, dtype=float) for k, v in features.values.items()
-              if k.endswith(TS_SUFFIX) and k != JOIN_KEY + TS_SUFFIX]
-    if not stamps:
-        return
-    table = np.vstack(stamps)
-    table[~(table > 0)] = np.inf  # 0 or None: no value
-    oldest = table.min(axis=0)
-    observe_many(metrics().feature_age.labels(feature_service), time.time() - oldest[np.isfinite(oldest)])
+    """Age of each feature view read, per row that has one (0 stands for "no row": an unknown
+    customer)."""
+    now = time.time()
+    for key, column in features.values.items():
+        if key.endswith(TS_SUFFIX) and key != JOIN_KEY + TS_SUFFIX:
+            stamps = np.asarray(column, dtype=float)
+            observe_many(metrics().feature_age.labels(feature_service, key.removesuffix(TS_SUFFIX)), now - stamps[stamps > 0])

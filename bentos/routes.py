@@ -61,19 +61,22 @@ def public_reasons(reasons: list[dict]) -> list[dict]:
 def churn_body(r: dict) -> dict:
     return {"customer_id": r["customer_id"], "churn_probability": r["churn_probability"], "risk_level": r["risk_level"],
             "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
-            "reasons": public_reasons(r.get("reasons", [])), "principal_reasons": public_reasons(r.get("principal_reasons", []))}
+            "reasons": public_reasons(r.get("reasons", [])), "principal_reasons": public_reasons(r.get("principal_reasons", [])),
+            "feature_age_s": r.get("feature_age_s", {}), "stale_views": r.get("stale_views", [])}
 
 
 def segment_body(r: dict) -> dict:
     return {"customer_id": r["customer_id"], "segment_id": r["segment_id"], "segment_name": r["segment_name"],
-            "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"])}
+            "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
+            "feature_age_s": r.get("feature_age_s", {}), "stale_views": r.get("stale_views", [])}
 
 
 def fraud_body(r: dict) -> dict:
     return {"customer_id": r["customer_id"], "fraud_probability": r["fraud_probability"], "outcome": r["outcome"],
             "is_fraud": r["is_fraud"], "threshold": r["threshold"], "block_threshold": r["block_threshold"],
             "rules": r["rules"], "model": _model(r["model"]), "feature_sources": _sources(r["feature_sources"]),
-            "reasons": public_reasons(r["reasons"]), "principal_reasons": public_reasons(r.get("principal_reasons", []))}
+            "reasons": public_reasons(r["reasons"]), "principal_reasons": public_reasons(r.get("principal_reasons", [])),
+            "feature_age_s": r.get("feature_age_s", {}), "stale_views": r.get("stale_views", [])}
 
 
 @dataclass(frozen=True)

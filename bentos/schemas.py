@@ -74,6 +74,11 @@ PRINCIPAL = ("An adverse decision's principal reasons (churn: risk level high or
              "features that raised the score most, at most four, largest first. Empty for any other decision.")
 
 
+AGES = ("How old each feature view read is, in seconds (now less its stored event time; the stream's view: less the "
+        "consumer's last drained read); null for a view with no row, and for every view of a request scored as given.")
+STALE = "The views older than the family's maximum age for them (SERVING_<FAMILY>__MAX_AGE_S); empty when none is."
+
+
 class Reason(BaseModel):
     """Why a score is what it is. The feature's value is not given here: a customer's stored values
     are read through explain, which needs the `explain` scope and is recorded."""
@@ -94,6 +99,8 @@ class ChurnScore(BaseModel):
     feature_sources: FeatureSources
     reasons: list[Reason] = []
     principal_reasons: list[Reason] = Field([], description=PRINCIPAL)
+    feature_age_s: dict[str, float | None] = Field({}, description=AGES)
+    stale_views: list[str] = Field([], description=STALE)
 
 
 class ChurnBatchItem(BaseModel):
@@ -101,13 +108,16 @@ class ChurnBatchItem(BaseModel):
     churn_probability: float | None = None
     risk_level: str | None = None
     version: str | None = Field(None, description="Registry version that scored this customer (see `models`).")
-    error: str | None = Field(None, description="'unknown_customer' when the store does not know the id.")
+    error: str | None = Field(None, description=(
+        "'unknown_customer' when the store does not know the id; 'stale_features' when a view is older than the "
+        "service accepts (stale policy refuse)."))
+    stale_views: list[str] = Field([], description=STALE)
 
 
 class ChurnBatchResponse(BaseModel):
     models: list[ModelRef] = Field(description="The versions that answered: two during a canary.")
     count: int
-    unknown: int
+    unknown: int = Field(description="Ids the store does not know.")
     results: list[ChurnBatchItem]
 
 
@@ -133,6 +143,8 @@ class FraudScore(BaseModel):
     feature_sources: FeatureSources
     reasons: list[Reason]
     principal_reasons: list[Reason] = Field([], description=PRINCIPAL)
+    feature_age_s: dict[str, float | None] = Field({}, description=AGES)
+    stale_views: list[str] = Field([], description=STALE)
 
 
 class SegmentResult(BaseModel):
@@ -141,6 +153,8 @@ class SegmentResult(BaseModel):
     segment_name: str
     model: ModelRef
     feature_sources: FeatureSources
+    feature_age_s: dict[str, float | None] = Field({}, description=AGES)
+    stale_views: list[str] = Field([], description=STALE)
 
 
 class FieldError(BaseModel):

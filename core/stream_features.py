@@ -22,6 +22,10 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 HOUR_S, DAY_S = 3600.0, 86_400.0
+STREAM_VIEW = "customer_stream"  # the feature view the consumer pushes to (feature_repo/stream.py)
+# The row of that view whose event time says when the consumer last found the stream drained: every
+# customer's row is complete as of then (streaming/consumer.py writes it; bentos/online.py reads it)
+CAUGHT_UP_ID = "__stream_caught_up__"
 
 STREAM_FEATURES = [
     "txn_count_1h", "amount_sum_1h", "txn_count_24h", "amount_sum_24h",

@@ -28,6 +28,7 @@ starts the workers) never needs them, and a server starts about 4 s sooner.
 from __future__ import annotations
 
 import importlib
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,6 +43,9 @@ UNKNOWN_CUSTOMER = "unknown_customer"
 INCOMPLETE_FEATURES = "incomplete_features"
 INVALID_FEATURE = "invalid_feature"
 UNKNOWN_VERSION = "unknown_version"
+STALE_FEATURES = "stale_features"
+TS_SUFFIX = "__ts"  # a reader's key of a feature view's event times (epoch seconds; 0: no row)
+STALE_POLICIES = ("mark", "refuse", "review")
 FEATURES_KEY = "_features"  # where a scorer puts a row's feature vector when asked to keep it (the inference log)
 
 
@@ -76,6 +80,16 @@ class FeatureReader(Protocol):
 
 
 @dataclass(frozen=True)
+class Freshness:
+    """How old each feature view may be, and what a row with an older one gets: `mark` (scored, the
+    view named in `stale_views`), `refuse` (not scored: the stale_features error, a 503), or
+    `review` (fraud: scored, its outcome at least review)."""
+
+    max_age_s: dict[str, float]  # per feature view; a view not named has no limit
+    policy: str = "mark"
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     version: str  # registry version
@@ -93,14 +107,24 @@ class Assembled:
     invalid: list[list[str]]  # per row: override names the model does not have (or may not override)
     sources: list[dict[str, list[str]]]  # per row: {"request": [...], "default": [...]} (the rest: store)
     missing: list[list[str]]  # per row the store does not know: the features its request lacks to be scored as given
+    ages: dict[str, np.ndarray]  # per feature view read: each row's age in seconds (NaN: no row, or scored as given)
+    stale: list[list[str]]  # per row: the views older than their maximum age
+    policy: str = "mark"  # the Freshness policy the stale rows get
+
+    def freshness(self, i: int) -> dict:
+        """Row i's feature ages and stale views, as a result carries them."""
+        return {"feature_age_s": {view: None if np.isnan(age[i]) else round(float(age[i]), 1) for view, age in self.ages.items()},
+                "stale_views": self.stale[i]}
 
 
 def assemble(reader: FeatureReader, info: ModelInfo, features: list[str], requests: list[dict],
-             store_only: frozenset[str] = frozenset()) -> Assembled:
-    """One store read for the whole batch; request overrides win; missing values become NaN.
+             store_only: frozenset[str] = frozenset(), freshness: Freshness | None = None) -> Assembled:
+    """One store read for the whole batch; request overrides win; missing values become NaN; each
+    feature view's age per row, and the views older than `freshness` allows.
 
     A customer is unknown when the store has none of the stored features for it; a request with
-    every feature is scored as given (`store_only` then does not apply: nothing is taken from the store)."""
+    every feature is scored as given (`store_only` then does not apply: nothing is taken from the store,
+    and no view is stale)."""
     rows = [{"customer_id": r["customer_id"], **r.get("request_data", {})} for r in requests]
     read = reader.read(info.feature_service, rows)
     matrix = np.column_stack([as_floats(read.values[name]) for name in features]) if requests else np.empty((0, len(features)))
@@ -125,7 +149,28 @@ def assemble(reader: FeatureReader, info: ModelInfo, features: list[str], reques
     some_default = defaulted.any(axis=1)
     sources = [{"request": from_request[i], "default": [features[j] for j in np.flatnonzero(defaulted[i])] if some_default[i] else []}
                for i in range(len(requests))]
-    return Assembled(matrix, known, invalid, sources, missing)
+    ages = feature_ages(read.values)
+    whole = np.array([len(names) == len(features) for names in from_request], dtype=bool)
+    for age in ages.values():
+        age[whole] = np.nan  # scored as given: the store's rows were not used
+    stale: list[list[str]] = [[] for _ in requests]
+    if freshness is not None:
+        for view, limit in freshness.max_age_s.items():
+            if view in ages:
+                for i in np.flatnonzero(ages[view] > limit):
+                    stale[i].append(view)
+    return Assembled(matrix, known, invalid, sources, missing, ages, stale, freshness.policy if freshness else "mark")
+
+
+def feature_ages(values: dict) -> dict[str, np.ndarray]:
+    """Each feature view's age per row, in seconds from now, NaN where the view has no row."""
+    now = time.time()
+    ages = {}
+    for key, column in values.items():
+        if key.endswith(TS_SUFFIX) and key != "customer_id" + TS_SUFFIX:
+            stamps = np.asarray(column, dtype=float)
+            ages[key.removesuffix(TS_SUFFIX)] = np.where(stamps > 0, now - stamps, np.nan)
+    return ages
 
 
 def as_floats(column: np.ndarray | list) -> np.ndarray:
@@ -145,6 +190,9 @@ def request_error(a: Assembled, i: int, customer_id: str, info: ModelInfo) -> di
                 "model": info.as_dict()}
     if not a.known[i]:
         return {"customer_id": customer_id, "error": UNKNOWN_CUSTOMER, "model": info.as_dict()}
+    if a.stale[i] and a.policy == "refuse":
+        return {"customer_id": customer_id, "error": STALE_FEATURES, "views": a.stale[i],
+                "model": info.as_dict(), **a.freshness(i)}
     return None
 
 
@@ -157,6 +205,7 @@ def row_results(a: Assembled, requests: list[dict], info: ModelInfo, scored, kee
             results.append(error)
             continue
         result = scored(i, request["customer_id"])
+        result.update(a.freshness(i))
         if keep_features:
             result[FEATURES_KEY] = a.matrix[i]
         results.append(result)

@@ -15,6 +15,7 @@ from core.families import FAMILIES
 from core.reasons import Explainer
 from scoring.base import (
     FeatureReader,
+    Freshness,
     ModelInfo,
     assemble,
     exact_contributions,
@@ -33,6 +34,8 @@ ADVERSE = FAMILIES["churn"].adverse
 
 
 class ChurnScorer:
+    freshness: Freshness | None = None  # how old each feature view may be (the service sets it)
+
     def __init__(self, booster: xgb.Booster, metadata: dict, info: ModelInfo, reader: FeatureReader, top_n: int = 5,
                  importance: dict[str, float] | None = None):
         self.booster, self.metadata, self.info, self.reader, self.top_n = booster, metadata, info, reader, top_n
@@ -45,7 +48,7 @@ class ChurnScorer:
     def score(self, requests: list[dict], reasons: bool = True, keep_features: bool = False) -> list[dict]:
         """Reason codes are approximate contributions (Saabas): about a hundred times cheaper than
         exact SHAP values, which `explain` gives."""
-        a = assemble(self.reader, self.info, self.features, requests)
+        a = assemble(self.reader, self.info, self.features, requests, freshness=self.freshness)
         raw, contributions = self.trees.predict(a.matrix, contributions=reasons)
         probability = calibrate(raw, self.metadata["calibration"])
         levels = risk_level(probability, self.metadata["risk_cutoffs"])

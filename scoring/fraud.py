@@ -22,6 +22,7 @@ from core.reasons import Explainer
 from core.rules import Rules
 from scoring.base import (
     FeatureReader,
+    Freshness,
     ModelInfo,
     assemble,
     in_booster_order,
@@ -40,6 +41,8 @@ REQUEST_TIME_FEATURES = frozenset(OUTPUT_FEATURES)
 
 
 class FraudScorer:
+    freshness: Freshness | None = None  # how old each feature view may be (the service sets it)
+
     def __init__(self, booster: xgb.Booster, metadata: dict, info: ModelInfo, reader: FeatureReader, top_n: int = 5):
         self.booster, self.metadata, self.info, self.reader, self.top_n = booster, metadata, info, reader, top_n
         self.features: list[str] = metadata["features"]
@@ -57,7 +60,8 @@ class FraudScorer:
         self.rules, self._check = rules, rules.checker(self.features)
 
     def score(self, requests: list[dict], reasons: bool = True, keep_features: bool = False) -> list[dict]:
-        a = assemble(self.reader, self.info, self.features, requests, store_only=REQUEST_TIME_FEATURES)
+        a = assemble(self.reader, self.info, self.features, requests, store_only=REQUEST_TIME_FEATURES, freshness=self.freshness)
+        review_stale = a.policy == "review"
         raw, contributions = self.trees.predict(a.matrix, contributions=reasons)
         probability = calibrate(raw, self.calibration) if self.calibration else raw
         outcomes = fraud_outcome(probability, self.thresholds)
@@ -68,6 +72,8 @@ class FraudScorer:
             hits = check(customer_id, requests[i].get("request_data", {}), a.matrix[i]) if check else []
             if hits:
                 outcome = severest([outcome, *(rule.outcome for rule in hits)])
+            if review_stale and a.stale[i]:  # a stale view's features are not trusted to accept on
+                outcome = severest([outcome, "review"])
             result = {"customer_id": customer_id, "fraud_probability": float(probability[i]), "outcome": outcome,
                       "is_fraud": outcome in ADVERSE, "threshold": self.thresholds["review"],
                       "block_threshold": self.thresholds["block"], "rules": [rule.as_dict() for rule in hits],

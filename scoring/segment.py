@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scoring.base import FeatureReader, ModelInfo, assemble, row_results
+from scoring.base import FeatureReader, Freshness, ModelInfo, assemble, row_results
 from scoring.loading import model_metadata
 
 
@@ -44,6 +44,8 @@ class SegmentCentres:
 
 
 class SegmentScorer:
+    freshness: Freshness | None = None  # how old each feature view may be (the service sets it)
+
     def __init__(self, pipeline, metadata: dict, info: ModelInfo, reader: FeatureReader):
         self.pipeline, self.metadata, self.info, self.reader = pipeline, metadata, info, reader
         self.features: list[str] = metadata["features"]
@@ -53,7 +55,7 @@ class SegmentScorer:
         """A segment has no reasons: `reasons` is accepted so every family's scorer is called alike."""
         import pandas as pd
 
-        a = assemble(self.reader, self.info, self.features, requests)
+        a = assemble(self.reader, self.info, self.features, requests, freshness=self.freshness)
         # k-means has no missing-value branch: a feature the store lacks counts as zero activity
         frame = pd.DataFrame(np.nan_to_num(a.matrix, nan=0.0), columns=self.features)
         segments = self.pipeline.predict(frame) if len(frame) else []

@@ -18,6 +18,13 @@ Each batch of events, read with a consumer group:
      them pending: it reads them again when it comes back, or another consumer claims them once
      they have been idle `claim_idle_ms`.
 
+A read of new events that comes back with fewer than a batch has drained the stream: at most every
+`caught_up_every_s`, the consumer then pushes the view's row of CAUGHT_UP_ID, stamped with the
+read's time. The service takes every customer's stream row as complete as of that time (a quiet
+customer's row is not stale; when the consumer stops, every row ages from the last one), so the
+stream view's age is the consumer's lag. Events handed to another consumer of the group and still
+in its hands at that instant are the exception: a batch's time at most.
+
 The windows are in Redis, not in the process: consumers can come and go (an autoscaler on the lag).
 Two consumers that score one customer at the same instant may push in either order; the next
 event of that customer pushes the full window again.
@@ -39,7 +46,7 @@ import pandas as pd
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.stream_features import DAY_S, STREAM_FEATURES, Event, features_at, in_order
+from core.stream_features import CAUGHT_UP_ID, DAY_S, STREAM_FEATURES, Event, features_at, in_order
 
 log = logging.getLogger(__name__)
 PUSH_SOURCE = "customer_stream_push"
@@ -67,6 +74,9 @@ class StreamSettings(BaseSettings):
     claim_idle_ms: int = Field(30_000, ge=1, description="Events pending this long with another consumer are claimed.")
     window_prefix: str = Field("fintech:window:", description="Key prefix of the customers' windows.")
     max_len: int = Field(5_000_000, ge=1000, description="The producer trims the stream to about this many events.")
+    caught_up_every_s: float = Field(1.0, ge=0, description=(
+        "At most this often, a consumer that drained the stream says so in the online store (the stream view's "
+        "freshness, which the service reads); 0: after every read that drained it."))
 
 
 @dataclass
@@ -135,6 +145,8 @@ class Consumer:
             push = lambda frame: feature_store.push(PUSH_SOURCE, frame, to=PushMode.ONLINE)
         self.push = push
         self._own_pending = True  # after a restart, this consumer's unacknowledged entries come first
+        self._drained = False  # the last read was of new events and came back with fewer than a batch
+        self._caught_up_at = 0.0
 
     def read(self) -> list:
         """This consumer's pending entries (once, at start), then any another consumer left idle
@@ -150,12 +162,27 @@ class Consumer:
         if claimed[1]:
             return [e for e in claimed[1] if e[1]]  # an entry trimmed from the stream comes back empty
         entries = c.xreadgroup(s.group, s.consumer, {s.stream: ">"}, count=s.batch, block=s.block_ms)
-        return entries[0][1] if entries else []
+        entries = entries[0][1] if entries else []
+        self._drained = len(entries) < s.batch
+        return entries
 
     def step(self) -> BatchReport:
-        """Read one batch and process it; an empty report when nothing came."""
+        """Read one batch and process it; an empty report when nothing came. A read that drained
+        the stream is said in the online store once its batch is pushed (`caught_up`)."""
+        started = time.time()
+        self._drained = False
         entries = self.read()
-        return self.process(entries) if entries else BatchReport()
+        report = self.process(entries) if entries else BatchReport()
+        if self._drained and started - self._caught_up_at >= self.stream.caught_up_every_s:
+            self.caught_up(started)
+        return report
+
+    def caught_up(self, at: float) -> None:
+        """Push the stream view's CAUGHT_UP_ID row, stamped `at`: every event read before then is pushed.
+        Its windows end at `at` (a row of no value at all is not written by Feast's push)."""
+        row = {"customer_id": CAUGHT_UP_ID, **{name: math.nan for name in STREAM_FEATURES}, "last_txn_time": at}
+        self.push(pd.DataFrame([row]).assign(event_timestamp=pd.Timestamp(datetime.fromtimestamp(at, UTC))))
+        self._caught_up_at = at
 
     def process(self, entries: list) -> BatchReport:
         report = BatchReport(read=len(entries))

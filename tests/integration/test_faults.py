@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -544,3 +545,37 @@ def test_a_registry_that_stops_answering_leaves_serving_alone_and_is_followed_ag
     print(f"registry paused {outage_s:.0f} s: {len(clients.answers)} answers, none failed; {during['registry_failures']} "
           f"failed reads (backing off); the CLI exited 3 against it and against a wrong address; followed again "
           f"{recovered_s:.1f} s after it resumed")
+
+
+def test_rows_older_than_their_views_limit_are_marked_refused_or_reviewed_as_each_family_says(settings, served_models, table, tmp_path):
+    """The session's store holds rows of the synthetic period, months old: with the default limits
+    (36 hours for the batch views) every answer names its stale views; churn set to refuse answers
+    503 naming them; fraud set to review sends each transaction it would accept to review. Each
+    view's age and the stale rows are in the metrics."""
+    process, url = start_server(settings, tmp_path, SERVING_CHURN__STALE="refuse", SERVING_FRAUD__STALE="review",
+                                SERVING_FRAUD__MAX_AGE_S=json.dumps({"customer_activity": 1e12, "customer_risk_profile": 60}),
+                                SERVING_REGISTRY_POLL_S="0")
+    customers = list(latest_rows(table, 20).index)
+    # each customer's own last device and country, in the afternoon: transactions the model mostly accepts
+    raw = pd.read_parquet(settings.data_dir / "raw" / "transactions.parquet", columns=["customer_id", "device_id", "country"])
+    usual = raw[raw["customer_id"].isin(customers)].groupby("customer_id").last()
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            refused = client.post("/api/v1/inference/churn-score", json={"customer_id": customers[0]})
+            assert refused.status_code == 503 and refused.json()["error"] == "stale_features", refused.text
+            assert "customer_activity" in refused.json()["detail"] and refused.headers["retry-after"]
+            segment = client.post("/api/v1/inference/segment", json={"customer_id": customers[0]}).json()  # default: mark
+            assert "customer_activity" in segment["stale_views"] and segment["feature_age_s"]["customer_activity"] > 36 * 3600
+            frauds = [client.post("/api/v1/inference/fraud-detection", json={"customer_id": c, "transaction": {
+                "amount": 12.5, "merchant_category": "groceries", "channel": "pos", "country": usual.loc[c, "country"],
+                "device_id": usual.loc[c, "device_id"], "timestamp": "2026-10-15T13:56:49Z"}}).json() for c in usual.index]
+            exported = client.get("/metrics").text
+    finally:
+        stop(process)
+    assert all(f["stale_views"] == ["customer_risk_profile"] for f in frauds)  # activity's limit is out of reach here
+    below = [f for f in frauds if f["fraud_probability"] < f["threshold"]]
+    assert below and all(f["outcome"] == "review" for f in below), frauds  # accepted on the score, reviewed as stale
+    assert all(f["outcome"] == "block" for f in frauds if f["fraud_probability"] >= f["block_threshold"])
+    assert 'fintech_stale_rows_total{model="churn",policy="refuse",view="customer_activity"}' in exported
+    assert 'fintech_stale_rows_total{model="fraud",policy="review",view="customer_risk_profile"}' in exported
+    assert re.search(r'fintech_feature_age_seconds_count\{feature_service="fraud_v[12]",view="customer_risk_profile"\}', exported)

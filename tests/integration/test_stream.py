@@ -168,3 +168,44 @@ def test_fraud_v2_reads_online_what_its_training_set_read_offline_for_the_same_t
                                   offline[BEFORE_FEATURES].reset_index(drop=True))
     seen = offline["seconds_since_last_txn"].notna()
     assert seen.sum() >= 20 and (~seen).sum() >= 20  # both kinds: a previous transaction within the day, and none
+
+
+def test_a_stopped_consumer_leaves_the_stream_view_stale_while_transactions_keep_coming(own, later, stream):
+    """While the consumer drains the stream it says so, and every customer's stream row is as fresh
+    as that, a quiet customer's too. Stopped while transactions keep coming, the view ages from its
+    last drained read, and a family with a limit on it finds each row stale (core of the service's
+    freshness: the real reader, the real store, the real consumer)."""
+    import time
+
+    from bentos.online import FeastReader
+    from core.feature_sets import SERVICE_FEATURES
+    from scoring.base import Freshness, ModelInfo, assemble
+
+    client = connect(stream)
+    consumer = Consumer(own, stream.model_copy(update={"caught_up_every_s": 0.0}), client=client)
+    day = first_days(later, 0.5)
+    busy, quiet = day["customer_id"].iloc[0], "C0000002"
+    reader, info = FeastReader(own), ModelInfo("fraud", "2", "champion", "fraud_v2")
+    transaction = {"amount": 20.0, "merchant_category": "groceries", "channel": "pos", "country": "GB", "device_id": "d",
+                   "transaction_time": int(time.time())}
+    requests = [{"customer_id": c, "request_data": transaction} for c in (busy, quiet)]
+    freshness = Freshness({"customer_stream": 2.0})
+
+    def stream_ages() -> tuple[list[float], list[list[str]]]:
+        a = assemble(reader, info, SERVICE_FEATURES["fraud_v2"], requests, freshness=freshness)
+        return a.ages["customer_stream"].tolist(), a.stale
+
+    produce(client, stream, events_of(day.head(300)), rate=0, stamp_now=True)
+    consume_all(consumer)
+    consumer.step()  # a read that drains the stream: the consumer says so
+    ages, stale = stream_ages()
+    assert max(ages) < 2.0 and stale == [[], []], ages  # the quiet customer's row is complete as of then too
+
+    produce(client, stream, events_of(day.iloc[300:600]), rate=0, stamp_now=True)  # the consumer is stopped
+    time.sleep(2.5)
+    ages, stale = stream_ages()
+    assert min(ages) >= 2.5 and stale == [["customer_stream"], ["customer_stream"]], ages
+
+    consume_all(consumer)  # back: it drains what came and says so
+    consumer.step()
+    assert max(stream_ages()[0]) < 2.0

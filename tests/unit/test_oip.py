@@ -86,7 +86,7 @@ def test_the_server_and_each_model_say_they_are_live_ready_and_what_they_take(se
     assert {o["name"]: o["datatype"] for o in fraud["outputs"]} == {
         "fraud_probability": "FP64", "outcome": "BYTES", "is_fraud": "BOOL", "threshold": "FP64", "block_threshold": "FP64",
         "model_version": "BYTES", "model_role": "BYTES", "reasons": "BYTES", "principal_reasons": "BYTES", "rules": "BYTES",
-        "error": "BYTES"}
+        "feature_age_s": "BYTES", "stale_views": "BYTES", "error": "BYTES"}
     segment = client.get("/v2/models/segment/versions/3").json()
     assert [i["name"] for i in segment["inputs"]] == ["customer_id", "features"] and "reasons" not in {o["name"] for o in segment["outputs"]}
     assert client.get("/v2/models/churn/ready").json() == {"name": "churn", "ready": True}

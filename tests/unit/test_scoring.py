@@ -1,12 +1,14 @@
 """Scoring logic with a fake feature reader and a tiny real booster (no Feast, no BentoML)."""
 
+import time
+
 import numpy as np
 import pytest
 import xgboost as xgb
 
 from core.decisions import calibrate
 from core.rules import Rule, Rules
-from scoring.base import INCOMPLETE_FEATURES, INVALID_FEATURE, UNKNOWN_CUSTOMER, ModelInfo, OnlineFeatures
+from scoring.base import INCOMPLETE_FEATURES, INVALID_FEATURE, STALE_FEATURES, UNKNOWN_CUSTOMER, Freshness, ModelInfo, OnlineFeatures
 from scoring.churn import ChurnScorer
 from scoring.fraud import FraudScorer
 
@@ -297,3 +299,46 @@ def test_a_segment_version_is_loaded_from_its_numbers_and_its_pickle_is_never_op
     else:
         assert load_model("segment", tmp_path).predict(np.array([[0.1], [5.0]])).tolist() == [0, 1]
     assert not marker.exists()
+
+
+class AgedReader(FakeReader):
+    """FakeReader whose rows carry their views' event times: A's activity row is a minute old, B's
+    a day; neither has a row of the stream view."""
+
+    def read(self, feature_service, rows):
+        features = super().read(feature_service, rows)
+        now = time.time()
+        age = {"A": 60.0, "B": 86_400.0}
+        features.values["customer_activity__ts"] = np.array([now - age[r["customer_id"]] if r["customer_id"] in age else 0
+                                                             for r in rows])
+        features.values["customer_stream__ts"] = np.zeros(len(rows))
+        return features
+
+
+def test_each_answer_says_how_old_each_view_is_and_marks_the_stale_ones(churn):
+    churn.reader = AgedReader()
+    fresh, aged, given = churn.score([{"customer_id": "A"}, {"customer_id": "B"},
+                                      {"customer_id": "NEW", "features": dict(zip(FEATURES, [1.0, 2.0, 3.0]))}])
+    assert fresh["feature_age_s"]["customer_activity"] == pytest.approx(60, abs=5) and fresh["feature_age_s"]["customer_stream"] is None
+    assert fresh["stale_views"] == aged["stale_views"] == []  # no limits: nothing is stale
+    assert given["feature_age_s"] == {"customer_activity": None, "customer_stream": None}  # scored as given
+    churn.freshness = Freshness({"customer_activity": 3600.0, "customer_stream": 1.0})
+    marked = churn.score([{"customer_id": "A"}, {"customer_id": "B"}])
+    assert [r["stale_views"] for r in marked] == [[], ["customer_activity"]]  # a view with no row is not stale
+    assert marked[1]["churn_probability"] == aged["churn_probability"]  # marked, scored as before
+
+
+def test_a_refusing_family_answers_the_stale_row_with_its_views_and_scores_the_rest(churn):
+    churn.reader, churn.freshness = AgedReader(), Freshness({"customer_activity": 3600.0}, "refuse")
+    fresh, aged = churn.score([{"customer_id": "A"}, {"customer_id": "B"}])
+    assert "churn_probability" in fresh and fresh["stale_views"] == []
+    assert aged["error"] == STALE_FEATURES and aged["views"] == ["customer_activity"] and "churn_probability" not in aged
+
+
+def test_fraud_reviews_a_transaction_whose_features_are_stale(booster):
+    metadata = {"features": FEATURES, "threshold": 1.0}  # both accepted on their scores
+    scorer = FraudScorer(booster, metadata, ModelInfo("fraud", "1", "champion", "fraud_v1"), AgedReader())
+    scorer.freshness = Freshness({"customer_activity": 3600.0}, "review")
+    fresh, aged = scorer.score([{"customer_id": "A"}, {"customer_id": "B"}])
+    assert (fresh["outcome"], aged["outcome"]) == ("accept", "review") and aged["stale_views"] == ["customer_activity"]
+    assert aged["principal_reasons"]  # review is adverse
