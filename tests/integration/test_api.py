@@ -128,7 +128,9 @@ def test_churn_batch_scores_known_and_flags_unknown(client, customers):
     body = client.post(f"{API}/churn-batch", json={"customer_ids": [*customers, "NOBODY"]}).json()
     assert body["count"] == 6 and body["unknown"] == 1
     assert body["results"][-1] == {"customer_id": "NOBODY", "churn_probability": None, "risk_level": None, "version": None,
-                                   "error": "unknown_customer"}
+                                   "error": "unknown_customer", "stale_views": []}
+    # the session's store holds rows of the synthetic period, months older than the default limit
+    assert all("customer_activity" in r["stale_views"] for r in body["results"][:-1])
 
 
 @pytest.mark.parametrize(("path", "payload", "status", "field"), [
