@@ -135,6 +135,7 @@ def record_batch(family: str, version: str, role: str, results: list[dict], seco
     m.batch_size.labels(*labels).observe(len(results))
     outcomes: dict[str, int] = {}
     decisions: dict[str, int] = {}
+    stale: dict[str, int] = {}
     scores = []
     family_facts = FAMILIES[family]
     for result in results:
@@ -146,9 +147,11 @@ def record_batch(family: str, version: str, role: str, results: list[dict], seco
                 decisions[str(decision)] = decisions.get(str(decision), 0) + 1
             for hit in result.get("rules", ()):
                 m.rule_hits.labels(*labels, hit["rule"], hit["outcome"]).inc()
-        if policy is not None:
-            for view in result.get("stale_views") or result.get("views") or ():  # scored and marked, or refused
-                m.stale_rows.labels(family, view, policy).inc()
+        for view in result.get("stale_views") or result.get("views") or ():  # scored and marked, or refused
+            stale[view] = stale.get(view, 0) + 1
+    if policy is not None:
+        for view, count in stale.items():
+            m.stale_rows.labels(family, view, policy).inc(count)
     for decision, count in decisions.items():
         m.decisions.labels(*labels, decision).inc(count)
     if family_facts.categorical:

@@ -177,7 +177,7 @@ def test_a_stopped_consumer_leaves_the_stream_view_stale_while_transactions_keep
     freshness: the real reader, the real store, the real consumer)."""
     import time
 
-    from bentos.online import FeastReader
+    from bentos.online import CAUGHT_UP_READ_S, FeastReader
     from core.feature_sets import SERVICE_FEATURES
     from scoring.base import Freshness, ModelInfo, assemble
 
@@ -208,4 +208,5 @@ def test_a_stopped_consumer_leaves_the_stream_view_stale_while_transactions_keep
 
     consume_all(consumer)  # back: it drains what came and says so
     consumer.step()
+    time.sleep(CAUGHT_UP_READ_S)  # the reader reads the consumer's word again at most this often
     assert max(stream_ages()[0]) < 2.0
