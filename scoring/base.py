@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -110,11 +110,13 @@ class Assembled:
     ages: dict[str, np.ndarray]  # per feature view read: each row's age in seconds (NaN: no row, or scored as given)
     stale: list[list[str]]  # per row: the views older than their maximum age
     policy: str = "mark"  # the Freshness policy the stale rows get
+    _rounded: dict[str, list] | None = field(default=None, repr=False)  # the ages as answers give them, made once
 
     def freshness(self, i: int) -> dict:
         """Row i's feature ages and stale views, as a result carries them."""
-        return {"feature_age_s": {view: None if np.isnan(age[i]) else round(float(age[i]), 1) for view, age in self.ages.items()},
-                "stale_views": self.stale[i]}
+        if self._rounded is None:  # once per batch, as Python floats: numpy's scalars cost a microsecond a call
+            self._rounded = {view: [None if a != a else round(a, 1) for a in age.tolist()] for view, age in self.ages.items()}
+        return {"feature_age_s": {view: ages[i] for view, ages in self._rounded.items()}, "stale_views": self.stale[i]}
 
 
 def assemble(reader: FeatureReader, info: ModelInfo, features: list[str], requests: list[dict],
