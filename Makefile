@@ -166,7 +166,7 @@ test: install $(CRD_SCHEMAS) $(OIDC_PROVIDER) ## Run every test: unit, data cont
 faults: install ## The fault and hostile-input tests at full length: 60 s of overload (make test: 10), 100 fuzzed examples per operation (make test: 50)
 	OVERLOAD_SECONDS=60 FUZZ_EXAMPLES=100 $(BIN)/python -m pytest tests/integration/test_faults.py tests/integration/test_fuzz.py
 
-soak: install ## The soak: 10 minutes at 70% of saturation (make test runs 10 s of it)
+soak: install ## The soak: 10 minutes at 70% of saturation (make test runs 20 s of it)
 	SOAK_SECONDS=600 $(BIN)/python -m pytest tests/integration/test_soak.py -s
 
 test-fast: install ## Run the tests not marked slow or integration

@@ -1,5 +1,5 @@
 """A soak: a real `bentoml serve` (the session's shared server, which has served the other modules'
-requests before) at 70% of the throughput it saturates at, for SOAK_SECONDS (10 in `make test`, 600
+requests before) at 70% of the throughput it saturates at, for SOAK_SECONDS (20 in `make test`, 600
 in `make soak`). No request may fail, and after the warm-up its workers may not
 grow: resident memory by under 5%, open file descriptors and threads not at all over the second
 half of the run."""
@@ -50,7 +50,7 @@ def paced(script: str, delay_ms: float) -> str:
 def test_a_soak_at_70_percent_of_saturation_fails_nothing_and_grows_nothing(shared_server, table, tmp_path):
     if shutil.which("wrk") is None:
         pytest.fail("wrk is not installed (Debian: apt-get install wrk); the soak drives the service with it")
-    seconds = int(os.environ.get("SOAK_SECONDS", "10"))
+    seconds = int(os.environ.get("SOAK_SECONDS", "20"))
     ids = ",".join(f'"{c}"' for c in latest_rows(table, 500).index)
     script = WRK_SCRIPT % (ids, '{"customer_id":"', '"}')
     process, port = shared_server.process, urlparse(shared_server.url).port
