@@ -334,7 +334,7 @@ def _batch_route(router: APIRouter, server, route: Route) -> None:
             labels.update(answered_by({"model": models[0]} if models else {}))
             items = [{"customer_id": r["customer_id"], "churn_probability": r.get("churn_probability"),
                       "risk_level": r.get("risk_level"), "version": None if "error" in r else r["model"]["version"],
-                      "error": r.get("error"), "stale_views": r.get("stale_views") or r.get("views") or []}
+                      "error": r.get("error"), "stale_views": r.get("stale_views", [])}
                      for r in results]
             return {"models": models, "count": len(items),
                     "unknown": sum(1 for r in results if r.get("error") == UNKNOWN_CUSTOMER), "results": items}

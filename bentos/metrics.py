@@ -147,7 +147,7 @@ def record_batch(family: str, version: str, role: str, results: list[dict], seco
                 decisions[str(decision)] = decisions.get(str(decision), 0) + 1
             for hit in result.get("rules", ()):
                 m.rule_hits.labels(*labels, hit["rule"], hit["outcome"]).inc()
-        for view in result.get("stale_views") or result.get("views") or ():  # scored and marked, or refused
+        for view in result.get("stale_views", ()):  # scored and marked, or refused (its error row names them too)
             stale[view] = stale.get(view, 0) + 1
     if policy is not None:
         for view, count in stale.items():
